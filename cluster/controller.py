@@ -1,0 +1,178 @@
+"""The controller loop: prompts -> rollouts -> rewards -> buffer -> advantages -> learner step
+-> weight sync -> eval every N -> checkpoint every M. One loop for every mode."""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+import numpy as np
+
+from cluster.buffer import ExperienceBuffer, Group
+from cluster.config import Config
+from cluster.progress import Progress
+from cluster.roles import Roles, cpus_needed, learner_options, prepare_inputs, start_roles
+from cluster.rundir import RunDir
+from cluster.runtime import ray_session
+from rollout.data import Prompt, PromptSource
+from rollout.types import GenerationRequest, SamplingParams
+from rollout.weight_sync import WeightSyncError
+from trainer.algorithms import ADVANTAGES, AdvantageOptions
+from trainer.batching import build_batch
+from trainer.types import LossSpec
+
+TIMERS = ("gen_s", "reward_s", "train_s", "sync_s")
+
+
+class Controller:
+    def __init__(self, cfg: Config, roles: Roles, run_dir: RunDir, train: list[Prompt], evals: list[Prompt]):
+        self.cfg, self.roles, self.run_dir = cfg, roles, run_dir
+        self.source = PromptSource(train, seed=cfg.run.seed)
+        self.evals = evals[: cfg.controller.eval_prompts]
+        self.buffer = ExperienceBuffer(cfg.controller.max_staleness, cfg.algorithm.group_size)
+        self.advantage = ADVANTAGES.get(cfg.algorithm.advantage)
+        a = cfg.algorithm
+        self.loss = LossSpec(a.loss, a.clip_eps, a.kl_coef, a.kl_estimator, cfg.rollout.temperature)
+        self.version = 0  # policy version = optimizer steps taken
+        self.next_group = 0
+        self.totals = {k: 0.0 for k in TIMERS} | {"samples": 0, "tokens": 0, "syncs": 0, "sync_failures": 0,
+                                                   "reward_failures": 0}
+        self.summary: dict = {}
+
+    def run(self, progress: Progress) -> dict:
+        c = self.cfg.controller
+        t_start = time.perf_counter()
+        initial = self.evaluate()
+        self._write_summary("running", t_start, initial, None)
+        progress.start(c.steps, initial)
+        for step in range(1, c.steps + 1):
+            row = self.step(step)
+            if c.eval_every and step % c.eval_every == 0 and step < c.steps:
+                row["eval_accuracy"] = self.evaluate()
+            if c.checkpoint_every and step % c.checkpoint_every == 0 and step < c.steps:
+                self.roles.learners.save_hf(str(self.run_dir.checkpoint_dir(step)))
+            self.run_dir.log_metrics(row)
+            progress.update(step, row)
+            self._write_summary("running", t_start, initial, None)
+        final = self.evaluate()
+        self.roles.learners.save_hf(str(self.run_dir.final_dir))
+        self.run_dir.log_metrics({"step": c.steps, "version": self.version, "eval_accuracy": final, "final": True})
+        progress.finish(final)
+        return self._write_summary("completed", t_start, initial, final)
+
+    def step(self, step: int) -> dict:
+        t0 = time.perf_counter()
+        p = self.cfg.controller.prompts_per_step
+        requests = [self._request(prompt, self.cfg.algorithm.group_size) for prompt in self.source.next_batch(p)]
+        rollouts = self.roles.rollout.generate(requests, self._sampling(self.cfg.rollout.temperature, step))
+        t1 = time.perf_counter()
+        rewards = self.roles.reward.score(rollouts)
+        t2 = time.perf_counter()
+        groups = self.buffer.admit(rollouts, rewards, self.version)
+        train_metrics = self.train(groups, step)
+        t3 = time.perf_counter()
+        self.sync_weights()
+        t4 = time.perf_counter()
+        row = self._step_row(step, groups, train_metrics, (t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+        return row
+
+    def train(self, groups: list[Group], step: int) -> dict:
+        if not groups:
+            raise RuntimeError(f"step {step}: no complete group survived the buffer; nothing to train on")
+        rewards = np.array([[r.reward for r in g.rewards] for g in groups])  # [G, n]
+        opts = AdvantageOptions(normalize_std=self.cfg.algorithm.normalize_std)
+        advantages = self.advantage(rewards, opts).reshape(-1)
+        rollouts = [r for g in groups for r in g.rollouts]
+        batch = build_batch(rollouts, advantages, pad_id=0)
+        # Shuffle rows so each mini-batch (and each rank's shard) mixes groups; seeded per step.
+        order = np.random.default_rng([self.cfg.run.seed, step]).permutation(len(batch))
+        metrics: dict[str, float] = {}
+        for part in np.array_split(order, self.cfg.trainer.updates_per_batch):
+            metrics = self.roles.learners.train_step(batch.minibatch(part), self.loss)
+        return metrics
+
+    def sync_weights(self) -> None:
+        self.version += 1
+        update = self.roles.learners.export_weights(self.version)
+        try:
+            self.roles.rollout.update_weights(update)
+        except WeightSyncError:
+            self.totals["sync_failures"] += 1
+            raise
+        self.totals["syncs"] += 1
+
+    def evaluate(self) -> float:
+        """Held-out accuracy (greedy unless controller.eval_temperature > 0)."""
+        requests = [self._request(prompt, 1) for prompt in self.evals]
+        rollouts = self.roles.rollout.generate(requests, self._sampling(self.cfg.controller.eval_temperature, -1))
+        rewards = self.roles.reward.score(rollouts)
+        return sum(r.correct for r in rewards) / len(rewards)
+
+    def _request(self, prompt: Prompt, n: int) -> GenerationRequest:
+        self.next_group += 1
+        return GenerationRequest(self.next_group, prompt.id, prompt.text, prompt.answer, n)
+
+    def _sampling(self, temperature: float, step: int) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(temperature, r.top_p, r.max_new_tokens, seed=self.cfg.run.seed * 1_000_003 + step)
+
+    def _step_row(self, step: int, groups: list[Group], m: dict, times: tuple) -> dict:
+        rewards = [r for g in groups for r in g.rewards]
+        rollouts = [r for g in groups for r in g.rollouts]
+        values = np.array([r.reward for r in rewards])
+        tokens = sum(len(r.response_ids) for r in rollouts)
+        step_s = sum(times)
+        for key, value in zip(TIMERS, times):
+            self.totals[key] += value
+        failures = sum(r.failure is not None for r in rewards)
+        self.totals.update(samples=self.totals["samples"] + len(rollouts), tokens=self.totals["tokens"] + tokens,
+                           reward_failures=self.totals["reward_failures"] + failures)
+        return {
+            "step": step, "version": self.version, "reward_mean": float(values.mean()),
+            "reward_std": float(values.std()), "accuracy": float(np.mean([r.correct for r in rewards])),
+            "format_rate": float(np.mean([r.format_ok for r in rewards])), "reward_failures": failures,
+            "response_len": tokens / len(rollouts), **m,
+            **dict(zip(TIMERS, times)), "step_s": step_s,
+            "samples_per_s": len(rollouts) / step_s, "tokens_per_s": tokens / step_s,
+        }
+
+    def _write_summary(self, status: str, t_start: float, initial: float, final) -> dict:
+        t = self.totals
+        wall = time.perf_counter() - t_start
+        busy = sum(t[k] for k in TIMERS) or 1e-9
+        self.summary = {
+            "status": status, "run_dir": str(self.run_dir.path), "algorithm": self.cfg.algorithm.name,
+            "steps": self.version, "samples": int(t["samples"]), "wall_s": wall,
+            "eval": {"initial_accuracy": initial, "final_accuracy": final, "num_prompts": len(self.evals)},
+            "staleness": self.buffer.summary(),
+            "weight_sync": {"count": int(t["syncs"]), "checksum_failures": int(t["sync_failures"]),
+                            "mean_s": t["sync_s"] / max(t["syncs"], 1)},
+            "rewards": {"failures": int(t["reward_failures"])},
+            "throughput": {"samples_per_s": t["samples"] / busy, "tokens_per_s": t["tokens"] / busy,
+                           **{k: t[k] for k in TIMERS}},
+        }
+        self.run_dir.write_summary(self.summary)
+        return self.summary
+
+
+def run(cfg: Config, log=print) -> dict:
+    """Run one recipe end to end; the run directory survives any failure with what was written."""
+    learner_options(cfg)  # batch-shape errors surface before anything starts
+    train, evals = prepare_inputs(cfg, log=log)
+    run_dir = RunDir.create(cfg)
+    log(f"run directory: {run_dir.path}")
+    controller = None
+    try:
+        with ray_session(cfg.cluster, cpus_needed(cfg)) as loopback:
+            roles = start_roles(cfg, loopback)
+            try:
+                controller = Controller(cfg, roles, run_dir, train, evals)
+                return controller.run(Progress(cfg.controller.progress, log))
+            finally:
+                roles.shutdown()
+    except BaseException as exc:
+        summary = dict(controller.summary) if controller else {"run_dir": str(run_dir.path)}
+        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}",
+                       traceback=traceback.format_exc(limit=20))
+        run_dir.write_summary(summary)
+        raise

@@ -1,0 +1,66 @@
+"""The run directory: resolved config, metrics.jsonl, summary.json, checkpoints.
+
+Written append-only and flushed per step, so a failing run keeps everything
+it wrote; an existing directory is never reused (a numbered sibling is made).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from cluster.config import Config, config_to_yaml
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf become null (metrics.jsonl stays standard JSON)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+class RunDir:
+    def __init__(self, path: Path):
+        self.path = path
+        self.metrics_path = path / "metrics.jsonl"
+        self.summary_path = path / "summary.json"
+
+    @classmethod
+    def create(cls, cfg: Config) -> "RunDir":
+        root = Path(cfg.run.output_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        path, n = root / cfg.run.name, 1
+        while True:
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                path, n = root / f"{cfg.run.name}-{n}", n + 1
+        run = cls(path)
+        (path / "config.yaml").write_text(config_to_yaml(cfg))
+        return run
+
+    def log_metrics(self, row: dict) -> None:
+        with self.metrics_path.open("a") as fh:
+            fh.write(json.dumps(_clean(row)) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def write_summary(self, summary: dict) -> None:
+        tmp = self.summary_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(_clean(summary), indent=2) + "\n")
+        tmp.replace(self.summary_path)
+
+    def checkpoint_dir(self, step: int) -> Path:
+        return self.path / "checkpoints" / f"step_{step:06d}"
+
+    @property
+    def final_dir(self) -> Path:
+        return self.path / "final"

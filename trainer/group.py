@@ -1,0 +1,60 @@
+"""LearnerGroup: N learner actors forming one DeepSpeed data-parallel group."""
+
+from __future__ import annotations
+
+import numpy as np
+import ray
+
+from rollout.weight_sync import WeightUpdate
+from trainer.learner import Learner, LearnerOptions
+from trainer.types import LossSpec, StepStats, TrainBatch
+
+
+class LearnerGroup:
+    def __init__(self, model_path: str, world_size: int, opts: LearnerOptions, threads: int = 1,
+                 loopback: bool = True):
+        env = {"OMP_NUM_THREADS": str(threads)}
+        if loopback:
+            env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo's traffic on the loopback interface
+        actor = ray.remote(Learner).options(num_cpus=threads, runtime_env={"env_vars": env})
+        self.actors = [actor.remote(model_path, threads) for _ in range(world_size)]
+        self.world_size = world_size
+        ip, port = ray.get(self.actors[0].address.remote())
+        master = "127.0.0.1" if loopback else ip
+        ray.get([a.setup.remote(rank, world_size, master, port, opts) for rank, a in enumerate(self.actors)])
+
+    def _shards(self, batch: TrainBatch) -> list[TrainBatch]:
+        n = len(batch)
+        if n % self.world_size:
+            raise ValueError(f"batch of {n} rows does not split over {self.world_size} learners")
+        per = n // self.world_size
+        return [batch.rows(slice(r * per, (r + 1) * per)) for r in range(self.world_size)]
+
+    def train_step(self, batch: TrainBatch, spec: LossSpec) -> dict[str, float]:
+        """One optimizer step on `batch` (its global_tokens must count all its response tokens)."""
+        stats: list[StepStats] = ray.get(
+            [a.train_step.remote(shard, spec) for a, shard in zip(self.actors, self._shards(batch))]
+        )
+        tokens = sum(s.tokens for s in stats)
+        out = {"loss": sum(s.loss_sum for s in stats) / max(tokens, 1)}
+        for key in stats[0].sums:
+            out[key] = sum(s.sums[key] for s in stats) / max(tokens, 1)
+        out["grad_norm"] = stats[0].grad_norm if stats[0].grad_norm is not None else float("nan")
+        return out
+
+    def logprobs(self, batch: TrainBatch, temperature: float) -> np.ndarray:
+        parts = ray.get([a.logprobs.remote(s, temperature) for a, s in zip(self.actors, self._shards(batch))])
+        return np.concatenate(parts, axis=0)
+
+    def export_weights(self, version: int) -> WeightUpdate:
+        return ray.get([a.export_weights.remote(version) for a in self.actors])[0]
+
+    def save_hf(self, path: str) -> str:
+        return ray.get([a.save_hf.remote(path) for a in self.actors])[0]
+
+    def shutdown(self) -> None:
+        try:
+            ray.get([a.shutdown.remote() for a in self.actors], timeout=30)
+        finally:
+            for a in self.actors:
+                ray.kill(a)

@@ -1,0 +1,188 @@
+"""One learner rank: a DeepSpeed engine (ZeRO 0-3; gloo on CPU, NCCL on GPU) inside a Ray actor.
+
+Algorithm-blind: it recomputes token logprobs, calls the registered loss named
+in the LossSpec, aggregates per-token losses as a token-mean over the whole
+optimizer step (all ranks, all micro-batches) and steps.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import ray
+import torch
+
+from rollout.weight_sync import WeightUpdate, describe
+from trainer.algorithms import LOSSES, LossInputs
+from trainer.types import LossSpec, StepStats, TrainBatch
+
+
+@dataclass(frozen=True)
+class LearnerOptions:
+    zero_stage: int = 2
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    micro_batch_size: int = 64
+    grad_accum_steps: int = 1  # micro-batches per optimizer step on each rank
+    dtype: str = "float32"
+    use_reference: bool = False  # keep a frozen copy of the initial policy for KL
+    seed: int = 0
+
+
+def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logprob [B, T] of each token given its prefix (column 0 is 0) and entropy [B, T]."""
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float() / temperature
+    logp_all = torch.log_softmax(logits, dim=-1)  # [B, T-1, V]
+    logp = logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+    entropy = -(logp_all.exp() * logp_all).sum(-1)
+    pad = torch.zeros_like(logp[:, :1])
+    return torch.cat([pad, logp], dim=1), torch.cat([pad, entropy.detach()], dim=1)
+
+
+def _skip_cpu_shm_comm() -> None:
+    """DeepSpeed's CPU backend JIT-compiles a shared-memory allreduce op (~35 s, needs a
+    compiler) at init_distributed, although only its own launcher (LOCAL_SIZE set) uses it.
+    Marking the op incompatible makes DeepSpeed use plain gloo collectives."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
+class Learner:
+    """Ray actor body for one data-parallel rank."""
+
+    def __init__(self, model_path: str, threads: int):
+        torch.set_num_threads(threads)
+        self.model_path = model_path
+        self.engine = None
+
+    def address(self) -> tuple[str, int]:
+        """This node's IP and a free port, for rank 0 to host the rendezvous."""
+        ip = ray.util.get_node_ip_address()
+        with socket.socket() as s:
+            s.bind((ip, 0))
+            return ip, s.getsockname()[1]
+
+    def setup(self, rank: int, world_size: int, master_addr: str, master_port: int, opts: LearnerOptions) -> int:
+        import deepspeed
+        from transformers import AutoModelForCausalLM
+
+        os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
+                          WORLD_SIZE=str(world_size), LOCAL_RANK="0")
+        self.rank, self.world_size, self.opts = rank, world_size, opts
+        torch.manual_seed(opts.seed)
+        on_gpu = torch.cuda.is_available()
+        if not on_gpu:
+            _skip_cpu_shm_comm()
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+        dtype = getattr(torch, opts.dtype)
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self._ds_config())
+        self.ref = None
+        if opts.use_reference:
+            self.ref = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).eval()
+            self.ref.requires_grad_(False)
+            if on_gpu:
+                self.ref.cuda()
+        return rank
+
+    def _ds_config(self) -> dict:
+        o = self.opts
+        return {
+            "train_micro_batch_size_per_gpu": o.micro_batch_size,
+            "gradient_accumulation_steps": o.grad_accum_steps,
+            "train_batch_size": o.micro_batch_size * o.grad_accum_steps * self.world_size,
+            "gradient_clipping": o.max_grad_norm,
+            "zero_optimization": {"stage": o.zero_stage},
+            "bf16": {"enabled": o.dtype == "bfloat16"},
+            "zero_allow_untested_optimizer": True,
+            "steps_per_print": 10**9,
+        }
+
+    def _tensors(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
+        dev = self.engine.device
+        # Arrays from the object store are read-only views; torch wants its own copy.
+        arrays = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "mask": batch.loss_mask,
+                  "advantages": batch.advantages, "behaviour": batch.behaviour_logprobs}
+        return {k: torch.tensor(v, device=dev) for k, v in arrays.items()}
+
+    def train_step(self, shard: TrainBatch, spec: LossSpec) -> StepStats:
+        """One optimizer step over this rank's shard, in grad_accum_steps micro-batches."""
+        self.engine.train()
+        loss_fn = LOSSES.get(spec.name)
+        n, micro = len(shard), self.opts.micro_batch_size
+        if n != micro * self.opts.grad_accum_steps:
+            raise ValueError(f"rank {self.rank} got {n} rows; expected micro_batch_size {micro} x "
+                             f"grad_accum_steps {self.opts.grad_accum_steps}")
+        sums: dict[str, float] = {}
+        loss_sum, tokens = 0.0, 0
+        for start in range(0, n, micro):
+            t = self._tensors(shard.rows(slice(start, start + micro)))
+            logp, entropy = token_logprobs(self.engine, t["input_ids"], t["attention_mask"], spec.temperature)
+            ref = self._ref_logprobs(t, spec) if spec.kl_coef > 0 else None
+            per_token, metrics = loss_fn(LossInputs(logp, t["behaviour"], t["advantages"], t["mask"], ref), spec)
+            masked = per_token * t["mask"]
+            # Token-mean over the whole step: DeepSpeed averages gradients over ranks, so scale by world size.
+            self.engine.backward(masked.sum() / shard.global_tokens * self.world_size, scale_wrt_gas=False)
+            self.engine.step()
+            loss_sum += float(masked.detach().sum())
+            tokens += int(t["mask"].sum())
+            metrics = {**metrics, "entropy": entropy, "logprob_diff": (logp.detach() - t["behaviour"]).abs()}
+            for key, value in metrics.items():
+                sums[key] = sums.get(key, 0.0) + float((value * t["mask"]).sum())
+        norm = self.engine.get_global_grad_norm()
+        return StepStats(loss_sum, tokens, sums, None if norm is None else float(norm))
+
+    @torch.no_grad()
+    def _ref_logprobs(self, t: dict[str, torch.Tensor], spec: LossSpec) -> torch.Tensor:
+        if self.ref is None:
+            raise ValueError("kl_coef > 0 but the learners were started without a reference model")
+        return token_logprobs(self.ref, t["input_ids"], t["attention_mask"], spec.temperature)[0]
+
+    @torch.no_grad()
+    def logprobs(self, batch: TrainBatch, temperature: float) -> np.ndarray:
+        """Current-policy token logprobs [B, T] for `batch` (no update)."""
+        self.engine.eval()
+        t = self._tensors(batch)
+        return token_logprobs(self.engine, t["input_ids"], t["attention_mask"], temperature)[0].cpu().numpy()
+
+    def _gathered_state(self) -> Optional[dict[str, np.ndarray]]:
+        """Full parameters as fp32 numpy on rank 0 (None elsewhere); all ranks must call it."""
+        import deepspeed
+
+        params = list(self.engine.module.named_parameters())
+        with deepspeed.zero.GatheredParameters([p for _, p in params], enabled=self.opts.zero_stage == 3):
+            if self.rank != 0:
+                return None
+            return {name: p.detach().to("cpu", torch.float32).numpy().copy() for name, p in params}
+
+    def export_weights(self, version: int) -> Optional[WeightUpdate]:
+        """Rank 0 puts each tensor in the object store once and returns the update manifest."""
+        arrays = self._gathered_state()
+        if arrays is None:
+            return None
+        metas, checksum = describe(version, arrays)
+        return WeightUpdate(version, metas, tuple(ray.put(a) for a in arrays.values()), checksum)
+
+    def save_hf(self, path: str) -> Optional[str]:
+        """A loadable Hugging Face checkpoint (weights, config, tokenizer) written by rank 0."""
+        from transformers import AutoTokenizer
+
+        arrays = self._gathered_state()
+        if arrays is None:
+            return None
+        state = {k: torch.from_numpy(v) for k, v in arrays.items()}
+        self.engine.module.save_pretrained(path, state_dict=state)
+        AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
+        return path
+
+    def shutdown(self) -> None:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
