@@ -10,6 +10,16 @@ from trainer.learner import Learner, LearnerOptions
 from trainer.types import LossSpec, StepStats, TrainBatch
 
 
+def gather(futures: list) -> list:
+    """ray.get that fails as soon as any rank fails (a dead rank must not leave us
+    waiting on its peers, which may be blocked in a collective)."""
+    pending = list(futures)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        ray.get(done)  # raises this rank's error, if any
+    return ray.get(futures)
+
+
 class LearnerGroup:
     def __init__(self, model_path: str, world_size: int, opts: LearnerOptions, threads: int = 1,
                  loopback: bool = True):
@@ -21,7 +31,7 @@ class LearnerGroup:
         self.world_size = world_size
         ip, port = ray.get(self.actors[0].address.remote())
         master = "127.0.0.1" if loopback else ip
-        ray.get([a.setup.remote(rank, world_size, master, port, opts) for rank, a in enumerate(self.actors)])
+        gather([a.setup.remote(rank, world_size, master, port, opts) for rank, a in enumerate(self.actors)])
 
     def _shards(self, batch: TrainBatch) -> list[TrainBatch]:
         n = len(batch)
@@ -32,29 +42,31 @@ class LearnerGroup:
 
     def train_step(self, batch: TrainBatch, spec: LossSpec) -> dict[str, float]:
         """One optimizer step on `batch` (its global_tokens must count all its response tokens)."""
-        stats: list[StepStats] = ray.get(
+        stats: list[StepStats] = gather(
             [a.train_step.remote(shard, spec) for a, shard in zip(self.actors, self._shards(batch))]
         )
         tokens = sum(s.tokens for s in stats)
         out = {"loss": sum(s.loss_sum for s in stats) / max(tokens, 1)}
         for key in stats[0].sums:
             out[key] = sum(s.sums[key] for s in stats) / max(tokens, 1)
-        out["grad_norm"] = stats[0].grad_norm if stats[0].grad_norm is not None else float("nan")
+        out["grad_norm"] = stats[0].grad_norm  # global (all-rank) norm before clipping
         return out
 
     def logprobs(self, batch: TrainBatch, temperature: float) -> np.ndarray:
-        parts = ray.get([a.logprobs.remote(s, temperature) for a, s in zip(self.actors, self._shards(batch))])
+        parts = gather([a.logprobs.remote(s, temperature) for a, s in zip(self.actors, self._shards(batch))])
         return np.concatenate(parts, axis=0)
 
     def export_weights(self, version: int) -> WeightUpdate:
-        return ray.get([a.export_weights.remote(version) for a in self.actors])[0]
+        return gather([a.export_weights.remote(version) for a in self.actors])[0]
 
     def save_hf(self, path: str) -> str:
-        return ray.get([a.save_hf.remote(path) for a in self.actors])[0]
+        return gather([a.save_hf.remote(path) for a in self.actors])[0]
 
     def shutdown(self) -> None:
         try:
-            ray.get([a.shutdown.remote() for a in self.actors], timeout=30)
+            ray.get([a.shutdown.remote() for a in self.actors], timeout=10)
+        except Exception:
+            pass  # a rank that already died or hangs is killed below
         finally:
             for a in self.actors:
                 ray.kill(a)

@@ -122,7 +122,7 @@ class Learner:
             raise ValueError(f"rank {self.rank} got {n} rows; expected micro_batch_size {micro} x "
                              f"grad_accum_steps {self.opts.grad_accum_steps}")
         sums: dict[str, float] = {}
-        loss_sum, tokens = 0.0, 0
+        loss_sum, tokens, norm = 0.0, 0, None
         for start in range(0, n, micro):
             t = self._tensors(shard.rows(slice(start, start + micro)))
             logp, entropy = token_logprobs(self.engine, t["input_ids"], t["attention_mask"], spec.temperature)
@@ -131,14 +131,21 @@ class Learner:
             masked = per_token * t["mask"]
             # Token-mean over the whole step: DeepSpeed averages gradients over ranks, so scale by world size.
             self.engine.backward(masked.sum() / shard.global_tokens * self.world_size, scale_wrt_gas=False)
+            if self.opts.zero_stage == 0 and start + micro >= n:
+                norm = self._grad_norm()  # DeepSpeed keeps no norm without ZeRO; grads are reduced by now
             self.engine.step()
             loss_sum += float(masked.detach().sum())
             tokens += int(t["mask"].sum())
             metrics = {**metrics, "entropy": entropy, "logprob_diff": (logp.detach() - t["behaviour"]).abs()}
             for key, value in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float((value * t["mask"]).sum())
-        norm = self.engine.get_global_grad_norm()
+        if norm is None:
+            norm = self.engine.get_global_grad_norm()
         return StepStats(loss_sum, tokens, sums, None if norm is None else float(norm))
+
+    def _grad_norm(self) -> float:
+        grads = [p.grad.detach().float().norm() for p in self.engine.module.parameters() if p.grad is not None]
+        return float(torch.linalg.vector_norm(torch.stack(grads))) if grads else 0.0
 
     @torch.no_grad()
     def _ref_logprobs(self, t: dict[str, torch.Tensor], spec: LossSpec) -> torch.Tensor:

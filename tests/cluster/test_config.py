@@ -1,0 +1,95 @@
+from pathlib import Path
+
+import pytest
+
+from cluster.config import Config, ConfigError, load_config, parse_overrides
+from cluster.roles import learner_options
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "recipe.yaml"
+    path.write_text(text)
+    return path
+
+
+MINIMAL = """
+model: {path: /models/x}
+data: {train_path: a.jsonl, eval_path: b.jsonl}
+"""
+
+
+def test_there_are_recipes():
+    assert RECIPES, "recipes/ holds no YAML recipe"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_parses(recipe):
+    cfg = load_config(recipe)
+    assert isinstance(cfg, Config)
+    learner_options(cfg)  # batch shapes of every recipe are consistent
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL), ["trainer.lr=3e-5", "controller.steps=7", "run.name=abc"])
+    assert cfg.trainer.lr == pytest.approx(3e-5)
+    assert cfg.controller.steps == 7 and cfg.run.name == "abc"
+    assert cfg.controller.max_staleness == 0
+    assert cfg.algorithm.name == "grpo"
+
+
+def test_unknown_key_names_nearest(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'trainer.lrr': did you mean 'lr'\?"):
+        load_config(write(tmp_path, MINIMAL + "trainer: {lrr: 0.1}\n"))
+
+
+def test_unknown_section_names_nearest(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown key 'trainr': did you mean 'trainer'\?"):
+        load_config(write(tmp_path, MINIMAL), ["trainr.lr=0.1"])
+
+
+def test_wrong_type_names_field(tmp_path):
+    with pytest.raises(ConfigError, match=r"'trainer.lr'.*got 'fast'"):
+        load_config(write(tmp_path, MINIMAL + "trainer: {lr: fast}\n"))
+
+
+def test_missing_required_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"missing required key 'model.path'"):
+        load_config(write(tmp_path, "model: {}\ndata: {train_path: a, eval_path: b}\n"))
+
+
+def test_async_not_yet_available(tmp_path):
+    with pytest.raises(ConfigError, match=r"controller.max_staleness.*only synchronous"):
+        load_config(write(tmp_path, MINIMAL), ["controller.max_staleness=2"])
+
+
+def test_config_is_frozen(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL))
+    with pytest.raises(Exception):
+        cfg.trainer.lr = 1.0
+
+
+def test_bad_override_syntax():
+    with pytest.raises(ConfigError, match="section.key=value"):
+        parse_overrides(["trainer.lr"])
+
+
+def test_missing_recipe_file(tmp_path):
+    with pytest.raises(ConfigError, match="recipe file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_batch_shape_checked(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL), ["controller.prompts_per_step=3", "algorithm.group_size=3",
+                                                 "trainer.num_learners=2"])
+    with pytest.raises(ConfigError, match="trainer.num_learners=2"):
+        learner_options(cfg)
+
+
+def test_grad_accumulation_from_micro_batch(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL), ["controller.prompts_per_step=16", "algorithm.group_size=8",
+                                                 "trainer.num_learners=2", "trainer.micro_batch_size=16"])
+    opts = learner_options(cfg)
+    assert (opts.micro_batch_size, opts.grad_accum_steps) == (16, 4)

@@ -1,0 +1,38 @@
+"""Shared fixtures: a local Ray on 127.0.0.1 and tiny models built on the spot (no hub)."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # the test cluster is private and on loopback
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+
+from cluster.config import BootstrapConfig
+
+TINY = BootstrapConfig(hidden_size=64, num_layers=2, num_heads=2, sft_steps=0, num_train_prompts=512,
+                       num_eval_prompts=64, sft_examples=64)
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    import ray
+
+    from cluster.runtime import ACTOR_ENV
+
+    ray.init(address="local", num_cpus=6, include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False, runtime_env={"env_vars": ACTOR_ENV})
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> str:
+    """A randomly initialised tiny Llama + char tokenizer + task data (no SFT), saved in HF layout."""
+    from trainer.bootstrap import ensure_tiny_model
+
+    path = tmp_path_factory.mktemp("models") / "tiny-random"
+    ensure_tiny_model(path, TINY, seed=0, log=lambda *_: None)
+    return str(path)

@@ -1,0 +1,91 @@
+"""End to end on local Ray: bootstrap -> rollouts -> rewards -> DeepSpeed learners -> weight sync."""
+
+import json
+import os
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+from cluster.config import load_config
+from cluster.controller import run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def config(tmp_path, *extra):
+    model = tmp_path / "tiny"
+    return load_config(os.path.join(ROOT, "recipes", "quickstart.yaml"), [
+        f"model.path={model}", f"data.train_path={model}/data/train.jsonl",
+        f"data.eval_path={model}/data/eval.jsonl", f"run.output_dir={tmp_path}/runs",
+        "model.bootstrap_spec.sft_steps=20", "model.bootstrap_spec.num_train_prompts=400",
+        "model.bootstrap_spec.num_eval_prompts=32", "model.bootstrap_spec.sft_examples=400",
+        "controller.prompts_per_step=8", "algorithm.group_size=4", "controller.eval_prompts=32",
+        "controller.progress=false", "rollout.threads_per_worker=1", *extra,
+    ])
+
+
+def test_few_grpo_steps(ray_session, tmp_path):
+    cfg = config(tmp_path, "controller.steps=3", "controller.eval_every=2", "controller.checkpoint_every=2",
+                 "algorithm.kl_coef=0.05")
+    summary = run(cfg, log=lambda *_: None)
+    run_dir = tmp_path / "runs" / "quickstart"
+    assert summary["status"] == "completed" and summary["run_dir"] == str(run_dir)
+    assert json.loads((run_dir / "summary.json").read_text()) == json.loads(json.dumps(summary))
+    assert summary["steps"] == 3 and summary["samples"] == 3 * 8 * 4
+    assert summary["staleness"] == {"max_allowed": 0, "max_seen": 0, "dropped": 0, "histogram": {"0": 96}}
+    assert summary["weight_sync"]["count"] == 3 and summary["weight_sync"]["checksum_failures"] == 0
+    assert summary["eval"]["num_prompts"] == 32 and 0 <= summary["eval"]["final_accuracy"] <= 1
+    for key in ("samples_per_s", "tokens_per_s", "gen_s", "reward_s", "train_s", "sync_s"):
+        assert summary["throughput"][key] > 0
+
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 3] and rows[-1]["final"]
+    assert "eval_accuracy" in rows[1] and rows[0]["version"] == 1
+    for key in ("reward_mean", "reward_std", "accuracy", "kl", "entropy", "clip_frac", "response_len",
+                "gen_s", "reward_s", "train_s", "sync_s", "samples_per_s", "logprob_diff"):
+        assert key in rows[0], key
+    # On-policy: the learner's first-pass logprobs equal the engine's (fp32).
+    assert rows[0]["logprob_diff"] < 1e-5 and rows[0]["kl"] < 1e-6
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for ckpt in (run_dir / "final", run_dir / "checkpoints" / "step_000002"):
+        AutoModelForCausalLM.from_pretrained(ckpt)
+        AutoTokenizer.from_pretrained(ckpt)
+    assert "grpo" in (run_dir / "config.yaml").read_text()
+
+
+def _kill_a_learner_after(metrics, steps, stop):
+    while not stop.is_set():
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= steps:
+            for proc in psutil.process_iter(["cmdline"]):
+                if "ray::Learner" in " ".join(proc.info["cmdline"] or []):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    return
+        time.sleep(0.05)
+
+
+def test_failed_run_keeps_what_it_wrote(ray_session, tmp_path):
+    cfg = config(tmp_path, "controller.steps=30", "run.name=crash")
+    run_dir = tmp_path / "runs" / "crash"
+    stop = threading.Event()
+    killer = threading.Thread(target=_kill_a_learner_after, args=(run_dir / "metrics.jsonl", 2, stop))
+    killer.start()
+    try:
+        with pytest.raises(Exception):
+            run(cfg, log=lambda *_: None)
+    finally:
+        stop.set()
+        killer.join()
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "failed" and "error" in summary and summary["steps"] >= 2
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) >= 2 and rows[0]["step"] == 1
+    assert (run_dir / "config.yaml").is_file()
+
+    again = run(config(tmp_path, "controller.steps=1", "run.name=crash"), log=lambda *_: None)
+    assert again["run_dir"] == str(tmp_path / "runs" / "crash-1")  # the failed run's directory is kept
+    assert (run_dir / "summary.json").is_file()

@@ -1,0 +1,38 @@
+import json
+
+from cluster.config import BootstrapConfig
+from trainer.bootstrap import SPEC_FILE, ensure_tiny_model, make_task
+
+
+def test_checkpoint_is_a_normal_hf_checkpoint(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    ids = tok("12+34=")["input_ids"]
+    assert ids[0] == tok.bos_token_id and len(ids) == 7
+    assert tok.decode(tok("579", add_special_tokens=False)["input_ids"]) == "579"
+    assert model.config.vocab_size == len(tok)
+    assert model.config.hidden_size // model.config.num_attention_heads >= 32  # vLLM's CPU kernels need >= 32
+
+
+def test_task_splits_are_disjoint():
+    spec = BootstrapConfig(num_train_prompts=300, num_eval_prompts=200, sft_examples=100)
+    train, evals, sft = make_task(spec, seed=1)
+    keys = [{r["prompt"] for r in part} for part in (train, evals, sft)]
+    assert [len(k) for k in keys] == [300, 200, 100]
+    assert not (keys[0] & keys[1]) and not (keys[1] & keys[2]) and not (keys[0] & keys[2])
+    assert all(int(r["answer"]) == sum(map(int, r["prompt"][:-1].split("+"))) for r in evals)
+
+
+def test_reused_while_spec_unchanged_and_rebuilt_when_changed(tmp_path):
+    spec = BootstrapConfig(hidden_size=64, num_heads=2, sft_steps=3, sft_batch_size=8, sft_examples=32,
+                           num_train_prompts=64, num_eval_prompts=16)
+    first = ensure_tiny_model(tmp_path / "m", spec, seed=0, log=lambda *_: None)
+    stamp = (tmp_path / "m" / "model.safetensors").stat().st_mtime_ns
+    again = ensure_tiny_model(tmp_path / "m", spec, seed=0, log=lambda *_: None)
+    assert again == first and (tmp_path / "m" / "model.safetensors").stat().st_mtime_ns == stamp
+    changed = spec.model_copy(update={"sft_steps": 4})
+    rebuilt = ensure_tiny_model(tmp_path / "m", changed, seed=0, log=lambda *_: None)
+    assert rebuilt["spec_hash"] != first["spec_hash"]
+    assert json.loads((tmp_path / "m" / SPEC_FILE).read_text()) == rebuilt
