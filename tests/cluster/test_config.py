@@ -93,3 +93,20 @@ def test_grad_accumulation_from_micro_batch(tmp_path):
                                                  "trainer.num_learners=2", "trainer.micro_batch_size=16"])
     opts = learner_options(cfg)
     assert (opts.micro_batch_size, opts.grad_accum_steps) == (16, 4)
+
+
+def _fields(model, prefix=""):
+    from pydantic import BaseModel
+
+    for name, field in model.model_fields.items():
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            yield from _fields(ann, f"{prefix}{name}.")
+        else:
+            yield prefix, name
+
+
+def test_config_reference_names_every_field():
+    doc = (ROOT / "docs" / "config.md").read_text()
+    missing = [p + n for p, n in _fields(Config) if f"`{n}`" not in doc]
+    assert not missing, f"docs/config.md does not describe: {missing}"
