@@ -64,7 +64,9 @@ def verify(update: WeightUpdate, arrays: list[np.ndarray], expected_version: int
     if update_checksum(update.version, update.tensors) != update.checksum:
         raise WeightSyncError(f"weight update v{update.version}: manifest checksum mismatch")
     if len(arrays) != len(update.tensors):
-        raise WeightSyncError(f"weight update v{update.version}: {len(arrays)} arrays for {len(update.tensors)} tensors")
+        raise WeightSyncError(
+            f"weight update v{update.version}: {len(arrays)} arrays for {len(update.tensors)} tensors"
+        )
     out: dict[str, np.ndarray] = {}
     for meta, array in zip(update.tensors, arrays):
         if tuple(array.shape) != meta.shape or array.dtype.name != meta.dtype:

@@ -46,7 +46,7 @@ def test_grpo_loss_by_hand():
 
 def test_kl_estimators_by_hand():
     logp, ref = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])
-    d = ref - logp  # [-0.5, 1.0]
+    # ref - logp = [-0.5, 1.0]
     np.testing.assert_allclose(KL_ESTIMATORS.get("k1")(logp, ref).numpy(), [0.5, -1.0])
     np.testing.assert_allclose(KL_ESTIMATORS.get("k2")(logp, ref).numpy(), [0.125, 0.5])
     np.testing.assert_allclose(KL_ESTIMATORS.get("k3")(logp, ref).numpy(),
