@@ -34,13 +34,16 @@ class BootstrapConfig(Section):
     hidden_size: int = 128
     num_layers: int = 2
     num_heads: int = 4
-    max_digits: int = 3
-    sft_examples: int = 4000
-    sft_steps: int = 300
-    sft_batch_size: int = 64
+    max_digits: int = Field(2, ge=1)
+    sft_max_steps: int = Field(600, ge=0)
+    # The warm-up stops once greedy accuracy on the validation prompts reaches this.
+    sft_target_accuracy: float = Field(0.25, ge=0, le=1)
+    sft_check_every: int = Field(10, ge=1)
+    sft_batch_size: int = Field(64, ge=1)
     sft_lr: float = 2e-3
-    num_train_prompts: int = 20000
-    num_eval_prompts: int = 256
+    num_train_prompts: int = Field(8000, ge=1)
+    num_eval_prompts: int = Field(256, ge=1)
+    sft_val_prompts: int = Field(256, ge=1)
 
 
 class ModelConfig(Section):

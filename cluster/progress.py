@@ -16,6 +16,7 @@ class Progress:
 
     def start(self, total_steps: int, initial_accuracy: float) -> None:
         self.eval_acc = initial_accuracy
+        self.every = max(1, total_steps // 20)  # plain-line mode: about 20 lines per run
         self.log(f"held-out accuracy before training: {initial_accuracy:.1%}")
         if not self.enabled or not self.console.is_terminal:
             return
@@ -33,7 +34,7 @@ class Progress:
         if self.bar is not None:
             self.bar.update(self.task, completed=step, reward=row["reward_mean"], acc=row["accuracy"],
                             eval=self.eval_acc, sps=row["samples_per_s"])
-        elif self.enabled:
+        elif self.enabled and (step % self.every == 0 or "eval_accuracy" in row):
             evaluated = f" eval {row['eval_accuracy']:.1%}" if "eval_accuracy" in row else ""
             self.log(f"step {step:4d} reward {row['reward_mean']:.3f} acc {row['accuracy']:.1%}{evaluated} "
                      f"{row['samples_per_s']:.1f} samples/s ({row['step_s']:.2f} s)")

@@ -12,8 +12,8 @@ import pytest
 
 from cluster.config import BootstrapConfig
 
-TINY = BootstrapConfig(hidden_size=64, num_layers=2, num_heads=2, sft_steps=0, num_train_prompts=512,
-                       num_eval_prompts=64, sft_examples=64)
+TINY = BootstrapConfig(hidden_size=64, num_layers=2, num_heads=2, sft_max_steps=0, num_train_prompts=512,
+                       num_eval_prompts=64, sft_val_prompts=16)
 
 
 @pytest.fixture(scope="session")

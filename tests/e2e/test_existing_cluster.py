@@ -35,8 +35,8 @@ def test_run_joins_existing_cluster(tmp_path):
         cmd = [f"{BIN}/tandem", "run", os.path.join(ROOT, "recipes", "quickstart.yaml"),
                f"cluster.address=127.0.0.1:{port}", f"model.path={model}",
                f"data.train_path={model}/data/train.jsonl", f"data.eval_path={model}/data/eval.jsonl",
-               f"run.output_dir={tmp_path}/runs", "model.bootstrap_spec.sft_steps=5",
-               "model.bootstrap_spec.num_train_prompts=100", "model.bootstrap_spec.sft_examples=100",
+               f"run.output_dir={tmp_path}/runs", "model.bootstrap_spec.sft_max_steps=5",
+               "model.bootstrap_spec.num_train_prompts=100", "model.bootstrap_spec.sft_val_prompts=16",
                "model.bootstrap_spec.num_eval_prompts=16", "controller.steps=1", "controller.prompts_per_step=4",
                "algorithm.group_size=4", "controller.eval_prompts=16", "controller.progress=false"]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)

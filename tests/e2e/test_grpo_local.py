@@ -20,8 +20,8 @@ def config(tmp_path, *extra):
     return load_config(os.path.join(ROOT, "recipes", "quickstart.yaml"), [
         f"model.path={model}", f"data.train_path={model}/data/train.jsonl",
         f"data.eval_path={model}/data/eval.jsonl", f"run.output_dir={tmp_path}/runs",
-        "model.bootstrap_spec.sft_steps=20", "model.bootstrap_spec.num_train_prompts=400",
-        "model.bootstrap_spec.num_eval_prompts=32", "model.bootstrap_spec.sft_examples=400",
+        "model.bootstrap_spec.sft_max_steps=20", "model.bootstrap_spec.num_train_prompts=400",
+        "model.bootstrap_spec.num_eval_prompts=32", "model.bootstrap_spec.sft_val_prompts=32",
         "controller.prompts_per_step=8", "algorithm.group_size=4", "controller.eval_prompts=32",
         "controller.progress=false", "rollout.threads_per_worker=1", *extra,
     ])

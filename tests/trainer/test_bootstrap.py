@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from cluster.config import BootstrapConfig
 from trainer.bootstrap import SPEC_FILE, ensure_tiny_model, make_task
 
@@ -17,22 +19,41 @@ def test_checkpoint_is_a_normal_hf_checkpoint(tiny_model):
 
 
 def test_task_splits_are_disjoint():
-    spec = BootstrapConfig(num_train_prompts=300, num_eval_prompts=200, sft_examples=100)
-    train, evals, sft = make_task(spec, seed=1)
-    keys = [{r["prompt"] for r in part} for part in (train, evals, sft)]
+    spec = BootstrapConfig(num_train_prompts=300, num_eval_prompts=200, sft_val_prompts=100)
+    train, evals, val = make_task(spec, seed=1)
+    keys = [{r["prompt"] for r in part} for part in (train, evals, val)]
     assert [len(k) for k in keys] == [300, 200, 100]
     assert not (keys[0] & keys[1]) and not (keys[1] & keys[2]) and not (keys[0] & keys[2])
     assert all(int(r["answer"]) == sum(map(int, r["prompt"][:-1].split("+"))) for r in evals)
+    assert make_task(spec, seed=1) == (train, evals, val)
+
+
+def test_task_refuses_more_problems_than_exist():
+    with pytest.raises(ValueError, match="has only 100"):
+        make_task(BootstrapConfig(max_digits=1, num_train_prompts=90, num_eval_prompts=20), seed=0)
 
 
 def test_reused_while_spec_unchanged_and_rebuilt_when_changed(tmp_path):
-    spec = BootstrapConfig(hidden_size=64, num_heads=2, sft_steps=3, sft_batch_size=8, sft_examples=32,
-                           num_train_prompts=64, num_eval_prompts=16)
+    spec = BootstrapConfig(hidden_size=64, num_heads=2, sft_max_steps=3, sft_check_every=2, sft_batch_size=8,
+                           num_train_prompts=64, num_eval_prompts=16, sft_val_prompts=16)
     first = ensure_tiny_model(tmp_path / "m", spec, seed=0, log=lambda *_: None)
     stamp = (tmp_path / "m" / "model.safetensors").stat().st_mtime_ns
     again = ensure_tiny_model(tmp_path / "m", spec, seed=0, log=lambda *_: None)
     assert again == first and (tmp_path / "m" / "model.safetensors").stat().st_mtime_ns == stamp
-    changed = spec.model_copy(update={"sft_steps": 4})
+    changed = spec.model_copy(update={"sft_max_steps": 4})
     rebuilt = ensure_tiny_model(tmp_path / "m", changed, seed=0, log=lambda *_: None)
     assert rebuilt["spec_hash"] != first["spec_hash"]
     assert json.loads((tmp_path / "m" / SPEC_FILE).read_text()) == rebuilt
+
+
+def test_quickstart_warm_up_leaves_room_to_learn(tmp_path):
+    """The demo's own bootstrap spec: RL must start between 10% and 50% held-out accuracy."""
+    from pathlib import Path
+
+    from cluster.config import load_config
+
+    recipe = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+    cfg = load_config(recipe)
+    record = ensure_tiny_model(tmp_path / "q", cfg.model.bootstrap_spec, seed=cfg.run.seed, log=lambda *_: None)
+    assert 0.10 <= record["sft_eval_accuracy"] <= 0.50, record
+    assert record["sft_val_accuracy"] >= cfg.model.bootstrap_spec.sft_target_accuracy
