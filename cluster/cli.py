@@ -1,4 +1,5 @@
-"""`tandem` command line: run a recipe, list algorithms."""
+"""`tandem` command line: run a recipe here, submit it to a cluster (Ray job API, Slurm,
+KubeRay) and follow submitted jobs, list algorithms."""
 
 from __future__ import annotations
 
@@ -7,8 +8,21 @@ import os
 import sys
 
 from cluster.config import ConfigError, load_config
+from cluster.placement import PlacementError
 
-USAGE_RUN = """run a recipe on the embedded local Ray (or cluster.address).
+DESCRIPTION = """Distributed RL post-training on Ray: the same recipe on a laptop or a cluster.
+
+  tandem run RECIPE [k=v ...]                       run here (or on cluster.address)
+  tandem run RECIPE --dry-run                       print the placement plan only
+  tandem submit RECIPE [k=v ...] --backend ray      submit to a Ray cluster's job API
+  tandem submit RECIPE --backend slurm [--submit]   write (and sbatch) a Slurm script
+  tandem submit RECIPE --backend kuberay            write a KubeRay RayJob manifest
+  tandem status|logs|stop JOB --backend ...         follow a submitted job
+Run `tandem COMMAND --help` for each command's options."""
+
+USAGE_RUN = """Run a recipe: the embedded local Ray on 127.0.0.1, or the cluster at cluster.address.
+The roles' resources are reserved as Ray placement groups first (--dry-run prints the plan);
+a plan the cluster cannot hold fails before any actor starts, naming what was asked and what exists.
 Overrides are dotted keys: tandem run recipes/quickstart.yaml trainer.lr=3e-5 controller.steps=10"""
 
 
@@ -24,10 +38,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
             print(config_to_yaml(cfg))
             return 0
+        if args.dry_run:
+            return _dry_run(cfg)
         from cluster.controller import run
 
         summary = run(cfg)
-    except (ConfigError, DataError, EngineError) as exc:
+    except (ConfigError, DataError, EngineError, PlacementError) as exc:
         print(f"tandem: error: {exc}", file=sys.stderr)
         return 2
     ev, tp = summary["eval"], summary["throughput"]
@@ -38,32 +54,72 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_algorithms(args: argparse.Namespace) -> int:
-    from trainer.algorithms import ADVANTAGES, KL_ESTIMATORS, LOSSES
-    from reward.verifiers import VERIFIERS
+def _dry_run(cfg) -> int:
+    """Print what the run would reserve, start nothing (no Ray, no model)."""
+    from cluster.placement import build_plan
+    from cluster.roles import learner_options
 
-    for registry in (ADVANTAGES, LOSSES, KL_ESTIMATORS, VERIFIERS):
+    opts = learner_options(cfg)
+    print(build_plan(cfg).describe())
+    print(f"learners: ZeRO-{opts.zero_stage}, micro-batch {opts.micro_batch_size} x {opts.grad_accum_steps} "
+          f"accumulation steps per rank; cluster: "
+          f"{cfg.cluster.address or 'embedded local Ray on 127.0.0.1'}")
+    return 0
+
+
+def _cmd_algorithms(args: argparse.Namespace) -> int:
+    from reward.verifiers import VERIFIERS
+    from trainer.algorithms import PAPERS, REGISTRIES
+
+    for registry in (*REGISTRIES, VERIFIERS):
         print(f"{registry.kind}s:")
         for entry in registry.entries():
-            print(f"  {entry.name:<12} {entry.description}")
+            paper = f"  [{PAPERS[entry.name]}]" if entry.name in PAPERS else ""
+            print(f"  {entry.name:<20} {entry.description}{paper}")
+    return 0
+
+
+def _cmd_sandbox(args: argparse.Namespace) -> int:
+    from reward.sandbox import SandboxError, verdict_for_cli
+
+    try:
+        print(verdict_for_cli(args.file, args.timeout, args.memory_mb).to_json())
+    except (OSError, ValueError, SandboxError) as exc:
+        print(f"tandem: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tandem", description="Distributed RL post-training on Ray.")
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a recipe", description=USAGE_RUN)
+    from cluster.launch.cli import add_job_commands
+
+    parser = argparse.ArgumentParser(prog="tandem", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    run = sub.add_parser("run", help="run a recipe here (embedded Ray) or on cluster.address", description=USAGE_RUN,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("recipe", help="YAML recipe file")
     run.add_argument("overrides", nargs="*", help="section.key=value overrides")
     run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the placement plan (actors, bundles, placement groups, totals) and exit")
     run.set_defaults(fn=_cmd_run)
+    add_job_commands(sub)
     algos = sub.add_parser("algorithms", help="list registered advantage estimators, losses, KL estimators, verifiers")
     algos.set_defaults(fn=_cmd_algorithms)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may come after flags too (`tandem run r.yaml --dry-run trainer.lr=1e-5`), which
+    # argparse alone does not allow once the positional run has ended: collect them here.
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     return args.fn(args)
 
 

@@ -80,18 +80,119 @@ class RewardConfig(Section):
     timeout_s: float = Field(2.0, gt=0)
     # Score given to a sample whose verifier raised or timed out (recorded, never silent).
     fallback_score: float = 0.0
+    # Pool (reward/pool.py): scale verifier workers up to max_workers under load (null: fixed).
+    max_workers: Optional[int] = Field(None, ge=1)
+    # Extra tries after a timeout or a lost worker (a verifier's exception is not retried).
+    max_retries: int = Field(1, ge=0)
+    # Results cached by (verifier setup, prompt, response, answer); 0 turns the cache off.
+    cache_size: int = Field(100_000, ge=0)
+    batch_size: int = Field(8, ge=1)
+    # Samples outstanding before submit() blocks (backpressure).
+    max_pending: int = Field(4096, ge=1)
+    # Composition: extra named rewards (verifier names, reward_model, judge) -> weights,
+    # added to verifier (weight 1) and format (format_weight).
+    components: dict[str, float] = {}
+    # Keyword options per verifier, e.g. {code: {timeout_s: 5, memory_mb: 512}}.
+    verifier_options: dict[str, dict[str, Any]] = {}
+    # Python modules every reward worker imports first, to register verifiers of your own.
+    plugins: list[str] = []
+    clip_min: Optional[float] = None
+    clip_max: Optional[float] = None
+    normalize: Literal["none", "running"] = "none"
+    # PAR: sigmoid(reward - reference); the reference is a constant or the group's mean.
+    shaping: Literal["none", "par"] = "none"
+    par_reference: Literal["fixed", "group_mean"] = "fixed"
+    par_reference_value: float = 0.0
+    # Reward model: a local HF sequence-classification checkpoint with one label.
+    reward_model_path: Optional[str] = None
+    reward_model_batch_size: int = Field(32, ge=1)
+    reward_model_device: str = "cpu"
+    # LLM judge: base URL of an OpenAI-compatible API (…/v1); key from TANDEM_JUDGE_API_KEY.
+    judge_url: Optional[str] = None
+    judge_model: str = "judge"
+    judge_requests_per_s: float = Field(5.0, gt=0)
+    judge_concurrency: int = Field(4, ge=1)
+    judge_max_retries: int = Field(3, ge=0)
+    judge_timeout_s: float = Field(30.0, gt=0)
+
+
+def _registered(registry, value: str) -> str:
+    if value not in registry:
+        raise ValueError(f"unknown {registry.kind} '{value}'; valid names: {', '.join(registry.names())}")
+    return value
 
 
 class AlgorithmConfig(Section):
-    name: str = "grpo"
+    name: str = "grpo"  # a label for the summary; behaviour comes from the fields below
     advantage: str = "grpo"
-    loss: str = "grpo"
-    group_size: int = Field(8, ge=2)
+    loss: str = "ppo_clip"
+    loss_agg: str = "token-mean"
+    group_size: int = Field(8, ge=1)
+    # Advantage options: divide by std (grpo; off = Dr.GRPO) / whiten (gae); group or batch std.
+    normalize_std: bool = True
+    std_scope: Literal["group", "batch"] = "group"
+    group_baseline: bool = True  # reinforce_pp: REINFORCE++-baseline
+    gamma: float = Field(1.0, ge=0, le=1)
+    lam: float = Field(1.0, ge=0, le=1)
     clip_eps: float = Field(0.2, gt=0)
+    clip_eps_high: Optional[float] = Field(None, gt=0)  # DAPO clip-higher
+    dual_clip: float = Field(0.0, ge=0)  # c > 1 enables dual-clip PPO
     kl_coef: float = Field(0.0, ge=0)
     kl_estimator: str = "k3"
-    # Divide group-centred rewards by the group std (GRPO); off = Dr.GRPO style.
-    normalize_std: bool = True
+    kl_in: Literal["loss", "reward"] = "loss"
+    kl_target: Optional[float] = Field(None, gt=0)  # adaptive coefficient towards this KL
+    kl_horizon: int = Field(100, ge=1)
+    entropy_coef: float = 0.0
+    # DAPO overlong shaping: linear penalty over the last `overlong_buffer` tokens before the limit.
+    overlong_buffer: int = Field(0, ge=0)
+    overlong_penalty: float = Field(1.0, ge=0)
+    mask_truncated: bool = False  # drop responses cut at max_new_tokens from the loss
+
+    @field_validator("advantage")
+    @classmethod
+    def _advantage(cls, v: str) -> str:
+        from trainer.advantages import ADVANTAGES
+
+        return _registered(ADVANTAGES, v)
+
+    @field_validator("loss")
+    @classmethod
+    def _loss(cls, v: str) -> str:
+        from trainer.losses import CRITIC_LOSSES, LOSSES
+
+        if v in CRITIC_LOSSES:
+            raise ValueError(f"'{v}' is a critic loss; the policy loss is one of "
+                             f"{', '.join(n for n in LOSSES.names() if n not in CRITIC_LOSSES)}")
+        return _registered(LOSSES, v)
+
+    @field_validator("loss_agg")
+    @classmethod
+    def _agg(cls, v: str) -> str:
+        from trainer.losses import AGGREGATIONS
+
+        return _registered(AGGREGATIONS, v)
+
+    @field_validator("kl_estimator")
+    @classmethod
+    def _kl(cls, v: str) -> str:
+        from trainer.losses import KL_ESTIMATORS
+
+        return _registered(KL_ESTIMATORS, v)
+
+
+class CriticConfig(Section):
+    """The value model for PPO (`algorithm.advantage: gae`)."""
+
+    enabled: bool = False
+    path: Optional[str] = None  # default: model.path (a policy or reward-model checkpoint)
+    num_learners: int = Field(1, ge=1)
+    threads_per_learner: int = Field(1, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    lr: float = Field(1e-4, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(64, ge=1)
+    value_clip: float = Field(0.2, gt=0)
+    warmup_steps: int = Field(0, ge=0)  # steps that train only the critic
 
 
 class TrainerConfig(Section):
@@ -132,6 +233,29 @@ class ClusterConfig(Section):
     address: Optional[str] = None
     num_cpus: Optional[int] = None
     dashboard: bool = False
+    # Placement (cluster/placement.py): the roles' resources become Ray placement groups.
+    # disaggregated: each role its own bundles; colocated: learner ranks and engines share
+    # bundles (and GPUs, time-sliced), which halves the GPUs a synchronous run needs.
+    placement: Literal["disaggregated", "colocated"] = "disaggregated"
+    strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    gpus_per_learner: int = Field(0, ge=0, le=1)
+    # GPUs per rollout engine replica = its tensor-parallel size (0: a CPU engine).
+    gpus_per_engine: int = Field(0, ge=0)
+    # Reward workers reserve no CPU by default: in synchronous mode they run while the
+    # other roles wait, so reserving cores for them would only shrink what fits.
+    cpus_per_reward_worker: float = Field(0, ge=0)
+    # Extra Ray resources each actor of a role asks for, e.g. {learner: {a100: 1}}: pins
+    # roles to node types declared with `ray start --resources`.
+    resources: dict[Literal["learner", "rollout", "reward", "critic"], dict[str, float]] = {}
+    # Placement groups not ready after this long are an error (resources held elsewhere).
+    placement_timeout_s: float = Field(120, gt=0)
+    # `tandem submit` (slurm, kuberay): the cluster to ask for. num_nodes null: enough
+    # nodes of gpus_per_node GPUs for the plan (1 on CPU).
+    num_nodes: Optional[int] = Field(None, ge=1)
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_node: int = Field(8, ge=1)
+    memory_per_node: str = "32Gi"
+    image: str = "tandem:gpu"
 
 
 class Config(Section):
@@ -142,13 +266,19 @@ class Config(Section):
     reward: RewardConfig = RewardConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
     trainer: TrainerConfig = TrainerConfig()
+    critic: CriticConfig = CriticConfig()
     controller: ControllerConfig = ControllerConfig()
     cluster: ClusterConfig = ClusterConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
-        if self.trainer.zero_stage == 3 and self.trainer.num_learners < 1:
-            raise ValueError("trainer.zero_stage 3 needs at least one learner")
+        a = self.algorithm
+        if (a.advantage == "gae") != self.critic.enabled:
+            raise ValueError("algorithm.advantage 'gae' and critic.enabled go together (PPO with a critic)")
+        if a.advantage in ("grpo", "rloo") and a.group_size < 2:
+            raise ValueError(f"algorithm.advantage '{a.advantage}' needs algorithm.group_size >= 2")
+        if a.overlong_buffer >= self.rollout.max_new_tokens:
+            raise ValueError("algorithm.overlong_buffer must be below rollout.max_new_tokens")
         return self
 
 

@@ -10,6 +10,7 @@ import numpy as np
 
 from cluster.buffer import ExperienceBuffer, Group
 from cluster.config import Config
+from cluster.experience import ExperienceMaker
 from cluster.progress import Progress
 from cluster.roles import Roles, cpus_needed, learner_options, prepare_inputs, start_roles
 from cluster.rundir import RunDir
@@ -17,9 +18,6 @@ from cluster.runtime import ray_session
 from rollout.data import Prompt, PromptSource
 from rollout.types import GenerationRequest, SamplingParams
 from rollout.weight_sync import WeightSyncError
-from trainer.algorithms import ADVANTAGES, AdvantageOptions
-from trainer.batching import build_batch
-from trainer.types import LossSpec
 
 TIMERS = ("gen_s", "reward_s", "train_s", "sync_s")
 
@@ -30,10 +28,9 @@ class Controller:
         self.source = PromptSource(train, seed=cfg.run.seed)
         self.evals = evals[: cfg.controller.eval_prompts]
         self.buffer = ExperienceBuffer(cfg.controller.max_staleness, cfg.algorithm.group_size)
-        self.advantage = ADVANTAGES.get(cfg.algorithm.advantage)
-        a = cfg.algorithm
-        self.loss = LossSpec(a.loss, a.clip_eps, a.kl_coef, a.kl_estimator, cfg.rollout.temperature)
-        self.version = 0  # policy version = optimizer steps taken
+        self.experience = ExperienceMaker(cfg, roles.learners, roles.critic)
+        self.version = 0  # policy version: weight updates published to the rollout workers
+        self.steps_done = 0
         self.next_group = 0
         self.totals = {k: 0.0 for k in TIMERS} | {"samples": 0, "tokens": 0, "syncs": 0, "sync_failures": 0,
                                                    "reward_failures": 0}
@@ -47,6 +44,7 @@ class Controller:
         progress.start(c.steps, initial)
         for step in range(1, c.steps + 1):
             row = self.step(step)
+            self.steps_done = step
             if c.eval_every and step % c.eval_every == 0 and step < c.steps:
                 row["eval_accuracy"] = self.evaluate()
             if c.checkpoint_every and step % c.checkpoint_every == 0 and step < c.steps:
@@ -69,27 +67,37 @@ class Controller:
         rewards = self.roles.reward.score(rollouts)
         t2 = time.perf_counter()
         groups = self.buffer.admit(rollouts, rewards, self.version)
-        train_metrics = self.train(groups, step)
+        train_metrics, policy_moved = self.train(groups, step)
         t3 = time.perf_counter()
-        self.sync_weights()
+        if policy_moved:
+            self.sync_weights()
         t4 = time.perf_counter()
         row = self._step_row(step, groups, train_metrics, (t1 - t0, t2 - t1, t3 - t2, t4 - t3))
         return row
 
-    def train(self, groups: list[Group], step: int) -> dict:
+    def train(self, groups: list[Group], step: int) -> tuple[dict, bool]:
+        """Critic and policy updates on this step's groups; False when the policy did not move."""
         if not groups:
             raise RuntimeError(f"step {step}: no complete group survived the buffer; nothing to train on")
-        rewards = np.array([[r.reward for r in g.rewards] for g in groups])  # [G, n]
-        opts = AdvantageOptions(normalize_std=self.cfg.algorithm.normalize_std)
-        advantages = self.advantage(rewards, opts).reshape(-1)
-        rollouts = [r for g in groups for r in g.rollouts]
-        batch = build_batch(rollouts, advantages, pad_id=0)
+        batches = self.experience.make(groups)
+        metrics = dict(batches.metrics)
         # Shuffle rows so each mini-batch (and each rank's shard) mixes groups; seeded per step.
-        order = np.random.default_rng([self.cfg.run.seed, step]).permutation(len(batch))
-        metrics: dict[str, float] = {}
-        for part in np.array_split(order, self.cfg.trainer.updates_per_batch):
-            metrics = self.roles.learners.train_step(batch.minibatch(part), self.loss)
-        return metrics
+        order = np.random.default_rng([self.cfg.run.seed, step]).permutation(len(batches.policy))
+        parts = np.array_split(order, self.cfg.trainer.updates_per_batch)
+        if batches.critic is not None:
+            for part in parts:
+                critic = self.roles.critic.train_step(self.experience.weighted(batches.critic.rows(part)),
+                                                      self.experience.critic_spec())
+            metrics.update(value_loss=critic["loss"], value_clip_frac=critic["value_clip_frac"])
+        if step <= self.cfg.critic.warmup_steps:
+            return metrics, False  # critic warm-up: the policy waits for useful values
+        for part in parts:
+            policy = self.roles.learners.train_step(self.experience.weighted(batches.policy.rows(part)),
+                                                    self.experience.policy_spec())
+        metrics.update(policy)  # from the last mini-batch
+        self.experience.kl.update(metrics.get("kl"))
+        metrics["kl_coef"] = self.experience.kl.coef
+        return metrics, True
 
     def sync_weights(self) -> None:
         self.version += 1
@@ -142,7 +150,7 @@ class Controller:
         busy = sum(t[k] for k in TIMERS) or 1e-9
         self.summary = {
             "status": status, "run_dir": str(self.run_dir.path), "algorithm": self.cfg.algorithm.name,
-            "steps": self.version, "samples": int(t["samples"]), "wall_s": wall,
+            "steps": self.steps_done, "samples": int(t["samples"]), "wall_s": wall,
             "eval": {"initial_accuracy": initial, "final_accuracy": final, "num_prompts": len(self.evals)},
             "staleness": self.buffer.summary(),
             "weight_sync": {"count": int(t["syncs"]), "checksum_failures": int(t["sync_failures"]),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 from cluster.config import Config, ConfigError
+from cluster.placement import Placement, actor_nodes, build_plan, place
 from reward.pool import RewardPool
 from rollout.data import Prompt, load_prompts
 from rollout.pool import RolloutPool
@@ -18,11 +20,27 @@ class Roles:
     rollout: RolloutPool
     reward: RewardPool
     learners: LearnerGroup
+    placement: Optional[Placement] = None  # the reserved placement groups, freed on shutdown
+    critic: Optional[LearnerGroup] = None  # the value model (PPO with GAE)
 
     def shutdown(self) -> None:
-        self.learners.shutdown()
-        self.rollout.shutdown()
-        self.reward.shutdown()
+        try:
+            if self.critic is not None:
+                self.critic.shutdown()
+            self.learners.shutdown()
+            self.rollout.shutdown()
+            self.reward.shutdown()
+        finally:
+            if self.placement is not None:
+                self.placement.remove()
+
+    def actor_nodes(self) -> dict[str, list[str]]:
+        """role -> the Ray node id of each of its actors (rank order), as the actors report it."""
+        nodes = {"learner": actor_nodes(self.learners.actors), "rollout": actor_nodes(self.rollout.workers),
+                 "reward": actor_nodes(self.reward.workers)}
+        if self.critic is not None:
+            nodes["critic"] = actor_nodes(self.critic.actors)
+        return nodes
 
 
 def prepare_inputs(cfg: Config, log=print) -> tuple[list[Prompt], list[Prompt]]:
@@ -59,17 +77,50 @@ def learner_options(cfg: Config) -> LearnerOptions:
     )
 
 
+def critic_options(cfg: Config) -> LearnerOptions:
+    c, t = cfg.critic, cfg.trainer
+    rows = cfg.controller.prompts_per_step * cfg.algorithm.group_size
+    per_rank, rest = divmod(rows, t.updates_per_batch * c.num_learners)
+    micro = min(c.micro_batch_size, max(per_rank, 1))
+    if rest or per_rank % micro:
+        raise ConfigError(f"{rows} samples per step do not split into trainer.updates_per_batch="
+                          f"{t.updates_per_batch} x critic.num_learners={c.num_learners} parts of "
+                          f"critic.micro_batch_size={c.micro_batch_size} rows")
+    return LearnerOptions(zero_stage=c.zero_stage, lr=c.lr, max_grad_norm=c.max_grad_norm, micro_batch_size=micro,
+                          grad_accum_steps=per_rank // micro, dtype=cfg.model.dtype, model_kind="value",
+                          seed=cfg.run.seed)
+
+
 def cpus_needed(cfg: Config) -> int:
-    return (cfg.rollout.num_workers * cfg.rollout.threads_per_worker
-            + cfg.trainer.num_learners * cfg.trainer.threads_per_learner)
+    """Logical CPUs the placement plan reserves (the embedded cluster gets at least this many)."""
+    import math
+
+    return math.ceil(build_plan(cfg).totals().get("CPU", 0))
 
 
 def start_roles(cfg: Config, loopback: bool) -> Roles:
+    """Reserve the placement plan's bundles (a plan the cluster cannot hold fails here, before
+    any actor starts), then start each role's actors in their bundles."""
     opts = learner_options(cfg)
-    r = cfg.reward
-    reward = RewardPool(r.num_workers, r.verifier, r.format_weight, r.timeout_s, r.fallback_score)
-    rollout = RolloutPool(cfg.model.path, cfg.rollout.num_workers, cfg.rollout.engine, cfg.model.dtype,
-                          cfg.rollout.threads_per_worker, cfg.rollout.batch_size)
-    learners = LearnerGroup(cfg.model.path, cfg.trainer.num_learners, opts, cfg.trainer.threads_per_learner,
-                            loopback=loopback)
-    return Roles(rollout, reward, learners)
+    placement = place(build_plan(cfg), cfg.cluster.placement_timeout_s)
+    started = []
+    try:
+        r = cfg.reward
+        started.append(RewardPool(**r.model_dump(), actor_options=placement.options("reward")))
+        started.append(RolloutPool(cfg.model.path, cfg.rollout.num_workers, cfg.rollout.engine, cfg.model.dtype,
+                                   cfg.rollout.threads_per_worker, cfg.rollout.batch_size,
+                                   actor_options=placement.options("rollout")))
+        started.append(LearnerGroup(cfg.model.path, cfg.trainer.num_learners, opts, cfg.trainer.threads_per_learner,
+                                    loopback=loopback, actor_options=placement.options("learner")))
+        if cfg.critic.enabled:
+            c = cfg.critic
+            started.append(LearnerGroup(c.path or cfg.model.path, c.num_learners, critic_options(cfg),
+                                        c.threads_per_learner, loopback=loopback,
+                                        actor_options=placement.options("critic")))
+    except BaseException:
+        for pool in reversed(started):
+            pool.shutdown()
+        placement.remove()
+        raise
+    critic = started[3] if cfg.critic.enabled else None
+    return Roles(started[1], started[0], started[2], placement, critic)

@@ -1,75 +1,400 @@
-"""RewardWorker actors scoring rollouts with registered verifiers, and the RewardPool."""
+"""RewardPool: Ray actors scoring rollouts concurrently, with timeouts, retries, a cache,
+backpressure, autoscaling and metrics; then composition and shaping of the rewards.
+
+Work flows through *lanes*, one per kind of actor: `verifier` (RewardWorker actors,
+`num_workers` .. `max_workers` of them), `reward_model` and `judge` (one actor each, only
+when a component names them). A sample is queued on every lane it needs; each lane sends
+chunks of `batch_size` samples to its actors, at most two calls in flight per actor.
+
+Failure handling, per sample and never silent: a verifier timeout (enforced inside the
+worker, per sample) or a lost/wedged actor (enforced here, by a per-call deadline) is
+retried up to `max_retries` times on a fresh actor; a verifier exception is recorded at
+once (it is deterministic). A sample that still fails gets `fallback_score` and its
+`failure` reason. Successful component scores are cached by (verifier setup, prompt,
+response, answer, finish reason).
+
+`score(rollouts)` is submit + collect; `submit` returns a ticket at once (blocking only
+while more than `max_pending` samples are outstanding: backpressure), so callers can
+stream batches in and `collect` each one when needed.
+"""
 
 from __future__ import annotations
 
-import concurrent.futures as cf
+import collections
+import hashlib
+import json
+import os
 import time
+from dataclasses import asdict, dataclass, field
+from typing import Optional
 
+import numpy as np
 import ray
 
-from reward.types import RewardResult
-from reward.verifiers import VERIFIERS
+from reward import shaping
+from reward.types import MODEL_COMPONENTS, ComponentScore, RewardResult, RewardSpec
+from reward.worker import RewardWorker, WorkerReply, verifier_components
 from rollout.types import Rollout
 
+MAX_INFLIGHT_PER_ACTOR = 2
+CALL_GRACE_S = 60.0  # actor start-up (imports) counts against a call's deadline
+SCALE_DOWN_IDLE_S = 30.0
 
-class RewardWorker:
-    """Ray actor body. Each verifier call runs under a per-sample timeout; a call that
-    raises or times out gets the fallback score and a recorded failure reason."""
 
-    def __init__(self, verifier: str, format_weight: float, timeout_s: float, fallback_score: float):
-        self.correct_fn = VERIFIERS.get(verifier)
-        self.format_fn = VERIFIERS.get("format")
-        self.format_weight = format_weight
-        self.timeout_s = timeout_s
-        self.fallback = fallback_score
-        self._pool = cf.ThreadPoolExecutor(max_workers=1)
+@dataclass
+class _Sample:
+    rollout: Rollout
+    key: str
+    lanes: set  # lanes still to answer
+    t_submit: float
+    scores: dict = field(default_factory=dict)  # component name -> ComponentScore
+    failure: Optional[str] = None
+    attempts: int = 1
+    cached: bool = False
 
-    def _call(self, fn, rollout: Rollout) -> float:
-        future = self._pool.submit(fn, rollout.response_text, rollout.answer)
-        try:
-            return float(future.result(timeout=self.timeout_s))
-        except cf.TimeoutError:
-            # A thread cannot be killed: abandon it with its executor and start a fresh one.
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = cf.ThreadPoolExecutor(max_workers=1)
-            raise TimeoutError(f"verifier exceeded {self.timeout_s} s") from None
 
-    def score_one(self, rollout: Rollout) -> RewardResult:
-        t0 = time.perf_counter()
-        try:
-            correct = self._call(self.correct_fn, rollout)
-            fmt = self._call(self.format_fn, rollout) if rollout.finish_reason == "stop" else 0.0
-        except TimeoutError as exc:
-            return self._failed(rollout, f"timeout: {exc}", t0)
-        except Exception as exc:  # a broken verifier must not crash the run; it is recorded
-            return self._failed(rollout, f"error: {type(exc).__name__}: {exc}", t0)
-        return RewardResult(rollout.group_id, rollout.sample_index, correct + self.format_weight * fmt,
-                            correct == 1.0, fmt == 1.0, None, time.perf_counter() - t0)
+@dataclass
+class _Actor:
+    handle: object
+    inflight: int = 0
+    idle_since: float = field(default_factory=time.monotonic)
 
-    def _failed(self, rollout: Rollout, reason: str, t0: float) -> RewardResult:
-        return RewardResult(rollout.group_id, rollout.sample_index, self.fallback, False, False, reason,
-                            time.perf_counter() - t0)
 
-    def score(self, rollouts: list[Rollout]) -> list[RewardResult]:
-        return [self.score_one(r) for r in rollouts]
+class _Lane:
+    def __init__(self, name: str, make, count: int, chunk: int, max_count: int, options: list[dict]):
+        self.name, self.make, self.chunk, self.max_count, self.options = name, make, chunk, max_count, options
+        self.min_count = count
+        self.actors = [self._start(i) for i in range(count)]
+        self.queue: collections.deque[int] = collections.deque()
+
+    def _start(self, i: int) -> _Actor:
+        # Placement options (a bundle per worker) exist for the configured workers only;
+        # workers added under load run outside the placement group.
+        return _Actor(self.make(self.options[i] if i < len(self.options) else {}))
+
+    def replace(self, actor: _Actor) -> None:
+        ray.kill(actor.handle)
+        i = self.actors.index(actor)
+        self.actors[i] = self._start(i)
+
+    def free_actor(self) -> Optional[_Actor]:
+        free = [a for a in self.actors if a.inflight < MAX_INFLIGHT_PER_ACTOR]
+        return min(free, key=lambda a: a.inflight) if free else None
+
+
+@dataclass
+class PoolMetrics:
+    samples: int = 0
+    cache_hits: int = 0
+    timeouts: int = 0  # sample timeouts, retried or not
+    errors: int = 0  # samples that ended with a failure (fallback score)
+    retries: int = 0
+    worker_restarts: int = 0
+    workers: int = 0
+    workers_peak: int = 0
+    latency_p50_s: float = 0.0  # submit -> result, per sample
+    latency_p90_s: float = 0.0
+    latency_p99_s: float = 0.0
+    compute_p50_s: float = 0.0  # time spent in the sample's components
+    compute_p99_s: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 class RewardPool:
-    def __init__(self, num_workers: int, verifier: str, format_weight: float, timeout_s: float,
-                 fallback_score: float):
-        VERIFIERS.get(verifier)  # unknown names fail here, naming the valid ones
-        actor = ray.remote(RewardWorker).options(num_cpus=0)
-        self.workers = [actor.remote(verifier, format_weight, timeout_s, fallback_score)
-                        for _ in range(num_workers)]
+    def __init__(self, num_workers: int = 1, verifier: str = "arithmetic", format_weight: float = 0.1,
+                 timeout_s: float = 2.0, fallback_score: float = 0.0, actor_options: list[dict] | None = None,
+                 **settings):
+        unknown = sorted(set(settings) - set(RewardSpec.names()))
+        if unknown:
+            raise ValueError(f"unknown reward setting(s) {unknown}; valid: {', '.join(RewardSpec.names())}")
+        spec = RewardSpec(num_workers=num_workers, verifier=verifier, format_weight=format_weight,
+                          timeout_s=timeout_s, fallback_score=fallback_score, **settings)
+        self.spec = spec
+        _validate(spec)
+        self.weights = spec.weights()
+        self._fingerprint = hashlib.sha256(json.dumps(
+            [sorted(self.weights), spec.verifier_options, spec.reward_model_path, spec.judge_url, spec.judge_model],
+            sort_keys=True, default=str).encode()).hexdigest()[:16]
+        self.lanes = self._make_lanes(actor_options or [])
+        self._samples: dict[int, _Sample] = {}
+        self._tickets: dict[int, list[int]] = {}
+        self._inflight: dict = {}  # ObjectRef -> (lane, actor, sample ids, deadline)
+        self._next_id = 0
+        self._cache: collections.OrderedDict[str, tuple] = collections.OrderedDict()
+        self._norm = shaping.RunningNorm()
+        self._latency: collections.deque = collections.deque(maxlen=10_000)
+        self._compute: collections.deque = collections.deque(maxlen=10_000)
+        self.stats = PoolMetrics(workers=spec.num_workers, workers_peak=spec.num_workers)
+
+    def _make_lanes(self, options: list[dict]) -> dict[str, _Lane]:
+        s = self.spec
+        lanes = {}
+        if any(n not in MODEL_COMPONENTS for n in self.weights):
+            make = _actor_factory(RewardWorker, s)
+            lanes["verifier"] = _Lane("verifier", make, s.num_workers, s.batch_size, s.max_workers or s.num_workers,
+                                      options)
+        if "reward_model" in self.weights:
+            from reward.reward_model import RewardModelWorker
+            gpus = 1 if s.reward_model_device.startswith("cuda") else 0
+            lanes["reward_model"] = _Lane("reward_model", _actor_factory(RewardModelWorker, s, num_gpus=gpus), 1,
+                                          s.reward_model_batch_size, 1, [])
+        if "judge" in self.weights:
+            from reward.judge import JudgeWorker
+            lanes["judge"] = _Lane("judge", _actor_factory(JudgeWorker, s), 1, s.judge_concurrency * 2, 1, [])
+        return lanes
+
+    @property
+    def workers(self) -> list:
+        """Handles of the verifier actors (cluster/roles.py reports where they run)."""
+        return [a.handle for a in self.lanes["verifier"].actors] if "verifier" in self.lanes else []
+
+    # --- the public interface -----------------------------------------------------------
 
     def score(self, rollouts: list[Rollout]) -> list[RewardResult]:
-        n = len(self.workers)
-        parts = ray.get([w.score.remote(rollouts[i::n]) for i, w in enumerate(self.workers)])
-        results = [None] * len(rollouts)
-        for i, part in enumerate(parts):
-            results[i::n] = part
-        return results
+        """One result per rollout, in order; never raises for a verifier's failure."""
+        return self.collect(self.submit(rollouts))
+
+    def submit(self, rollouts: list[Rollout]) -> int:
+        """Queue rollouts; returns a ticket for `collect`. Blocks (doing work) while more than
+        `max_pending` samples are outstanding."""
+        while self.outstanding() > self.spec.max_pending:
+            self._pump(time.monotonic() + 0.5)
+        ids = []
+        for rollout in rollouts:
+            ids.append(self._add(rollout))
+        ticket = self._next_id
+        self._next_id += 1
+        self._tickets[ticket] = ids
+        self._pump(time.monotonic())  # start the work without waiting for it
+        return ticket
+
+    def collect(self, ticket: int) -> list[RewardResult]:
+        ids = self._tickets[ticket]
+        while any(self._samples[i].lanes for i in ids):
+            self._pump(time.monotonic() + 1.0)
+        del self._tickets[ticket]
+        return self._compose([self._samples.pop(i) for i in ids])
+
+    def outstanding(self) -> int:
+        """Samples submitted and not yet scored (collected or not)."""
+        return sum(1 for x in self._samples.values() if x.lanes)
+
+    def metrics(self) -> PoolMetrics:
+        m = self.stats
+        if self._latency:
+            m.latency_p50_s, m.latency_p90_s, m.latency_p99_s = np.percentile(self._latency, [50, 90, 99]).tolist()
+            m.compute_p50_s, m.compute_p99_s = np.percentile(self._compute, [50, 99]).tolist()
+        m.workers = len(self.lanes["verifier"].actors) if "verifier" in self.lanes else 0
+        return m
 
     def shutdown(self) -> None:
-        for w in self.workers:
-            ray.kill(w)
+        for lane in self.lanes.values():
+            for actor in lane.actors:
+                ray.kill(actor.handle)
+            lane.actors = []
+
+    # --- scheduling -----------------------------------------------------------------------
+
+    def _add(self, rollout: Rollout) -> int:
+        sid = self._next_id
+        self._next_id += 1
+        key = self._key(rollout)
+        sample = _Sample(rollout, key, set(), time.monotonic())
+        self.stats.samples += 1
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            sample.scores = {c.name: c for c in self._cache[key]}
+            sample.cached = True
+            self.stats.cache_hits += 1
+            self._latency.append(0.0)
+            self._compute.append(0.0)
+        else:
+            sample.lanes = set(self.lanes)
+            for lane in sample.lanes:
+                self.lanes[lane].queue.append(sid)
+        self._samples[sid] = sample
+        return sid
+
+    def _key(self, r: Rollout) -> str:
+        return hashlib.sha256(json.dumps([self._fingerprint, r.prompt, r.response_text, r.answer, r.finish_reason])
+                              .encode()).hexdigest()
+
+    def _pump(self, until: float) -> None:
+        """Dispatch queued work, then wait (at most until `until`) and absorb replies."""
+        self._autoscale()
+        for lane in self.lanes.values():
+            self._dispatch(lane)
+        if not self._inflight:
+            return
+        now = time.monotonic()
+        wait_s = max(0.0, min(until, min(d for *_, d in self._inflight.values())) - now)
+        ready, _ = ray.wait(list(self._inflight), num_returns=1, timeout=wait_s)
+        rest = [r for r in self._inflight if r not in ready]
+        if ready and rest:  # take everything else that is already done too
+            ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        for ref in ready:
+            self._absorb(ref)
+        now = time.monotonic()
+        for ref, (lane, actor, ids, deadline) in list(self._inflight.items()):
+            if now > deadline:  # the actor is wedged or gone: replace it, retry its samples
+                del self._inflight[ref]
+                self._restart(lane, actor)
+                self._retry(lane, ids, f"timeout: {lane.name} worker gave no answer by its deadline")
+
+    def _dispatch(self, lane: _Lane) -> None:
+        while lane.queue:
+            actor = lane.free_actor()
+            if actor is None:
+                return
+            ids = [lane.queue.popleft() for _ in range(min(lane.chunk, len(lane.queue)))]
+            rollouts = [self._samples[i].rollout for i in ids]
+            per_sample = self.spec.timeout_s * max(1, len(self.weights))
+            deadline = time.monotonic() + CALL_GRACE_S + per_sample * len(ids)
+            ref = actor.handle.score.remote(rollouts)
+            actor.inflight += 1
+            self._inflight[ref] = (lane, actor, ids, deadline)
+
+    def _absorb(self, ref) -> None:
+        lane, actor, ids, _ = self._inflight.pop(ref)
+        actor.inflight -= 1
+        actor.idle_since = time.monotonic()
+        try:
+            reply: WorkerReply = ray.get(ref)
+        except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
+            self._restart(lane, actor)
+            self._retry(lane, ids, f"error: {lane.name} worker lost: {type(exc).__name__}")
+            return
+        timed_out = []
+        for sid, scores in zip(ids, reply.scores):
+            failures = [c.failure for c in scores if c.failure]
+            if failures and failures[0].startswith("timeout"):
+                self.stats.timeouts += 1
+                timed_out.append(sid)
+                continue
+            self._finish_lane(sid, lane.name, scores, failures[0] if failures else None)
+        if reply.tainted:
+            self._restart(lane, actor)
+        if timed_out:
+            self._retry(lane, timed_out, f"timeout: a verifier exceeded {self.spec.timeout_s} s", count=False)
+
+    def _retry(self, lane: _Lane, ids: list[int], reason: str, count: bool = True) -> None:
+        for sid in ids:
+            sample = self._samples[sid]
+            if count and reason.startswith("timeout"):
+                self.stats.timeouts += 1
+            if sample.attempts <= self.spec.max_retries:
+                sample.attempts += 1
+                self.stats.retries += 1
+                lane.queue.appendleft(sid)
+            else:
+                self._finish_lane(sid, lane.name, (), reason)
+
+    def _finish_lane(self, sid: int, lane: str, scores, failure: Optional[str]) -> None:
+        sample = self._samples[sid]
+        sample.lanes.discard(lane)
+        sample.scores.update({c.name: c for c in scores})
+        sample.failure = sample.failure or failure
+        if sample.lanes:
+            return
+        if sample.failure:
+            self.stats.errors += 1
+        else:
+            self._cache_put(sample.key, tuple(sample.scores.values()))
+        self._latency.append(time.monotonic() - sample.t_submit)
+        self._compute.append(sum(c.latency_s for c in sample.scores.values()))
+
+    def _cache_put(self, key: str, scores: tuple) -> None:
+        if self.spec.cache_size <= 0:
+            return
+        self._cache[key] = scores
+        while len(self._cache) > self.spec.cache_size:
+            self._cache.popitem(last=False)
+
+    def _restart(self, lane: _Lane, actor: _Actor) -> None:
+        if actor in lane.actors:
+            lane.replace(actor)
+            self.stats.worker_restarts += 1
+        for ref, (l2, a2, ids, _) in list(self._inflight.items()):
+            if a2 is actor:  # calls queued on the killed actor: requeue without counting a try
+                del self._inflight[ref]
+                lane.queue.extendleft(reversed(ids))
+
+    def _autoscale(self) -> None:
+        lane = self.lanes.get("verifier")
+        if lane is None:
+            return
+        n = len(lane.actors)
+        if n < lane.max_count and len(lane.queue) > 2 * lane.chunk * n:
+            lane.actors.append(lane._start(n))  # more than two rounds of work waiting: grow
+            self.stats.workers_peak = max(self.stats.workers_peak, n + 1)
+        elif n > lane.min_count and not lane.queue:
+            last = lane.actors[-1]
+            if last.inflight == 0 and time.monotonic() - last.idle_since > SCALE_DOWN_IDLE_S:
+                ray.kill(lane.actors.pop().handle)
+
+    # --- composition and shaping -----------------------------------------------------
+
+    def _compose(self, samples: list[_Sample]) -> list[RewardResult]:
+        s = self.spec
+        raws = [None if x.failure else shaping.clip(shaping.weighted_sum(
+            {n: c.value for n, c in x.scores.items()}, self.weights), s.clip_min, s.clip_max) for x in samples]
+        good = [r for r in raws if r is not None]
+        values = list(raws)
+        if s.normalize == "running" and good:
+            self._norm.update(good)
+            values = [None if r is None else self._norm(r) for r in values]
+        if s.shaping == "par":
+            refs = self._par_references(samples, values)
+            values = [None if v is None else shaping.par(v, ref) for v, ref in zip(values, refs)]
+        return [self._result(x, raw, value) for x, raw, value in zip(samples, raws, values)]
+
+    def _par_references(self, samples: list[_Sample], values: list) -> list[float]:
+        if self.spec.par_reference == "fixed":
+            return [self.spec.par_reference_value] * len(samples)
+        ok = [(x.rollout.group_id, v) for x, v in zip(samples, values) if v is not None]
+        means = dict(zip(range(len(ok)), shaping.group_means([k for k, _ in ok], [v for _, v in ok])))
+        out, j = [], 0
+        for v in values:
+            out.append(means[j] if v is not None else 0.0)
+            j += v is not None
+        return out
+
+    def _result(self, x: _Sample, raw: Optional[float], value: Optional[float]) -> RewardResult:
+        r = x.rollout
+        comps = tuple((n, c.value) for n, c in x.scores.items() if c.value is not None)
+        latency = sum(c.latency_s for c in x.scores.values())
+        fmt = x.scores.get("format")
+        correct = x.scores.get(self.spec.verifier)
+        return RewardResult(r.group_id, r.sample_index, self.spec.fallback_score if value is None else value,
+                            bool(correct and correct.value == 1.0 and not x.failure),
+                            bool(fmt and fmt.value == 1.0 and not x.failure), x.failure, latency, raw, comps,
+                            x.attempts, x.cached)
+
+
+def _actor_factory(cls, spec: RewardSpec, num_gpus: int = 0):
+    remote = ray.remote(cls)
+
+    def make(options: dict):
+        return remote.options(**{"num_cpus": 0, "num_gpus": num_gpus, "max_concurrency": 1, **options}).remote(spec)
+    return make
+
+
+def _validate(spec: RewardSpec) -> None:
+    """Errors name the config field (reward.<name>)."""
+    verifier_components(spec)  # unknown verifier names raise here, listing the valid ones
+    if spec.max_workers is not None and spec.max_workers < spec.num_workers:
+        raise ValueError(f"reward.max_workers ({spec.max_workers}) < reward.num_workers ({spec.num_workers})")
+    if "reward_model" in spec.weights() and not spec.reward_model_path:
+        raise ValueError("reward.components names 'reward_model' but reward.reward_model_path is not set")
+    if spec.reward_model_path and not os.path.isdir(spec.reward_model_path):
+        raise ValueError(f"reward.reward_model_path '{spec.reward_model_path}' is not a directory")
+    if "judge" in spec.weights() and not spec.judge_url:
+        raise ValueError("reward.components names 'judge' but reward.judge_url is not set")
+    if spec.clip_min is not None and spec.clip_max is not None and spec.clip_min > spec.clip_max:
+        raise ValueError(f"reward.clip_min ({spec.clip_min}) > reward.clip_max ({spec.clip_max})")
+    for name in spec.verifier_options:
+        if name not in spec.weights():
+            raise ValueError(f"reward.verifier_options names '{name}', which is not among the reward components "
+                             f"{sorted(spec.weights())}")

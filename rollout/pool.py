@@ -48,11 +48,13 @@ class RolloutPool:
     """Driver-side handle on N rollout workers; requests are split evenly, order kept."""
 
     def __init__(self, model_path: str, num_workers: int, engine: str = "hf", dtype: str = "float32",
-                 threads: int = 1, batch_size: int = 256):
-        actor = ray.remote(RolloutWorker).options(
-            num_cpus=threads, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}}
-        )
-        self.workers = [actor.remote(model_path, engine, dtype, threads) for _ in range(num_workers)]
+                 threads: int = 1, batch_size: int = 256, actor_options: list[dict] | None = None):
+        # actor_options: per-worker Ray options (placement group bundle, resources) from cluster/placement.py.
+        base = dict(num_cpus=threads, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
+        extra = actor_options or [{} for _ in range(num_workers)]
+        actor = ray.remote(RolloutWorker)  # one class export; per-actor options below
+        self.workers = [actor.options(**{**base, **extra[i]}).remote(model_path, engine, dtype, threads)
+                        for i in range(num_workers)]
         self.batch_size = batch_size
         ray.get([w.get_version.remote() for w in self.workers])  # surface start-up errors here
 

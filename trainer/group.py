@@ -22,12 +22,16 @@ def gather(futures: list) -> list:
 
 class LearnerGroup:
     def __init__(self, model_path: str, world_size: int, opts: LearnerOptions, threads: int = 1,
-                 loopback: bool = True):
+                 loopback: bool = True, actor_options: list[dict] | None = None):
         env = {"OMP_NUM_THREADS": str(threads)}
         if loopback:
             env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo's traffic on the loopback interface
-        actor = ray.remote(Learner).options(num_cpus=threads, runtime_env={"env_vars": env})
-        self.actors = [actor.remote(model_path, threads) for _ in range(world_size)]
+        # actor_options: per-rank Ray options (placement group bundle, resources) from cluster/placement.py.
+        extra = actor_options or [{} for _ in range(world_size)]
+        base = dict(num_cpus=threads, runtime_env={"env_vars": env})
+        actor = ray.remote(Learner)  # one class export; per-actor options below
+        self.actors = [actor.options(**{**base, **extra[rank]}).remote(model_path, threads)
+                       for rank in range(world_size)]
         self.world_size = world_size
         ip, port = ray.get(self.actors[0].address.remote())
         master = "127.0.0.1" if loopback else ip
@@ -41,19 +45,30 @@ class LearnerGroup:
         return [batch.rows(slice(r * per, (r + 1) * per)) for r in range(self.world_size)]
 
     def train_step(self, batch: TrainBatch, spec: LossSpec) -> dict[str, float]:
-        """One optimizer step on `batch` (its global_tokens must count all its response tokens)."""
+        """One optimizer step on `batch`; its loss_weights must cover exactly this step."""
         stats: list[StepStats] = gather(
             [a.train_step.remote(shard, spec) for a, shard in zip(self.actors, self._shards(batch))]
         )
-        tokens = sum(s.tokens for s in stats)
-        out = {"loss": sum(s.loss_sum for s in stats) / max(tokens, 1)}
+        tokens = max(sum(s.tokens for s in stats), 1)
+        out = {"loss": sum(s.loss for s in stats)}
         for key in stats[0].sums:
-            out[key] = sum(s.sums[key] for s in stats) / max(tokens, 1)
+            out[key] = sum(s.sums[key] for s in stats) / tokens
         out["grad_norm"] = stats[0].grad_norm  # global (all-rank) norm before clipping
         return out
 
     def logprobs(self, batch: TrainBatch, temperature: float) -> np.ndarray:
-        parts = gather([a.logprobs.remote(s, temperature) for a, s in zip(self.actors, self._shards(batch))])
+        return self._per_token("logprobs", batch, temperature)
+
+    def reference_logprobs(self, batch: TrainBatch, temperature: float) -> np.ndarray:
+        return self._per_token("reference_logprobs", batch, temperature)
+
+    def values(self, batch: TrainBatch) -> np.ndarray:
+        return self._per_token("values", batch)
+
+    def _per_token(self, method: str, batch: TrainBatch, *args) -> np.ndarray:
+        """A no-update forward on every rank's shard, concatenated back in row order."""
+        shards = self._shards(batch)
+        parts = gather([getattr(a, method).remote(s, *args) for a, s in zip(self.actors, shards)])
         return np.concatenate(parts, axis=0)
 
     def export_weights(self, version: int) -> WeightUpdate:

@@ -1,8 +1,9 @@
 """One learner rank: a DeepSpeed engine (ZeRO 0-3; gloo on CPU, NCCL on GPU) inside a Ray actor.
 
-Algorithm-blind: it recomputes token logprobs, calls the registered loss named
-in the LossSpec, aggregates per-token losses as a token-mean over the whole
-optimizer step (all ranks, all micro-batches) and steps.
+Algorithm-blind: it runs its model (a policy's token logprobs, or a critic's values),
+calls the registered loss named in the LossSpec, weighs per-token losses by the
+batch's loss_weights (the controller's aggregation over the whole optimizer step)
+and steps.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import ray
 import torch
 
 from rollout.weight_sync import WeightUpdate, describe
-from trainer.algorithms import LOSSES, LossInputs
+from trainer.losses import LOSSES, LossInputs
 from trainer.types import LossSpec, StepStats, TrainBatch
 
 
@@ -31,7 +32,13 @@ class LearnerOptions:
     grad_accum_steps: int = 1  # micro-batches per optimizer step on each rank
     dtype: str = "float32"
     use_reference: bool = False  # keep a frozen copy of the initial policy for KL
+    model_kind: str = "policy"  # "policy": causal LM; "value": critic (token-level scalar head)
     seed: int = 0
+
+
+def _shift(x: torch.Tensor) -> torch.Tensor:
+    """Per-position outputs [B, T-1] of positions 0..T-2 -> aligned with the token they predict."""
+    return torch.cat([torch.zeros_like(x[:, :1]), x], dim=1)
 
 
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -41,8 +48,27 @@ def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
     logp_all = torch.log_softmax(logits, dim=-1)  # [B, T-1, V]
     logp = logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
-    pad = torch.zeros_like(logp[:, :1])
-    return torch.cat([pad, logp], dim=1), torch.cat([pad, entropy.detach()], dim=1)
+    return _shift(logp), _shift(entropy)
+
+
+def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Critic value [B, T] of the state before each token (column 0 is 0)."""
+    out = model(input_ids=input_ids, attention_mask=attention_mask).logits[..., 0].float()
+    return _shift(out[:, :-1])
+
+
+def load_model(path: str, kind: str, dtype: torch.dtype):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
+
+    if kind == "policy":
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    if kind == "value":
+        # A scalar head on every token; from a policy or a reward-model checkpoint (the
+        # backbone loads, a missing head starts fresh). No dropout: values must be deterministic.
+        config = AutoConfig.from_pretrained(path, num_labels=1)
+        config.classifier_dropout = 0.0
+        return AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype)
+    raise ValueError(f"learner model_kind must be 'policy' or 'value', got {kind!r}")
 
 
 def _skip_cpu_shm_comm() -> None:
@@ -71,7 +97,6 @@ class Learner:
 
     def setup(self, rank: int, world_size: int, master_addr: str, master_port: int, opts: LearnerOptions) -> int:
         import deepspeed
-        from transformers import AutoModelForCausalLM
 
         os.environ.update(MASTER_ADDR=master_addr, MASTER_PORT=str(master_port), RANK=str(rank),
                           WORLD_SIZE=str(world_size), LOCAL_RANK="0")
@@ -82,12 +107,12 @@ class Learner:
             _skip_cpu_shm_comm()
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
         dtype = getattr(torch, opts.dtype)
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype)
+        model = load_model(self.model_path, opts.model_kind, dtype)
         optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self._ds_config())
         self.ref = None
         if opts.use_reference:
-            self.ref = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=dtype).eval()
+            self.ref = load_model(self.model_path, "policy", dtype).eval()
             self.ref.requires_grad_(False)
             if on_gpu:
                 self.ref.cuda()
@@ -107,11 +132,19 @@ class Learner:
         }
 
     def _tensors(self, batch: TrainBatch) -> dict[str, torch.Tensor]:
-        dev = self.engine.device
         # Arrays from the object store are read-only views; torch wants its own copy.
-        arrays = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "mask": batch.loss_mask,
-                  "advantages": batch.advantages, "behaviour": batch.behaviour_logprobs}
-        return {k: torch.tensor(v, device=dev) for k, v in arrays.items()}
+        return {k: torch.tensor(v, device=self.engine.device) for k, v in batch.arrays().items()}
+
+    def _loss_inputs(self, t: dict[str, torch.Tensor], spec: LossSpec) -> LossInputs:
+        x = LossInputs(mask=t["loss_mask"], behaviour_logprobs=t.get("behaviour_logprobs"),
+                       advantages=t.get("advantages"), old_values=t.get("old_values"), returns=t.get("returns"))
+        if self.opts.model_kind == "value":
+            x.values = token_values(self.engine, t["input_ids"], t["attention_mask"])
+        else:
+            x.logprobs, x.entropy = token_logprobs(self.engine, t["input_ids"], t["attention_mask"], spec.temperature)
+            if spec.kl_coef > 0:
+                x.ref_logprobs = self._ref_logprobs(t, spec)
+        return x
 
     def train_step(self, shard: TrainBatch, spec: LossSpec) -> StepStats:
         """One optimizer step over this rank's shard, in grad_accum_steps micro-batches."""
@@ -122,26 +155,27 @@ class Learner:
             raise ValueError(f"rank {self.rank} got {n} rows; expected micro_batch_size {micro} x "
                              f"grad_accum_steps {self.opts.grad_accum_steps}")
         sums: dict[str, float] = {}
-        loss_sum, tokens, norm = 0.0, 0, None
+        loss_total, tokens, norm = 0.0, 0, None
         for start in range(0, n, micro):
             t = self._tensors(shard.rows(slice(start, start + micro)))
-            logp, entropy = token_logprobs(self.engine, t["input_ids"], t["attention_mask"], spec.temperature)
-            ref = self._ref_logprobs(t, spec) if spec.kl_coef > 0 else None
-            per_token, metrics = loss_fn(LossInputs(logp, t["behaviour"], t["advantages"], t["mask"], ref), spec)
-            masked = per_token * t["mask"]
-            # Token-mean over the whole step: DeepSpeed averages gradients over ranks, so scale by world size.
-            self.engine.backward(masked.sum() / shard.global_tokens * self.world_size, scale_wrt_gas=False)
+            x = self._loss_inputs(t, spec)
+            per_token, metrics = loss_fn(x, spec)
+            loss = (per_token * t["loss_weights"]).sum()
+            # DeepSpeed averages gradients over ranks; the weights already sum over the whole step.
+            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
             if self.opts.zero_stage == 0 and start + micro >= n:
                 norm = self._grad_norm()  # DeepSpeed keeps no norm without ZeRO; grads are reduced by now
             self.engine.step()
-            loss_sum += float(masked.detach().sum())
-            tokens += int(t["mask"].sum())
-            metrics = {**metrics, "entropy": entropy, "logprob_diff": (logp.detach() - t["behaviour"]).abs()}
+            loss_total += float(loss.detach())
+            tokens += int(x.mask.sum())
+            if x.logprobs is not None:
+                metrics = {**metrics, "entropy": x.entropy.detach(),
+                           "logprob_diff": (x.logprobs.detach() - x.behaviour_logprobs).abs()}
             for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + float((value * t["mask"]).sum())
+                sums[key] = sums.get(key, 0.0) + float((value * x.mask).sum())
         if norm is None:
             norm = self.engine.get_global_grad_norm()
-        return StepStats(loss_sum, tokens, sums, None if norm is None else float(norm))
+        return StepStats(loss_total, tokens, sums, None if norm is None else float(norm))
 
     def _grad_norm(self) -> float:
         grads = [p.grad.detach().float().norm() for p in self.engine.module.parameters() if p.grad is not None]
@@ -159,6 +193,18 @@ class Learner:
         self.engine.eval()
         t = self._tensors(batch)
         return token_logprobs(self.engine, t["input_ids"], t["attention_mask"], temperature)[0].cpu().numpy()
+
+    @torch.no_grad()
+    def reference_logprobs(self, batch: TrainBatch, temperature: float) -> np.ndarray:
+        """Frozen reference policy's token logprobs [B, T] (for a KL penalty in the reward)."""
+        return self._ref_logprobs(self._tensors(batch), LossSpec(temperature=temperature)).cpu().numpy()
+
+    @torch.no_grad()
+    def values(self, batch: TrainBatch) -> np.ndarray:
+        """Critic values [B, T] for `batch` (no update)."""
+        self.engine.eval()
+        t = self._tensors(batch)
+        return token_values(self.engine, t["input_ids"], t["attention_mask"]).cpu().numpy()
 
     def _gathered_state(self) -> Optional[dict[str, np.ndarray]]:
         """Full parameters as fp32 numpy on rank 0 (None elsewhere); all ranks must call it."""

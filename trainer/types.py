@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Optional
 
@@ -12,10 +13,14 @@ import numpy as np
 class LossSpec:
     """Which registered loss to run and its knobs; the learner knows nothing else."""
 
-    name: str = "grpo"
-    clip_eps: float = 0.2
-    kl_coef: float = 0.0
+    name: str = "ppo_clip"
+    clip_eps: float = 0.2  # ratio clip (the low side when clip_eps_high is set)
+    clip_eps_high: Optional[float] = None  # DAPO clip-higher; None = symmetric
+    dual_clip: float = 0.0  # dual-clip constant c > 1 for negative advantages; 0 = off
+    kl_coef: float = 0.0  # KL-to-reference penalty in the loss
     kl_estimator: str = "k3"
+    entropy_coef: float = 0.0  # entropy bonus
+    value_clip: float = 0.2  # critic losses
     temperature: float = 1.0  # logits are divided by it, as the engine did when sampling
 
 
@@ -26,31 +31,34 @@ class TrainBatch:
 
     input_ids: np.ndarray  # [B, T] int64
     attention_mask: np.ndarray  # [B, T] int64
-    loss_mask: np.ndarray  # [B, T] float32, 1.0 on response tokens
-    advantages: np.ndarray  # [B, T] float32
-    behaviour_logprobs: np.ndarray  # [B, T] float32, from the engine that sampled
-    global_tokens: int  # response tokens in the whole optimizer step (all ranks): token-mean divisor
+    loss_mask: np.ndarray  # [B, T] float32, 1.0 on response tokens that train
+    # [B, T] float32: each token's weight in its optimizer step's loss (the aggregation mode,
+    # chosen by the controller over the whole step, all ranks and micro-batches together).
+    loss_weights: np.ndarray
+    advantages: Optional[np.ndarray] = None  # [B, T] float32 (policy)
+    behaviour_logprobs: Optional[np.ndarray] = None  # [B, T] float32, from the engine that sampled
+    returns: Optional[np.ndarray] = None  # [B, T] float32 (critic targets)
+    old_values: Optional[np.ndarray] = None  # [B, T] float32 (critic when the batch was scored)
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
 
-    def rows(self, index) -> "TrainBatch":
-        """A shard of this step's batch: keeps the step-wide token divisor."""
-        return TrainBatch(self.input_ids[index], self.attention_mask[index], self.loss_mask[index],
-                          self.advantages[index], self.behaviour_logprobs[index], self.global_tokens)
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if getattr(self, f.name) is not None}
 
-    def minibatch(self, index) -> "TrainBatch":
-        """Rows that form an optimizer step of their own: the divisor counts only them."""
-        part = self.rows(index)
-        return TrainBatch(part.input_ids, part.attention_mask, part.loss_mask, part.advantages,
-                          part.behaviour_logprobs, int(part.loss_mask.sum()))
+    def rows(self, index) -> "TrainBatch":
+        """The rows at `index` (a shard or micro-batch), weights unchanged."""
+        return TrainBatch(**{name: a[index] for name, a in self.arrays().items()})
+
+    def replace(self, **changes) -> "TrainBatch":
+        return dataclasses.replace(self, **changes)
 
 
 @dataclass(frozen=True)
 class StepStats:
-    """Token-weighted means over one optimizer step on one rank (summed over ranks by the group)."""
+    """Sums over one optimizer step on one rank (the group turns them into token means)."""
 
-    loss_sum: float
+    loss: float  # sum(per-token loss * weight): this rank's share of the step loss
     tokens: int
     sums: dict[str, float]  # metric name -> sum over this rank's response tokens
     grad_norm: Optional[float]

@@ -89,3 +89,18 @@ def test_failed_run_keeps_what_it_wrote(ray_session, tmp_path):
     again = run(config(tmp_path, "controller.steps=1", "run.name=crash"), log=lambda *_: None)
     assert again["run_dir"] == str(tmp_path / "runs" / "crash-1")  # the failed run's directory is kept
     assert (run_dir / "summary.json").is_file()
+
+
+def test_ppo_with_critic(ray_session, tmp_path):
+    """PPO: a critic LearnerGroup, GAE, value loss and explained variance logged, warm-up honoured."""
+    cfg = config(tmp_path, "controller.steps=3", "run.name=ppo", "algorithm.advantage=gae", "critic.enabled=true",
+                 "critic.warmup_steps=1", "algorithm.lam=0.95", "algorithm.kl_coef=0.05", "algorithm.kl_in=reward",
+                 "algorithm.kl_estimator=k1")
+    summary = run(cfg, log=lambda *_: None)
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "ppo" / "metrics.jsonl").read_text().splitlines()]
+    assert summary["status"] == "completed" and summary["steps"] == 3
+    assert summary["weight_sync"]["count"] == 2  # the warm-up step trained only the critic
+    assert [r["version"] for r in rows[:3]] == [0, 1, 2]
+    for r in rows[:3]:
+        assert r["value_loss"] > 0 and r["explained_var"] is not None and "kl" in r
+    assert "loss" not in rows[0] and "loss" in rows[1]

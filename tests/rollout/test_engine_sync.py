@@ -31,7 +31,8 @@ def sample(pool, seed):
 
 def engine_vs_learner(pool, learners, seed):
     rollouts = sample(pool, seed)
-    batch = build_batch(rollouts, [1.0] * len(rollouts), pad_id=0)
+    batch = build_batch(rollouts, pad_id=0)
+    batch = batch.replace(advantages=batch.loss_mask.copy(), loss_weights=batch.loss_mask / batch.loss_mask.sum())
     learner = learners.logprobs(batch, TEMP)
     return rollouts, batch, np.abs((learner - batch.behaviour_logprobs) * batch.loss_mask).max()
 

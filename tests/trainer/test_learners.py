@@ -5,13 +5,13 @@ import pytest
 import ray
 import torch
 
-from trainer.algorithms import LOSSES, LossInputs
 from trainer.group import LearnerGroup
 from trainer.learner import LearnerOptions, token_logprobs
+from trainer.losses import AGGREGATIONS, LOSSES, LossInputs
 from trainer.types import LossSpec, TrainBatch
 
 SPEC = LossSpec(clip_eps=0.2, temperature=1.0)
-LR, CLIP = 3e-3, 0.5  # clip low enough that gradient clipping is exercised
+LR, CLIP = 3e-3, 0.2  # clip low enough that gradient clipping is exercised
 STEPS = 2
 
 
@@ -21,7 +21,7 @@ def load(path):
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
 
 
-def make_batch(path, rows=16, seed=0) -> TrainBatch:
+def make_batch(path, agg: str, rows=16, seed=0) -> TrainBatch:
     rng = np.random.default_rng(seed)
     lengths = rng.integers(6, 13, size=rows)
     width = int(lengths.max())
@@ -38,20 +38,21 @@ def make_batch(path, rows=16, seed=0) -> TrainBatch:
         logp, _ = token_logprobs(load(path), torch.tensor(ids), torch.tensor(attn), 1.0)
     # Behaviour logprobs off the current policy, so ratios leave the clip range on some tokens.
     behaviour = ((logp.numpy() + rng.normal(0, 0.3, logp.shape)) * mask).astype(np.float32)
-    return TrainBatch(ids, attn, mask, adv, behaviour, int(mask.sum()))
+    weights = AGGREGATIONS.get(agg)(mask, 12)
+    return TrainBatch(ids, attn, mask, weights, advantages=adv, behaviour_logprobs=behaviour)
 
 
 def reference_step(path, batch: TrainBatch) -> tuple[dict[str, np.ndarray], float]:
-    """Plain torch, one process: token-mean loss over the whole batch, clip, AdamW.
+    """Plain torch, one process: the weighted loss over the whole batch, clip, AdamW.
     Returns the weights after STEPS steps and the last step's gradient norm before clipping."""
     model = load(path)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
     t = {k: torch.tensor(v) for k, v in vars(batch).items() if isinstance(v, np.ndarray)}
     for _ in range(STEPS):
         logp, _ = token_logprobs(model, t["input_ids"], t["attention_mask"], 1.0)
-        x = LossInputs(logp, t["behaviour_logprobs"], t["advantages"], t["loss_mask"])
-        per_token, _ = LOSSES.get("grpo")(x, SPEC)
-        loss = (per_token * t["loss_mask"]).sum() / t["loss_mask"].sum()
+        x = LossInputs(t["loss_mask"], logp, t["behaviour_logprobs"], t["advantages"])
+        per_token, _ = LOSSES.get("ppo_clip")(x, SPEC)
+        loss = (per_token * t["loss_weights"]).sum()
         opt.zero_grad()
         loss.backward()
         norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP))
@@ -59,19 +60,14 @@ def reference_step(path, batch: TrainBatch) -> tuple[dict[str, np.ndarray], floa
     return {n: p.detach().numpy() for n, p in model.named_parameters()}, norm
 
 
-@pytest.fixture(scope="module")
-def case(tiny_model):
-    batch = make_batch(tiny_model)
-    return tiny_model, batch, *reference_step(tiny_model, batch)
-
-
-@pytest.mark.parametrize("stage, ranks, micro", [
-    (2, 2, 1),   # ZeRO-2 over 2 ranks, 8 micro-batches of 1 row each per rank
-    (3, 2, 8),   # ZeRO-3 over 2 ranks, one micro-batch of 8 rows per rank
-    (0, 1, 16),  # plain data parallel, 1 rank, one micro-batch of the whole batch
+@pytest.mark.parametrize("stage, ranks, micro, agg", [
+    (2, 2, 1, "seq-mean-token-mean"),  # ZeRO-2 over 2 ranks, 8 micro-batches of 1 row each per rank
+    (3, 2, 8, "token-mean"),           # ZeRO-3 over 2 ranks, one micro-batch of 8 rows per rank
+    (0, 1, 16, "seq-mean-token-sum"),  # plain data parallel, 1 rank, one micro-batch of the whole batch
 ], ids=["zero2-2ranks-8x1", "zero3-2ranks-1x8", "zero0-1rank-1x16"])
-def test_learner_group_matches_single_process_step(ray_session, case, stage, ranks, micro):
-    path, batch, expected, expected_norm = case
+def test_learner_group_matches_single_process_step(ray_session, tiny_model, stage, ranks, micro, agg):
+    path, batch = tiny_model, make_batch(tiny_model, agg)
+    expected, expected_norm = reference_step(path, batch)
     rows_per_rank = len(batch) // ranks
     opts = LearnerOptions(zero_stage=stage, lr=LR, max_grad_norm=CLIP, micro_batch_size=micro,
                           grad_accum_steps=rows_per_rank // micro)
@@ -97,3 +93,23 @@ def test_learner_group_matches_single_process_step(ray_session, case, stage, ran
     # across ranks and micro-batches (and that clipping saw the right norm).
     assert stats["grad_norm"] == pytest.approx(expected_norm, rel=1e-5)
     assert expected_norm > CLIP and 0 < stats["clip_frac"] < 1
+
+
+def test_critic_learns_its_returns(ray_session, tiny_model):
+    """A value model initialised from the policy checkpoint fits constant returns."""
+    batch = make_batch(tiny_model, "token-mean")
+    opts = LearnerOptions(zero_stage=2, lr=1e-2, micro_batch_size=8, grad_accum_steps=1, model_kind="value")
+    critic = LearnerGroup(tiny_model, 2, opts)
+    try:
+        returns = batch.loss_mask * 1.5
+        errors = []
+        for _ in range(15):
+            values = critic.values(batch)
+            assert values.shape == batch.input_ids.shape and np.all(values[:, 0] == 0)
+            errors.append(np.abs((values - returns) * batch.loss_mask).sum() / batch.loss_mask.sum())
+            step = batch.replace(returns=returns, old_values=values * batch.loss_mask)
+            stats = critic.train_step(step, LossSpec("value_clip", value_clip=10.0))
+        assert errors[-1] < 0.3 * errors[0], errors
+        assert stats["grad_norm"] > 0 and "value" in stats
+    finally:
+        critic.shutdown()

@@ -1,0 +1,295 @@
+"""Run untrusted Python (code a model wrote) in a separate, limited, isolated process.
+
+Isolation `namespaces` (root, `unshare` available — the default on our machines):
+  - network: a fresh network namespace with no interfaces up; every connect fails,
+    127.0.0.1 included;
+  - processes: a fresh pid namespace whose init (reward/_sandbox_init.py) is killed at the
+    end, which kills everything the program started; the program cannot see or signal
+    host processes; an unprivileged uid of its own (so RLIMIT_NPROC applies, which root
+    ignores) with no capabilities and no_new_privs;
+  - filesystem: a fresh tmpfs (size-limited, owned by the program's uid) is its working
+    directory /tmp; /root, /home, /run, /var/tmp, /dev/shm, /mnt, /srv, /opt, the
+    repository and the caller's cwd are hidden behind empty read-only tmpfs mounts (the
+    interpreter's prefix stays visible, read-only). Everything else stays readable under
+    ordinary Unix permissions, and writable nowhere (the uid owns nothing);
+  - environment: only PATH, LANG, HOME=/tmp and PYTHONDONTWRITEBYTECODE reach the program;
+  - limits: wall time (enforced here), CPU seconds, address space, processes, open files,
+    file size, combined stdout+stderr size (enforced here; the run is killed past it).
+Isolation `rlimits` (fallback where namespaces cannot be made, e.g. not root): the same
+rlimits, empty temp dir, clean environment and a process group killed at the end — but
+NO network, pid or filesystem isolation, and RLIMIT_NPROC counts all of the user's
+processes. `isolation_mode()` says which applies; every result records it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal, Optional
+
+Status = Literal["ok", "timeout", "memory", "error", "killed", "output_limit"]
+INIT = Path(__file__).with_name("_sandbox_init.py")
+REPO = Path(__file__).resolve().parents[1]
+MASKS = ("/root", "/home", "/run", "/var/tmp", "/dev/shm", "/mnt", "/srv", "/opt", "/media")
+ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
+UID_BASE = 100_000_000  # sandbox uids live far above any real account
+_uid_counter = itertools.count()
+_uid_lock = threading.Lock()
+
+
+class SandboxError(RuntimeError):
+    """The sandbox itself could not run (not a verdict about the program)."""
+
+
+@dataclass(frozen=True)
+class SandboxLimits:
+    timeout_s: float = 2.0  # wall clock, from start-up to exit
+    cpu_s: Optional[int] = None  # CPU seconds of the program; default ceil(timeout_s)
+    memory_mb: int = 256  # address space per process
+    max_processes: int = 32  # processes + threads of the sandbox uid
+    max_output_bytes: int = 1 << 20  # stdout + stderr together
+    max_file_mb: int = 16  # largest file the program may write
+    max_open_files: int = 64
+    work_mb: int = 64  # size of the tmpfs working directory
+
+    def __post_init__(self):
+        for name in ("timeout_s", "memory_mb", "max_processes", "max_output_bytes", "max_file_mb",
+                     "max_open_files", "work_mb"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"SandboxLimits.{name} must be > 0, got {getattr(self, name)!r}")
+
+    @property
+    def cpu_seconds(self) -> int:
+        return int(self.cpu_s) if self.cpu_s else max(1, int(-(-self.timeout_s // 1)))
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    status: Status
+    exit_code: Optional[int]  # None when killed by a signal (or by us)
+    stdout: str
+    stderr: str
+    wall_s: float
+    cpu_s: float = 0.0
+    signal: Optional[int] = None
+    isolation: str = "namespaces"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+
+@lru_cache(maxsize=1)
+def isolation_mode() -> str:
+    """'namespaces' when this process can create net+pid+mount namespaces and switch uid."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        return "rlimits"
+    probe = subprocess.run(["unshare", "-n", "-p", "-f", "--mount-proc", "true"], capture_output=True)
+    return "namespaces" if probe.returncode == 0 else "rlimits"
+
+
+def _next_uid() -> int:
+    # Distinct uids per run (process id x counter) give each concurrent sandbox its own
+    # RLIMIT_NPROC budget; a collision would only make two runs share one budget.
+    with _uid_lock:
+        n = next(_uid_counter)
+    return UID_BASE + (os.getpid() * 4096 + n % 4096) % (1 << 24)
+
+
+def _python() -> str:
+    return os.path.realpath(sys._base_executable if hasattr(sys, "_base_executable") else sys.executable)
+
+
+def run_python(source: str, stdin: str = "", files: Optional[dict[str, str]] = None,
+               limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
+    """Run `source` as main.py with `stdin`; extra `files` (name -> text) sit beside it."""
+    files = {**(files or {}), "main.py": source}
+    for name in files:
+        if "/" in name or name.startswith("."):
+            raise ValueError(f"sandbox file name {name!r} must be a plain name")
+    if isolation_mode() == "namespaces":
+        return _run_namespaced(files, stdin, limits)
+    return _run_rlimits(files, stdin, limits)
+
+
+def run_file(path: str | Path, stdin: str = "", limits: SandboxLimits = SandboxLimits()) -> SandboxResult:
+    return run_python(Path(path).read_text(), stdin=stdin, limits=limits)
+
+
+def _spec(files: dict[str, str], stdin: str, limits: SandboxLimits) -> dict:
+    python = _python()
+    prefix = os.path.realpath(sys.base_prefix)
+    # The repository's parent too: siblings of a checkout (other projects, shared notes).
+    extra = {str(REPO), str(REPO.parent), os.getcwd(), tempfile.gettempdir()}
+    masks = sorted(set(MASKS) | extra - {"/", WORK_DIR})
+    return {
+        "files": files, "stdin": stdin, "uid": _next_uid(), "python": python, "argv": ["-I", "main.py"],
+        "env": ENV, "masks": [m for m in masks if not prefix.startswith(m.rstrip("/") + "/") or m in MASKS],
+        "keeps": [prefix], "work_mb": limits.work_mb,
+        "limits": {"memory_mb": limits.memory_mb, "cpu_s": limits.cpu_seconds, "max_processes": limits.max_processes,
+                   "max_open_files": limits.max_open_files, "max_file_mb": limits.max_file_mb},
+    }
+
+
+WORK_DIR = "/tmp"
+
+
+def _run_namespaced(files: dict[str, str], stdin: str, limits: SandboxLimits) -> SandboxResult:
+    spec = json.dumps(_spec(files, stdin, limits)).encode()
+    status_r, status_w = os.pipe()
+    cmd = ["unshare", "-n", "-p", "-f", "--mount-proc", "--kill-child=SIGKILL",
+           _python(), "-I", "-S", str(INIT), str(status_w)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            pass_fds=(status_w,), start_new_session=True, env=ENV, cwd="/")
+    os.close(status_w)
+    try:
+        proc.stdin.write(spec)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    out, err, status_raw, cut = _collect(proc, status_r, limits, t0)
+    wall = time.perf_counter() - t0
+    report = json.loads(status_raw) if status_raw else {}
+    if "setup_error" in report:
+        raise SandboxError(f"sandbox set-up failed: {report['setup_error']}")
+    if not report and cut is None:
+        raise SandboxError(f"sandbox init died without a report (rc {proc.returncode}): {err[-500:]!r}")
+    return _verdict(report, out, err, wall, cut, limits, "namespaces")
+
+
+def _collect(proc: subprocess.Popen, status_r: int, limits: SandboxLimits, t0: float):
+    """Read stdout/stderr/status until all close, the wall deadline passes or output overflows.
+    Returns (stdout, stderr, status bytes, cut) with cut in (None, 'timeout', 'output_limit')."""
+    out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
+    bufs = {out_fd: bytearray(), err_fd: bytearray(), status_r: bytearray()}
+    sel = selectors.DefaultSelector()
+    for fd in bufs:
+        os.set_blocking(fd, False)
+        sel.register(fd, selectors.EVENT_READ)
+    deadline, cut = t0 + limits.timeout_s, None
+    try:
+        while sel.get_map():
+            left = deadline - time.perf_counter()
+            if left <= 0:
+                cut = "timeout"
+                break
+            for key, _ in sel.select(timeout=left):
+                chunk = os.read(key.fd, 65536)
+                if not chunk:
+                    sel.unregister(key.fd)
+                    continue
+                bufs[key.fd] += chunk
+            if len(bufs[out_fd]) + len(bufs[err_fd]) > limits.max_output_bytes:
+                cut = "output_limit"
+                break
+    finally:
+        sel.close()
+        _kill_tree(proc)
+        os.close(status_r)
+        proc.stdout.close()
+        proc.stderr.close()
+    cap = limits.max_output_bytes
+    out, err = (bytes(bufs[fd][:cap]).decode("utf-8", "replace") for fd in (out_fd, err_fd))
+    return out, err, bytes(bufs[status_r]), cut
+
+
+def _kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the namespace's init first: the kernel then kills every process in the pid
+    namespace before init can be reaped, so once `unshare` is waited for nothing is left."""
+    init_pid = _child_of(proc.pid)
+    if init_pid:
+        _signal(init_pid, signal.SIGKILL)
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        pass
+    _signal(-proc.pid, signal.SIGKILL)  # the process group, in case unshare itself hangs
+    proc.wait()
+
+
+def _child_of(pid: int) -> Optional[int]:
+    try:
+        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return None
+    return int(kids[0]) if kids else None
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        if pid < 0:
+            os.killpg(-pid, sig)
+        else:
+            os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _verdict(report: dict, out: str, err: str, wall: float, cut: Optional[str], limits: SandboxLimits,
+             isolation: str) -> SandboxResult:
+    code, sig, cpu = report.get("exit_code"), report.get("signal"), float(report.get("cpu_s", 0.0))
+    if cut:
+        status, code, sig = cut, None, None
+    elif sig == signal.SIGXCPU or (sig == signal.SIGKILL and cpu >= limits.cpu_seconds - 0.05):
+        status = "timeout"  # the CPU-time rlimit fired
+    elif (code not in (0, None) or sig) and _out_of_memory(err):
+        status = "memory"
+    elif sig is not None:
+        status = "killed"
+    elif code != 0:
+        status = "error"
+    else:
+        status = "ok"
+    return SandboxResult(status, code, out, err, wall, cpu, sig, isolation)
+
+
+def _out_of_memory(stderr: str) -> bool:
+    # Python reports a failed allocation under RLIMIT_AS as MemoryError; C code as ENOMEM.
+    tail = stderr[-2000:]
+    return "MemoryError" in tail or "Cannot allocate memory" in tail or "std::bad_alloc" in tail
+
+
+def _run_rlimits(files: dict[str, str], stdin: str, limits: SandboxLimits) -> SandboxResult:
+    """Fallback without namespaces: see the module docstring for what is NOT isolated."""
+    import resource
+
+    def limit():
+        for res, value in ((resource.RLIMIT_AS, limits.memory_mb << 20),
+                           (resource.RLIMIT_CPU, limits.cpu_seconds), (resource.RLIMIT_CORE, 0),
+                           (resource.RLIMIT_NPROC, limits.max_processes),
+                           (resource.RLIMIT_NOFILE, limits.max_open_files),
+                           (resource.RLIMIT_FSIZE, limits.max_file_mb << 20)):
+            resource.setrlimit(res, (value, value + 1 if res == resource.RLIMIT_CPU else value))
+
+    with tempfile.TemporaryDirectory(prefix="tandem-sandbox-") as work:
+        for name, text in files.items():
+            Path(work, name).write_text(text)
+        Path(work, ".stdin").write_text(stdin)
+        status_r, status_w = os.pipe()
+        os.close(status_w)  # no init here: the exit status comes from Popen
+        t0 = time.perf_counter()
+        with open(Path(work, ".stdin")) as stdin_f:
+            proc = subprocess.Popen([_python(), "-I", "main.py"], stdin=stdin_f, stdout=subprocess.PIPE,
+                                    stderr=subprocess.PIPE, cwd=work, env={**ENV, "HOME": work},
+                                    preexec_fn=limit, start_new_session=True)
+        out, err, _, cut = _collect(proc, status_r, limits, t0)
+        rc = proc.returncode
+        report = {"exit_code": rc if rc >= 0 else None, "signal": -rc if rc < 0 else None}
+        report["cpu_s"] = 0.0
+        return _verdict(report, out, err, time.perf_counter() - t0, cut, limits, "rlimits")
+
+
+def verdict_for_cli(path: str, timeout_s: float, memory_mb: int, stdin: str = "") -> SandboxResult:
+    return run_file(path, stdin=stdin, limits=replace(SandboxLimits(), timeout_s=timeout_s, memory_mb=memory_mb))

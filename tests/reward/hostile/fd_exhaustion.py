@@ -1,0 +1,4 @@
+# expect: error
+files = []
+while True:
+    files.append(open("/dev/null"))

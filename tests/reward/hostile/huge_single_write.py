@@ -1,0 +1,4 @@
+# expect: output_limit
+import os
+
+os.write(1, b"w" * (32 << 20))

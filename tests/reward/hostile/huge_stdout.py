@@ -1,0 +1,3 @@
+# expect: output_limit
+while True:
+    print("y" * 10000)

@@ -1,0 +1,5 @@
+# expect: error
+import os
+import signal
+
+os.kill(os.getppid(), signal.SIGKILL)

@@ -1,0 +1,2 @@
+# expect: error
+print(open("/etc/shadow").read())

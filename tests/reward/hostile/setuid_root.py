@@ -1,0 +1,4 @@
+# expect: error
+import os
+
+os.setuid(0)

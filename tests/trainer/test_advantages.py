@@ -1,0 +1,136 @@
+"""Each advantage estimator against an independent transcription of its paper's formula."""
+
+import numpy as np
+import pytest
+
+from trainer.advantages import ADVANTAGES, AdvantageInputs, AdvantageOptions
+
+SCORES = np.array([1.0, 0.0, 0.0, 1.0, 0.2, 0.6, 0.6, 0.6])
+GROUPS = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+# Rows of different response lengths: prompt tokens (0) then response tokens (1), then padding (0).
+MASK = np.array([[0, 1, 1, 1, 0], [0, 0, 1, 0, 0], [0, 1, 1, 1, 1], [0, 1, 0, 0, 0],
+                 [0, 1, 1, 0, 0], [0, 0, 1, 1, 1], [0, 1, 1, 1, 0], [0, 1, 0, 0, 0]], dtype=np.float32)
+
+
+def run(name, **kw):
+    opts = kw.pop("opts", AdvantageOptions())
+    return ADVANTAGES.get(name)(AdvantageInputs(SCORES, GROUPS, MASK, **kw), opts)
+
+
+def per_sample(adv):
+    """The single value each row carries on its response tokens (and zeros elsewhere)."""
+    vals = []
+    for row, m in zip(adv, MASK):
+        assert np.all(row[m == 0] == 0)
+        assert np.allclose(row[m == 1], row[m == 1][0])
+        vals.append(row[m == 1][0])
+    return np.array(vals)
+
+
+def test_grpo_by_hand():
+    adv, returns = run("grpo")
+    # group 0: mean 0.5, unbiased std sqrt(1/3); group 1: mean 0.5, std sqrt(0.12/3) = 0.2
+    s0 = np.sqrt(1 / 3)
+    expected = [0.5 / s0, -0.5 / s0, -0.5 / s0, 0.5 / s0, -0.3 / 0.2, 0.1 / 0.2, 0.1 / 0.2, 0.1 / 0.2]
+    np.testing.assert_allclose(per_sample(adv), expected, rtol=1e-5)
+    assert returns is None
+
+
+def test_grpo_batch_std_and_dr_grpo():
+    batch_std = np.std(SCORES, ddof=1)
+    adv, _ = run("grpo", opts=AdvantageOptions(std_scope="batch"))
+    np.testing.assert_allclose(per_sample(adv), [0.5, -0.5, -0.5, 0.5, -0.3, 0.1, 0.1, 0.1] / batch_std, rtol=1e-5)
+    adv, _ = run("grpo", opts=AdvantageOptions(normalize_std=False))
+    np.testing.assert_allclose(per_sample(adv), [0.5, -0.5, -0.5, 0.5, -0.3, 0.1, 0.1, 0.1], atol=1e-6)
+
+
+def test_grpo_tied_group_has_no_signal():
+    x = AdvantageInputs(np.array([1.0, 1.0]), np.array([0, 0]), np.ones((2, 3), dtype=np.float32))
+    adv, _ = ADVANTAGES.get("grpo")(x, AdvantageOptions())
+    assert np.all(adv == 0)
+
+
+def test_rloo_leave_one_out():
+    adv, _ = run("rloo")
+    expected = []
+    for i, s in enumerate(SCORES):
+        others = [SCORES[j] for j in range(8) if GROUPS[j] == GROUPS[i] and j != i]
+        expected.append(s - np.mean(others))
+    np.testing.assert_allclose(per_sample(adv), expected, atol=1e-6)
+
+
+def test_token_rewards_enter_outcome_estimators_as_a_sum():
+    tr = np.where(MASK == 1, -0.05, 0.0)  # e.g. a KL penalty placed in the reward
+    adv, _ = run("rloo", token_rewards=tr)
+    shaped = SCORES - 0.05 * MASK.sum(axis=1)
+    expected = [s - np.mean([shaped[j] for j in range(8) if GROUPS[j] == GROUPS[i] and j != i])
+                for i, s in enumerate(shaped)]
+    np.testing.assert_allclose(per_sample(adv), expected, atol=1e-6)
+
+
+def reinforce_pp_reference(scores, mask, token_rewards, gamma, baseline):
+    """REINFORCE++ written out directly: loops over rows and tokens."""
+    scores = scores.copy()
+    if baseline:
+        for g in np.unique(GROUPS):
+            scores[GROUPS == g] -= scores[GROUPS == g].mean()
+    out = np.zeros(mask.shape)
+    for b in range(mask.shape[0]):
+        idx = np.nonzero(mask[b])[0]
+        r = [token_rewards[b, t] for t in idx]
+        r[-1] += scores[b]
+        g = 0.0
+        for k in reversed(range(len(idx))):
+            g = r[k] + gamma * g
+            out[b, idx[k]] = g
+    vals = out[mask == 1]
+    out[mask == 1] = (vals - vals.mean()) / (vals.std(ddof=1) + 1e-6)
+    return out
+
+
+@pytest.mark.parametrize("baseline", [True, False])
+def test_reinforce_pp(baseline):
+    tr = np.where(MASK == 1, np.linspace(-0.1, 0.1, MASK.size).reshape(MASK.shape), 0.0)
+    opts = AdvantageOptions(gamma=0.9, group_baseline=baseline)
+    adv, _ = run("reinforce_pp", token_rewards=tr, opts=opts)
+    np.testing.assert_allclose(adv, reinforce_pp_reference(SCORES, MASK, tr, 0.9, baseline), atol=1e-5)
+    assert abs(adv[MASK == 1].mean()) < 1e-6  # normalised over the whole batch
+
+
+def gae_reference(scores, mask, values, gamma, lam):
+    adv, ret = np.zeros(mask.shape), np.zeros(mask.shape)
+    for b in range(mask.shape[0]):
+        idx = np.nonzero(mask[b])[0]
+        v = [values[b, t] for t in idx] + [0.0]
+        r = [0.0] * len(idx)
+        r[-1] = scores[b]
+        a = 0.0
+        for k in reversed(range(len(idx))):
+            delta = r[k] + gamma * v[k + 1] - v[k]
+            a = delta + gamma * lam * a
+            adv[b, idx[k]] = a
+            ret[b, idx[k]] = a + v[k]
+    return adv, ret
+
+
+def test_gae_matches_the_recursion():
+    values = np.random.default_rng(0).normal(size=MASK.shape) * MASK
+    opts = AdvantageOptions(gamma=0.95, lam=0.9, normalize_std=False)
+    adv, returns = run("gae", values=values, opts=opts)
+    want_adv, want_ret = gae_reference(SCORES, MASK, values, 0.95, 0.9)
+    np.testing.assert_allclose(adv, want_adv, atol=1e-5)
+    np.testing.assert_allclose(returns, want_ret, atol=1e-5)
+    whitened, _ = run("gae", values=values, opts=AdvantageOptions(gamma=0.95, lam=0.9))
+    v = want_adv[MASK == 1]
+    np.testing.assert_allclose(whitened[MASK == 1], (v - v.mean()) / (v.std(ddof=1) + 1e-6), atol=1e-5)
+
+
+def test_gae_needs_values():
+    with pytest.raises(ValueError, match="critic values"):
+        run("gae")
+
+
+def test_group_of_one_is_an_error():
+    x = AdvantageInputs(np.array([1.0, 0.0]), np.array([0, 1]), np.ones((2, 2), dtype=np.float32))
+    with pytest.raises(ValueError, match="at least 2"):
+        ADVANTAGES.get("grpo")(x, AdvantageOptions())

@@ -1,0 +1,139 @@
+"""Advantage estimators: one signature, registered by name.
+
+  estimator(AdvantageInputs, AdvantageOptions) -> (advantages [B, T], returns [B, T] | None)
+
+Per-token arrays follow TrainBatch's alignment: entry [b, t] belongs to token t of
+row b, and `mask` is 1.0 on response tokens. A sample's outcome `score` is earned
+at its last response token; `token_rewards` (e.g. a KL penalty placed in the
+reward) add per-token rewards on top.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from rollout.registry import Registry
+
+ADVANTAGES: Registry[Callable] = Registry("advantage estimator")
+
+
+@dataclass(frozen=True)
+class AdvantageInputs:
+    scores: np.ndarray  # [B] outcome reward per sample
+    groups: np.ndarray  # [B] int, samples of one prompt share a group id
+    mask: np.ndarray  # [B, T] 1.0 on response tokens
+    token_rewards: Optional[np.ndarray] = None  # [B, T] extra per-token rewards (0 where unused)
+    values: Optional[np.ndarray] = None  # [B, T] critic value of the state before each token
+
+
+@dataclass(frozen=True)
+class AdvantageOptions:
+    normalize_std: bool = True  # grpo: divide by std (off = Dr.GRPO); gae: whiten advantages
+    std_scope: str = "group"  # grpo: "group" std or "batch" std
+    group_baseline: bool = True  # reinforce_pp: subtract the group mean score first
+    gamma: float = 1.0
+    lam: float = 1.0
+    eps: float = 1e-6
+
+
+def _sequence_scores(x: AdvantageInputs) -> np.ndarray:
+    """Outcome score plus the sum of any per-token rewards, per sample [B]."""
+    scores = np.asarray(x.scores, dtype=np.float64)
+    if x.token_rewards is not None:
+        scores = scores + (x.token_rewards * x.mask).sum(axis=1)
+    return scores
+
+
+def _broadcast(per_sample: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    return (per_sample[:, None] * mask).astype(np.float32)
+
+
+def _group_stats(values: np.ndarray, groups: np.ndarray):
+    """Per-sample mean, unbiased std and size of the sample's group."""
+    mean, std, size = np.zeros_like(values), np.zeros_like(values), np.zeros_like(values)
+    for g in np.unique(groups):
+        idx = groups == g
+        if idx.sum() < 2:
+            raise ValueError(f"group {g} has {idx.sum()} sample; group estimators need at least 2")
+        mean[idx], std[idx], size[idx] = values[idx].mean(), values[idx].std(ddof=1), idx.sum()
+    return mean, std, size
+
+
+def _last_token_rewards(x: AdvantageInputs) -> np.ndarray:
+    """[B, T] rewards: token_rewards everywhere, plus the score on each row's last response token."""
+    rewards = np.zeros(x.mask.shape) if x.token_rewards is None else x.token_rewards * x.mask
+    rewards = rewards.astype(np.float64)
+    lengths = x.mask.sum(axis=1)
+    last = x.mask.shape[1] - 1 - np.argmax(x.mask[:, ::-1], axis=1)
+    rows = np.nonzero(lengths > 0)[0]
+    rewards[rows, last[rows]] += x.scores[rows]
+    return rewards
+
+
+def _whiten(a: np.ndarray, mask: np.ndarray, eps: float) -> np.ndarray:
+    n = mask.sum()
+    mean = (a * mask).sum() / n
+    var = (((a - mean) * mask) ** 2).sum() / max(n - 1, 1)
+    return (a - mean) / (np.sqrt(var) + eps) * mask
+
+
+@ADVANTAGES.register("grpo", "GRPO: (r - group mean) / group std; batch std or no std (Dr.GRPO) by option")
+def grpo(x: AdvantageInputs, o: AdvantageOptions):
+    scores = _sequence_scores(x)
+    mean, std, _ = _group_stats(scores, x.groups)
+    centred = scores - mean
+    if o.normalize_std:
+        if o.std_scope == "batch":
+            centred = centred / (scores.std(ddof=1) + o.eps)
+        elif o.std_scope == "group":
+            # Unbiased (ddof=1) group std, as in TRL and verl; a tied group stays at 0.
+            centred = centred / (std + o.eps)
+        else:
+            raise ValueError(f"std_scope must be 'group' or 'batch', got {o.std_scope!r}")
+    return _broadcast(centred, x.mask), None
+
+
+@ADVANTAGES.register("rloo", "RLOO: r minus the mean of the other samples of the same prompt")
+def rloo(x: AdvantageInputs, o: AdvantageOptions):
+    scores = _sequence_scores(x)
+    mean, _, size = _group_stats(scores, x.groups)
+    return _broadcast(size / (size - 1) * (scores - mean), x.mask), None
+
+
+@ADVANTAGES.register("reinforce_pp", "REINFORCE++: per-token return-to-go, normalised over the whole batch")
+def reinforce_pp(x: AdvantageInputs, o: AdvantageOptions):
+    scores = np.asarray(x.scores, dtype=np.float64)
+    if o.group_baseline:  # REINFORCE++-baseline: centre the outcome within its group first
+        scores = scores - _group_stats(scores, x.groups)[0]
+    rewards = _last_token_rewards(AdvantageInputs(scores, x.groups, x.mask, x.token_rewards))
+    returns = np.zeros_like(rewards)
+    running = np.zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + o.gamma * running
+        returns[:, t] = running
+    returns *= x.mask
+    return _whiten(returns, x.mask, o.eps).astype(np.float32), None
+
+
+@ADVANTAGES.register("gae", "GAE(gamma, lambda) from a critic's values (PPO); returns are the critic's targets")
+def gae(x: AdvantageInputs, o: AdvantageOptions):
+    if x.values is None:
+        raise ValueError("advantage 'gae' needs critic values (algorithm.critic)")
+    rewards = _last_token_rewards(x)
+    values = x.values * x.mask
+    adv = np.zeros_like(rewards)
+    running = np.zeros(rewards.shape[0])
+    for t in reversed(range(rewards.shape[1])):
+        next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else 0.0
+        next_value = next_value * (x.mask[:, t + 1] if t + 1 < rewards.shape[1] else 0.0)
+        delta = rewards[:, t] + o.gamma * next_value - values[:, t]
+        # Padding after a response resets the recursion; prompt positions are masked out below.
+        running = (delta + o.gamma * o.lam * running) * x.mask[:, t]
+        adv[:, t] = running
+    returns = (adv + values) * x.mask
+    if o.normalize_std:
+        adv = _whiten(adv, x.mask, o.eps)
+    return (adv * x.mask).astype(np.float32), returns.astype(np.float32)

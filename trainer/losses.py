@@ -1,0 +1,136 @@
+"""Losses, KL estimators and loss-aggregation modes: one signature each, registered by name.
+
+  loss(LossInputs, LossSpec) -> (per-token loss [B, T], per-token metrics {name: [B, T]})
+  kl(logprobs [B, T], ref_logprobs [B, T]) -> per-token KL estimate [B, T]
+  aggregation(mask [B, T], max_len) -> per-token weights [B, T] (the step's loss is sum(loss * weight))
+
+The learner computes sum(per_token * weight) over its rows; the controller chose the
+weights for the whole optimizer step, so micro-batching and sharding cannot change it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from rollout.registry import Registry
+from trainer.types import LossSpec
+
+LOSSES: Registry[Callable] = Registry("loss")
+KL_ESTIMATORS: Registry[Callable] = Registry("KL estimator")
+AGGREGATIONS: Registry[Callable] = Registry("loss aggregation")
+CRITIC_LOSSES = frozenset({"value_clip"})  # entries that train a value model, not a policy
+
+
+@dataclass
+class LossInputs:
+    mask: torch.Tensor  # [B, T] 1.0 on response tokens
+    logprobs: Optional[torch.Tensor] = None  # [B, T] current policy, log_softmax(logits / T)
+    behaviour_logprobs: Optional[torch.Tensor] = None  # [B, T] from the engine that sampled
+    advantages: Optional[torch.Tensor] = None  # [B, T]
+    ref_logprobs: Optional[torch.Tensor] = None  # [B, T] frozen reference policy
+    entropy: Optional[torch.Tensor] = None  # [B, T] policy entropy (with gradient)
+    values: Optional[torch.Tensor] = None  # [B, T] critic, current
+    old_values: Optional[torch.Tensor] = None  # [B, T] critic when the rollouts were scored
+    returns: Optional[torch.Tensor] = None  # [B, T] critic targets
+
+
+# ---- KL estimators (Schulman, "Approximating KL divergence") ----
+
+@KL_ESTIMATORS.register("k1", "log-ratio log(pi/pi_ref); unbiased, high variance")
+def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    return logprobs - ref_logprobs
+
+
+@KL_ESTIMATORS.register("k2", "0.5 * log-ratio^2; low variance, biased")
+def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (logprobs - ref_logprobs) ** 2
+
+
+@KL_ESTIMATORS.register("k3", "exp(ref - logp) - (ref - logp) - 1; unbiased, non-negative")
+def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    delta = ref_logprobs - logprobs
+    return torch.exp(delta) - delta - 1.0
+
+
+@KL_ESTIMATORS.register("k3_clamp", "k3 with the log-ratio and the estimate clamped to [-10, 10] (low-variance KL)")
+def kl_k3_clamp(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    delta = torch.clamp(ref_logprobs - logprobs, -20.0, 20.0)
+    return torch.clamp(torch.exp(delta) - delta - 1.0, -10.0, 10.0)
+
+
+# ---- aggregation modes ----
+
+@AGGREGATIONS.register("token-mean", "every response token of the step weighs the same (DAPO)")
+def token_mean(mask: np.ndarray, max_len: int) -> np.ndarray:
+    return (mask / max(mask.sum(), 1.0)).astype(np.float32)
+
+
+@AGGREGATIONS.register("seq-mean-token-mean", "mean over each sequence's tokens, then over sequences (GRPO paper)")
+def seq_mean_token_mean(mask: np.ndarray, max_len: int) -> np.ndarray:
+    lengths = mask.sum(axis=1, keepdims=True)
+    rows = max((lengths > 0).sum(), 1)
+    return (np.divide(mask, lengths, out=np.zeros_like(mask), where=lengths > 0) / rows).astype(np.float32)
+
+
+@AGGREGATIONS.register("seq-mean-token-sum", "token sum per sequence over a constant (max length), mean over sequences (Dr.GRPO)")
+def seq_mean_token_sum(mask: np.ndarray, max_len: int) -> np.ndarray:
+    rows = max((mask.sum(axis=1) > 0).sum(), 1)
+    return (mask / (rows * max_len)).astype(np.float32)
+
+
+# ---- policy losses ----
+
+def _regularise(per_token: torch.Tensor, x: LossInputs, spec: LossSpec, metrics: dict) -> torch.Tensor:
+    """KL to the reference in the loss, and the entropy bonus, for every policy loss."""
+    if spec.kl_coef > 0:
+        if x.ref_logprobs is None:
+            raise ValueError(f"loss '{spec.name}' with kl_coef > 0 needs reference logprobs")
+        kl = KL_ESTIMATORS.get(spec.kl_estimator)(x.logprobs, x.ref_logprobs)
+        per_token = per_token + spec.kl_coef * kl
+        metrics["kl"] = kl.detach()
+    if spec.entropy_coef:
+        if x.entropy is None:
+            raise ValueError(f"loss '{spec.name}' with entropy_coef needs the policy entropy")
+        per_token = per_token - spec.entropy_coef * x.entropy
+    return per_token
+
+
+@LOSSES.register("ppo_clip", "PPO clipped surrogate; clip-higher (DAPO) via clip_eps_high, dual-clip via dual_clip")
+def ppo_clip(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    ratio = torch.exp(x.logprobs - x.behaviour_logprobs)
+    high = spec.clip_eps if spec.clip_eps_high is None else spec.clip_eps_high
+    surrogate = ratio * x.advantages
+    clipped = torch.clamp(ratio, 1.0 - spec.clip_eps, 1.0 + high) * x.advantages
+    objective = torch.minimum(surrogate, clipped)
+    if spec.dual_clip:
+        # Dual-clip PPO: for negative advantages, never let the objective fall below c * A.
+        objective = torch.where(x.advantages < 0, torch.maximum(objective, spec.dual_clip * x.advantages), objective)
+    metrics = {"clip_frac": (clipped < surrogate).float().detach(), "ratio": ratio.detach()}
+    return _regularise(-objective, x, spec, metrics), metrics
+
+
+@LOSSES.register("gspo", "GSPO: sequence-level importance ratio (length-normalised), clipped per sequence")
+def gspo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    lengths = x.mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+    seq_log_ratio = ((x.logprobs - x.behaviour_logprobs) * x.mask).sum(dim=1, keepdim=True) / lengths
+    # GSPO-token form: the value is the sequence ratio on every token, the gradient flows per token.
+    ratio = torch.exp(seq_log_ratio.detach() + x.logprobs - x.logprobs.detach())
+    high = spec.clip_eps if spec.clip_eps_high is None else spec.clip_eps_high
+    surrogate = ratio * x.advantages
+    clipped = torch.clamp(ratio, 1.0 - spec.clip_eps, 1.0 + high) * x.advantages
+    metrics = {"clip_frac": (clipped < surrogate).float().detach(), "ratio": ratio.detach()}
+    return _regularise(-torch.minimum(surrogate, clipped), x, spec, metrics), metrics
+
+
+@LOSSES.register("value_clip", "critic: 0.5 * max((V - R)^2, (clip(V, V_old +- value_clip) - R)^2)")
+def value_clip(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    clipped = x.old_values + torch.clamp(x.values - x.old_values, -spec.value_clip, spec.value_clip)
+    unclipped_loss = (x.values - x.returns) ** 2
+    clipped_loss = (clipped - x.returns) ** 2
+    metrics = {"value_clip_frac": (clipped_loss > unclipped_loss).float().detach(),
+               "value": x.values.detach()}
+    return 0.5 * torch.maximum(unclipped_loss, clipped_loss), metrics
