@@ -46,6 +46,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
     except (ConfigError, DataError, EngineError, PlacementError) as exc:
         print(f"tandem: error: {exc}", file=sys.stderr)
         return 2
+    if "headline" in summary:  # offline modes (sft, reward_model, dpo)
+        print(f"\nrun directory: {summary['run_dir']}\n{summary['headline']}")
+        return 0
     ev, tp = summary["eval"], summary["throughput"]
     print(f"\nrun directory: {summary['run_dir']}")
     print(f"held-out accuracy ({ev['num_prompts']} prompts): {ev['initial_accuracy']:.1%} -> "
@@ -107,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_job_commands(sub)
     algos = sub.add_parser("algorithms", help="list registered advantage estimators, losses, KL estimators, verifiers")
     algos.set_defaults(fn=_cmd_algorithms)
+    sandbox = sub.add_parser("sandbox", help="run untrusted Python in the reward sandbox")
+    sandbox_run = sandbox.add_subparsers(dest="action", required=True).add_parser(
+        "run", help="run FILE under the sandbox's limits and print a JSON verdict")
+    sandbox_run.add_argument("file", help="Python file to run")
+    sandbox_run.add_argument("--timeout", type=float, default=2.0, help="wall-clock limit in seconds")
+    sandbox_run.add_argument("--memory-mb", type=int, default=256, help="address-space limit in MiB")
+    sandbox_run.set_defaults(fn=_cmd_sandbox)
     return parser
 
 

@@ -13,6 +13,8 @@ from typing import Any, Literal, Optional
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from reward.config import RewardConfig
+
 
 class ConfigError(ValueError):
     """A recipe or override that cannot be used; the message names the field."""
@@ -23,6 +25,9 @@ class Section(BaseModel):
 
 
 class RunConfig(Section):
+    # rl: the rollout loop (policy-gradient RL, or online DPO when algorithm.loss is a preference
+    # loss); sft / reward_model / dpo: offline passes over a dataset (cluster/offline.py).
+    mode: Literal["rl", "sft", "reward_model", "dpo"] = "rl"
     name: str = "run"
     output_dir: str = "runs"
     seed: int = 0
@@ -59,61 +64,50 @@ class DataConfig(Section):
     eval_path: str
     prompt_key: str = "prompt"
     answer_key: str = "answer"
+    # Offline modes: train_path / eval_path are jsonl, parquet or a `save_to_disk` directory.
+    completion_key: str = "completion"  # sft: the trained text next to prompt_key
+    messages_key: str = "messages"  # sft: a chat whose assistant turns train
+    chosen_key: str = "chosen"
+    rejected_key: str = "rejected"
+    margin_key: Optional[str] = None  # reward_model: per-pair margin column (Bradley-Terry with margin)
+    # null: use the tokenizer's chat template when it has one; false: plain text; true: require one.
+    chat_template: Optional[bool] = None
+    max_length: int = Field(1024, ge=2)  # tokens per example; longer answers are cut
 
 
 class RolloutConfig(Section):
-    engine: Literal["hf"] = "hf"
+    engine: Literal["hf", "vllm"] = "hf"
     num_workers: int = Field(1, ge=1)
     threads_per_worker: int = Field(1, ge=1)
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(16, ge=1)
-    # Sequences per generate() call inside a worker.
+    # Sequences per generate() call inside a worker (vllm: samples in flight per worker).
     batch_size: int = Field(256, ge=1)
+    # vllm engine only (rollout/vllm_engine.py). On CPU the KV cache is vllm_kv_cache_gib
+    # (default 1 GiB); on GPUs, vllm_gpu_memory_utilization of the GPU unless that is set.
+    vllm_gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    vllm_kv_cache_gib: Optional[float] = Field(None, gt=0)
+    vllm_max_model_len: Optional[int] = Field(None, ge=1)
+    vllm_max_num_seqs: int = Field(256, ge=1)
+    vllm_enforce_eager: Optional[bool] = None  # null: eager on CPU, CUDA graphs on GPUs
+    vllm_enable_prefix_caching: bool = True
 
+    @model_validator(mode="after")
+    def _vllm_top_p(self) -> "RolloutConfig":
+        if self.engine == "vllm" and self.top_p < 1:
+            raise ValueError(f"rollout.top_p={self.top_p} with rollout.engine 'vllm': vLLM reports logprobs after "
+                             "top-p filtering, which the learner cannot reproduce; use top_p: 1")
+        return self
 
-class RewardConfig(Section):
-    num_workers: int = Field(1, ge=1)
-    verifier: str = "arithmetic"
-    # Weight of the format reward added to the correctness reward.
-    format_weight: float = 0.1
-    timeout_s: float = Field(2.0, gt=0)
-    # Score given to a sample whose verifier raised or timed out (recorded, never silent).
-    fallback_score: float = 0.0
-    # Pool (reward/pool.py): scale verifier workers up to max_workers under load (null: fixed).
-    max_workers: Optional[int] = Field(None, ge=1)
-    # Extra tries after a timeout or a lost worker (a verifier's exception is not retried).
-    max_retries: int = Field(1, ge=0)
-    # Results cached by (verifier setup, prompt, response, answer); 0 turns the cache off.
-    cache_size: int = Field(100_000, ge=0)
-    batch_size: int = Field(8, ge=1)
-    # Samples outstanding before submit() blocks (backpressure).
-    max_pending: int = Field(4096, ge=1)
-    # Composition: extra named rewards (verifier names, reward_model, judge) -> weights,
-    # added to verifier (weight 1) and format (format_weight).
-    components: dict[str, float] = {}
-    # Keyword options per verifier, e.g. {code: {timeout_s: 5, memory_mb: 512}}.
-    verifier_options: dict[str, dict[str, Any]] = {}
-    # Python modules every reward worker imports first, to register verifiers of your own.
-    plugins: list[str] = []
-    clip_min: Optional[float] = None
-    clip_max: Optional[float] = None
-    normalize: Literal["none", "running"] = "none"
-    # PAR: sigmoid(reward - reference); the reference is a constant or the group's mean.
-    shaping: Literal["none", "par"] = "none"
-    par_reference: Literal["fixed", "group_mean"] = "fixed"
-    par_reference_value: float = 0.0
-    # Reward model: a local HF sequence-classification checkpoint with one label.
-    reward_model_path: Optional[str] = None
-    reward_model_batch_size: int = Field(32, ge=1)
-    reward_model_device: str = "cpu"
-    # LLM judge: base URL of an OpenAI-compatible API (…/v1); key from TANDEM_JUDGE_API_KEY.
-    judge_url: Optional[str] = None
-    judge_model: str = "judge"
-    judge_requests_per_s: float = Field(5.0, gt=0)
-    judge_concurrency: int = Field(4, ge=1)
-    judge_max_retries: int = Field(3, ge=0)
-    judge_timeout_s: float = Field(30.0, gt=0)
+    def engine_options(self, tensor_parallel_size: int = 1) -> dict[str, Any]:
+        """Keyword options of the selected engine (rollout/vllm_engine.py VLLMOptions for vllm)."""
+        if self.engine != "vllm":
+            return {}
+        return dict(tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=self.vllm_gpu_memory_utilization,
+                    kv_cache_gib=self.vllm_kv_cache_gib, max_model_len=self.vllm_max_model_len,
+                    max_num_seqs=self.vllm_max_num_seqs, enforce_eager=self.vllm_enforce_eager,
+                    enable_prefix_caching=self.vllm_enable_prefix_caching)
 
 
 def _registered(registry, value: str) -> str:
@@ -147,6 +141,12 @@ class AlgorithmConfig(Section):
     overlong_buffer: int = Field(0, ge=0)
     overlong_penalty: float = Field(1.0, ge=0)
     mask_truncated: bool = False  # drop responses cut at max_new_tokens from the loss
+    # Preference losses (dpo, cdpo, ipo, simpo, orpo) and reward models (bradley_terry).
+    beta: float = Field(0.1, gt=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=0.5)  # cdpo
+    simpo_gamma: float = Field(0.5, ge=0)
+    orpo_lambda: float = Field(0.1, ge=0)
+    rm_margin: float = 0.0  # bradley_terry margin when the data has no margin column
 
     @field_validator("advantage")
     @classmethod
@@ -205,6 +205,18 @@ class TrainerConfig(Section):
     micro_batch_size: int = Field(64, ge=1)
     # Optimizer steps per batch of rollouts (PPO-style mini-batch epochs).
     updates_per_batch: int = Field(1, ge=1)
+
+
+class OfflineConfig(Section):
+    """Offline modes (run.mode sft | reward_model | dpo): passes over a dataset, no rollouts."""
+
+    batch_size: int = Field(16, ge=1)  # examples per optimizer step (pairs for reward_model / dpo)
+    epochs: int = Field(1, ge=1)
+    max_steps: int = Field(0, ge=0)  # 0: as many steps as `epochs` passes take
+    eval_every: int = Field(0, ge=0)  # held-out evaluation every N steps (always before and after)
+    eval_size: int = Field(512, ge=1)  # held-out examples evaluated
+    packing: bool = False  # sft: pack several examples into rows of data.max_length tokens
+    save: bool = True  # write the trained model to <run dir>/final
 
 
 class ControllerConfig(Section):
@@ -267,6 +279,7 @@ class Config(Section):
     algorithm: AlgorithmConfig = AlgorithmConfig()
     trainer: TrainerConfig = TrainerConfig()
     critic: CriticConfig = CriticConfig()
+    offline: OfflineConfig = OfflineConfig()
     controller: ControllerConfig = ControllerConfig()
     cluster: ClusterConfig = ClusterConfig()
 
@@ -275,11 +288,33 @@ class Config(Section):
         a = self.algorithm
         if (a.advantage == "gae") != self.critic.enabled:
             raise ValueError("algorithm.advantage 'gae' and critic.enabled go together (PPO with a critic)")
-        if a.advantage in ("grpo", "rloo") and a.group_size < 2:
-            raise ValueError(f"algorithm.advantage '{a.advantage}' needs algorithm.group_size >= 2")
+        grouped = a.advantage in ("grpo", "rloo") or (a.advantage == "reinforce_pp" and a.group_baseline)
+        if grouped and a.group_size < 2:
+            raise ValueError(f"algorithm.advantage '{a.advantage}' needs algorithm.group_size >= 2 "
+                             "(a group baseline); use group_baseline: false or gae for one sample per prompt")
         if a.overlong_buffer >= self.rollout.max_new_tokens:
             raise ValueError("algorithm.overlong_buffer must be below rollout.max_new_tokens")
+        _check_mode(self)
         return self
+
+
+def _check_mode(cfg: "Config") -> None:
+    """Each run.mode trains with its own kind of loss; say which when they disagree."""
+    from trainer.losses import PREFERENCE_LOSSES, REWARD_MODEL_LOSSES, SUPERVISED_LOSSES
+
+    mode, loss = cfg.run.mode, cfg.algorithm.loss
+    wanted = {"sft": SUPERVISED_LOSSES, "reward_model": REWARD_MODEL_LOSSES, "dpo": PREFERENCE_LOSSES}
+    if mode in wanted and loss not in wanted[mode]:
+        raise ValueError(f"run.mode '{mode}' trains with algorithm.loss one of {', '.join(sorted(wanted[mode]))}; "
+                         f"got '{loss}'")
+    if mode == "rl" and loss in SUPERVISED_LOSSES | REWARD_MODEL_LOSSES:
+        raise ValueError(f"algorithm.loss '{loss}' is for run.mode 'sft' / 'reward_model', not 'rl'")
+    if mode == "rl" and loss in PREFERENCE_LOSSES:
+        if cfg.algorithm.group_size < 2:
+            raise ValueError("online DPO (run.mode 'rl' with a preference loss) needs algorithm.group_size >= 2 "
+                             "samples per prompt to rank into a pair")
+        if cfg.critic.enabled:
+            raise ValueError("online DPO (a preference loss in run.mode 'rl') uses no critic; set critic.enabled false")
 
 
 def _suggest(key: str, valid: list[str]) -> str:

@@ -81,9 +81,9 @@ class Controller:
             raise RuntimeError(f"step {step}: no complete group survived the buffer; nothing to train on")
         batches = self.experience.make(groups)
         metrics = dict(batches.metrics)
-        # Shuffle rows so each mini-batch (and each rank's shard) mixes groups; seeded per step.
-        order = np.random.default_rng([self.cfg.run.seed, step]).permutation(len(batches.policy))
-        parts = np.array_split(order, self.cfg.trainer.updates_per_batch)
+        if batches.policy is None:
+            return metrics, False  # online DPO: no group's rewards told its samples apart
+        parts = self.experience.split(len(batches.policy), step)
         if batches.critic is not None:
             for part in parts:
                 critic = self.roles.critic.train_step(self.experience.weighted(batches.critic.rows(part)),
@@ -165,6 +165,10 @@ class Controller:
 
 def run(cfg: Config, log=print) -> dict:
     """Run one recipe end to end; the run directory survives any failure with what was written."""
+    if cfg.run.mode != "rl":  # sft / reward_model / dpo: no rollouts, a pass over a dataset
+        from cluster.offline import run_offline
+
+        return run_offline(cfg, log=log)
     learner_options(cfg)  # batch-shape errors surface before anything starts
     train, evals = prepare_inputs(cfg, log=log)
     run_dir = RunDir.create(cfg)

@@ -1,5 +1,8 @@
 """From admitted groups to the step's training batches: reward shaping, KL in the reward,
-critic values, advantages (registry), and the loss weights of each optimizer step."""
+critic values, advantages (registry), and the loss weights of each optimizer step.
+
+With a preference loss (online DPO) the groups become pairs instead: the best and the worst
+sample of each group by reward, as adjacent rows, with the reference policy's logprobs."""
 
 from __future__ import annotations
 
@@ -14,7 +17,8 @@ from cluster.config import AlgorithmConfig, Config
 from trainer.advantages import ADVANTAGES, AdvantageInputs, AdvantageOptions
 from trainer.batching import build_batch
 from trainer.group import LearnerGroup
-from trainer.losses import AGGREGATIONS, KL_ESTIMATORS
+from trainer.losses import AGGREGATIONS, KL_ESTIMATORS, PREFERENCE_LOSSES, REFERENCE_LOSSES
+from trainer.preference import best_worst_pairs, pad_pairs, pair_weights
 from trainer.types import LossSpec, TrainBatch
 
 
@@ -48,7 +52,7 @@ def explained_variance(returns: np.ndarray, values: np.ndarray, mask: np.ndarray
 
 @dataclass
 class StepBatches:
-    policy: TrainBatch
+    policy: Optional[TrainBatch]  # None: nothing to learn this step (online DPO, every group tied)
     critic: Optional[TrainBatch]
     metrics: dict
 
@@ -62,8 +66,11 @@ class ExperienceMaker:
                                      group_baseline=a.group_baseline, gamma=a.gamma, lam=a.lam)
         self.aggregate = AGGREGATIONS.get(a.loss_agg)
         self.kl = KLController(a)
+        self.preference = a.loss in PREFERENCE_LOSSES
 
     def make(self, groups: list[Group]) -> StepBatches:
+        if self.preference:
+            return self._pairs(groups)
         a, temp = self.cfg.algorithm, self.cfg.rollout.temperature
         rollouts = [r for g in groups for r in g.rollouts]
         batch = build_batch(rollouts, pad_id=0, mask_truncated=a.mask_truncated)
@@ -89,15 +96,49 @@ class ExperienceMaker:
             metrics["explained_var"] = explained_variance(returns, values, batch.loss_mask)
         return StepBatches(batch.replace(advantages=adv), critic_batch, metrics)
 
+    def _pairs(self, groups: list[Group]) -> StepBatches:
+        """Online DPO: each group's best and worst sample (by reward) form a pair. A group whose
+        rewards tie teaches nothing; zero-weight filler pairs keep the step's row count."""
+        from cluster.roles import rows_per_step
+
+        picked, gaps = [], []
+        for g in groups:
+            pick = best_worst_pairs([r.reward for r in g.rewards])
+            if pick is not None:
+                picked += [g.rollouts[pick[0]], g.rollouts[pick[1]]]
+                gaps.append(g.rewards[pick[0]].reward - g.rewards[pick[1]].reward)
+        metrics = {"pairs": len(gaps), "pair_reward_gap": float(np.mean(gaps)) if gaps else 0.0}
+        if not picked:
+            return StepBatches(None, None, metrics)
+        # Behaviour logprobs stay for logging (logprob_diff); the DPO losses do not read them.
+        batch = pad_pairs(build_batch(picked, pad_id=0), rows_per_step(self.cfg))
+        if self.cfg.algorithm.loss in REFERENCE_LOSSES:
+            batch = batch.replace(ref_logprobs=self.learners.reference_logprobs(batch, 1.0))
+        return StepBatches(batch, None, metrics)
+
+    def split(self, rows: int, step: int) -> list[np.ndarray]:
+        """Row indices of each optimizer step of this batch, shuffled (seeded per step) so each
+        mini-batch and rank shard mixes groups; a preference pair's two rows stay together."""
+        rng = np.random.default_rng([self.cfg.run.seed, step])
+        updates = self.cfg.trainer.updates_per_batch
+        if not self.preference:
+            return np.array_split(rng.permutation(rows), updates)
+        return [np.stack([2 * p, 2 * p + 1], axis=1).ravel() for p in np.array_split(rng.permutation(rows // 2), updates)]
+
     def weighted(self, batch: TrainBatch) -> TrainBatch:
         """The rows of one optimizer step, with the aggregation mode's weights over exactly them."""
+        if self.preference:
+            return batch.replace(loss_weights=pair_weights(batch.loss_mask))
         return batch.replace(loss_weights=self.aggregate(batch.loss_mask, self.cfg.rollout.max_new_tokens))
 
     def policy_spec(self) -> LossSpec:
         a = self.cfg.algorithm
+        # Preference losses compare the policy itself (temperature 1) with its reference.
+        temperature = 1.0 if self.preference else self.cfg.rollout.temperature
         return LossSpec(a.loss, a.clip_eps, a.clip_eps_high, a.dual_clip,
                         self.kl.coef if a.kl_in == "loss" else 0.0, a.kl_estimator, a.entropy_coef,
-                        temperature=self.cfg.rollout.temperature)
+                        temperature=temperature, beta=a.beta, label_smoothing=a.label_smoothing,
+                        simpo_gamma=a.simpo_gamma, orpo_lambda=a.orpo_lambda)
 
     def critic_spec(self) -> LossSpec:
         return LossSpec("value_clip", value_clip=self.cfg.critic.value_clip)

@@ -58,9 +58,24 @@ def prepare_inputs(cfg: Config, log=print) -> tuple[list[Prompt], list[Prompt]]:
     return load_prompts(cfg.data.train_path, **keys), load_prompts(cfg.data.eval_path, **keys)
 
 
+def rows_per_step(cfg: Config) -> int:
+    """Rows each step trains on: every sample, or (online DPO) one chosen/rejected pair per prompt."""
+    from trainer.losses import PREFERENCE_LOSSES
+
+    if cfg.algorithm.loss in PREFERENCE_LOSSES:
+        return 2 * cfg.controller.prompts_per_step
+    return cfg.controller.prompts_per_step * cfg.algorithm.group_size
+
+
 def learner_options(cfg: Config) -> LearnerOptions:
+    from trainer.losses import PREFERENCE_LOSSES, REFERENCE_LOSSES
+
+    if cfg.run.mode != "rl":
+        from cluster.offline import offline_learner_options
+
+        return offline_learner_options(cfg)
     t = cfg.trainer
-    rows = cfg.controller.prompts_per_step * cfg.algorithm.group_size
+    rows = rows_per_step(cfg)
     if rows % (t.updates_per_batch * t.num_learners):
         raise ConfigError(f"{rows} samples per step (controller.prompts_per_step x algorithm.group_size) do not "
                           f"split into trainer.updates_per_batch={t.updates_per_batch} x "
@@ -70,10 +85,13 @@ def learner_options(cfg: Config) -> LearnerOptions:
     if per_rank % micro:
         raise ConfigError(f"trainer.micro_batch_size={t.micro_batch_size} does not divide the {per_rank} "
                           f"rows each learner gets per update")
+    if cfg.algorithm.loss in PREFERENCE_LOSSES and micro % 2:
+        raise ConfigError(f"online DPO trains chosen/rejected row pairs: the {micro}-row micro-batches "
+                          f"(trainer.micro_batch_size, rows per learner) must be even")
     return LearnerOptions(
         zero_stage=t.zero_stage, lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         micro_batch_size=micro, grad_accum_steps=per_rank // micro, dtype=cfg.model.dtype,
-        use_reference=cfg.algorithm.kl_coef > 0, seed=cfg.run.seed,
+        use_reference=cfg.algorithm.kl_coef > 0 or cfg.algorithm.loss in REFERENCE_LOSSES, seed=cfg.run.seed,
     )
 
 
@@ -106,7 +124,7 @@ def start_roles(cfg: Config, loopback: bool) -> Roles:
     started = []
     try:
         r = cfg.reward
-        started.append(RewardPool(**r.model_dump(), actor_options=placement.options("reward")))
+        started.append(RewardPool(r, actor_options=placement.options("reward")))
         started.append(RolloutPool(cfg.model.path, cfg.rollout.num_workers, cfg.rollout.engine, cfg.model.dtype,
                                    cfg.rollout.threads_per_worker, cfg.rollout.batch_size,
                                    actor_options=placement.options("rollout")))

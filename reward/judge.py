@@ -19,7 +19,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
-from reward.types import ComponentScore, RewardSpec
+from reward.config import RewardConfig
+from reward.types import ComponentScore
 from reward.worker import WorkerReply
 from rollout.types import Rollout
 
@@ -111,7 +112,7 @@ class JudgeClient:
 class JudgeWorker:
     """Ray actor body: `concurrency` requests in flight, one rate limit for all of them."""
 
-    def __init__(self, spec: RewardSpec):
+    def __init__(self, spec: RewardConfig):
         self.client = JudgeClient(spec.judge_url, spec.judge_model, spec.judge_requests_per_s,
                                   spec.judge_max_retries, spec.judge_timeout_s, burst=spec.judge_concurrency)
         self.threads = cf.ThreadPoolExecutor(max_workers=spec.judge_concurrency)

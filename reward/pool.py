@@ -25,14 +25,15 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 import numpy as np
 import ray
 
 from reward import shaping
-from reward.types import MODEL_COMPONENTS, ComponentScore, RewardResult, RewardSpec
+from reward.config import MODEL_COMPONENTS, RewardConfig
+from reward.types import RewardResult
 from reward.worker import RewardWorker, WorkerReply, verifier_components
 from rollout.types import Rollout
 
@@ -51,12 +52,14 @@ class _Sample:
     failure: Optional[str] = None
     attempts: int = 1
     cached: bool = False
+    isolate: bool = False  # retried alone on an otherwise idle actor (it was near a crash)
 
 
 @dataclass
 class _Actor:
     handle: object
     inflight: int = 0
+    exclusive: bool = False  # serving an isolated sample: nothing else is sent to it
     idle_since: float = field(default_factory=time.monotonic)
 
 
@@ -78,7 +81,7 @@ class _Lane:
         self.actors[i] = self._start(i)
 
     def free_actor(self) -> Optional[_Actor]:
-        free = [a for a in self.actors if a.inflight < MAX_INFLIGHT_PER_ACTOR]
+        free = [a for a in self.actors if a.inflight < MAX_INFLIGHT_PER_ACTOR and not a.exclusive]
         return min(free, key=lambda a: a.inflight) if free else None
 
 
@@ -103,14 +106,9 @@ class PoolMetrics:
 
 
 class RewardPool:
-    def __init__(self, num_workers: int = 1, verifier: str = "arithmetic", format_weight: float = 0.1,
-                 timeout_s: float = 2.0, fallback_score: float = 0.0, actor_options: list[dict] | None = None,
-                 **settings):
-        unknown = sorted(set(settings) - set(RewardSpec.names()))
-        if unknown:
-            raise ValueError(f"unknown reward setting(s) {unknown}; valid: {', '.join(RewardSpec.names())}")
-        spec = RewardSpec(num_workers=num_workers, verifier=verifier, format_weight=format_weight,
-                          timeout_s=timeout_s, fallback_score=fallback_score, **settings)
+    def __init__(self, spec: RewardConfig | None = None, actor_options: list[dict] | None = None, **settings):
+        """`spec` is the config's `reward` section; keyword settings build one (unknown names are refused)."""
+        spec = spec if spec is not None else RewardConfig(**settings)
         self.spec = spec
         _validate(spec)
         self.weights = spec.weights()
@@ -174,6 +172,9 @@ class RewardPool:
         ids = self._tickets[ticket]
         while any(self._samples[i].lanes for i in ids):
             self._pump(time.monotonic() + 1.0)
+            idle = not self._inflight and not any(lane.queue for lane in self.lanes.values())
+            if idle and any(self._samples[i].lanes for i in ids):
+                raise RuntimeError("reward pool stalled: samples pending with no work queued (a bug)")
         del self._tickets[ticket]
         return self._compose([self._samples.pop(i) for i in ids])
 
@@ -187,7 +188,7 @@ class RewardPool:
             m.latency_p50_s, m.latency_p90_s, m.latency_p99_s = np.percentile(self._latency, [50, 90, 99]).tolist()
             m.compute_p50_s, m.compute_p99_s = np.percentile(self._compute, [50, 99]).tolist()
         m.workers = len(self.lanes["verifier"].actors) if "verifier" in self.lanes else 0
-        return m
+        return replace(m)  # a snapshot, not the live counters
 
     def shutdown(self) -> None:
         for lane in self.lanes.values():
@@ -235,7 +236,8 @@ class RewardPool:
         if ready and rest:  # take everything else that is already done too
             ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
         for ref in ready:
-            self._absorb(ref)
+            if ref in self._inflight:  # absorbing one reply may have requeued a replaced actor's calls
+                self._absorb(ref)
         now = time.monotonic()
         for ref, (lane, actor, ids, deadline) in list(self._inflight.items()):
             if now > deadline:  # the actor is wedged or gone: replace it, retry its samples
@@ -245,10 +247,21 @@ class RewardPool:
 
     def _dispatch(self, lane: _Lane) -> None:
         while lane.queue:
-            actor = lane.free_actor()
-            if actor is None:
-                return
-            ids = [lane.queue.popleft() for _ in range(min(lane.chunk, len(lane.queue)))]
+            if self._samples[lane.queue[0]].isolate:
+                # A sample whose worker died goes alone to an idle actor, so a crash it causes
+                # again is charged to it only, not to innocent samples sharing the actor.
+                actor = next((a for a in lane.actors if a.inflight == 0), None)
+                if actor is None:
+                    return
+                actor.exclusive = True
+                ids = [lane.queue.popleft()]
+            else:
+                actor = lane.free_actor()
+                if actor is None:
+                    return
+                ids = []
+                while lane.queue and len(ids) < lane.chunk and not self._samples[lane.queue[0]].isolate:
+                    ids.append(lane.queue.popleft())
             rollouts = [self._samples[i].rollout for i in ids]
             per_sample = self.spec.timeout_s * max(1, len(self.weights))
             deadline = time.monotonic() + CALL_GRACE_S + per_sample * len(ids)
@@ -259,6 +272,7 @@ class RewardPool:
     def _absorb(self, ref) -> None:
         lane, actor, ids, _ = self._inflight.pop(ref)
         actor.inflight -= 1
+        actor.exclusive = False
         actor.idle_since = time.monotonic()
         try:
             reply: WorkerReply = ray.get(ref)
@@ -286,6 +300,7 @@ class RewardPool:
                 self.stats.timeouts += 1
             if sample.attempts <= self.spec.max_retries:
                 sample.attempts += 1
+                sample.isolate = sample.isolate or "worker" in reason
                 self.stats.retries += 1
                 lane.queue.appendleft(sid)
             else:
@@ -373,7 +388,7 @@ class RewardPool:
                             x.attempts, x.cached)
 
 
-def _actor_factory(cls, spec: RewardSpec, num_gpus: int = 0):
+def _actor_factory(cls, spec: RewardConfig, num_gpus: int = 0):
     remote = ray.remote(cls)
 
     def make(options: dict):
@@ -381,7 +396,7 @@ def _actor_factory(cls, spec: RewardSpec, num_gpus: int = 0):
     return make
 
 
-def _validate(spec: RewardSpec) -> None:
+def _validate(spec: RewardConfig) -> None:
     """Errors name the config field (reward.<name>)."""
     verifier_components(spec)  # unknown verifier names raise here, listing the valid ones
     if spec.max_workers is not None and spec.max_workers < spec.num_workers:

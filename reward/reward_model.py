@@ -6,7 +6,8 @@ from __future__ import annotations
 import os
 import time
 
-from reward.types import ComponentScore, RewardSpec
+from reward.config import RewardConfig
+from reward.types import ComponentScore
 from reward.worker import WorkerReply
 from rollout.types import Rollout
 
@@ -51,7 +52,7 @@ class RewardModelScorer:
 class RewardModelWorker:
     """Ray actor body: one per pool; the batch of a pool call is scored in one go."""
 
-    def __init__(self, spec: RewardSpec):
+    def __init__(self, spec: RewardConfig):
         self.scorer = RewardModelScorer(spec.reward_model_path, spec.reward_model_batch_size,
                                         spec.reward_model_device)
 

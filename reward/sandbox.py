@@ -196,10 +196,12 @@ def _collect(proc: subprocess.Popen, status_r: int, limits: SandboxLimits, t0: f
                 break
     finally:
         sel.close()
-        _kill_tree(proc)
+        # Close our ends first: a writer blocked on a full pipe (unshare reporting its
+        # child's death shares stderr with the program) then fails instead of hanging.
         os.close(status_r)
         proc.stdout.close()
         proc.stderr.close()
+        _kill_tree(proc)
     cap = limits.max_output_bytes
     out, err = (bytes(bufs[fd][:cap]).decode("utf-8", "replace") for fd in (out_fd, err_fd))
     return out, err, bytes(bufs[status_r]), cut

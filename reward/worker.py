@@ -15,7 +15,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from reward.types import MODEL_COMPONENTS, ComponentScore, RewardSpec
+from reward.config import MODEL_COMPONENTS, RewardConfig
+from reward.types import ComponentScore
 from reward.verifiers import VERIFIERS
 from rollout.types import Rollout
 
@@ -27,7 +28,7 @@ class WorkerReply:
     pid: int = 0
 
 
-def verifier_components(spec: RewardSpec) -> dict[str, callable]:
+def verifier_components(spec: RewardConfig) -> dict[str, callable]:
     """name -> verifier with its configured keyword options bound; unknown names raise,
     listing the valid ones."""
     for module in spec.plugins:  # user verifiers register themselves on import
@@ -42,7 +43,7 @@ def verifier_components(spec: RewardSpec) -> dict[str, callable]:
 
 
 class RewardWorker:
-    def __init__(self, spec: RewardSpec):
+    def __init__(self, spec: RewardConfig):
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # sympy/numpy must not spread over the cores
         self.spec = spec
         self.fns = verifier_components(spec)

@@ -11,18 +11,31 @@ from rollout.types import GenerationRequest, Rollout, SamplingParams
 from rollout.weight_sync import WeightUpdate, verify
 
 
+ENGINES = ("hf", "vllm")
+
+
+def make_engine(engine: str, model_path: str, dtype: str, threads: int, options: dict):
+    """The engine named by rollout.engine, imported only when selected (vLLM is an optional extra)."""
+    if engine == "hf":
+        from rollout.hf_engine import HFEngine
+
+        return HFEngine(model_path, dtype)
+    if engine == "vllm":
+        from rollout.vllm_engine import VLLMEngine, VLLMOptions
+
+        return VLLMEngine(model_path, dtype, threads, VLLMOptions(**options))
+    raise ValueError(f"rollout.engine '{engine}' is not an engine (valid: {', '.join(ENGINES)})")
+
+
 class RolloutWorker:
     """Ray actor body: owns one engine and the policy version of its weights."""
 
-    def __init__(self, model_path: str, engine: str, dtype: str, threads: int):
+    def __init__(self, model_path: str, engine: str, dtype: str, threads: int,
+                 engine_options: dict | None = None):
         import torch
 
         torch.set_num_threads(threads)
-        if engine != "hf":
-            raise ValueError(f"rollout.engine '{engine}' is not available in this build (valid: hf)")
-        from rollout.hf_engine import HFEngine
-
-        self.engine = HFEngine(model_path, dtype)
+        self.engine = make_engine(engine, model_path, dtype, threads, engine_options or {})
         self.version = 0
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams, batch_size: int) -> list[Rollout]:
@@ -48,13 +61,14 @@ class RolloutPool:
     """Driver-side handle on N rollout workers; requests are split evenly, order kept."""
 
     def __init__(self, model_path: str, num_workers: int, engine: str = "hf", dtype: str = "float32",
-                 threads: int = 1, batch_size: int = 256, actor_options: list[dict] | None = None):
+                 threads: int = 1, batch_size: int = 256, actor_options: list[dict] | None = None,
+                 engine_options: dict | None = None):
         # actor_options: per-worker Ray options (placement group bundle, resources) from cluster/placement.py.
         base = dict(num_cpus=threads, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
         extra = actor_options or [{} for _ in range(num_workers)]
         actor = ray.remote(RolloutWorker)  # one class export; per-actor options below
-        self.workers = [actor.options(**{**base, **extra[i]}).remote(model_path, engine, dtype, threads)
-                        for i in range(num_workers)]
+        args = (model_path, engine, dtype, threads, engine_options)
+        self.workers = [actor.options(**{**base, **extra[i]}).remote(*args) for i in range(num_workers)]
         self.batch_size = batch_size
         ray.get([w.get_version.remote() for w in self.workers])  # surface start-up errors here
 

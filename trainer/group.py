@@ -53,6 +53,9 @@ class LearnerGroup:
         out = {"loss": sum(s.loss for s in stats)}
         for key in stats[0].sums:
             out[key] = sum(s.sums[key] for s in stats) / tokens
+        rows = max(sum(s.rows for s in stats), 1)
+        for key in stats[0].row_sums:  # per-sequence metrics: mean over the rows that trained
+            out[key] = sum(s.row_sums[key] for s in stats) / rows
         out["grad_norm"] = stats[0].grad_norm  # global (all-rank) norm before clipping
         return out
 
@@ -64,6 +67,10 @@ class LearnerGroup:
 
     def values(self, batch: TrainBatch) -> np.ndarray:
         return self._per_token("values", batch)
+
+    def scores(self, batch: TrainBatch) -> np.ndarray:
+        """Reward model's scalar per row [B] (model_kind 'reward')."""
+        return self._per_token("scores", batch)
 
     def _per_token(self, method: str, batch: TrainBatch, *args) -> np.ndarray:
         """A no-update forward on every rank's shard, concatenated back in row order."""

@@ -1,6 +1,7 @@
 """One learner rank: a DeepSpeed engine (ZeRO 0-3; gloo on CPU, NCCL on GPU) inside a Ray actor.
 
-Algorithm-blind: it runs its model (a policy's token logprobs, or a critic's values),
+Algorithm-blind: it runs its model (a policy's token logprobs, a critic's values, or a
+reward model's sequence scores),
 calls the registered loss named in the LossSpec, weighs per-token losses by the
 batch's loss_weights (the controller's aggregation over the whole optimizer step)
 and steps.
@@ -32,7 +33,9 @@ class LearnerOptions:
     grad_accum_steps: int = 1  # micro-batches per optimizer step on each rank
     dtype: str = "float32"
     use_reference: bool = False  # keep a frozen copy of the initial policy for KL
-    model_kind: str = "policy"  # "policy": causal LM; "value": critic (token-level scalar head)
+    # "policy": causal LM; "value": critic (token-level scalar head); "reward": reward model
+    # (AutoModelForSequenceClassification, one label, read at the last token).
+    model_kind: str = "policy"
     seed: int = 0
 
 
@@ -41,10 +44,18 @@ def _shift(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(x[:, :1]), x], dim=1)
 
 
+def _forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids=None):
+    if position_ids is None:
+        return model(input_ids=input_ids, attention_mask=attention_mask)
+    # Packed rows: no 2D mask and no cache, so transformers derives a block-diagonal causal mask
+    # from the restarting position ids (each example attends only to itself).
+    return model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
+
+
 def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+                   temperature: float, position_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logprob [B, T] of each token given its prefix (column 0 is 0) and entropy [B, T]."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits[:, :-1].float() / temperature
+    logits = _forward(model, input_ids, attention_mask, position_ids).logits[:, :-1].float() / temperature
     logp_all = torch.log_softmax(logits, dim=-1)  # [B, T-1, V]
     logp = logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     entropy = -(logp_all.exp() * logp_all).sum(-1)
@@ -57,8 +68,14 @@ def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -
     return _shift(out[:, :-1])
 
 
+def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Reward model's scalar [B] for right-padded rows, read at each row's last token."""
+    return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
+
+
 def load_model(path: str, kind: str, dtype: torch.dtype):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForTokenClassification
+    from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
+                              AutoModelForTokenClassification, AutoTokenizer)
 
     if kind == "policy":
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -68,7 +85,15 @@ def load_model(path: str, kind: str, dtype: torch.dtype):
         config = AutoConfig.from_pretrained(path, num_labels=1)
         config.classifier_dropout = 0.0
         return AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype)
-    raise ValueError(f"learner model_kind must be 'policy' or 'value', got {kind!r}")
+    if kind == "reward":
+        # The classifier pools the last non-padding token, so it must know the pad id; the saved
+        # checkpoint keeps it, which is what reward/reward_model.py serves.
+        config = AutoConfig.from_pretrained(path, num_labels=1)
+        if config.pad_token_id is None:
+            tok = AutoTokenizer.from_pretrained(path)
+            config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        return AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=dtype)
+    raise ValueError(f"learner model_kind must be 'policy', 'value' or 'reward', got {kind!r}")
 
 
 def _skip_cpu_shm_comm() -> None:
@@ -137,12 +162,16 @@ class Learner:
 
     def _loss_inputs(self, t: dict[str, torch.Tensor], spec: LossSpec) -> LossInputs:
         x = LossInputs(mask=t["loss_mask"], behaviour_logprobs=t.get("behaviour_logprobs"),
-                       advantages=t.get("advantages"), old_values=t.get("old_values"), returns=t.get("returns"))
+                       advantages=t.get("advantages"), old_values=t.get("old_values"), returns=t.get("returns"),
+                       ref_logprobs=t.get("ref_logprobs"), margins=t.get("margins"))
         if self.opts.model_kind == "value":
             x.values = token_values(self.engine, t["input_ids"], t["attention_mask"])
+        elif self.opts.model_kind == "reward":
+            x.scores = sequence_scores(self.engine, t["input_ids"], t["attention_mask"])
         else:
-            x.logprobs, x.entropy = token_logprobs(self.engine, t["input_ids"], t["attention_mask"], spec.temperature)
-            if spec.kl_coef > 0:
+            x.logprobs, x.entropy = token_logprobs(self.engine, t["input_ids"], t["attention_mask"], spec.temperature,
+                                                   t.get("position_ids"))
+            if spec.kl_coef > 0 and x.ref_logprobs is None:
                 x.ref_logprobs = self._ref_logprobs(t, spec)
         return x
 
@@ -155,7 +184,8 @@ class Learner:
             raise ValueError(f"rank {self.rank} got {n} rows; expected micro_batch_size {micro} x "
                              f"grad_accum_steps {self.opts.grad_accum_steps}")
         sums: dict[str, float] = {}
-        loss_total, tokens, norm = 0.0, 0, None
+        row_sums: dict[str, float] = {}
+        loss_total, tokens, rows, norm = 0.0, 0, 0, None
         for start in range(0, n, micro):
             t = self._tensors(shard.rows(slice(start, start + micro)))
             x = self._loss_inputs(t, spec)
@@ -169,13 +199,19 @@ class Learner:
             loss_total += float(loss.detach())
             tokens += int(x.mask.sum())
             if x.logprobs is not None:
-                metrics = {**metrics, "entropy": x.entropy.detach(),
-                           "logprob_diff": (x.logprobs.detach() - x.behaviour_logprobs).abs()}
+                metrics = {**metrics, "entropy": x.entropy.detach()}
+                if x.behaviour_logprobs is not None:
+                    metrics["logprob_diff"] = (x.logprobs.detach() - x.behaviour_logprobs).abs()
+            live = (x.mask.sum(dim=1) > 0).float()  # rows that train (preference filler rows do not)
+            rows += int(live.sum())
             for key, value in metrics.items():
-                sums[key] = sums.get(key, 0.0) + float((value * x.mask).sum())
+                if value.dim() == 1:  # per-sequence metric
+                    row_sums[key] = row_sums.get(key, 0.0) + float((value * live).sum())
+                else:
+                    sums[key] = sums.get(key, 0.0) + float((value * x.mask).sum())
         if norm is None:
             norm = self.engine.get_global_grad_norm()
-        return StepStats(loss_total, tokens, sums, None if norm is None else float(norm))
+        return StepStats(loss_total, tokens, sums, None if norm is None else float(norm), row_sums, rows)
 
     def _grad_norm(self) -> float:
         grads = [p.grad.detach().float().norm() for p in self.engine.module.parameters() if p.grad is not None]
@@ -185,14 +221,15 @@ class Learner:
     def _ref_logprobs(self, t: dict[str, torch.Tensor], spec: LossSpec) -> torch.Tensor:
         if self.ref is None:
             raise ValueError("kl_coef > 0 but the learners were started without a reference model")
-        return token_logprobs(self.ref, t["input_ids"], t["attention_mask"], spec.temperature)[0]
+        return token_logprobs(self.ref, t["input_ids"], t["attention_mask"], spec.temperature, t.get("position_ids"))[0]
 
     @torch.no_grad()
     def logprobs(self, batch: TrainBatch, temperature: float) -> np.ndarray:
         """Current-policy token logprobs [B, T] for `batch` (no update)."""
         self.engine.eval()
         t = self._tensors(batch)
-        return token_logprobs(self.engine, t["input_ids"], t["attention_mask"], temperature)[0].cpu().numpy()
+        return token_logprobs(self.engine, t["input_ids"], t["attention_mask"], temperature,
+                              t.get("position_ids"))[0].cpu().numpy()
 
     @torch.no_grad()
     def reference_logprobs(self, batch: TrainBatch, temperature: float) -> np.ndarray:
@@ -205,6 +242,13 @@ class Learner:
         self.engine.eval()
         t = self._tensors(batch)
         return token_values(self.engine, t["input_ids"], t["attention_mask"]).cpu().numpy()
+
+    @torch.no_grad()
+    def scores(self, batch: TrainBatch) -> np.ndarray:
+        """Reward model's scalar per row [B] (no update)."""
+        self.engine.eval()
+        t = self._tensors(batch)
+        return sequence_scores(self.engine, t["input_ids"], t["attention_mask"]).cpu().numpy()
 
     def _gathered_state(self) -> Optional[dict[str, np.ndarray]]:
         """Full parameters as fp32 numpy on rank 0 (None elsewhere); all ranks must call it."""

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from rollout.registry import Registry
 from trainer.types import LossSpec
@@ -23,6 +24,11 @@ LOSSES: Registry[Callable] = Registry("loss")
 KL_ESTIMATORS: Registry[Callable] = Registry("KL estimator")
 AGGREGATIONS: Registry[Callable] = Registry("loss aggregation")
 CRITIC_LOSSES = frozenset({"value_clip"})  # entries that train a value model, not a policy
+# Pairwise entries: rows 2i / 2i+1 of a batch are the chosen / rejected answer of pair i.
+PREFERENCE_LOSSES = frozenset({"dpo", "cdpo", "ipo", "simpo", "orpo"})  # train a policy from pairs
+REFERENCE_LOSSES = frozenset({"dpo", "cdpo", "ipo"})  # need the frozen reference's logprobs
+REWARD_MODEL_LOSSES = frozenset({"bradley_terry"})  # train a sequence classifier (model_kind "reward")
+SUPERVISED_LOSSES = frozenset({"sft"})
 
 
 @dataclass
@@ -36,6 +42,8 @@ class LossInputs:
     values: Optional[torch.Tensor] = None  # [B, T] critic, current
     old_values: Optional[torch.Tensor] = None  # [B, T] critic when the rollouts were scored
     returns: Optional[torch.Tensor] = None  # [B, T] critic targets
+    scores: Optional[torch.Tensor] = None  # [B] reward model's scalar per sequence
+    margins: Optional[torch.Tensor] = None  # [B] required reward margin of the row's pair (Bradley-Terry)
 
 
 # ---- KL estimators (Schulman, "Approximating KL divergence") ----
@@ -134,3 +142,95 @@ def value_clip(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, t
     metrics = {"value_clip_frac": (clipped_loss > unclipped_loss).float().detach(),
                "value": x.values.detach()}
     return 0.5 * torch.maximum(unclipped_loss, clipped_loss), metrics
+
+
+# ---- supervised and preference losses ----
+# A pair loss is one value per pair; it is returned on every token of the pair's rows and the
+# controller's weights (trainer/preference.py: pair_weights) pick one token per pair, so the step
+# loss is the mean over pairs while the learner stays a plain sum(per_token * weight).
+# Metrics of shape [B] are per sequence (each pair's value on both its rows).
+
+@LOSSES.register("sft", "supervised fine-tuning: negative log-likelihood of the completion tokens")
+def sft(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    return -x.logprobs, {}
+
+
+def _on_rows(pair_values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """[P] pair values -> [B, T]: pair i's value on every token of rows 2i and 2i+1."""
+    return pair_values.repeat_interleave(2)[:, None].expand_as(like)
+
+
+def _pairs(per_row: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if per_row.shape[0] % 2:
+        raise ValueError(f"a preference batch has chosen/rejected row pairs; got {per_row.shape[0]} rows")
+    return per_row[0::2], per_row[1::2]
+
+
+def _log_ratios(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequence log pi/pi_ref of the chosen and the rejected answer of each pair [P]."""
+    if x.ref_logprobs is None:
+        raise ValueError(f"loss '{spec.name}' needs reference logprobs (batch.ref_logprobs)")
+    return _pairs(((x.logprobs - x.ref_logprobs) * x.mask).sum(dim=1))
+
+
+def _dpo_family(x: LossInputs, spec: LossSpec, pair_loss) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    chosen, rejected = _log_ratios(x, spec)
+    loss = pair_loss(chosen - rejected)
+    metrics = {"reward_margin": spec.beta * (chosen - rejected), "reward_accuracy": (chosen > rejected).float(),
+               "chosen_reward": spec.beta * chosen, "rejected_reward": spec.beta * rejected}
+    return _on_rows(loss, x.mask), {k: v.detach().repeat_interleave(2) for k, v in metrics.items()}
+
+
+@LOSSES.register("dpo", "DPO: -log sigmoid(beta * (log-ratio chosen - log-ratio rejected)), ratios to the reference")
+def dpo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    return _dpo_family(x, spec, lambda h: -F.logsigmoid(spec.beta * h))
+
+
+@LOSSES.register("cdpo", "conservative DPO: DPO with labels flipped with probability label_smoothing")
+def cdpo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    eps = spec.label_smoothing
+    return _dpo_family(x, spec, lambda h: -(1 - eps) * F.logsigmoid(spec.beta * h) - eps * F.logsigmoid(-spec.beta * h))
+
+
+@LOSSES.register("ipo", "IPO: (log-ratio chosen - log-ratio rejected - 1 / (2 beta))^2, sequence log-ratios")
+def ipo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    return _dpo_family(x, spec, lambda h: (h - 1.0 / (2.0 * spec.beta)) ** 2)
+
+
+def _mean_logprobs(x: LossInputs) -> torch.Tensor:
+    """Length-normalised sequence logprob [B]; an empty (filler) row counts one token, stays finite."""
+    return (x.logprobs * x.mask).sum(dim=1) / x.mask.sum(dim=1).clamp(min=1.0)
+
+
+@LOSSES.register("simpo", "SimPO (reference-free): -log sigmoid(beta * (mean logp chosen - mean logp rejected) - gamma)")
+def simpo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    chosen, rejected = _pairs(_mean_logprobs(x))
+    margin = spec.beta * (chosen - rejected)
+    metrics = {"reward_margin": margin, "reward_accuracy": (chosen > rejected).float()}
+    loss = -F.logsigmoid(margin - spec.simpo_gamma)
+    return _on_rows(loss, x.mask), {k: v.detach().repeat_interleave(2) for k, v in metrics.items()}
+
+
+@LOSSES.register("orpo", "ORPO (reference-free): NLL of chosen - lambda * log sigmoid(log odds chosen - log odds rejected)")
+def orpo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    # Odds of the length-normalised likelihood p: log(p / (1 - p)); p < 1 kept away from 1 for finiteness.
+    mean_logp = _mean_logprobs(x).clamp(max=-1e-6)
+    log_odds = mean_logp - torch.log1p(-torch.exp(mean_logp))
+    chosen_odds, rejected_odds = _pairs(log_odds)
+    nll_chosen = -_pairs(mean_logp)[0]
+    odds_term = F.logsigmoid(chosen_odds - rejected_odds)
+    metrics = {"log_odds_ratio": chosen_odds - rejected_odds, "reward_accuracy": (chosen_odds > rejected_odds).float(),
+               "nll_chosen": nll_chosen}
+    loss = nll_chosen - spec.orpo_lambda * odds_term
+    return _on_rows(loss, x.mask), {k: v.detach().repeat_interleave(2) for k, v in metrics.items()}
+
+
+@LOSSES.register("bradley_terry", "reward model: -log sigmoid(score chosen - score rejected - margin)")
+def bradley_terry(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    if x.scores is None:
+        raise ValueError("loss 'bradley_terry' needs reward-model scores (learner model_kind 'reward')")
+    chosen, rejected = _pairs(x.scores)
+    margin = torch.zeros_like(chosen) if x.margins is None else _pairs(x.margins)[0]
+    loss = -F.logsigmoid(chosen - rejected - margin)
+    metrics = {"accuracy": (chosen > rejected).float(), "score_margin": chosen - rejected, "chosen_score": chosen}
+    return _on_rows(loss, x.mask), {k: v.detach().repeat_interleave(2) for k, v in metrics.items()}

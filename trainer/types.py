@@ -22,6 +22,11 @@ class LossSpec:
     entropy_coef: float = 0.0  # entropy bonus
     value_clip: float = 0.2  # critic losses
     temperature: float = 1.0  # logits are divided by it, as the engine did when sampling
+    # Preference losses (trainer/losses.py: dpo, cdpo, ipo, simpo, orpo, bradley_terry).
+    beta: float = 0.1  # DPO/IPO/cDPO: strength of the KL anchor; SimPO: reward scale
+    label_smoothing: float = 0.0  # cDPO: assumed probability that a pair's label is flipped
+    simpo_gamma: float = 0.5  # SimPO: target reward margin
+    orpo_lambda: float = 0.1  # ORPO: weight of the odds-ratio term next to the chosen NLL
 
 
 @dataclass(frozen=True)
@@ -39,6 +44,13 @@ class TrainBatch:
     behaviour_logprobs: Optional[np.ndarray] = None  # [B, T] float32, from the engine that sampled
     returns: Optional[np.ndarray] = None  # [B, T] float32 (critic targets)
     old_values: Optional[np.ndarray] = None  # [B, T] float32 (critic when the batch was scored)
+    # Preference batches: rows 2i (chosen) and 2i+1 (rejected) form pair i; a pair never splits
+    # across ranks or micro-batches. Filler pairs (to keep the step's row count) have no loss_mask.
+    ref_logprobs: Optional[np.ndarray] = None  # [B, T] float32, frozen reference policy (cached offline)
+    margins: Optional[np.ndarray] = None  # [B] float32, reward-model margin of the row's pair
+    # [B, T] int64, set for packed rows (several examples per row): positions restart at 0 for
+    # each example, and attention stays within an example (transformers' packed-sequence masks).
+    position_ids: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return int(self.input_ids.shape[0])
@@ -62,3 +74,7 @@ class StepStats:
     tokens: int
     sums: dict[str, float]  # metric name -> sum over this rank's response tokens
     grad_norm: Optional[float]
+    # Per-sequence metrics (a loss's [B] outputs, e.g. pair accuracy): sums over the rows that
+    # have response tokens, and how many such rows there were.
+    row_sums: dict[str, float] = dataclasses.field(default_factory=dict)
+    rows: int = 0

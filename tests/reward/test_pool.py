@@ -7,10 +7,8 @@ import math
 
 import pytest
 
-from cluster.config import RewardConfig
 from reward import shaping
 from reward.pool import RewardPool
-from reward.types import RewardSpec
 from rollout.types import Rollout
 
 PLUGINS = ["tests.reward.plugin_verifiers"]
@@ -34,17 +32,13 @@ def pools(ray_session):
         p.shutdown()
 
 
-def test_config_mirrors_the_pool_spec():
-    assert set(RewardConfig.model_fields) == set(RewardSpec.names())
-
-
 def test_scores_in_order_with_cache(pools):
     pool = pools(num_workers=2, batch_size=3)
     texts = ["12", "13", "x", "12", " 12", "1 2", "12", "99"] * 2
     first = pool.score(rollouts(texts))
     assert [(r.group_id, r.sample_index) for r in first] == [(i // 4, i % 4) for i in range(16)]
-    assert [r.reward for r in first] == pytest.approx([1.1, 0.1, 0.0, 1.1, 1.1, 0.0, 1.1, 0.1] * 2)
-    assert [r.correct for r in first[:8]] == [True, False, False, True, True, False, True, False]
+    assert [r.reward for r in first] == pytest.approx([1.1, 0.1, 0.0, 1.1, 1.1, 1.1, 1.1, 0.1] * 2)
+    assert [r.correct for r in first[:8]] == [True, False, False, True, True, True, True, False]
     m = pool.metrics()
     # within the call, identical (prompt, response, answer) samples may be computed twice; all later hits are cached
     assert m.samples == 16 and m.errors == 0 and m.timeouts == 0
@@ -137,7 +131,7 @@ def test_running_normalisation(pools):
     ({"components": {"reward_model": 1.0}}, "reward.reward_model_path"),
     ({"clip_min": 1.0, "clip_max": 0.0}, "reward.clip_min"),
     ({"verifier_options": {"code": {}}}, "reward.verifier_options"),
-    ({"colour": 1}, "unknown reward setting"),
+    ({"colour": 1}, r"colour\n  Extra inputs are not permitted"),
 ])
 def test_bad_settings_name_the_field(ray_session, kw, message):
     with pytest.raises((ValueError, KeyError), match=message):

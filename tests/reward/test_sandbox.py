@@ -21,9 +21,10 @@ import pytest
 from reward.sandbox import REPO, UID_BASE, SandboxLimits, isolation_mode, run_python
 
 HOSTILE = sorted((Path(__file__).parent / "hostile").glob("*.py"))
-LIMITS = SandboxLimits(timeout_s=1.5, cpu_s=1, memory_mb=256, max_processes=16, max_output_bytes=64 << 10,
+LIMITS = SandboxLimits(timeout_s=3.0, cpu_s=1, memory_mb=256, max_processes=16, max_output_bytes=64 << 10,
                        max_file_mb=4)
-SLACK_S = 3.0  # generous: start-up on a loaded 2-core machine plus tear-down
+SLACK_S = 3.0  # generous: start-up on a loaded 2-core machine plus tear-down (wall limit 3 s: an
+# allocation loop must meet the memory limit before the wall clock, even on a loaded machine)
 SECRET = "tandem-test-secret-4f1b9c"
 
 needs_namespaces = pytest.mark.skipif(
@@ -99,7 +100,7 @@ def test_environment_and_filesystem_view():
 import json, os
 print(json.dumps({"env": sorted(os.environ), "uid": os.getuid(), "cwd": os.getcwd(), "pid": os.getpid(),
                   "cwd_files": sorted(os.listdir(".")), "root": os.listdir("/root"),
-                  "repo": os.listdir(%r) if os.path.isdir(%r) else None, "net": sorted(os.listdir("/sys/class/net"))}))
+                  "repo": os.listdir(%r) if os.path.isdir(%r) else None, "net": sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").readlines()[2:])}))
 """ % (str(REPO), str(REPO))
     result = run_python(probe, files={"data.txt": "given"}, limits=LIMITS)
     assert result.status == "ok", result.stderr

@@ -4,7 +4,7 @@ import time
 import pytest
 
 from reward.extract import code_block, final_answer_text, last_boxed
-from reward.types import RewardSpec
+from reward.config import RewardConfig
 from reward.verifiers import VERIFIERS, normalize_number
 from reward.worker import RewardWorker
 from rollout.types import Rollout
@@ -143,7 +143,7 @@ def rollout(text, answer="12", finish="stop"):
 
 
 def worker(**kw):
-    return RewardWorker(RewardSpec(**kw))
+    return RewardWorker(RewardConfig(**kw))
 
 
 def test_worker_scores_and_format_needs_a_finished_response():

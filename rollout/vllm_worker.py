@@ -1,0 +1,127 @@
+"""Runs inside vLLM's worker process: Tandem's backend for vLLM's native weight-transfer API.
+
+vLLM imports this module in each of its workers because the engine names
+`TandemWorkerExtension` as its `worker_extension_cls`; importing it registers the
+`tandem_file` backend with vLLM's `WeightTransferEngineFactory` before the worker
+builds its weight-transfer engine (vLLM spawns its workers, so a registration made
+in the rollout worker's own process would not be seen there).
+
+`tandem_file`: the rollout worker writes a verified update as one safetensors file
+(in /dev/shm where there is one) and sends its path and manifest; the vLLM worker
+checks every tensor's checksum against the manifest, then loads the tensors through
+vLLM's layerwise reload (`initialize_layerwise_reload` / `model.load_weights` /
+`finalize_layerwise_reload`), the supported way to load checkpoint-format weights
+into a model whose layers were post-processed at load time (on CPU, vLLM prepacks
+linear weights, which a plain `load_weights` would break). It is the transport for
+an engine on the same host as its rollout worker (CPU, or one GPU); across hosts
+use vLLM's `nccl` backend, colocated on GPUs its `ipc` backend.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from vllm.distributed.weight_transfer.base import (
+    WeightTransferEngine,
+    WeightTransferInitInfo,
+    WeightTransferUpdateInfo,
+)
+from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
+
+BACKEND = "tandem_file"
+
+
+@dataclass
+class FileInitInfo(WeightTransferInitInfo):
+    """Nothing to rendezvous: sender and receiver share a filesystem."""
+
+
+@dataclass
+class FileUpdateInfo(WeightTransferUpdateInfo):
+    path: str  # a safetensors file holding every tensor of the update
+    names: list[str]  # in manifest order
+    checksums: list[str]  # blake2b-128 of each tensor's bytes (rollout/weight_sync.py)
+
+
+def _checksum(array: np.ndarray) -> str:
+    # Same digest as rollout.weight_sync.tensor_checksum (kept local: this module must
+    # import in vLLM's worker with nothing of Tandem's but itself).
+    return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).hexdigest()
+
+
+def read_checked(info: FileUpdateInfo) -> dict[str, np.ndarray]:
+    """The file's tensors, or an error naming the first that does not match the manifest."""
+    from safetensors.numpy import load_file
+
+    arrays = load_file(info.path)
+    if sorted(arrays) != sorted(info.names):
+        missing, extra = set(info.names) - set(arrays), set(arrays) - set(info.names)
+        raise ValueError(f"weight file {info.path}: missing {sorted(missing)[:5]}, unexpected {sorted(extra)[:5]}")
+    for name, expected in zip(info.names, info.checksums):
+        if _checksum(arrays[name]) != expected:
+            raise ValueError(f"weight file {info.path}: checksum mismatch for '{name}'")
+    return arrays
+
+
+class FileWeightTransferEngine(WeightTransferEngine[FileInitInfo, FileUpdateInfo]):
+    init_info_cls = FileInitInfo
+    update_info_cls = FileUpdateInfo
+
+    def init_transfer_engine(self, init_info: FileInitInfo) -> None:
+        pass
+
+    def start_weight_update(self) -> None:
+        from vllm.model_executor.model_loader.reload import initialize_layerwise_reload
+
+        initialize_layerwise_reload(self.model)
+
+    def finish_weight_update(self) -> None:
+        from vllm.model_executor.model_loader.reload import finalize_layerwise_reload
+
+        finalize_layerwise_reload(self.model, self.model_config)
+
+    def update_weights(self, update_info: dict) -> None:
+        # The base class ends with torch.accelerator.synchronize(), which has nothing to
+        # wait for on CPU; on a GPU the copies are synchronous host-to-device loads.
+        self.receive_weights(self.parse_update_info(update_info))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def receive_weights(self, update_info: FileUpdateInfo) -> None:
+        arrays = read_checked(update_info)
+        self.model.load_weights((name, torch.from_numpy(arrays[name])) for name in update_info.names)
+        self._load_tied_head(arrays)
+
+    def _load_tied_head(self, arrays: dict[str, np.ndarray]) -> None:
+        """With tied word embeddings, vLLM's `load_weights` skips `lm_head.*`, so layerwise
+        reload would put the OLD output head back (measured: logprobs off by ~1.2 after an
+        update); load the head from the new input embedding explicitly."""
+        config = getattr(self.model_config, "hf_text_config", self.model_config.hf_config)
+        if not getattr(config, "tie_word_embeddings", False):
+            return
+        head = getattr(getattr(self.model, "lm_head", None), "weight", None)
+        sources = [n for n in arrays if n.endswith("embed_tokens.weight")]
+        if head is None or not hasattr(head, "weight_loader") or len(sources) != 1:
+            raise ValueError(f"tied word embeddings: cannot tell which tensor is the input embedding "
+                             f"(candidates {sources}) or load the output head of {type(self.model).__name__}")
+        head.weight_loader(head, torch.from_numpy(arrays[sources[0]]))
+
+    def shutdown(self) -> None:
+        pass
+
+
+class TandemWorkerExtension:
+    """Mixed into vLLM's worker class (vLLM's `worker_extension_cls`); callable via collective_rpc."""
+
+    def tandem_check_weight_file(self, update_info: dict) -> int:
+        """Verify an update's file against its manifest before anything touches the model."""
+        return len(read_checked(FileUpdateInfo(**update_info)))
+
+
+try:
+    WeightTransferEngineFactory.register_engine(BACKEND, FileWeightTransferEngine)
+except ValueError:  # already registered: this module was imported before in this process
+    pass

@@ -1,0 +1,148 @@
+"""Reward-model worker (a tiny local checkpoint) and the LLM judge (a local server on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from reward.judge import JudgeClient, JudgeError
+from reward.pool import RewardPool
+from reward.reward_model import RewardModelScorer
+from rollout.types import Rollout
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory) -> str:
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from trainer.bootstrap import build_tokenizer
+
+    torch.manual_seed(0)
+    tok = build_tokenizer()
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=1, num_key_value_heads=1, num_labels=1, pad_token_id=tok.pad_token_id)
+    path = tmp_path_factory.mktemp("rm") / "tiny-rm"
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_reward_model_batches_equal_single_sequences(reward_model_dir):
+    import torch
+
+    scorer = RewardModelScorer(reward_model_dir, batch_size=3)
+    prompts, responses = ["1+1=", "12+30=", "7+8=", "99+1=", "5+5="], ["2", "42", "15", "100", "1"]
+    batched = scorer.score_texts(prompts, responses)
+    for p, r, got in zip(prompts, responses, batched):  # unpadded, one at a time
+        ids = scorer.tokenizer(p + r, return_tensors="pt")
+        with torch.inference_mode():
+            want = scorer.model(**ids).logits[0, 0].item()
+        assert got == pytest.approx(want, abs=1e-5)
+    assert len(set(round(x, 6) for x in batched)) == 5  # a real model: different inputs, different scores
+
+
+def test_reward_model_needs_a_scalar_head(tmp_path):
+    with pytest.raises(FileNotFoundError, match="reward_model_path"):
+        RewardModelScorer(str(tmp_path / "missing"))
+
+
+def rollouts(texts):
+    return [Rollout(0, i, i, "5+7=", "12", (1,), (3,), t, (-0.1,), (0,), "stop") for i, t in enumerate(texts)]
+
+
+def test_pool_composes_reward_model_scores(ray_session, reward_model_dir):
+    pool = RewardPool(components={"reward_model": 0.5}, reward_model_path=reward_model_dir)
+    try:
+        res = pool.score(rollouts(["12", "13"]))
+    finally:
+        pool.shutdown()
+    rm = RewardModelScorer(reward_model_dir).score_texts(["5+7=", "5+7="], ["12", "13"])
+    assert [r.raw_reward for r in res] == pytest.approx([1.1 + 0.5 * rm[0], 0.1 + 0.5 * rm[1]], abs=1e-5)
+    assert dict(res[0].components)["reward_model"] == pytest.approx(rm[0], abs=1e-5)
+
+
+class Judge(BaseHTTPRequestHandler):
+    """OpenAI-style chat completions: 'Score: 10' when the response contains the reference,
+    else 'Score: 3'; the first `fail_first` requests get HTTP 503."""
+
+    fail_first = 0
+    seen: list = []
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        Judge.seen.append((time.monotonic(), body))
+        if len(Judge.seen) <= Judge.fail_first:
+            self.send_response(503)
+            self.send_header("Retry-After", "0")
+            self.end_headers()
+            return
+        user = body["messages"][-1]["content"]
+        answer = user.split("Reference answer:\n")[1].split("\n")[0]
+        response = user.split("Response:\n")[1]
+        text = "Score: 10" if answer in response else "Reasoning... Score: 3"
+        reply = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(reply)))
+        self.end_headers()
+        self.wfile.write(reply)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def judge_url():
+    Judge.fail_first, Judge.seen = 0, []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Judge)  # loopback only
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def test_judge_scores_and_retries(judge_url):
+    Judge.fail_first = 2
+    client = JudgeClient(judge_url, "tiny-judge", requests_per_s=100, max_retries=3)
+    assert client.score("5+7=", "it is 12", "12") == 1.0
+    assert client.requests == 3 and len(Judge.seen) == 3  # two 503s, then an answer
+    assert client.score("5+7=", "it is 13", "12") == pytest.approx(0.3)
+    assert Judge.seen[-1][1]["model"] == "tiny-judge" and Judge.seen[-1][1]["temperature"] == 0.0
+
+
+def test_judge_gives_up_after_bounded_retries(judge_url):
+    Judge.fail_first = 100
+    client = JudgeClient(judge_url, "j", requests_per_s=100, max_retries=2)
+    with pytest.raises(JudgeError, match="after 3 attempts: HTTP 503"):
+        client.score("q", "r", "a")
+    assert len(Judge.seen) == 3
+
+
+def test_judge_rate_limit(judge_url):
+    client = JudgeClient(judge_url, "j", requests_per_s=20, burst=1)
+    t0 = time.monotonic()
+    for _ in range(6):
+        client.score("q", "a", "a")
+    # A lower bound only (it cannot be beaten however fast the machine): 5 waits of 1/20 s.
+    assert time.monotonic() - t0 >= 5 / 20 - 0.01
+    stamps = [t for t, _ in Judge.seen]
+    assert stamps[-1] - stamps[0] >= 5 / 20 - 0.01
+
+
+def test_pool_with_judge_records_failures(ray_session, judge_url):
+    pool = RewardPool(components={"judge": 1.0}, judge_url=judge_url, judge_requests_per_s=50, fallback_score=-1.0,
+                      judge_max_retries=0)
+    try:
+        res = pool.score(rollouts(["12", "13"]))
+        assert [r.raw_reward for r in res] == pytest.approx([1.1 + 1.0, 0.1 + 0.3])
+        Judge.fail_first = 10 ** 6  # the endpoint goes down: recorded failures, fallback scores
+        down = pool.score(rollouts(["14"]))[0]
+        assert down.reward == -1.0 and "judge" in down.failure and "503" in down.failure
+    finally:
+        pool.shutdown()
