@@ -104,10 +104,10 @@ class RolloutConfig(Section):
         """Keyword options of the selected engine (rollout/vllm_engine.py VLLMOptions for vllm)."""
         if self.engine != "vllm":
             return {}
-        return dict(tensor_parallel_size=tensor_parallel_size, gpu_memory_utilization=self.vllm_gpu_memory_utilization,
-                    kv_cache_gib=self.vllm_kv_cache_gib, max_model_len=self.vllm_max_model_len,
-                    max_num_seqs=self.vllm_max_num_seqs, enforce_eager=self.vllm_enforce_eager,
-                    enable_prefix_caching=self.vllm_enable_prefix_caching)
+        return {"tensor_parallel_size": tensor_parallel_size,
+                "gpu_memory_utilization": self.vllm_gpu_memory_utilization, "kv_cache_gib": self.vllm_kv_cache_gib,
+                "max_model_len": self.vllm_max_model_len, "max_num_seqs": self.vllm_max_num_seqs,
+                "enforce_eager": self.vllm_enforce_eager, "enable_prefix_caching": self.vllm_enable_prefix_caching}
 
 
 def _registered(registry, value: str) -> str:

@@ -155,7 +155,7 @@ class Controller:
             "staleness": self.buffer.summary(),
             "weight_sync": {"count": int(t["syncs"]), "checksum_failures": int(t["sync_failures"]),
                             "mean_s": t["sync_s"] / max(t["syncs"], 1)},
-            "rewards": {"failures": int(t["reward_failures"])},
+            "rewards": {"failures": int(t["reward_failures"]), **self.roles.reward.metrics().to_dict()},
             "throughput": {"samples_per_s": t["samples"] / busy, "tokens_per_s": t["tokens"] / busy,
                            **{k: t[k] for k in TIMERS}},
         }

@@ -77,7 +77,9 @@ def learner_options(cfg: Config) -> LearnerOptions:
     t = cfg.trainer
     rows = rows_per_step(cfg)
     if rows % (t.updates_per_batch * t.num_learners):
-        raise ConfigError(f"{rows} samples per step (controller.prompts_per_step x algorithm.group_size) do not "
+        what = ("2 x controller.prompts_per_step, a pair per prompt" if rows == 2 * cfg.controller.prompts_per_step
+                and cfg.algorithm.loss in PREFERENCE_LOSSES else "controller.prompts_per_step x algorithm.group_size")
+        raise ConfigError(f"{rows} rows per step ({what}) do not "
                           f"split into trainer.updates_per_batch={t.updates_per_batch} x "
                           f"trainer.num_learners={t.num_learners} equal parts")
     per_rank = rows // (t.updates_per_batch * t.num_learners)

@@ -10,7 +10,6 @@ import ray
 from rollout.types import GenerationRequest, Rollout, SamplingParams
 from rollout.weight_sync import WeightUpdate, verify
 
-
 ENGINES = ("hf", "vllm")
 
 

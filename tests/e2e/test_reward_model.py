@@ -3,17 +3,20 @@ ranks (Ray, gloo) -> a sequence-classification checkpoint that the reward worker
 
 import json
 import os
+from pathlib import Path
+
+import numpy as np
 
 from cluster.config import load_config
 from cluster.controller import run
+from cluster.offline import write_arithmetic_pairs
+from reward.reward_model import RewardModelScorer
+from trainer.preference import pair_accuracy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def test_reward_model_learns_synthetic_preferences(ray_session, tiny_model, tmp_path):
-    from cluster.offline import write_arithmetic_pairs
-    from pathlib import Path
-
     data = Path(tiny_model) / "data"
     write_arithmetic_pairs(data, seed=0)
     cfg = load_config(os.path.join(ROOT, "recipes", "reward_model_tiny.yaml"), [
@@ -32,14 +35,9 @@ def test_reward_model_learns_synthetic_preferences(ray_session, tiny_model, tmp_
     assert all(0 <= r["accuracy"] <= 1 for r in rows if "loss" in r)
 
     # The checkpoint is what a reward worker serves: its scores rank the held-out pairs the same way.
-    from reward.reward_model import RewardModelScorer
-    from trainer.preference import pair_accuracy
-
     pairs = [json.loads(line) for line in (data / "pairs_eval.jsonl").read_text().splitlines()]
     scorer = RewardModelScorer(summary["final_dir"], batch_size=64)
     prompts = [p["prompt"] for p in pairs for _ in (0, 1)]
     answers = [a for p in pairs for a in (p["chosen"], p["rejected"])]
     served = scorer.score_texts(prompts, answers)
-    import numpy as np
-
     assert pair_accuracy(np.array(served)) == final["accuracy"]

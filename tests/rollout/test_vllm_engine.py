@@ -39,9 +39,9 @@ def test_import_cluster_does_not_import_vllm():
 
 def test_vllm_config_fields_and_top_p_rule():
     cfg = RolloutConfig(engine="vllm", vllm_kv_cache_gib=0.5, vllm_max_model_len=256)
-    assert cfg.engine_options(tensor_parallel_size=2) == dict(
-        tensor_parallel_size=2, gpu_memory_utilization=0.85, kv_cache_gib=0.5, max_model_len=256,
-        max_num_seqs=256, enforce_eager=None, enable_prefix_caching=True)
+    assert cfg.engine_options(tensor_parallel_size=2) == {
+        "tensor_parallel_size": 2, "gpu_memory_utilization": 0.85, "kv_cache_gib": 0.5, "max_model_len": 256,
+        "max_num_seqs": 256, "enforce_eager": None, "enable_prefix_caching": True}
     assert RolloutConfig().engine_options() == {}
     with pytest.raises(ValueError, match="rollout.top_p=0.9 with rollout.engine 'vllm'"):
         RolloutConfig(engine="vllm", top_p=0.9)
@@ -74,8 +74,8 @@ def _long_context_copy(src: str, dst: Path) -> str:
 @pytest.fixture(scope="module")
 def models(tiny_model, tmp_path_factory):
     """Two checkpoints with different random weights: A (the engine starts on it) and B."""
-    from trainer.bootstrap import ensure_tiny_model
     from tests.conftest import TINY
+    from trainer.bootstrap import ensure_tiny_model
 
     root = tmp_path_factory.mktemp("vllm-models")
     other = root / "seed1"
@@ -217,7 +217,7 @@ def test_weight_update_takes_effect_and_clears_the_prefix_cache(engine, referenc
 
 
 @needs_vllm
-def test_corrupt_weight_file_is_refused_before_the_model_is_touched(engine, reference):
+def test_corrupt_weight_file_is_refused_before_the_model_is_touched(engine, reference, tmp_path):
     from safetensors.numpy import save_file
 
     from rollout.weight_sync import describe
@@ -228,7 +228,7 @@ def test_corrupt_weight_file_is_refused_before_the_model_is_touched(engine, refe
     metas, _ = describe(v + 1, weights)
     tampered = {k: a.copy() for k, a in weights.items()}
     tampered[metas[0].name].flat[0] += 0.5
-    path = str(Path(engine._dir) / "tampered.safetensors")
+    path = str(tmp_path / "tampered.safetensors")
     save_file(tampered, path)
     info = {"path": path, "names": [m.name for m in metas], "checksums": [m.checksum for m in metas]}
     with pytest.raises(Exception, match=f"checksum mismatch for '{metas[0].name}'"):

@@ -169,3 +169,36 @@ def test_best_worst_pairs():
     assert best_worst_pairs([0.1, 1.1, 0.0, 1.1]) == (1, 2)
     assert best_worst_pairs([1.0, 1.0, 1.0]) is None
     assert best_worst_pairs([0.0, 0.05], min_gap=0.1) is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["run.mode=dpo"], r"run.mode 'dpo' trains with algorithm.loss one of cdpo, dpo, ipo, orpo, simpo; got 'ppo_clip'"),
+    (["run.mode=reward_model", "algorithm.loss=dpo"], r"run.mode 'reward_model' trains with .* bradley_terry"),
+    (["algorithm.loss=sft"], r"'sft' is for run.mode 'sft' / 'reward_model', not 'rl'"),
+    (["algorithm.loss=dpo", "algorithm.group_size=1", "algorithm.advantage=reinforce_pp",
+      "algorithm.group_baseline=false"], r"online DPO .* needs algorithm.group_size >= 2"),
+    (["algorithm.loss=dpo", "algorithm.label_smoothing=0.5"], r"'algorithm.label_smoothing'"),
+])
+def test_mode_and_loss_must_agree(tmp_path, overrides, message):
+    from cluster.config import ConfigError, load_config
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {path: /m}\ndata: {train_path: a.jsonl, eval_path: b.jsonl}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(recipe, overrides)
+
+
+def test_online_dpo_trains_a_pair_per_prompt(tmp_path):
+    from cluster.config import ConfigError, load_config
+    from cluster.roles import learner_options
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {path: /m}\ndata: {train_path: a.jsonl, eval_path: b.jsonl}\n")
+    base = ["algorithm.loss=dpo", "algorithm.group_size=8", "controller.prompts_per_step=16", "trainer.num_learners=2"]
+    opts = learner_options(load_config(recipe, base + ["trainer.micro_batch_size=8"]))
+    assert (opts.micro_batch_size, opts.grad_accum_steps, opts.use_reference) == (8, 2, True)  # 32 rows
+    with pytest.raises(ConfigError, match="must be even"):
+        learner_options(load_config(recipe, base + ["trainer.micro_batch_size=1"]))
+    offline = learner_options(load_config(recipe, ["run.mode=reward_model", "algorithm.loss=bradley_terry",
+                                                   "offline.batch_size=8", "trainer.num_learners=2"]))
+    assert (offline.model_kind, offline.micro_batch_size, offline.use_reference) == ("reward", 8, False)
