@@ -60,12 +60,14 @@ def test_few_grpo_steps(ray_session, tmp_path):
 
 
 def _kill_a_learner_after(metrics, steps, stop):
+    started = time.time()
     while not stop.is_set():
         if metrics.exists() and len(metrics.read_text().splitlines()) >= steps:
-            # Only this test session's learners: the local Ray (and its workers) descend from us.
+            # Only this run's learners: the local Ray's workers descend from us, and this run's
+            # learner processes were started after this function (not leftovers of earlier tests).
             for proc in psutil.Process().children(recursive=True):
                 try:
-                    if "ray::Learner" in " ".join(proc.cmdline()):
+                    if "ray::Learner" in " ".join(proc.cmdline()) and proc.create_time() >= started - 1:
                         os.kill(proc.pid, signal.SIGKILL)
                         return
                 except psutil.NoSuchProcess:
