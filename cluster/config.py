@@ -205,6 +205,10 @@ class TrainerConfig(Section):
     micro_batch_size: int = Field(64, ge=1)
     # Optimizer steps per batch of rollouts (PPO-style mini-batch epochs).
     updates_per_batch: int = Field(1, ge=1)
+    # GPU learner path: activation recomputation, and the attention kernel (`auto`: flash
+    # attention on a GPU that has flash-attn, else PyTorch SDPA).
+    gradient_checkpointing: bool = False
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
 
 
 class OfflineConfig(Section):

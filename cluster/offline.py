@@ -52,7 +52,8 @@ def offline_learner_options(cfg: Config) -> LearnerOptions:
     return LearnerOptions(zero_stage=t.zero_stage, lr=t.lr, weight_decay=t.weight_decay,
                           max_grad_norm=t.max_grad_norm, micro_batch_size=micro, grad_accum_steps=per_rank // micro,
                           dtype=cfg.model.dtype, model_kind="reward" if cfg.run.mode == "reward_model" else "policy",
-                          seed=cfg.run.seed)
+                          seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,
+                          attn_implementation=t.attn_implementation)
 
 
 def _chunks(n: int, size: int):

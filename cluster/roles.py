@@ -94,6 +94,7 @@ def learner_options(cfg: Config) -> LearnerOptions:
         zero_stage=t.zero_stage, lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         micro_batch_size=micro, grad_accum_steps=per_rank // micro, dtype=cfg.model.dtype,
         use_reference=cfg.algorithm.kl_coef > 0 or cfg.algorithm.loss in REFERENCE_LOSSES, seed=cfg.run.seed,
+        gradient_checkpointing=t.gradient_checkpointing, attn_implementation=t.attn_implementation,
     )
 
 
@@ -108,7 +109,8 @@ def critic_options(cfg: Config) -> LearnerOptions:
                           f"critic.micro_batch_size={c.micro_batch_size} rows")
     return LearnerOptions(zero_stage=c.zero_stage, lr=c.lr, max_grad_norm=c.max_grad_norm, micro_batch_size=micro,
                           grad_accum_steps=per_rank // micro, dtype=cfg.model.dtype, model_kind="value",
-                          seed=cfg.run.seed)
+                          seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,
+                          attn_implementation=t.attn_implementation)
 
 
 def cpus_needed(cfg: Config) -> int:

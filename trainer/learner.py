@@ -36,6 +36,8 @@ class LearnerOptions:
     # "policy": causal LM; "value": critic (token-level scalar head); "reward": reward model
     # (AutoModelForSequenceClassification, one label, read at the last token).
     model_kind: str = "policy"
+    gradient_checkpointing: bool = False  # recompute activations in backward: memory for compute
+    attn_implementation: str = "auto"  # auto | sdpa | eager | flash_attention_2
     seed: int = 0
 
 
@@ -73,18 +75,34 @@ def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor
     return model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
 
 
-def load_model(path: str, kind: str, dtype: torch.dtype):
+def resolve_attention(name: str) -> str:
+    """`auto`: flash attention on a GPU that has it installed, else PyTorch's SDPA. Asking for
+    flash attention where it cannot run is an error, not a silent fallback."""
+    import importlib.util
+
+    has_flash = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    if name == "auto":
+        return "flash_attention_2" if has_flash else "sdpa"
+    if name == "flash_attention_2" and not has_flash:
+        raise ValueError("trainer.attn_implementation 'flash_attention_2' needs a CUDA GPU and the "
+                         "flash-attn package; use 'auto' or 'sdpa'")
+    return name
+
+
+def load_model(path: str, kind: str, dtype: torch.dtype, attn_implementation: str = "auto"):
     from transformers import (AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification,
                               AutoModelForTokenClassification, AutoTokenizer)
 
+    attn = resolve_attention(attn_implementation)
     if kind == "policy":
-        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn)
     if kind == "value":
         # A scalar head on every token; from a policy or a reward-model checkpoint (the
         # backbone loads, a missing head starts fresh). No dropout: values must be deterministic.
         config = AutoConfig.from_pretrained(path, num_labels=1)
         config.classifier_dropout = 0.0
-        return AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype)
+        return AutoModelForTokenClassification.from_pretrained(path, config=config, dtype=dtype,
+                                                               attn_implementation=attn)
     if kind == "reward":
         # The classifier pools the last non-padding token, so it must know the pad id; the saved
         # checkpoint keeps it, which is what reward/reward_model.py serves.
@@ -92,7 +110,8 @@ def load_model(path: str, kind: str, dtype: torch.dtype):
         if config.pad_token_id is None:
             tok = AutoTokenizer.from_pretrained(path)
             config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        return AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=dtype)
+        return AutoModelForSequenceClassification.from_pretrained(path, config=config, dtype=dtype,
+                                                                  attn_implementation=attn)
     raise ValueError(f"learner model_kind must be 'policy', 'value' or 'reward', got {kind!r}")
 
 
@@ -132,12 +151,15 @@ class Learner:
             _skip_cpu_shm_comm()
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
         dtype = getattr(torch, opts.dtype)
-        model = load_model(self.model_path, opts.model_kind, dtype)
+        model = load_model(self.model_path, opts.model_kind, dtype, opts.attn_implementation)
+        if opts.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.config.use_cache = False
         optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self._ds_config())
         self.ref = None
         if opts.use_reference:
-            self.ref = load_model(self.model_path, "policy", dtype).eval()
+            self.ref = load_model(self.model_path, "policy", dtype, opts.attn_implementation).eval()
             self.ref.requires_grad_(False)
             if on_gpu:
                 self.ref.cuda()

@@ -60,17 +60,17 @@ def reference_step(path, batch: TrainBatch) -> tuple[dict[str, np.ndarray], floa
     return {n: p.detach().numpy() for n, p in model.named_parameters()}, norm
 
 
-@pytest.mark.parametrize("stage, ranks, micro, agg", [
-    (2, 2, 1, "seq-mean-token-mean"),  # ZeRO-2 over 2 ranks, 8 micro-batches of 1 row each per rank
-    (3, 2, 8, "token-mean"),           # ZeRO-3 over 2 ranks, one micro-batch of 8 rows per rank
-    (0, 1, 16, "seq-mean-token-sum"),  # plain data parallel, 1 rank, one micro-batch of the whole batch
-], ids=["zero2-2ranks-8x1", "zero3-2ranks-1x8", "zero0-1rank-1x16"])
-def test_learner_group_matches_single_process_step(ray_session, tiny_model, stage, ranks, micro, agg):
+@pytest.mark.parametrize("stage, ranks, micro, agg, checkpointing", [
+    (2, 2, 1, "seq-mean-token-mean", False),  # ZeRO-2 over 2 ranks, 8 micro-batches of 1 row each per rank
+    (3, 2, 8, "token-mean", True),            # ZeRO-3 over 2 ranks, one micro-batch of 8 rows, activations recomputed
+    (0, 1, 16, "seq-mean-token-sum", False),  # plain data parallel, 1 rank, one micro-batch of the whole batch
+], ids=["zero2-2ranks-8x1", "zero3-2ranks-1x8-checkpointing", "zero0-1rank-1x16"])
+def test_learner_group_matches_single_process_step(ray_session, tiny_model, stage, ranks, micro, agg, checkpointing):
     path, batch = tiny_model, make_batch(tiny_model, agg)
     expected, expected_norm = reference_step(path, batch)
     rows_per_rank = len(batch) // ranks
     opts = LearnerOptions(zero_stage=stage, lr=LR, max_grad_norm=CLIP, micro_batch_size=micro,
-                          grad_accum_steps=rows_per_rank // micro)
+                          grad_accum_steps=rows_per_rank // micro, gradient_checkpointing=checkpointing)
     group = LearnerGroup(path, ranks, opts)
     try:
         for _ in range(STEPS):
@@ -113,3 +113,12 @@ def test_critic_learns_its_returns(ray_session, tiny_model):
         assert stats["grad_norm"] > 0 and "value" in stats
     finally:
         critic.shutdown()
+
+
+def test_attention_choice():
+    from trainer.learner import resolve_attention
+
+    assert resolve_attention("auto") == "sdpa"  # no CUDA / flash-attn on the CPU machines
+    assert resolve_attention("eager") == "eager"
+    with pytest.raises(ValueError, match="trainer.attn_implementation 'flash_attention_2' needs a CUDA GPU"):
+        resolve_attention("flash_attention_2")
