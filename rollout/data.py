@@ -6,6 +6,7 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 
 class DataError(ValueError):
@@ -19,12 +20,9 @@ class Prompt:
     answer: str
 
 
-def load_prompts(path: str | Path, prompt_key: str = "prompt", answer_key: str = "answer") -> list[Prompt]:
-    """Every row must be a JSON object with string `prompt_key` and `answer_key`."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"dataset file not found: {path}")
-    prompts: list[Prompt] = []
+def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) for every non-blank line; a line that is not a JSON object is an
+    error naming the file and line."""
     with path.open() as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
@@ -35,12 +33,22 @@ def load_prompts(path: str | Path, prompt_key: str = "prompt", answer_key: str =
                 raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
             if not isinstance(row, dict):
                 raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            for key in (prompt_key, answer_key):
-                if key not in row:
-                    raise DataError(f"{path}:{lineno}: missing key '{key}' (keys: {sorted(row)})")
-                if not isinstance(row[key], (str, int)):
-                    raise DataError(f"{path}:{lineno}: '{key}' must be a string, got {type(row[key]).__name__}")
-            prompts.append(Prompt(id=len(prompts), text=str(row[prompt_key]), answer=str(row[answer_key])))
+            yield lineno, row
+
+
+def load_prompts(path: str | Path, prompt_key: str = "prompt", answer_key: str = "answer") -> list[Prompt]:
+    """Every row must be a JSON object with string `prompt_key` and `answer_key`."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"dataset file not found: {path}")
+    prompts: list[Prompt] = []
+    for lineno, row in read_jsonl(path):
+        for key in (prompt_key, answer_key):
+            if key not in row:
+                raise DataError(f"{path}:{lineno}: missing key '{key}' (keys: {sorted(row)})")
+            if not isinstance(row[key], (str, int)):
+                raise DataError(f"{path}:{lineno}: '{key}' must be a string, got {type(row[key]).__name__}")
+        prompts.append(Prompt(id=len(prompts), text=str(row[prompt_key]), answer=str(row[answer_key])))
     if not prompts:
         raise DataError(f"{path}: no rows")
     return prompts

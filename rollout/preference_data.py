@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from rollout.data import DataError
+from rollout.data import DataError, read_jsonl
 
 
 @dataclass(frozen=True)
@@ -85,19 +85,7 @@ def read_rows(path: str | Path) -> list[dict]:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with path.open() as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append(row | {"__where__": f"{path}:{lineno}"})
-    return rows
+    return [row | {"__where__": f"{path}:{lineno}"} for lineno, row in read_jsonl(path)]
 
 
 def _where(path: Path, index: int, row: dict) -> str:
