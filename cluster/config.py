@@ -148,36 +148,18 @@ class AlgorithmConfig(Section):
     orpo_lambda: float = Field(0.1, ge=0)
     rm_margin: float = 0.0  # bradley_terry margin when the data has no margin column
 
-    @field_validator("advantage")
+    @field_validator("advantage", "loss", "loss_agg", "kl_estimator")
     @classmethod
-    def _advantage(cls, v: str) -> str:
-        from trainer.advantages import ADVANTAGES
+    def _registered_name(cls, v: str, info) -> str:
+        from trainer.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES
+        from trainer.losses import CRITIC_LOSSES
 
-        return _registered(ADVANTAGES, v)
-
-    @field_validator("loss")
-    @classmethod
-    def _loss(cls, v: str) -> str:
-        from trainer.losses import CRITIC_LOSSES, LOSSES
-
-        if v in CRITIC_LOSSES:
+        if info.field_name == "loss" and v in CRITIC_LOSSES:
             raise ValueError(f"'{v}' is a critic loss; the policy loss is one of "
                              f"{', '.join(n for n in LOSSES.names() if n not in CRITIC_LOSSES)}")
-        return _registered(LOSSES, v)
-
-    @field_validator("loss_agg")
-    @classmethod
-    def _agg(cls, v: str) -> str:
-        from trainer.losses import AGGREGATIONS
-
-        return _registered(AGGREGATIONS, v)
-
-    @field_validator("kl_estimator")
-    @classmethod
-    def _kl(cls, v: str) -> str:
-        from trainer.losses import KL_ESTIMATORS
-
-        return _registered(KL_ESTIMATORS, v)
+        registry = {"advantage": ADVANTAGES, "loss": LOSSES, "loss_agg": AGGREGATIONS,
+                    "kl_estimator": KL_ESTIMATORS}[info.field_name]
+        return _registered(registry, v)
 
 
 class CriticConfig(Section):

@@ -110,3 +110,14 @@ def test_config_reference_names_every_field():
     doc = (ROOT / "docs" / "config.md").read_text()
     missing = [p + n for p, n in _fields(Config) if f"`{n}`" not in doc]
     assert not missing, f"docs/config.md does not describe: {missing}"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("algorithm.advantage=gaee", "unknown advantage estimator 'gaee'; valid names: gae, grpo"),
+    ("algorithm.loss=value_clip", "'value_clip' is a critic loss"),
+    ("algorithm.loss_agg=mean", "unknown loss aggregation 'mean'"),
+    ("algorithm.kl_estimator=k9", "unknown KL estimator 'k9'"),
+])
+def test_algorithm_names_are_checked_against_the_registries(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, MINIMAL), [override])
