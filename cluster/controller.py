@@ -72,8 +72,7 @@ class Controller:
         if policy_moved:
             self.sync_weights()
         t4 = time.perf_counter()
-        row = self._step_row(step, groups, train_metrics, (t1 - t0, t2 - t1, t3 - t2, t4 - t3))
-        return row
+        return self._step_row(step, groups, train_metrics, (t1 - t0, t2 - t1, t3 - t2, t4 - t3))
 
     def train(self, groups: list[Group], step: int) -> tuple[dict, bool]:
         """Critic and policy updates on this step's groups; False when the policy did not move."""
