@@ -162,29 +162,28 @@ class AlgorithmConfig(Section):
         return _registered(registry, v)
 
 
-class CriticConfig(Section):
+class LearnerSection(Section):
+    """What every DeepSpeed learner group is configured by (the policy's and the critic's)."""
+
+    num_learners: int = Field(1, ge=1)
+    threads_per_learner: int = Field(1, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    lr: float = Field(1e-4, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0)
+    micro_batch_size: int = Field(64, ge=1)
+
+
+class CriticConfig(LearnerSection):
     """The value model for PPO (`algorithm.advantage: gae`)."""
 
     enabled: bool = False
     path: Optional[str] = None  # default: model.path (a policy or reward-model checkpoint)
-    num_learners: int = Field(1, ge=1)
-    threads_per_learner: int = Field(1, ge=1)
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    lr: float = Field(1e-4, gt=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    micro_batch_size: int = Field(64, ge=1)
     value_clip: float = Field(0.2, gt=0)
     warmup_steps: int = Field(0, ge=0)  # steps that train only the critic
 
 
-class TrainerConfig(Section):
-    num_learners: int = Field(1, ge=1)
-    threads_per_learner: int = Field(1, ge=1)
-    zero_stage: Literal[0, 1, 2, 3] = 2
-    lr: float = Field(1e-4, gt=0)
+class TrainerConfig(LearnerSection):
     weight_decay: float = Field(0.0, ge=0)
-    max_grad_norm: float = Field(1.0, gt=0)
-    micro_batch_size: int = Field(64, ge=1)
     # Optimizer steps per batch of rollouts (PPO-style mini-batch epochs).
     updates_per_batch: int = Field(1, ge=1)
     # GPU learner path: activation recomputation, and the attention kernel (`auto`: flash

@@ -39,18 +39,15 @@ PAIRED = ("reward_model", "dpo")
 def offline_learner_options(cfg: Config) -> LearnerOptions:
     """Learner shapes for an offline step of offline.batch_size examples (2 rows per pair)."""
     t = cfg.trainer
-    rows = cfg.offline.batch_size * (2 if cfg.run.mode in PAIRED else 1)
-    if rows % t.num_learners:
-        raise ConfigError(f"offline.batch_size={cfg.offline.batch_size} ({rows} rows) does not split over "
-                          f"trainer.num_learners={t.num_learners}")
-    per_rank = rows // t.num_learners
-    micro = min(t.micro_batch_size, per_rank)
-    if per_rank % micro or (cfg.run.mode in PAIRED and micro % 2):
-        raise ConfigError(f"trainer.micro_batch_size={t.micro_batch_size} must divide the {per_rank} rows each "
-                          f"learner gets per step" + (" and be even (chosen/rejected pairs stay together)"
-                                                      if cfg.run.mode in PAIRED else ""))
+    from cluster.roles import learner_shape
+
+    pairs = cfg.run.mode in PAIRED
+    rows = cfg.offline.batch_size * (2 if pairs else 1)
+    micro, accum = learner_shape(rows, f"offline.batch_size={cfg.offline.batch_size}" + (" pairs" if pairs else ""),
+                                 t.num_learners, f"trainer.num_learners={t.num_learners}", t.micro_batch_size,
+                                 "trainer.micro_batch_size", pairs)
     return LearnerOptions(zero_stage=t.zero_stage, lr=t.lr, weight_decay=t.weight_decay,
-                          max_grad_norm=t.max_grad_norm, micro_batch_size=micro, grad_accum_steps=per_rank // micro,
+                          max_grad_norm=t.max_grad_norm, micro_batch_size=micro, grad_accum_steps=accum,
                           dtype=cfg.model.dtype, model_kind="reward" if cfg.run.mode == "reward_model" else "policy",
                           seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,
                           attn_implementation=t.attn_implementation)

@@ -76,23 +76,16 @@ def learner_options(cfg: Config) -> LearnerOptions:
         return offline_learner_options(cfg)
     t = cfg.trainer
     rows = rows_per_step(cfg)
-    if rows % (t.updates_per_batch * t.num_learners):
-        what = ("2 x controller.prompts_per_step, a pair per prompt" if rows == 2 * cfg.controller.prompts_per_step
-                and cfg.algorithm.loss in PREFERENCE_LOSSES else "controller.prompts_per_step x algorithm.group_size")
-        raise ConfigError(f"{rows} rows per step ({what}) do not "
-                          f"split into trainer.updates_per_batch={t.updates_per_batch} x "
-                          f"trainer.num_learners={t.num_learners} equal parts")
-    per_rank = rows // (t.updates_per_batch * t.num_learners)
-    micro = min(t.micro_batch_size, per_rank)
-    if per_rank % micro:
-        raise ConfigError(f"trainer.micro_batch_size={t.micro_batch_size} does not divide the {per_rank} "
-                          f"rows each learner gets per update")
-    if cfg.algorithm.loss in PREFERENCE_LOSSES and micro % 2:
-        raise ConfigError(f"online DPO trains chosen/rejected row pairs: the {micro}-row micro-batches "
-                          f"(trainer.micro_batch_size, rows per learner) must be even")
+    pairs = cfg.algorithm.loss in PREFERENCE_LOSSES
+    what = ("2 x controller.prompts_per_step, a pair per prompt" if pairs
+            else "controller.prompts_per_step x algorithm.group_size")
+    micro, accum = learner_shape(rows, what, t.updates_per_batch * t.num_learners,
+                                 f"trainer.updates_per_batch={t.updates_per_batch} x "
+                                 f"trainer.num_learners={t.num_learners}", t.micro_batch_size,
+                                 "trainer.micro_batch_size", pairs)
     return LearnerOptions(
         zero_stage=t.zero_stage, lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-        micro_batch_size=micro, grad_accum_steps=per_rank // micro, dtype=cfg.model.dtype,
+        micro_batch_size=micro, grad_accum_steps=accum, dtype=cfg.model.dtype,
         use_reference=cfg.algorithm.kl_coef > 0 or cfg.algorithm.loss in REFERENCE_LOSSES, seed=cfg.run.seed,
         gradient_checkpointing=t.gradient_checkpointing, attn_implementation=t.attn_implementation,
     )
@@ -100,17 +93,30 @@ def learner_options(cfg: Config) -> LearnerOptions:
 
 def critic_options(cfg: Config) -> LearnerOptions:
     c, t = cfg.critic, cfg.trainer
-    rows = cfg.controller.prompts_per_step * cfg.algorithm.group_size
-    per_rank, rest = divmod(rows, t.updates_per_batch * c.num_learners)
-    micro = min(c.micro_batch_size, max(per_rank, 1))
-    if rest or per_rank % micro:
-        raise ConfigError(f"{rows} samples per step do not split into trainer.updates_per_batch="
-                          f"{t.updates_per_batch} x critic.num_learners={c.num_learners} parts of "
-                          f"critic.micro_batch_size={c.micro_batch_size} rows")
+    micro, accum = learner_shape(rows_per_step(cfg), "controller.prompts_per_step x algorithm.group_size",
+                                 t.updates_per_batch * c.num_learners,
+                                 f"trainer.updates_per_batch={t.updates_per_batch} x "
+                                 f"critic.num_learners={c.num_learners}", c.micro_batch_size,
+                                 "critic.micro_batch_size")
     return LearnerOptions(zero_stage=c.zero_stage, lr=c.lr, max_grad_norm=c.max_grad_norm, micro_batch_size=micro,
-                          grad_accum_steps=per_rank // micro, dtype=cfg.model.dtype, model_kind="value",
+                          grad_accum_steps=accum, dtype=cfg.model.dtype, model_kind="value",
                           seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,
                           attn_implementation=t.attn_implementation)
+
+
+def learner_shape(rows: int, what: str, parts: int, parts_desc: str, micro_batch_size: int, micro_field: str,
+                  pairs: bool = False) -> tuple[int, int]:
+    """(micro-batch rows, accumulation steps) for `rows` rows per optimizer step split into `parts`
+    equal shards (learner ranks x mini-batches); the errors name the fields to change."""
+    if rows % parts:
+        raise ConfigError(f"{rows} rows per step ({what}) do not split into {parts_desc} equal parts")
+    per_rank = rows // parts
+    micro = min(micro_batch_size, per_rank)
+    if per_rank % micro or (pairs and micro % 2):
+        raise ConfigError(f"{micro_field}={micro_batch_size}: the micro-batch must divide the {per_rank} rows "
+                          f"each learner gets per step" + (" and must be even (chosen/rejected row pairs stay "
+                                                           "together)" if pairs else ""))
+    return micro, per_rank // micro
 
 
 def cpus_needed(cfg: Config) -> int:
