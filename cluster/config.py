@@ -92,6 +92,11 @@ class RolloutConfig(Section):
     vllm_max_num_seqs: int = Field(256, ge=1)
     vllm_enforce_eager: Optional[bool] = None  # null: eager on CPU, CUDA graphs on GPUs
     vllm_enable_prefix_caching: bool = True
+    # Weights arriving while a generation call is in flight (asynchronous training):
+    # interrupt = swap at the next decode step, in-flight rollouts continue on the new
+    # weights (partial rollouts, tokens keep their versions); finish = in-flight calls
+    # finish on the weights they started with, the update applies before the next call.
+    in_flight: Literal["interrupt", "finish"] = "interrupt"
 
     @model_validator(mode="after")
     def _vllm_top_p(self) -> "RolloutConfig":
@@ -147,6 +152,12 @@ class AlgorithmConfig(Section):
     simpo_gamma: float = Field(0.5, ge=0)
     orpo_lambda: float = Field(0.1, ge=0)
     rm_margin: float = 0.0  # bradley_terry margin when the data has no margin column
+    # Off-policy correction (decoupled_ppo, tis): importance weights are truncated at this cap.
+    is_cap: float = Field(2.0, gt=0)
+    # DAPO dynamic sampling: drop groups whose rewards all tie and generate replacements; a step
+    # that drops more than dynamic_sampling_limit x prompts_per_step groups fails.
+    dynamic_sampling: bool = False
+    dynamic_sampling_limit: int = Field(8, ge=1)
 
     @field_validator("advantage", "loss", "loss_agg", "kl_estimator")
     @classmethod
@@ -207,22 +218,14 @@ class OfflineConfig(Section):
 class ControllerConfig(Section):
     steps: int = Field(20, ge=1)
     prompts_per_step: int = Field(16, ge=1)
+    # Versions generation may run ahead of the learner: 0 = synchronous (on-policy); k > 0 =
+    # asynchronous, no sample older than k versions is ever trained on (cluster/scheduler.py).
     max_staleness: int = Field(0, ge=0)
     eval_every: int = Field(0, ge=0)
     eval_prompts: int = Field(256, ge=1)
     eval_temperature: float = Field(0.0, ge=0)
     checkpoint_every: int = Field(0, ge=0)
     progress: bool = True
-
-    @field_validator("max_staleness")
-    @classmethod
-    def _sync_only(cls, value: int) -> int:
-        if value != 0:
-            raise ValueError(
-                "only synchronous training (max_staleness: 0) is implemented so far; "
-                "asynchronous off-policy training (k > 0) is not available yet"
-            )
-        return value
 
 
 class ClusterConfig(Section):
@@ -279,6 +282,11 @@ class Config(Section):
                              "(a group baseline); use group_baseline: false or gae for one sample per prompt")
         if a.overlong_buffer >= self.rollout.max_new_tokens:
             raise ValueError("algorithm.overlong_buffer must be below rollout.max_new_tokens")
+        if self.controller.max_staleness > 0 and self.cluster.placement == "colocated":
+            raise ValueError("controller.max_staleness > 0 needs cluster.placement 'disaggregated': colocated "
+                             "learners and engines share devices, so generation cannot overlap training")
+        if self.controller.max_staleness > 0 and self.run.mode != "rl":
+            raise ValueError("controller.max_staleness applies to run.mode 'rl' (offline modes have no rollouts)")
         _check_mode(self)
         return self
 

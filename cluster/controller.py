@@ -1,5 +1,10 @@
 """The controller loop: prompts -> rollouts -> rewards -> buffer -> advantages -> learner step
--> weight sync -> eval every N -> checkpoint every M. One loop for every mode."""
+-> weight sync -> eval every N -> checkpoint every M. One loop for every mode.
+
+Synchronous and asynchronous training are the same loop: `controller.max_staleness` (k) is
+how many policy versions generation may run ahead of the learner (cluster/scheduler.py).
+With k = 0 each step's generation starts after the previous step's weight sync, which is
+the synchronous order; with k > 0 generation, rewards and training overlap."""
 
 from __future__ import annotations
 
@@ -15,10 +20,15 @@ from cluster.progress import Progress
 from cluster.roles import Roles, cpus_needed, learner_options, prepare_inputs, start_roles
 from cluster.rundir import RunDir
 from cluster.runtime import ray_session
+from cluster.scheduler import Scheduler
+from cluster.streaming import Streaming
 from rollout.data import Prompt, PromptSource
 from rollout.types import GenerationRequest, SamplingParams
 from rollout.weight_sync import WeightSyncError
 
+# Per step: gen_s / reward_s are the parts of the learner's wait spent until the last rollout
+# arrived / after it (with k = 0: the generation and reward stages); what overlaps training
+# is hidden and not counted. eval_s is outside the steps.
 TIMERS = ("gen_s", "reward_s", "train_s", "sync_s")
 
 
@@ -28,12 +38,17 @@ class Controller:
         self.source = PromptSource(train, seed=cfg.run.seed)
         self.evals = evals[: cfg.controller.eval_prompts]
         self.buffer = ExperienceBuffer(cfg.controller.max_staleness, cfg.algorithm.group_size)
+        a, c = cfg.algorithm, cfg.controller
+        self.scheduler = Scheduler(c.steps, c.prompts_per_step, a.group_size, self.buffer, a.dynamic_sampling,
+                                   a.dynamic_sampling_limit)
+        self.streaming = Streaming(self.scheduler, roles.rollout, roles.reward, a.group_size, self._requests,
+                                   lambda step: self._sampling(cfg.rollout.temperature, step))
         self.experience = ExperienceMaker(cfg, roles.learners, roles.critic)
         self.version = 0  # policy version: weight updates published to the rollout workers
         self.steps_done = 0
         self.next_group = 0
         self.totals = {k: 0.0 for k in TIMERS} | {"samples": 0, "tokens": 0, "syncs": 0, "sync_failures": 0,
-                                                   "reward_failures": 0}
+                                                   "reward_failures": 0, "eval_s": 0.0}
         self.summary: dict = {}
 
     def run(self, progress: Progress) -> dict:
@@ -52,6 +67,7 @@ class Controller:
             self.run_dir.log_metrics(row)
             progress.update(step, row)
             self._write_summary("running", t_start, initial, None)
+        self.streaming.close()
         final = self.evaluate()
         self.roles.learners.save_hf(str(self.run_dir.final_dir))
         self.run_dir.log_metrics({"step": c.steps, "version": self.version, "eval_accuracy": final, "final": True})
@@ -60,19 +76,17 @@ class Controller:
 
     def step(self, step: int) -> dict:
         t0 = time.perf_counter()
-        p = self.cfg.controller.prompts_per_step
-        requests = [self._request(prompt, self.cfg.algorithm.group_size) for prompt in self.source.next_batch(p)]
-        rollouts = self.roles.rollout.generate(requests, self._sampling(self.cfg.rollout.temperature, step))
+        groups = self.streaming.next_batch(self.version)
+        staleness = [self.version - r.min_version for g in groups for r in g.rollouts]  # vs the trained policy
         t1 = time.perf_counter()
-        rewards = self.roles.reward.score(rollouts)
-        t2 = time.perf_counter()
-        groups = self.buffer.admit(rollouts, rewards, self.version)
         train_metrics, policy_moved = self.train(groups, step)
-        t3 = time.perf_counter()
+        t2 = time.perf_counter()
         if policy_moved:
             self.sync_weights()
-        t4 = time.perf_counter()
-        return self._step_row(step, groups, train_metrics, (t1 - t0, t2 - t1, t3 - t2, t4 - t3))
+        t3 = time.perf_counter()
+        gen = min(max(self.streaming.last_rollout_at - t0, 0.0), t1 - t0)
+        row = self._step_row(step, groups, train_metrics, (gen, t1 - t0 - gen, t2 - t1, t3 - t2))
+        return row | {"staleness_mean": float(np.mean(staleness)), "staleness_max": int(max(staleness))}
 
     def train(self, groups: list[Group], step: int) -> tuple[dict, bool]:
         """Critic and policy updates on this step's groups; False when the policy did not move."""
@@ -83,6 +97,9 @@ class Controller:
         if batches.policy is None:
             return metrics, False  # online DPO: no group's rewards told its samples apart
         parts = self.experience.split(len(batches.policy), step)
+        if self.experience.needs_proximal():  # several updates per batch: pi_prox is the policy before them
+            batches.policy = batches.policy.replace(
+                proximal_logprobs=self.roles.learners.logprobs(batches.policy, self.cfg.rollout.temperature))
         if batches.critic is not None:
             for part in parts:
                 critic = self.roles.critic.train_step(self.experience.weighted(batches.critic.rows(part)),
@@ -109,11 +126,16 @@ class Controller:
         self.totals["syncs"] += 1
 
     def evaluate(self) -> float:
-        """Held-out accuracy (greedy unless controller.eval_temperature > 0)."""
+        """Held-out accuracy (greedy unless controller.eval_temperature > 0) of the latest policy."""
+        t0 = time.perf_counter()
         requests = [self._request(prompt, 1) for prompt in self.evals]
         rollouts = self.roles.rollout.generate(requests, self._sampling(self.cfg.controller.eval_temperature, -1))
         rewards = self.roles.reward.score(rollouts)
+        self.totals["eval_s"] += time.perf_counter() - t0
         return sum(r.correct for r in rewards) / len(rewards)
+
+    def _requests(self, n: int) -> list[GenerationRequest]:
+        return [self._request(prompt, self.cfg.algorithm.group_size) for prompt in self.source.next_batch(n)]
 
     def _request(self, prompt: Prompt, n: int) -> GenerationRequest:
         self.next_group += 1
@@ -138,7 +160,9 @@ class Controller:
             "step": step, "version": self.version, "reward_mean": float(values.mean()),
             "reward_std": float(values.std()), "accuracy": float(np.mean([r.correct for r in rewards])),
             "format_rate": float(np.mean([r.format_ok for r in rewards])), "reward_failures": failures,
-            "response_len": tokens / len(rollouts), **m,
+            "response_len": tokens / len(rollouts),
+            "partial_frac": float(np.mean([len(set(r.versions)) > 1 for r in rollouts])),
+            "filtered_groups": self.scheduler.filtered, **m,
             **dict(zip(TIMERS, times)), "step_s": step_s,
             "samples_per_s": len(rollouts) / step_s, "tokens_per_s": tokens / step_s,
         }
@@ -152,6 +176,10 @@ class Controller:
             "steps": self.steps_done, "samples": int(t["samples"]), "wall_s": wall,
             "eval": {"initial_accuracy": initial, "final_accuracy": final, "num_prompts": len(self.evals)},
             "staleness": self.buffer.summary(),
+            "scheduling": {"max_staleness": self.cfg.controller.max_staleness,
+                           "in_flight_mode": self.cfg.rollout.in_flight,
+                           "dynamic_sampling_filtered_groups": self.scheduler.filtered,
+                           "stale_groups_replaced": self.scheduler.stale_groups, "eval_s": t["eval_s"]},
             "weight_sync": {"count": int(t["syncs"]), "checksum_failures": int(t["sync_failures"]),
                             "mean_s": t["sync_s"] / max(t["syncs"], 1)},
             "rewards": {"failures": int(t["reward_failures"]), **self.roles.reward.metrics().to_dict()},

@@ -17,7 +17,7 @@ from cluster.config import AlgorithmConfig, Config
 from trainer.advantages import ADVANTAGES, AdvantageInputs, AdvantageOptions
 from trainer.batching import build_batch
 from trainer.group import LearnerGroup
-from trainer.losses import AGGREGATIONS, KL_ESTIMATORS, PREFERENCE_LOSSES, REFERENCE_LOSSES
+from trainer.losses import AGGREGATIONS, KL_ESTIMATORS, OFF_POLICY_LOSSES, PREFERENCE_LOSSES, REFERENCE_LOSSES
 from trainer.preference import best_worst_pairs, pad_pairs, pair_weights
 from trainer.types import LossSpec, TrainBatch
 
@@ -138,7 +138,12 @@ class ExperienceMaker:
         return LossSpec(a.loss, a.clip_eps, a.clip_eps_high, a.dual_clip,
                         self.kl.coef if a.kl_in == "loss" else 0.0, a.kl_estimator, a.entropy_coef,
                         temperature=temperature, beta=a.beta, label_smoothing=a.label_smoothing,
-                        simpo_gamma=a.simpo_gamma, orpo_lambda=a.orpo_lambda)
+                        simpo_gamma=a.simpo_gamma, orpo_lambda=a.orpo_lambda, is_cap=a.is_cap)
+
+    def needs_proximal(self) -> bool:
+        """Off-policy losses with several updates per batch need the proximal policy's logprobs
+        (the policy before the batch's first update); with one update it is the current policy."""
+        return self.cfg.algorithm.loss in OFF_POLICY_LOSSES and self.cfg.trainer.updates_per_batch > 1
 
     def critic_spec(self) -> LossSpec:
         return LossSpec("value_clip", value_clip=self.cfg.critic.value_clip)

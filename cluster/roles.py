@@ -138,7 +138,8 @@ def start_roles(cfg: Config, loopback: bool) -> Roles:
         started.append(RolloutPool(cfg.model.path, cfg.rollout.num_workers, cfg.rollout.engine, cfg.model.dtype,
                                    cfg.rollout.threads_per_worker, cfg.rollout.batch_size,
                                    actor_options=placement.options("rollout"),
-                                   engine_options=cfg.rollout.engine_options(max(1, cfg.cluster.gpus_per_engine))))
+                                   engine_options=cfg.rollout.engine_options(max(1, cfg.cluster.gpus_per_engine)),
+                                   in_flight=cfg.rollout.in_flight))
         started.append(LearnerGroup(cfg.model.path, cfg.trainer.num_learners, opts, cfg.trainer.threads_per_learner,
                                     loopback=loopback, actor_options=placement.options("learner")))
         if cfg.critic.enabled:

@@ -178,6 +178,19 @@ class RewardPool:
         del self._tickets[ticket]
         return self._compose([self._samples.pop(i) for i in ids])
 
+    def ready(self, ticket: int) -> bool:
+        """Every sample of this ticket is scored (collect() returns at once)."""
+        return not any(self._samples[i].lanes for i in self._tickets[ticket])
+
+    def pump(self, timeout_s: float = 0.0) -> None:
+        """Dispatch queued work and absorb replies, waiting at most `timeout_s` (for callers that
+        stream samples in and wait on several sources at once)."""
+        self._pump(time.monotonic() + timeout_s)
+
+    def pending_refs(self) -> list:
+        """The reward calls in flight (a caller may ray.wait on them with its own refs)."""
+        return list(self._inflight)
+
     def outstanding(self) -> int:
         """Samples submitted and not yet scored (collected or not)."""
         return sum(1 for x in self._samples.values() if x.lanes)

@@ -1,13 +1,19 @@
-"""The `hf` engine: batched sampling with KV cache from a transformers causal LM.
+"""The `hf` engine: batched sampling with a KV cache from a transformers causal LM.
 
-Reference engine for CPU (and one GPU). Returns per-token logprobs of the
-temperature-scaled sampling distribution, computed in fp32 from the raw logits.
+Reference engine for CPU (and one GPU). Its own decode loop (not `model.generate`) so that
+it can stream finished sequences out as they finish, drop finished rows from the batch
+(long-tailed lengths do not keep the whole batch decoding), and swap weights between two
+decode steps: a *partial rollout* re-encodes its tokens so far under the new weights and
+continues, each token keeping the version that produced it. Per-token logprobs are those of
+the temperature-scaled sampling distribution (log_softmax(logits / T), before top-p),
+computed in fp32 from the raw logits.
 """
 
 from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
@@ -35,48 +41,120 @@ def load_causal_lm(path: str | Path, dtype: str = "float32"):
     return model, tokenizer
 
 
+def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Keep the smallest set of tokens whose probability reaches top_p (at least one)."""
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
+    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+    drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
+
+
+class _Batch:
+    """The sequences of one decode batch: ids so far, and per-token logprobs and versions."""
+
+    def __init__(self, flat: list[tuple[GenerationRequest, int]], prompt_ids: list[list[int]]):
+        self.flat, self.prompt_ids = flat, prompt_ids
+        self.ids: list[list[int]] = [[] for _ in flat]
+        self.logprobs: list[list[float]] = [[] for _ in flat]
+        self.versions: list[list[int]] = [[] for _ in flat]
+        self.active = list(range(len(flat)))  # batch row -> sequence index
+
+
 class HFEngine:
     def __init__(self, model_path: str, dtype: str = "float32"):
         self.model, self.tokenizer = load_causal_lm(model_path, dtype)
         self.eos_id = self.tokenizer.eos_token_id
+        self.pad_id = self.tokenizer.pad_token_id
 
-    @torch.no_grad()
     def generate(self, requests: list[GenerationRequest], params: SamplingParams, version: int,
                  batch_size: int = 256) -> list[Rollout]:
-        flat = [(req, k) for req in requests for k in range(req.num_samples)]
-        torch.manual_seed(params.seed)
-        out: list[Rollout] = []
-        for start in range(0, len(flat), batch_size):
-            out.extend(self._generate_batch(flat[start : start + batch_size], params, version))
-        return out
+        return [r for part in self.stream(requests, params, lambda: version, batch_size) for r in part]
 
-    def _generate_batch(self, flat, params: SamplingParams, version: int) -> list[Rollout]:
-        enc = self.tokenizer([req.prompt for req, _ in flat], return_tensors="pt", padding=True)
-        greedy = params.temperature == 0
-        sampling = {} if greedy else {"temperature": params.temperature, "top_p": params.top_p, "top_k": None}
-        gen = self.model.generate(
-            **enc, do_sample=not greedy, max_new_tokens=params.max_new_tokens, output_logits=True,
-            return_dict_in_generate=True, pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.eos_id, **sampling,
+    @torch.no_grad()
+    def stream(self, requests: list[GenerationRequest], params: SamplingParams, safe_point: Callable[[], int],
+               batch_size: int = 256) -> Iterator[list[Rollout]]:
+        """Rollouts as they finish. `safe_point()` is called before every decode step and returns
+        the policy version of the weights loaded now (the caller may swap weights inside it)."""
+        flat = [(req, k) for req in requests for k in range(req.num_samples)]
+        gen = torch.Generator().manual_seed(params.seed)
+        for start in range(0, len(flat), batch_size):
+            yield from self._decode(flat[start : start + batch_size], params, gen, safe_point)
+
+    def _decode(self, flat, params: SamplingParams, gen: torch.Generator, safe_point) -> Iterator[list[Rollout]]:
+        prompts = self.tokenizer([req.prompt for req, _ in flat])["input_ids"]
+        b = _Batch(flat, [list(p) for p in prompts])
+        version = safe_point()
+        logits, cache, attn, pos = self._prefill(b)
+        for _ in range(params.max_new_tokens):
+            now = safe_point()
+            if now != version:  # new weights: re-encode every in-flight sequence under them
+                version = now
+                logits, cache, attn, pos = self._prefill(b)
+            token, logp = self._sample(logits, params, gen)
+            finished, keep = [], []
+            for row, seq in enumerate(b.active):
+                b.ids[seq].append(int(token[row]))
+                b.logprobs[seq].append(float(logp[row]))
+                b.versions[seq].append(version)
+                done = token[row] == self.eos_id or len(b.ids[seq]) >= params.max_new_tokens
+                (finished if done else keep).append(seq if done else row)
+            if finished:
+                yield [self._rollout(b, seq) for seq in finished]
+            if not keep:
+                return
+            if len(keep) < len(b.active):  # drop finished rows: the tail decodes only what is left
+                index = torch.tensor(keep)
+                cache.batch_select_indices(index)
+                attn, pos, token = attn[index], pos[index], token[index]
+                b.active = [b.active[row] for row in keep]
+            attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+            pos = pos + 1
+            out = self.model(input_ids=token[:, None], attention_mask=attn, position_ids=pos[:, None],
+                             past_key_values=cache, use_cache=True)
+            logits = out.logits[:, -1]
+
+    def _prefill(self, b: _Batch):
+        """Left-padded forward over prompt + tokens so far of the active sequences."""
+        rows = [b.prompt_ids[s] + b.ids[s] for s in b.active]
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attn = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r)
+            attn[i, width - len(r):] = 1
+        positions = (attn.cumsum(dim=1) - 1).clamp(min=0)
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache,
+                         use_cache=True)
+        return out.logits[:, -1], cache, attn, positions[:, -1]
+
+    @staticmethod
+    def _sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator):
+        if params.temperature == 0:
+            token = logits.argmax(dim=-1)
+            logp = torch.log_softmax(logits.float(), dim=-1)
+        else:
+            scaled = logits.float() / params.temperature
+            logp = torch.log_softmax(scaled, dim=-1)
+            probs = torch.softmax(top_p_filter(scaled, params.top_p), dim=-1)
+            token = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+        return token, logp.gather(-1, token[:, None]).squeeze(1)
+
+    def _rollout(self, b: _Batch, seq: int) -> Rollout:
+        req, k = b.flat[seq]
+        ids = b.ids[seq]
+        return Rollout(
+            group_id=req.group_id, prompt_id=req.prompt_id, sample_index=k, prompt=req.prompt, answer=req.answer,
+            prompt_ids=tuple(b.prompt_ids[seq]), response_ids=tuple(ids),
+            response_text=self.tokenizer.decode(ids, skip_special_tokens=True),
+            logprobs=tuple(b.logprobs[seq]), versions=tuple(b.versions[seq]),
+            finish_reason="stop" if ids and ids[-1] == self.eos_id else "length",
         )
-        width = enc["input_ids"].shape[1]
-        new = gen.sequences[:, width:]  # [B, R]
-        temp = 1.0 if greedy else params.temperature
-        logits = torch.stack(gen.logits, dim=1).float() / temp  # [B, R, V]
-        logps = torch.log_softmax(logits, dim=-1).gather(-1, new.unsqueeze(-1)).squeeze(-1)
-        rollouts = []
-        for i, (req, k) in enumerate(flat):
-            ids = new[i].tolist()
-            stop = ids.index(self.eos_id) + 1 if self.eos_id in ids else len(ids)
-            prompt_ids = enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist()
-            rollouts.append(Rollout(
-                group_id=req.group_id, prompt_id=req.prompt_id, sample_index=k, prompt=req.prompt, answer=req.answer,
-                prompt_ids=tuple(prompt_ids), response_ids=tuple(ids[:stop]),
-                response_text=self.tokenizer.decode(ids[:stop], skip_special_tokens=True),
-                logprobs=tuple(float(x) for x in logps[i, :stop]), versions=(version,) * stop,
-                finish_reason="stop" if self.eos_id in ids else "length",
-            ))
-        return rollouts
 
     def load_weights(self, arrays: dict[str, np.ndarray]) -> None:
         """Copy every named parameter; the name sets must match exactly."""

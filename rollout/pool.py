@@ -1,9 +1,19 @@
-"""RolloutWorker actors (one engine each) and the RolloutPool that fans requests out."""
+"""RolloutWorker actors (one engine each) and the RolloutPool that fans requests out.
+
+A worker runs generation in one concurrency group and weight updates in another, so an
+update can arrive while a generation call is in flight. What happens then is the
+`in_flight` mode: `interrupt` swaps the weights at the next decode step (the `hf` engine
+re-encodes the in-flight sequences under the new weights; vLLM pauses them and resumes),
+so a rollout's tokens can carry two versions; `finish` lets the in-flight call finish on
+the weights it started with and applies the update before the next call.
+"""
 
 from __future__ import annotations
 
 import os
+import threading
 import time
+from typing import Iterator, Optional
 
 import ray
 
@@ -11,6 +21,7 @@ from rollout.types import GenerationRequest, Rollout, SamplingParams
 from rollout.weight_sync import WeightUpdate, verify
 
 ENGINES = ("hf", "vllm")
+IN_FLIGHT_MODES = ("interrupt", "finish")
 
 
 def make_engine(engine: str, model_path: str, dtype: str, threads: int, options: dict):
@@ -30,28 +41,94 @@ class RolloutWorker:
     """Ray actor body: owns one engine and the policy version of its weights."""
 
     def __init__(self, model_path: str, engine: str, dtype: str, threads: int,
-                 engine_options: dict | None = None):
+                 engine_options: dict | None = None, in_flight: str = "interrupt"):
         import torch
 
+        if in_flight not in IN_FLIGHT_MODES:
+            raise ValueError(f"rollout.in_flight '{in_flight}' is not a mode (valid: {', '.join(IN_FLIGHT_MODES)})")
         torch.set_num_threads(threads)
         self.engine = make_engine(engine, model_path, dtype, threads, engine_options or {})
-        self.version = 0
+        self.in_flight = in_flight
+        self.version = 0  # the version of the weights in the engine
+        self.latest = 0  # the newest verified update received (== version unless one waits)
+        self._pending: Optional[tuple[int, dict]] = None  # verified, waiting for a safe point
+        self._generating = False
+        self._cond = threading.Condition()
+        self.swaps_in_flight = 0  # updates applied in the middle of a generation call
 
+    # ---- generation (concurrency group "generate": one call at a time) ----
+
+    @ray.method(concurrency_group="generate")
     def generate(self, requests: list[GenerationRequest], params: SamplingParams, batch_size: int) -> list[Rollout]:
-        return self.engine.generate(requests, params, self.version, batch_size)
+        return [r for part in self.stream(requests, params, batch_size) for r in part]
 
+    @ray.method(concurrency_group="generate")
+    def stream(self, requests: list[GenerationRequest], params: SamplingParams,
+               batch_size: int) -> Iterator[list[Rollout]]:
+        """Finished rollouts as they finish (call with num_returns="streaming")."""
+        with self._cond:
+            self._apply_pending()  # `finish` mode: an update that waited for the last call lands now
+            self._generating = True
+        try:
+            if hasattr(self.engine, "stream"):
+                yield from self.engine.stream(requests, params, self._safe_point, batch_size)
+            else:  # vllm: one part per call; an update mid-call pauses and resumes inside vLLM
+                yield self.engine.generate(requests, params, self.version, batch_size)
+        finally:
+            with self._cond:
+                self._generating = False
+                self._cond.notify_all()
+
+    def _safe_point(self) -> int:
+        """Between two decode steps: in `interrupt` mode, a waiting update is applied here."""
+        if self.in_flight == "interrupt" and self._pending is not None:
+            with self._cond:
+                if self._apply_pending():
+                    self.swaps_in_flight += 1
+                self._cond.notify_all()
+        return self.version
+
+    def _apply_pending(self) -> bool:
+        if self._pending is None:
+            return False
+        version, arrays = self._pending
+        self.engine.load_weights(arrays)
+        self.version, self._pending = version, None
+        return True
+
+    # ---- control (concurrency group "control": runs while a generation call is in flight) ----
+
+    @ray.method(concurrency_group="control")
     def update_weights(self, update: WeightUpdate) -> float:
-        """Fetch, verify and load one update; returns the seconds it took."""
+        """Fetch and verify one update (checksums, and version == the last one + 1), then load it:
+        now if idle; mid-call at the next decode step (`interrupt`; this call returns once the
+        swap happened); or when the in-flight call ends (`finish`; this call returns at once)."""
         t0 = time.perf_counter()
         arrays = ray.get(list(update.refs))
-        checked = verify(update, arrays, expected_version=self.version + 1)
-        self.engine.load_weights(checked)
-        self.version = update.version
+        with self._cond:
+            checked = verify(update, arrays, expected_version=self.latest + 1)
+            self.latest = update.version
+            self._pending = (update.version, checked)  # a newer full update replaces an older waiting one
+            if not self._generating:
+                self._apply_pending()
+            elif self.in_flight == "interrupt" and not hasattr(self.engine, "stream"):
+                self._apply_pending()  # vllm pauses its in-flight requests, loads, resumes
+                self.swaps_in_flight += 1
+            elif self.in_flight == "interrupt":
+                self._cond.wait_for(lambda: self._pending is None or not self._generating)
+                if self._pending is not None:  # the call ended before a decode step came
+                    self._apply_pending()
         return time.perf_counter() - t0
 
+    @ray.method(concurrency_group="control")
     def get_version(self) -> int:
         return self.version
 
+    @ray.method(concurrency_group="control")
+    def stats(self) -> dict:
+        return {"version": self.version, "latest": self.latest, "swaps_in_flight": self.swaps_in_flight}
+
+    @ray.method(concurrency_group="control")
     def pid(self) -> int:
         return os.getpid()
 
@@ -61,33 +138,44 @@ class RolloutPool:
 
     def __init__(self, model_path: str, num_workers: int, engine: str = "hf", dtype: str = "float32",
                  threads: int = 1, batch_size: int = 256, actor_options: list[dict] | None = None,
-                 engine_options: dict | None = None):
+                 engine_options: dict | None = None, in_flight: str = "interrupt"):
         # actor_options: per-worker Ray options (placement group bundle, resources) from cluster/placement.py.
         base = dict(num_cpus=threads, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
         extra = actor_options or [{} for _ in range(num_workers)]
-        actor = ray.remote(RolloutWorker)  # one class export; per-actor options below
-        args = (model_path, engine, dtype, threads, engine_options)
+        actor = ray.remote(concurrency_groups={"generate": 1, "control": 1})(RolloutWorker)
+        args = (model_path, engine, dtype, threads, engine_options, in_flight)
         self.workers = [actor.options(**{**base, **extra[i]}).remote(*args) for i in range(num_workers)]
         self.batch_size = batch_size
         ray.get([w.get_version.remote() for w in self.workers])  # surface start-up errors here
 
-    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[Rollout]:
+    def _shards(self, requests: list[GenerationRequest], params: SamplingParams):
         n = len(self.workers)
-        shards = [requests[i::n] for i in range(n)]
-        futures = [
-            w.generate.remote(shard, SamplingParams(params.temperature, params.top_p, params.max_new_tokens,
-                                                    params.seed * 1000 + i), self.batch_size)
-            for i, (w, shard) in enumerate(zip(self.workers, shards)) if shard
-        ]
+        for i, w in enumerate(self.workers):
+            shard = requests[i::n]
+            if shard:
+                yield w, shard, SamplingParams(params.temperature, params.top_p, params.max_new_tokens,
+                                               params.seed * 1000 + i)
+
+    def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[Rollout]:
+        futures = [w.generate.remote(shard, p, self.batch_size) for w, shard, p in self._shards(requests, params)]
         rollouts = [r for part in ray.get(futures) for r in part]
         order = {req.group_id: i for i, req in enumerate(requests)}
         return sorted(rollouts, key=lambda r: (order[r.group_id], r.sample_index))
+
+    def stream(self, requests: list[GenerationRequest], params: SamplingParams) -> list:
+        """The same split and seeds as generate(), as one streaming generator per worker shard:
+        each yields lists of rollouts as they finish."""
+        return [w.stream.options(num_returns="streaming").remote(shard, p, self.batch_size)
+                for w, shard, p in self._shards(requests, params)]
 
     def update_weights(self, update: WeightUpdate) -> list[float]:
         return ray.get([w.update_weights.remote(update) for w in self.workers])
 
     def versions(self) -> list[int]:
         return ray.get([w.get_version.remote() for w in self.workers])
+
+    def stats(self) -> list[dict]:
+        return ray.get([w.stats.remote() for w in self.workers])
 
     def shutdown(self) -> None:
         for w in self.workers:

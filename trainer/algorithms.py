@@ -19,6 +19,10 @@ PAPERS = {
     "gae": "Schulman et al. 2016, High-Dimensional Continuous Control Using GAE",
     "ppo_clip": "Schulman et al. 2017 (PPO); Yu et al. 2025 DAPO (clip-higher); Ye et al. 2020 (dual-clip)",
     "gspo": "Zheng et al. 2025, Group Sequence Policy Optimization",
+    "decoupled_ppo": "Hilton et al. 2022, Batch size-invariance for policy optimization (decoupled PPO); "
+                     "Fu et al. 2025, AReaL (asynchronous RL)",
+    "tis": "Yao et al. 2025, Your Efficient RL Framework Secretly Brings You Off-Policy RL Training (TIS); "
+           "Espeholt et al. 2018, IMPALA (truncated importance weights)",
     "value_clip": "Schulman et al. 2017 (PPO value clipping)",
     "token-mean": "Yu et al. 2025, DAPO (token-level loss)",
     "seq-mean-token-mean": "Shao et al. 2024, DeepSeekMath (GRPO objective)",

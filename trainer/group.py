@@ -56,6 +56,8 @@ class LearnerGroup:
         rows = max(sum(s.rows for s in stats), 1)
         for key in stats[0].row_sums:  # per-sequence metrics: mean over the rows that trained
             out[key] = sum(s.row_sums[key] for s in stats) / rows
+        for key in dict.fromkeys(k for s in stats for k in s.maxes):  # a rank with no response tokens has none
+            out[f"{key}_max"] = max(s.maxes[key] for s in stats if key in s.maxes)
         out["grad_norm"] = stats[0].grad_norm  # global (all-rank) norm before clipping
         return out
 

@@ -22,6 +22,10 @@ from rollout.weight_sync import WeightUpdate, describe
 from trainer.losses import LOSSES, LossInputs
 from trainer.types import LossSpec, StepStats, TrainBatch
 
+# Metrics whose step maximum over response tokens is reported next to the token mean: one
+# extreme importance weight or stale token is the signal, and a mean over thousands hides it.
+MAX_METRICS = ("is_weight", "logprob_diff")
+
 
 @dataclass(frozen=True)
 class LearnerOptions:
@@ -184,7 +188,8 @@ class Learner:
 
     def _loss_inputs(self, t: dict[str, torch.Tensor], spec: LossSpec) -> LossInputs:
         x = LossInputs(mask=t["loss_mask"], behaviour_logprobs=t.get("behaviour_logprobs"),
-                       advantages=t.get("advantages"), old_values=t.get("old_values"), returns=t.get("returns"),
+                       proximal_logprobs=t.get("proximal_logprobs"), advantages=t.get("advantages"),
+                       old_values=t.get("old_values"), returns=t.get("returns"),
                        ref_logprobs=t.get("ref_logprobs"), margins=t.get("margins"))
         if self.opts.model_kind == "value":
             x.values = token_values(self.engine, t["input_ids"], t["attention_mask"])
@@ -207,6 +212,7 @@ class Learner:
                              f"grad_accum_steps {self.opts.grad_accum_steps}")
         sums: dict[str, float] = {}
         row_sums: dict[str, float] = {}
+        maxes: dict[str, float] = {}
         loss_total, tokens, rows, norm = 0.0, 0, 0, None
         for start in range(0, n, micro):
             t = self._tensors(shard.rows(slice(start, start + micro)))
@@ -231,9 +237,11 @@ class Learner:
                     row_sums[key] = row_sums.get(key, 0.0) + float((value * live).sum())
                 else:
                     sums[key] = sums.get(key, 0.0) + float((value * x.mask).sum())
+                    if key in MAX_METRICS and bool((x.mask == 1).any()):
+                        maxes[key] = max(maxes.get(key, -float("inf")), float(value[x.mask == 1].max()))
         if norm is None:
             norm = self.engine.get_global_grad_norm()
-        return StepStats(loss_total, tokens, sums, None if norm is None else float(norm), row_sums, rows)
+        return StepStats(loss_total, tokens, sums, None if norm is None else float(norm), row_sums, rows, maxes)
 
     def _grad_norm(self) -> float:
         grads = [p.grad.detach().float().norm() for p in self.engine.module.parameters() if p.grad is not None]

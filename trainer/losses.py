@@ -29,6 +29,8 @@ PREFERENCE_LOSSES = frozenset({"dpo", "cdpo", "ipo", "simpo", "orpo"})  # train 
 REFERENCE_LOSSES = frozenset({"dpo", "cdpo", "ipo"})  # need the frozen reference's logprobs
 REWARD_MODEL_LOSSES = frozenset({"bradley_terry"})  # train a sequence classifier (model_kind "reward")
 SUPERVISED_LOSSES = frozenset({"sft"})
+# Policy losses that correct for a stale behaviour policy (asynchronous training, max_staleness > 0).
+OFF_POLICY_LOSSES = frozenset({"decoupled_ppo", "tis"})
 
 
 @dataclass
@@ -44,6 +46,8 @@ class LossInputs:
     returns: Optional[torch.Tensor] = None  # [B, T] critic targets
     scores: Optional[torch.Tensor] = None  # [B] reward model's scalar per sequence
     margins: Optional[torch.Tensor] = None  # [B] required reward margin of the row's pair (Bradley-Terry)
+    # Last, so positional construction keeps its meaning: [B, T] policy at the step's start (decoupled_ppo).
+    proximal_logprobs: Optional[torch.Tensor] = None
 
 
 # ---- KL estimators (Schulman, "Approximating KL divergence") ----
@@ -107,18 +111,51 @@ def _regularise(per_token: torch.Tensor, x: LossInputs, spec: LossSpec, metrics:
     return per_token
 
 
-@LOSSES.register("ppo_clip", "PPO clipped surrogate; clip-higher (DAPO) via clip_eps_high, dual-clip via dual_clip")
-def ppo_clip(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    ratio = torch.exp(x.logprobs - x.behaviour_logprobs)
+def _clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, spec: LossSpec) -> tuple[torch.Tensor, dict]:
+    """PPO's pessimistic objective min(r A, clip(r) A) with clip-higher and dual-clip, and its metrics."""
     high = spec.clip_eps if spec.clip_eps_high is None else spec.clip_eps_high
-    surrogate = ratio * x.advantages
-    clipped = torch.clamp(ratio, 1.0 - spec.clip_eps, 1.0 + high) * x.advantages
+    surrogate = ratio * advantages
+    clipped = torch.clamp(ratio, 1.0 - spec.clip_eps, 1.0 + high) * advantages
     objective = torch.minimum(surrogate, clipped)
     if spec.dual_clip:
         # Dual-clip PPO: for negative advantages, never let the objective fall below c * A.
-        objective = torch.where(x.advantages < 0, torch.maximum(objective, spec.dual_clip * x.advantages), objective)
-    metrics = {"clip_frac": (clipped < surrogate).float().detach(), "ratio": ratio.detach()}
+        objective = torch.where(advantages < 0, torch.maximum(objective, spec.dual_clip * advantages), objective)
+    return objective, {"clip_frac": (clipped < surrogate).float().detach(), "ratio": ratio.detach()}
+
+
+@LOSSES.register("ppo_clip", "PPO clipped surrogate; clip-higher (DAPO) via clip_eps_high, dual-clip via dual_clip")
+def ppo_clip(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    objective, metrics = _clipped_surrogate(torch.exp(x.logprobs - x.behaviour_logprobs), x.advantages, spec)
     return _regularise(-objective, x, spec, metrics), metrics
+
+
+def _importance_weights(target: torch.Tensor, x: LossInputs, spec: LossSpec, metrics: dict) -> torch.Tensor:
+    """min(pi_target / pi_behaviour, is_cap), detached: truncation bounds the variance a stale or
+    mismatched sampler (another policy version, or the engine's own numerics) adds."""
+    weight = torch.exp(target.detach() - x.behaviour_logprobs)
+    metrics["is_weight"] = weight.detach()  # untruncated, so the logs show how far off-policy the data is
+    metrics["is_truncated"] = (weight > spec.is_cap).float().detach()
+    return torch.clamp(weight, max=spec.is_cap).detach()
+
+
+@LOSSES.register("decoupled_ppo", "PPO clipped to the proximal policy, times min(pi_prox / pi_behaviour, is_cap)")
+def decoupled_ppo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    # The trust region is around the proximal policy (the learner's own at the step's start), not
+    # around the stale engine that sampled; the importance weight carries the off-policy correction.
+    # One update per step: the proximal policy is the current one, so logprobs.detach() is exact.
+    prox = x.logprobs.detach() if x.proximal_logprobs is None else x.proximal_logprobs
+    objective, metrics = _clipped_surrogate(torch.exp(x.logprobs - prox), x.advantages, spec)
+    weight = _importance_weights(prox, x, spec, metrics)
+    return _regularise(-weight * objective, x, spec, metrics), metrics
+
+
+@LOSSES.register("tis", "truncated importance sampling: policy gradient weighted by min(pi / pi_behaviour, is_cap)")
+def tis(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    metrics: dict[str, torch.Tensor] = {}
+    weight = _importance_weights(x.logprobs, x, spec, metrics)
+    # Value w A, gradient w A grad(logp): the REINFORCE / GRPO gradient, reweighted to the current policy.
+    per_token = -weight * x.advantages * torch.exp(x.logprobs - x.logprobs.detach())
+    return _regularise(per_token, x, spec, metrics), metrics
 
 
 @LOSSES.register("gspo", "GSPO: sequence-level importance ratio (length-normalised), clipped per sequence")

@@ -22,6 +22,7 @@ class LossSpec:
     entropy_coef: float = 0.0  # entropy bonus
     value_clip: float = 0.2  # critic losses
     temperature: float = 1.0  # logits are divided by it, as the engine did when sampling
+    is_cap: float = 2.0  # off-policy losses (decoupled_ppo, tis): truncation cap C of importance weights
     # Preference losses (trainer/losses.py: dpo, cdpo, ipo, simpo, orpo, bradley_terry).
     beta: float = 0.1  # DPO/IPO/cDPO: strength of the KL anchor; SimPO: reward scale
     label_smoothing: float = 0.0  # cDPO: assumed probability that a pair's label is flipped
@@ -42,6 +43,7 @@ class TrainBatch:
     loss_weights: np.ndarray
     advantages: Optional[np.ndarray] = None  # [B, T] float32 (policy)
     behaviour_logprobs: Optional[np.ndarray] = None  # [B, T] float32, from the engine that sampled
+    proximal_logprobs: Optional[np.ndarray] = None  # [B, T] float32, proximal policy at step start; None if one update
     returns: Optional[np.ndarray] = None  # [B, T] float32 (critic targets)
     old_values: Optional[np.ndarray] = None  # [B, T] float32 (critic when the batch was scored)
     # Preference batches: rows 2i (chosen) and 2i+1 (rejected) form pair i; a pair never splits
@@ -78,3 +80,6 @@ class StepStats:
     # have response tokens, and how many such rows there were.
     row_sums: dict[str, float] = dataclasses.field(default_factory=dict)
     rows: int = 0
+    # Maxima over this rank's response tokens (trainer/learner.py: MAX_METRICS), e.g. the largest
+    # importance weight, which a token mean hides.
+    maxes: dict[str, float] = dataclasses.field(default_factory=dict)

@@ -122,3 +122,30 @@ def test_attention_choice():
     assert resolve_attention("eager") == "eager"
     with pytest.raises(ValueError, match="trainer.attn_implementation 'flash_attention_2' needs a CUDA GPU"):
         resolve_attention("flash_attention_2")
+
+
+def test_off_policy_step_reports_maxima_and_uses_the_proximal_logprobs(ray_session, tiny_model):
+    """decoupled_ppo over 2 ranks x 2 micro-batches: the step's is_weight max and mean come from the
+    batch's proximal logprobs (not the current policy's), logprob_diff's max from the model."""
+    batch = make_batch(tiny_model, "token-mean")
+    rng = np.random.default_rng(1)
+    mask = batch.loss_mask
+    with torch.no_grad():
+        logp = token_logprobs(load(tiny_model), torch.tensor(batch.input_ids), torch.tensor(batch.attention_mask),
+                              1.0)[0].numpy()
+    proximal = ((logp + rng.normal(0, 0.3, logp.shape)) * mask).astype(np.float32)
+    weight = np.exp(proximal.astype(np.float64) - batch.behaviour_logprobs)[mask == 1]
+    diff = np.abs(logp - batch.behaviour_logprobs)[mask == 1]
+    opts = LearnerOptions(zero_stage=2, lr=LR, micro_batch_size=4, grad_accum_steps=2)
+    group = LearnerGroup(tiny_model, 2, opts)
+    try:
+        stats = group.train_step(batch.replace(proximal_logprobs=proximal), LossSpec("decoupled_ppo", is_cap=1.5))
+    finally:
+        group.shutdown()
+    assert stats["is_weight_max"] == pytest.approx(weight.max(), rel=1e-5)
+    assert stats["is_weight"] == pytest.approx(weight.mean(), rel=1e-5)
+    assert stats["is_truncated"] == pytest.approx((weight > 1.5).mean(), rel=1e-6)
+    assert stats["is_weight_max"] > stats["is_weight"] and weight.max() > 1.5
+    assert stats["logprob_diff_max"] == pytest.approx(diff.max(), rel=1e-4)
+    assert stats["logprob_diff_max"] > stats["logprob_diff"] == pytest.approx(diff.mean(), rel=1e-4)
+    assert "ratio_max" not in stats and "entropy_max" not in stats  # maxima only for MAX_METRICS

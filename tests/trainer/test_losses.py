@@ -129,3 +129,119 @@ def test_readme_algorithm_table_names_every_entry():
         for name in registry.names():
             assert f"`{name}`" in table, f"README's algorithm table lacks {registry.kind} '{name}'"
             assert name in PAPERS, f"trainer/algorithms.py PAPERS lacks '{name}'"
+
+
+# ---- off-policy corrections (decoupled_ppo, tis) ----
+
+def off_policy_inputs(logp, behaviour, adv, proximal=None):
+    """logprobs [1, T] as a leaf with a gradient; behaviour and proximal as given (constants)."""
+    t = lambda v: torch.tensor([v], dtype=torch.float64)  # noqa: E731
+    return LossInputs(mask=torch.ones(1, len(logp), dtype=torch.float64), logprobs=t(logp).requires_grad_(True),
+                      behaviour_logprobs=t(behaviour), advantages=t(adv),
+                      proximal_logprobs=None if proximal is None else t(proximal))
+
+
+def loss_and_grad(name, x, spec):
+    loss, metrics = LOSSES.get(name)(x, spec)
+    (grad,) = torch.autograd.grad(loss.sum(), x.logprobs)
+    return loss.detach()[0].numpy(), grad[0].numpy(), metrics
+
+
+def test_off_policy_losses_are_registered_as_such():
+    from trainer.losses import OFF_POLICY_LOSSES
+
+    assert OFF_POLICY_LOSSES == {"decoupled_ppo", "tis"} and OFF_POLICY_LOSSES <= set(LOSSES.names())
+    assert LossSpec().is_cap == 2.0
+
+
+@pytest.mark.parametrize("spec", [LossSpec(clip_eps=0.2), LossSpec(clip_eps=0.2, clip_eps_high=0.28, dual_clip=3.0)])
+def test_decoupled_ppo_on_policy_is_ppo_clip(spec):
+    logp = [-1.0, -0.6, -1.5, -0.5, 1.0 - 3.0]
+    adv = [1.0, 1.0, -1.0, -1.0, -1.0]
+    # behaviour == proximal == logprobs: weight 1, ratio 1 -> exactly PPO's loss -A and gradient -A.
+    for proximal in (None, logp):
+        ppo = loss_and_grad("ppo_clip", off_policy_inputs(logp, logp, adv), spec)
+        dec = loss_and_grad("decoupled_ppo", off_policy_inputs(logp, logp, adv, proximal), spec)
+        np.testing.assert_array_equal(dec[0], ppo[0])
+        np.testing.assert_array_equal(dec[1], ppo[1])
+        np.testing.assert_array_equal(dec[0], [-a for a in adv])
+        np.testing.assert_array_equal(dec[2]["is_weight"][0].numpy(), [1.0] * 5)
+    # behaviour == proximal, logprobs moved off it (ratios 1.105, 1.649, 0.607, 1.649, e^2 with the
+    # A signs above): clipped, clip-higher and dual-clipped tokens all match PPO in value and gradient.
+    old = [-1.0] * 5
+    moved = [-1.0 + 0.1, -1.0 + 0.5, -1.0 - 0.5, -1.0 + 0.5, -1.0 + 2.0]
+    ppo = loss_and_grad("ppo_clip", off_policy_inputs(moved, old, adv), spec)
+    dec = loss_and_grad("decoupled_ppo", off_policy_inputs(moved, old, adv, proximal=old), spec)
+    np.testing.assert_array_equal(dec[0], ppo[0])
+    np.testing.assert_array_equal(dec[1], ppo[1])
+    np.testing.assert_array_equal(dec[2]["clip_frac"][0].numpy(), ppo[2]["clip_frac"][0].numpy())
+    assert ppo[2]["clip_frac"].sum() >= 2 and (ppo[1] == 0).sum() >= 2  # the clip range was reached
+
+
+def test_decoupled_ppo_one_update_weighs_the_policy_gradient_by_the_truncated_weight():
+    # proximal=None (one optimizer update per step): ratio 1, so the objective is w_t * A and its
+    # gradient w_t * A * grad(logp). logprobs come from logits here, so grad(logp) is a real vector.
+    torch.manual_seed(0)
+    logits = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    tokens = torch.tensor([0, 3, 1, 4])
+    logp = torch.log_softmax(logits, dim=-1)[torch.arange(4), tokens][None]
+    log_w = torch.tensor([[0.3, 1.0, -0.5, math.log(2.0) + 1e-6]], dtype=torch.float64)  # prox - behaviour
+    adv = torch.tensor([[1.0, -2.0, 0.5, 1.5]], dtype=torch.float64)
+    x = LossInputs(mask=torch.ones_like(adv), logprobs=logp, behaviour_logprobs=logp.detach() - log_w, advantages=adv)
+    loss, m = LOSSES.get("decoupled_ppo")(x, LossSpec(clip_eps=0.2, is_cap=2.0))
+    w_t = np.array([e(0.3), 2.0, e(-0.5), 2.0])  # e^1 = 2.72 and 2 + 2e-6 truncate to the cap
+    np.testing.assert_allclose(loss[0].detach().numpy(), -w_t * adv[0].numpy(), rtol=1e-12)
+    np.testing.assert_allclose(m["is_weight"][0].numpy(), np.exp(log_w[0].numpy()), rtol=1e-12)
+    np.testing.assert_array_equal(m["is_truncated"][0].numpy(), [0, 1, 0, 1])
+    np.testing.assert_array_equal(m["ratio"][0].numpy(), [1.0] * 4)
+    # Token by token: d loss / d logp_t = -w_t A_t ...
+    (per_token_grad,) = torch.autograd.grad(loss.sum(), logp, retain_graph=True)
+    np.testing.assert_allclose(per_token_grad[0].numpy(), -w_t * adv[0].numpy(), rtol=1e-12)
+    # ... and through the model: the same as the hand-built -sum_t w_t A_t logp_t.
+    (got,) = torch.autograd.grad(loss.sum(), logits, retain_graph=True)
+    (expected,) = torch.autograd.grad(-(torch.tensor(w_t) * adv[0] * logp[0]).sum(), logits)
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-12)
+    assert expected.abs().min() > 0  # every logit moves: not a vacuous comparison
+
+
+def test_decoupled_ppo_clips_to_the_proximal_policy_and_scales_by_the_weight():
+    prox = [-1.0, -1.0, -1.0, -1.0]
+    behaviour = [-1.2, -2.5, -0.7, -1.0]  # w = e^0.2, e^1.5 (truncated to 2), e^-0.3, 1
+    logp = [-1.0 + 0.5, -1.0 + 0.1, -1.0 + 0.5, -1.0 - 0.5]  # ratio to prox: 1.649, 1.105, 1.649, 0.607
+    adv = [1.0, 1.0, -1.0, 1.0]
+    loss, grad, m = loss_and_grad("decoupled_ppo", off_policy_inputs(logp, behaviour, adv, prox), LossSpec(clip_eps=0.2))
+    w_t = np.array([e(0.2), 2.0, e(-0.3), 1.0])
+    # token 0: A > 0 beyond 1 + eps -> w * 1.2 * A, no gradient; token 1 inside; token 2: A < 0, the
+    # pessimistic bound keeps the unclipped ratio; token 3: below 1 - eps with A > 0 stays unclipped.
+    objective = np.array([1.2, e(0.1), -e(0.5), e(-0.5)])
+    np.testing.assert_allclose(loss, -w_t * objective, rtol=1e-12)
+    np.testing.assert_allclose(grad, [0.0, -w_t[1] * e(0.1), w_t[2] * e(0.5), -w_t[3] * e(-0.5)], rtol=1e-12)
+    assert grad[0] == 0.0
+    np.testing.assert_array_equal(m["clip_frac"][0].numpy(), [1, 0, 0, 0])
+    np.testing.assert_allclose(m["ratio"][0].numpy(), [e(0.5), e(0.1), e(0.5), e(-0.5)], rtol=1e-12)
+    np.testing.assert_allclose(m["is_weight"][0].numpy(), [e(0.2), e(1.5), e(-0.3), 1.0], rtol=1e-12)
+    np.testing.assert_array_equal(m["is_truncated"][0].numpy(), [0, 1, 0, 0])
+    # A larger cap lets token 1's weight through untruncated.
+    loss5, _, m5 = loss_and_grad("decoupled_ppo", off_policy_inputs(logp, behaviour, adv, prox),
+                                 LossSpec(clip_eps=0.2, is_cap=5.0))
+    np.testing.assert_allclose(loss5[1], -e(1.5) * e(0.1), rtol=1e-12)
+    np.testing.assert_array_equal(m5["is_truncated"][0].numpy(), [0, 0, 0, 0])
+
+
+def test_tis_by_hand():
+    logp = [-0.5, -1.0, -2.0, -0.1]
+    behaviour = [-0.8, -3.0, -1.0, -0.1]  # w = e^0.3, e^2 (truncated to 1.5), e^-1, 1
+    adv = [2.0, 1.0, -1.0, -0.5]
+    x = off_policy_inputs(logp, behaviour, adv)
+    loss, grad, m = loss_and_grad("tis", x, LossSpec(is_cap=1.5))
+    w_t = np.array([e(0.3), 1.5, e(-1.0), 1.0])
+    np.testing.assert_allclose(loss, -w_t * np.array(adv), rtol=1e-12)  # value w_t * A
+    np.testing.assert_allclose(grad, -w_t * np.array(adv), rtol=1e-12)  # gradient w_t * A * grad(logp)
+    np.testing.assert_allclose(m["is_weight"][0].numpy(), [e(0.3), e(2.0), e(-1.0), 1.0], rtol=1e-12)
+    np.testing.assert_array_equal(m["is_truncated"][0].numpy(), [0, 1, 0, 0])
+    # The KL penalty and entropy bonus apply as for every policy loss.
+    x = off_policy_inputs(logp, behaviour, adv)
+    x.ref_logprobs = torch.tensor([logp], dtype=torch.float64)  # KL 0 at the reference
+    x.entropy = torch.tensor([[1.0, 2.0, 0.0, 0.0]], dtype=torch.float64)
+    reg, _, _ = loss_and_grad("tis", x, LossSpec(is_cap=1.5, kl_coef=0.1, entropy_coef=0.01))
+    np.testing.assert_allclose(reg - loss, [-0.01, -0.02, 0.0, 0.0], rtol=1e-9, atol=1e-15)
