@@ -60,9 +60,13 @@ def test_missing_required_key(tmp_path):
         load_config(write(tmp_path, "model: {}\ndata: {train_path: a, eval_path: b}\n"))
 
 
-def test_async_not_yet_available(tmp_path):
-    with pytest.raises(ConfigError, match=r"controller.max_staleness.*only synchronous"):
-        load_config(write(tmp_path, MINIMAL), ["controller.max_staleness=2"])
+def test_async_settings(tmp_path):
+    cfg = load_config(write(tmp_path, MINIMAL), ["controller.max_staleness=2", "rollout.in_flight=finish"])
+    assert cfg.controller.max_staleness == 2 and cfg.rollout.in_flight == "finish"
+    with pytest.raises(ConfigError, match=r"controller.max_staleness"):
+        load_config(write(tmp_path, MINIMAL), ["controller.max_staleness=-1"])
+    with pytest.raises(ConfigError, match=r"rollout.in_flight"):
+        load_config(write(tmp_path, MINIMAL), ["rollout.in_flight=later"])
 
 
 def test_config_is_frozen(tmp_path):
