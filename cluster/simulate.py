@@ -1,0 +1,494 @@
+"""Simulation mode of the controller: the real Scheduler and ExperienceBuffer, driven by
+latency models of the engines, reward workers and learners on a simulated clock.
+
+A discrete-event simulation (a heap of timed events; no sleeping, no Ray, no weights). The
+controller part mirrors cluster/controller.py + cluster/streaming.py call for call: each
+step `steps_to_start` / `take_owed` decide what to dispatch (`expect` per group), finished
+rollouts are assembled per group and sent to the reward model when the group is complete,
+scored samples go through `scored`, and the step trains when `take(version)` returns a
+batch; then the learners train, the weights sync and the version goes up. What is modelled
+instead of run, and every assumption made (the defaults of `LatencyModel`):
+
+* Response lengths: lognormal, median 1,000 tokens, sigma 1.0, capped at 16,384 (a capped
+  sample finishes with "length"). Half the log-variance is shared within a group
+  (`group_corr`: a hard prompt makes all its samples long). The "uniform" option draws
+  lengths uniformly in [500, 1500] (the short, tail-free control). A group's lengths are a
+  function of the seed and its group id only, so every mode sees the same prompts.
+* Prompts: 256 tokens each; prefill is folded into 5 ms of engine time per sequence that
+  joins a running batch.
+* Generation engine (one GPU each, continuous batching up to `max_seqs` = 256 sequences): a
+  decode step advances every active sequence by one token and takes a + b * active
+  (a = 20 ms, b = 0.05 ms: about 7,800 tokens/s per GPU at a full batch, a ~7B model on a
+  current GPU). The simulation jumps from event to event (a sequence finishing, requests
+  arriving, a weight sync), never token by token; requests join at the next step boundary.
+  Requests are split over engines as RolloutPool does (request i of a dispatch goes to engine
+  i mod n). `engine_calls="serial"` models today's RolloutWorker + vLLM engine instead: one
+  generation call at a time per worker, and a call's rollouts come back together when its
+  last sample finishes.
+* Rewards: per-sample latency lognormal (median 30 ms, sigma 1, cap 10 s) on unlimited
+  parallel CPU workers, so a group is scored at its slowest member; reward = Bernoulli(0.5).
+* Learner: a step over the batch takes tokens * c / n_learners + 2 s, tokens = prompt +
+  response, c = 1.25e-4 GPU-seconds per token (~8,000 tokens/s per GPU for forward,
+  backward and the logprob pass of a ~7B model at ~40% MFU). With this c, training a
+  64-GPU batch on half the GPUs takes about as long as generating it on the other half at
+  the disaggregated engines' concurrency (the sync mode's generation is far longer: it
+  waits for the longest response).
+* Weight sync: 0.5 s + 14 GB / 20 GB/s (bf16 7B). Engines finish their current decode step,
+  pause for the sync, and in-flight sequences continue under the new version (interrupt
+  mode: partial rollouts). Colocated mode pays the same cost for the train/generate switch,
+  and its engines are paused while the learners (the same GPUs) train.
+* Controller: it blocks while the learners train and the weights sync (as the real loop
+  does: rollouts that finish meanwhile wait in their streams, rewards are submitted when it
+  returns). When it waits it handles everything that has arrived, at most once per
+  `controller_tick_s` = 0.1 s of simulated time; the real Streaming._wait wakes on every
+  stream item. Its own cost is not charged to the simulated clock; it is measured
+  (time.perf_counter around every Scheduler call, buffer admission included) and reported.
+* Rollouts are real `Rollout` records with a two-token stand-in response:
+  `versions = (version at its first token, version at its last)`; versions only move up
+  during a sample, so min(versions) is the true oldest version and the staleness gate sees
+  exactly what it would see with one entry per token. Lengths live in the simulation.
+
+Utilisation = busy GPU-seconds / (GPUs * wall): an engine is busy while it has a sequence
+to decode (or prefills), a learner while it trains; weight syncs count as idle.
+`weighted_utilisation` also counts an engine step at its throughput relative to a full
+batch (decoding one sequence on a GPU is "busy" but uses under 1% of it).
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Optional
+
+import numpy as np
+
+from cluster.buffer import ExperienceBuffer, Group
+from cluster.scheduler import Scheduler
+from reward.types import RewardResult
+from rollout.types import Rollout
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    lengths: Literal["lognormal", "uniform"] = "lognormal"
+    median_len: float = 1000.0  # tokens (lognormal)
+    sigma: float = 1.0  # lognormal shape: the long tail
+    group_corr: float = 0.5  # share of the log-length variance common to a group's samples
+    uniform_low: int = 500  # tokens ("uniform")
+    uniform_high: int = 1500
+    max_len: int = 16_384  # responses are capped here (finish_reason "length")
+    prompt_len: int = 256  # tokens, for the learner's token count
+    max_seqs: int = 256  # engine: sequences decoded together
+    step_fixed_s: float = 0.020  # engine: decode step = a + b * active sequences
+    step_per_seq_s: float = 0.000_05
+    prefill_s: float = 0.005  # engine time per sequence joining the batch
+    engine_calls: Literal["continuous", "serial"] = "continuous"
+    reward_median_s: float = 0.030  # reward latency per sample (lognormal, capped)
+    reward_sigma: float = 1.0
+    reward_cap_s: float = 10.0
+    p_correct: float = 0.5  # reward ~ Bernoulli(p_correct)
+    train_s_per_token: float = 1.25e-4  # learner GPU-seconds per token (prompt + response)
+    train_fixed_s: float = 2.0  # per step: optimizer step, gathers, launch
+    sync_fixed_s: float = 0.5  # weight sync = fixed + bytes / bandwidth
+    model_bytes: float = 14e9
+    sync_bandwidth: float = 20e9  # bytes/s
+    controller_tick_s: float = 0.1  # the simulated controller looks at most this often
+
+    @property
+    def sync_s(self) -> float:
+        return self.sync_fixed_s + self.model_bytes / self.sync_bandwidth
+
+
+@dataclass(frozen=True)
+class SimSpec:
+    gpus: int
+    placement: Literal["colocated", "disaggregated"]
+    gen_gpus: int  # engines (colocated: all gpus, shared with the learners)
+    max_staleness: int
+    steps: int
+    prompts_per_step: int
+    group_size: int
+    dynamic_sampling: bool = False
+    seed: int = 0
+    model: LatencyModel = field(default_factory=LatencyModel)
+
+    def __post_init__(self):
+        if self.placement == "colocated" and (self.gen_gpus != self.gpus or self.max_staleness):
+            raise ValueError("colocated: every GPU generates then trains, and max_staleness must be 0")
+        if self.placement == "disaggregated" and not 0 < self.gen_gpus < self.gpus:
+            raise ValueError(f"disaggregated: gen_gpus must be in 1..{self.gpus - 1}, got {self.gen_gpus}")
+
+    @property
+    def learners(self) -> int:
+        return self.gpus if self.placement == "colocated" else self.gpus - self.gen_gpus
+
+
+@dataclass
+class SimResult:
+    spec: SimSpec
+    wall_s: float  # simulated
+    samples: int  # trained
+    samples_per_s: float
+    utilisation: float
+    weighted_utilisation: float
+    generated: int  # samples that finished generating (trained, dropped or left over)
+    mean_len_trained: float
+    mean_len_generated: float
+    partial_frac: float  # trained samples whose tokens span two or more versions
+    stale_groups: int  # complete groups dropped at admission (and replaced)
+    staleness: dict  # the buffer's summary: histogram, max seen, dropped samples
+    controller_s: float  # real seconds inside Scheduler / buffer calls
+    controller_ms_per_sample: float  # per sample scored
+    take_calls: int
+    take_ms_mean: float
+    step_groups: list[tuple[int, ...]] = field(repr=False)  # group ids trained at each step
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out.pop("step_groups")
+        return out
+
+
+def simulate(spec: SimSpec) -> SimResult:
+    return Simulation(spec).run()
+
+
+class _Draws:
+    """Per group id: response lengths, reward latencies and rewards, drawn in blocks from one
+    seeded stream (a group's draws depend on the seed and its id only)."""
+
+    BLOCK = 1024
+
+    def __init__(self, model: LatencyModel, group_size: int, seed: int):
+        self.m, self.g = model, group_size
+        self.rng = np.random.default_rng(seed)
+        self.blocks: list[tuple[list, list, list]] = []
+
+    def group(self, gid: int) -> tuple[list[int], list[float], list[float]]:
+        b, i = divmod(gid - 1, self.BLOCK)
+        while len(self.blocks) <= b:
+            self.blocks.append(self._block())
+        lengths, latencies, rewards = self.blocks[b]
+        return lengths[i], latencies[i], rewards[i]
+
+    def _block(self):
+        m, shape = self.m, (self.BLOCK, self.g)
+        if m.lengths == "lognormal":
+            shared = self.rng.standard_normal((self.BLOCK, 1))
+            z = math.sqrt(m.group_corr) * shared + math.sqrt(1 - m.group_corr) * self.rng.standard_normal(shape)
+            lengths = np.rint(m.median_len * np.exp(m.sigma * z))
+        elif m.lengths == "uniform":
+            lengths = self.rng.integers(m.uniform_low, m.uniform_high + 1, shape)
+        else:
+            raise ValueError(f"lengths '{m.lengths}' is not a distribution (valid: lognormal, uniform)")
+        lengths = np.clip(lengths, 1, m.max_len).astype(int)
+        latency = np.minimum(m.reward_median_s * np.exp(m.reward_sigma * self.rng.standard_normal(shape)),
+                             m.reward_cap_s)
+        rewards = (self.rng.random(shape) < m.p_correct).astype(float)
+        return lengths.tolist(), latency.tolist(), rewards.tolist()
+
+
+class _Seq:
+    __slots__ = ("gid", "idx", "length", "v_start", "call")
+
+    def __init__(self, gid: int, idx: int, length: int, call: "_Call"):
+        self.gid, self.idx, self.length, self.v_start, self.call = gid, idx, length, 0, call
+
+
+class _Call:
+    """One generation call on one engine: its waiting samples, and (serial mode) the rollouts
+    held back until the call ends."""
+
+    __slots__ = ("waiting", "outstanding", "done")
+
+    def __init__(self):
+        self.waiting: deque[_Seq] = deque()
+        self.outstanding = 0
+        self.done: list[Rollout] = []
+
+
+WAKE, ROLLOUTS, REWARD = 0, 1, 2  # event kinds
+_PROMPT_IDS = (1,)  # stand-in prompt; the prompt length is LatencyModel.prompt_len
+
+
+class _Engine:
+    """One GPU of continuous batching. State at `t`, a decode-step boundary: `steps` decode
+    steps done so far; each active sequence finishes at a known step count, so the engine is
+    only touched when one finishes or something arrives."""
+
+    def __init__(self, sim: "Simulation"):
+        m = sim.model
+        self.sim, self.a, self.b, self.max_seqs, self.prefill = sim, m.step_fixed_s, m.step_per_seq_s, m.max_seqs, \
+            m.prefill_s
+        self.serial = m.engine_calls == "serial"
+        self.calls: deque[_Call] = deque()
+        self.active: list[tuple[int, int, _Seq]] = []  # heap of (finish step, unique id, sequence)
+        self.steps, self.t, self.version, self.token = 0, 0.0, 0, 0
+        self.busy_s = self.weighted_s = 0.0
+
+    def submit(self, call: _Call, now: float) -> None:
+        self.calls.append(call)
+        if len(self.active) < self.max_seqs:
+            self.advance(now)
+            self.admit()
+            self.schedule()
+
+    def on_wake(self, now: float, token: int) -> None:
+        if token == self.token:  # else superseded by a later schedule()
+            self.advance(now)
+            self.admit()
+            self.schedule()
+
+    def pause(self, now: float, duration: float, version: int) -> float:
+        """Finish the current decode step, stop for `duration`, resume at `version`."""
+        self.advance(now)
+        self.t = max(self.t, now) + duration
+        resumed = self.t
+        self.version = version
+        self.admit()
+        self.schedule()
+        return resumed
+
+    def advance(self, now: float) -> None:
+        """Move to the first step boundary at or after `now`, finishing sequences on the way."""
+        while self.active and self.t < now:
+            n = len(self.active)
+            dt = self.a + self.b * n
+            need = math.ceil((now - self.t) / dt - 1e-9)
+            if need <= 0:
+                break
+            k = min(need, self.active[0][0] - self.steps)
+            span = k * dt
+            self.t += span
+            self.steps += k
+            self.busy_s += span
+            self.weighted_s += span * self.sim.efficiency[n]
+            if self.active[0][0] == self.steps:
+                self._finish()
+        if not self.active and self.t < now:
+            self.t = now  # idle until now
+
+    def admit(self) -> None:
+        joined = 0
+        while len(self.active) < self.max_seqs:
+            seq = self._next_waiting()
+            if seq is None:
+                break
+            seq.v_start = self.version
+            heapq.heappush(self.active, (self.steps + seq.length, seq.gid * 65_536 + seq.idx, seq))
+            joined += 1
+        if joined:
+            cost = joined * self.prefill
+            self.t += cost
+            self.busy_s += cost
+            self.weighted_s += cost
+
+    def schedule(self) -> None:
+        self.token += 1
+        if self.active:
+            dt = self.a + self.b * len(self.active)
+            self.sim.push(self.t + (self.active[0][0] - self.steps) * dt, WAKE, (self, self.token))
+
+    def _next_waiting(self) -> Optional[_Seq]:
+        while self.calls:
+            head = self.calls[0]
+            if head.waiting:
+                return head.waiting.popleft()
+            if self.serial and head.outstanding:
+                return None  # one call at a time: the next starts when this one has ended
+            self.calls.popleft()
+        return None
+
+    def _finish(self) -> None:
+        out = []
+        while self.active and self.active[0][0] == self.steps:
+            seq = heapq.heappop(self.active)[2]
+            rollout = self.sim.rollout(seq, self.version)
+            if not self.serial:
+                out.append(rollout)
+                continue
+            call = seq.call
+            call.done.append(rollout)
+            call.outstanding -= 1
+            if not call.outstanding:
+                out += call.done
+        if out:
+            self.sim.push(self.t, ROLLOUTS, out)
+
+
+class Simulation:
+    def __init__(self, spec: SimSpec):
+        self.spec, self.model = spec, spec.model
+        self.buffer = ExperienceBuffer(spec.max_staleness, spec.group_size)
+        self.scheduler = Scheduler(spec.steps, spec.prompts_per_step, spec.group_size, self.buffer,
+                                   spec.dynamic_sampling)
+        self.draws = _Draws(spec.model, spec.group_size, spec.seed)
+        m = spec.model
+        full = m.max_seqs / (m.step_fixed_s + m.step_per_seq_s * m.max_seqs)
+        self.efficiency = [n / (m.step_fixed_s + m.step_per_seq_s * n) / full for n in range(m.max_seqs + 1)]
+        self.engines = [_Engine(self) for _ in range(spec.gen_gpus)]
+        self.events: list = []  # heap of (time, order, kind, payload)
+        self.order = 0
+        self.now = self.last_look = 0.0
+        self.version = 0
+        self.next_group = 0
+        self.arrived: list[Rollout] = []  # delivered by the engines, not yet seen by the controller
+        self.scored_ready: list[list[Rollout]] = []  # reward tickets done, not yet collected
+        self.generating: dict[int, list[Rollout]] = {}  # group id -> members generated so far
+        self.learner_busy_s = 0.0
+        self.ctl_s = self.take_s = 0.0
+        self.take_calls = self.scored_samples = self.generated = 0
+        self.generated_len = 0
+        self.trained: list[Rollout] = []
+        self.step_groups: list[tuple[int, ...]] = []
+
+    # ---- the controller loop (cluster/controller.py + cluster/streaming.py) ----
+
+    def run(self) -> SimResult:
+        for _ in range(self.spec.steps):
+            groups = self._next_batch()
+            self.step_groups.append(tuple(g.group_id for g in groups))
+            self.trained += [r for g in groups for r in g.rollouts]
+            self._train(groups)
+            self._sync()
+        return self._result()
+
+    def _next_batch(self) -> list[Group]:
+        while True:
+            self._start()
+            t0 = time.perf_counter()
+            groups = self.scheduler.take(self.version)
+            spent = time.perf_counter() - t0
+            self.ctl_s += spent
+            self.take_s += spent
+            self.take_calls += 1
+            if groups is not None:
+                return groups
+            self._wait()
+
+    def _start(self) -> None:
+        t0 = time.perf_counter()
+        steps = self.scheduler.steps_to_start(self.version)
+        owed = self.scheduler.take_owed()
+        self.ctl_s += time.perf_counter() - t0
+        for _ in steps:
+            self._dispatch(self.spec.prompts_per_step)
+        if owed:
+            self._dispatch(owed)
+
+    def _dispatch(self, n: int) -> None:
+        gids = range(self.next_group + 1, self.next_group + n + 1)
+        self.next_group += n
+        t0 = time.perf_counter()
+        for gid in gids:
+            self.scheduler.expect(gid)
+        self.ctl_s += time.perf_counter() - t0
+        engines = len(self.engines)
+        for i, engine in enumerate(self.engines):  # RolloutPool's split: request j to engine j mod n
+            shard = gids[i::engines]
+            if not shard:
+                continue
+            call = _Call()
+            for gid in shard:
+                call.waiting.extend(_Seq(gid, k, length, call) for k, length in enumerate(self.draws.group(gid)[0]))
+            call.outstanding = len(call.waiting)
+            engine.submit(call, self.now)
+
+    def _wait(self) -> None:
+        """Block until something arrives (not sooner than one tick after the last look), then
+        assemble groups, submit complete ones for reward, and collect what was scored."""
+        target = self.last_look + self.model.controller_tick_s
+        while not (self.arrived or self.scored_ready):
+            if not self.events:
+                raise RuntimeError(f"simulated controller stalled: nothing in flight, {len(self.scheduler.ready)} "
+                                   f"groups ready, {self.scheduler.in_flight()} expected")
+            self._background(max(self.events[0][0], target))
+        self.last_look = self.now
+        arrived, self.arrived = self.arrived, []
+        for r in arrived:
+            members = self.generating.setdefault(r.group_id, [])
+            members.append(r)
+            if len(members) == self.spec.group_size:
+                del self.generating[r.group_id]
+                members.sort(key=lambda m: m.sample_index)
+                self.push(self.now + max(self.draws.group(r.group_id)[1]), REWARD, members)
+        tickets, self.scored_ready = self.scored_ready, []
+        pairs = [(r, self._reward(r)) for members in tickets for r in members]
+        t0 = time.perf_counter()
+        for rollout, reward in pairs:
+            self.scheduler.scored(rollout, reward)
+        self.ctl_s += time.perf_counter() - t0
+        self.scored_samples += len(pairs)
+
+    def _train(self, groups: list[Group]) -> None:
+        m, spec = self.model, self.spec
+        tokens = sum(m.prompt_len + self.draws.group(r.group_id)[0][r.sample_index]
+                     for g in groups for r in g.rollouts)
+        duration = tokens * m.train_s_per_token / spec.learners + m.train_fixed_s
+        self.learner_busy_s += spec.learners * duration
+        if spec.placement == "colocated":  # the engines' GPUs are the learners'
+            for engine in self.engines:
+                engine.pause(self.now, duration, engine.version)
+        self._background(self.now + duration)
+
+    def _sync(self) -> None:
+        """Learners broadcast version + 1; each engine stops after its current decode step,
+        loads it, and resumes its in-flight sequences under it. The controller returns when
+        every engine has it."""
+        start, duration = self.now, self.model.sync_s
+        end = max([start + duration] + [e.pause(start, duration, self.version + 1) for e in self.engines])
+        self._background(end)
+        self.version += 1
+
+    # ---- the simulated world ----
+
+    def push(self, t: float, kind: int, payload) -> None:
+        self.order += 1
+        heapq.heappush(self.events, (t, self.order, kind, payload))
+
+    def _background(self, until: float) -> None:
+        """What happens while the controller is busy or waiting: engines decode, rollouts
+        arrive in the streams, rewards finish."""
+        events = self.events
+        while events and events[0][0] <= until:
+            t, _, kind, payload = heapq.heappop(events)
+            if kind == WAKE:
+                payload[0].on_wake(t, payload[1])
+            elif kind == ROLLOUTS:
+                self.arrived += payload
+            else:
+                self.scored_ready.append(payload)
+        self.now = max(self.now, until)
+
+    def rollout(self, seq: _Seq, version: int) -> Rollout:
+        self.generated += 1
+        self.generated_len += seq.length
+        reason = "length" if seq.length >= self.model.max_len else "stop"
+        return Rollout(seq.gid, seq.gid, seq.idx, "", "", _PROMPT_IDS, (0, 0), "", (0.0, 0.0), (seq.v_start, version),
+                       reason)
+
+    def _reward(self, r: Rollout) -> RewardResult:
+        _, latencies, rewards = self.draws.group(r.group_id)
+        value = rewards[r.sample_index]
+        return RewardResult(r.group_id, r.sample_index, value, value > 0, True, latency_s=latencies[r.sample_index])
+
+    def _result(self) -> SimResult:
+        spec, wall = self.spec, self.now
+        engine_busy = sum(min(e.busy_s, wall) for e in self.engines)
+        engine_weighted = sum(min(e.weighted_s, wall) for e in self.engines)
+        capacity = spec.gpus * wall
+        lengths = [self.draws.group(r.group_id)[0][r.sample_index] for r in self.trained]
+        return SimResult(
+            spec=spec, wall_s=wall, samples=len(self.trained), samples_per_s=len(self.trained) / wall,
+            utilisation=(engine_busy + self.learner_busy_s) / capacity,
+            weighted_utilisation=(engine_weighted + self.learner_busy_s) / capacity,
+            generated=self.generated, mean_len_trained=float(np.mean(lengths)),
+            mean_len_generated=self.generated_len / max(self.generated, 1),
+            partial_frac=float(np.mean([r.versions[0] != r.versions[-1] for r in self.trained])),
+            stale_groups=self.scheduler.stale_groups, staleness=self.buffer.summary(),
+            controller_s=self.ctl_s, controller_ms_per_sample=1e3 * self.ctl_s / max(self.scored_samples, 1),
+            take_calls=self.take_calls, take_ms_mean=1e3 * self.take_s / max(self.take_calls, 1),
+            step_groups=self.step_groups)
