@@ -21,10 +21,11 @@ instead of run, and every assumption made (the defaults of `LatencyModel`):
   (a = 20 ms, b = 0.05 ms: about 7,800 tokens/s per GPU at a full batch, a ~7B model on a
   current GPU). The simulation jumps from event to event (a sequence finishing, requests
   arriving, a weight sync), never token by token; requests join at the next step boundary.
-  Requests are split over engines as RolloutPool does (request i of a dispatch goes to engine
-  i mod n). `engine_calls="serial"` models today's RolloutWorker + vLLM engine instead: one
-  generation call at a time per worker, and a call's rollouts come back together when its
-  last sample finishes.
+  Each group goes to the engine with the fewest unfinished samples (`dispatch`); "pool" is
+  RolloutPool's split instead (request i of a dispatch to worker i mod n, from worker 0 at
+  every call, so the small replacement dispatches all land on the first workers).
+  `engine_calls="serial"` models today's RolloutWorker + vLLM engine: one generation call at
+  a time per worker, and a call's rollouts come back together when its last sample ends.
 * Rewards: per-sample latency lognormal (median 30 ms, sigma 1, cap 10 s) on unlimited
   parallel CPU workers, so a group is scored at its slowest member; reward = Bernoulli(0.5).
 * Learner: a step over the batch takes tokens * c / n_learners + 2 s, tokens = prompt +
@@ -40,9 +41,15 @@ instead of run, and every assumption made (the defaults of `LatencyModel`):
 * Controller: it blocks while the learners train and the weights sync (as the real loop
   does: rollouts that finish meanwhile wait in their streams, rewards are submitted when it
   returns). When it waits it handles everything that has arrived, at most once per
-  `controller_tick_s` = 0.1 s of simulated time; the real Streaming._wait wakes on every
-  stream item. Its own cost is not charged to the simulated clock; it is measured
-  (time.perf_counter around every Scheduler call, buffer admission included) and reported.
+  `controller_tick_s` = 1 s of simulated time; the real Streaming._wait wakes on every
+  stream item. The tick delays each step by up to 1 s in every mode (a cost to async, whose
+  steps are shorter) and keeps the number of take() calls, which cost O(ready groups) each,
+  tractable at 1,024 GPUs. The controller's own cost is not charged to the simulated clock;
+  it is measured (time.perf_counter around every Scheduler call, buffer admission included)
+  and reported, with the cost of one take() call so the per-item loop can be extrapolated.
+* Measured window: `warmup_steps` run first (the pipeline fills) and are not counted; with
+  `drain=False` the scheduler is told the run goes on, so the window does not end with the
+  final steps waiting for the slowest groups (a once-per-run cost a long run amortises).
 * Rollouts are real `Rollout` records with a two-token stand-in response:
   `versions = (version at its first token, version at its last)`; versions only move up
   during a sample, so min(versions) is the true oldest version and the staleness gate sees
@@ -59,7 +66,7 @@ from __future__ import annotations
 import heapq
 import math
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional
 
@@ -95,7 +102,7 @@ class LatencyModel:
     sync_fixed_s: float = 0.5  # weight sync = fixed + bytes / bandwidth
     model_bytes: float = 14e9
     sync_bandwidth: float = 20e9  # bytes/s
-    controller_tick_s: float = 0.1  # the simulated controller looks at most this often
+    controller_tick_s: float = 1.0  # the simulated controller looks at most this often
 
     @property
     def sync_s(self) -> float:
@@ -114,6 +121,10 @@ class SimSpec:
     dynamic_sampling: bool = False
     seed: int = 0
     model: LatencyModel = field(default_factory=LatencyModel)
+    dispatch: Literal["least_loaded", "pool"] = "least_loaded"  # "pool": RolloutPool's split, see below
+    warmup_steps: int = 0  # run before the measured window (the pipeline fills)
+    drain: bool = True  # False: generation goes on past the window, as in the middle of a long run
+    take_sample_every: int = 1  # >1: make only every n-th take() call that provably does nothing
 
     def __post_init__(self):
         if self.placement == "colocated" and (self.gen_gpus != self.gpus or self.max_staleness):
@@ -129,21 +140,22 @@ class SimSpec:
 @dataclass
 class SimResult:
     spec: SimSpec
-    wall_s: float  # simulated
-    samples: int  # trained
+    wall_s: float  # simulated, over the measured window
+    samples: int  # trained in the window
     samples_per_s: float
+    step_s: list[float]  # each measured step, from the previous step's end to its weight sync's end
     utilisation: float
     weighted_utilisation: float
     generated: int  # samples that finished generating (trained, dropped or left over)
     mean_len_trained: float
     mean_len_generated: float
     partial_frac: float  # trained samples whose tokens span two or more versions
-    stale_groups: int  # complete groups dropped at admission (and replaced)
-    staleness: dict  # the buffer's summary: histogram, max seen, dropped samples
-    controller_s: float  # real seconds inside Scheduler / buffer calls
-    controller_ms_per_sample: float  # per sample scored
-    take_calls: int
-    take_ms_mean: float
+    stale_groups: int  # complete groups dropped at admission (and replaced), in the window
+    staleness: dict  # the buffer's counts in the window: histogram, max seen, dropped samples
+    controller_s: float  # real seconds inside Scheduler / buffer calls, whole run
+    controller_ms_per_sample: float  # per sample scored, whole run
+    take_calls: int  # take() calls the loop made (or, when sampled, would have made)
+    take_ms_mean: float  # real cost of one take() call
     step_groups: list[tuple[int, ...]] = field(repr=False)  # group ids trained at each step
 
     def to_dict(self) -> dict:
@@ -236,6 +248,10 @@ class _Engine:
             self.admit()
             self.schedule()
 
+    def load(self) -> int:
+        """Samples given to this engine and not finished yet."""
+        return len(self.active) + sum(len(c.waiting) for c in self.calls)
+
     def on_wake(self, now: float, token: int) -> None:
         if token == self.token:  # else superseded by a later schedule()
             self.advance(now)
@@ -323,7 +339,11 @@ class Simulation:
     def __init__(self, spec: SimSpec):
         self.spec, self.model = spec, spec.model
         self.buffer = ExperienceBuffer(spec.max_staleness, spec.group_size)
-        self.scheduler = Scheduler(spec.steps, spec.prompts_per_step, spec.group_size, self.buffer,
+        total = spec.warmup_steps + spec.steps
+        # Without drain the scheduler believes the run goes on, so the last measured steps can
+        # draw on later steps' groups as they would in the middle of a long run.
+        planned = total if spec.drain else total + spec.max_staleness + 1
+        self.scheduler = Scheduler(planned, spec.prompts_per_step, spec.group_size, self.buffer,
                                    spec.dynamic_sampling)
         self.draws = _Draws(spec.model, spec.group_size, spec.seed)
         m = spec.model
@@ -338,42 +358,70 @@ class Simulation:
         self.arrived: list[Rollout] = []  # delivered by the engines, not yet seen by the controller
         self.scored_ready: list[list[Rollout]] = []  # reward tickets done, not yet collected
         self.generating: dict[int, list[Rollout]] = {}  # group id -> members generated so far
-        self.learner_busy_s = 0.0
-        self.ctl_s = self.take_s = 0.0
-        self.take_calls = self.scored_samples = self.generated = 0
-        self.generated_len = 0
-        self.trained: list[Rollout] = []
-        self.step_groups: list[tuple[int, ...]] = []
+        self.new_groups: list[Group] = []  # made ready since the last take() call
+        self.take_version = -1  # the version of the last take() call made
+        self.stats = _Stats()
 
     # ---- the controller loop (cluster/controller.py + cluster/streaming.py) ----
 
     def run(self) -> SimResult:
-        for _ in range(self.spec.steps):
+        spec = self.spec
+        for step in range(1, spec.warmup_steps + spec.steps + 1):
+            if step == spec.warmup_steps + 1:
+                self.stats.open_window(self)
             groups = self._next_batch()
-            self.step_groups.append(tuple(g.group_id for g in groups))
-            self.trained += [r for g in groups for r in g.rollouts]
+            if step > spec.warmup_steps:
+                self.stats.step(self, groups)
             self._train(groups)
             self._sync()
-        return self._result()
+            if step > spec.warmup_steps:
+                self.stats.step_end.append(self.now)
+        return self.stats.result(self)
 
     def _next_batch(self) -> list[Group]:
         while True:
             self._start()
-            t0 = time.perf_counter()
-            groups = self.scheduler.take(self.version)
-            spent = time.perf_counter() - t0
-            self.ctl_s += spent
-            self.take_s += spent
-            self.take_calls += 1
+            groups = self._take()
             if groups is not None:
                 return groups
             self._wait()
+
+    def _take(self) -> Optional[list[Group]]:
+        """scheduler.take(version), timed. With take_sample_every = n > 1, a call that provably
+        changes nothing (same version as the last call made, no newly ready group stale, fewer
+        than P groups ready) is made one time in n and its cost counted n times; the made calls
+        check that they did nothing, so the shortcut cannot change the schedule."""
+        st, every = self.stats, self.spec.take_sample_every
+        noop = every > 1 and self._take_is_noop()
+        st.take_calls += 1
+        if noop:
+            st.noop_takes += 1
+            if st.noop_takes % every:
+                return None
+        dropped = self.scheduler.stale_groups
+        t0 = time.perf_counter()
+        groups = self.scheduler.take(self.version)
+        spent = (time.perf_counter() - t0) * (every if noop else 1)
+        st.ctl_s += spent
+        st.take_s += spent
+        self.take_version = self.version
+        if noop and (groups is not None or self.scheduler.stale_groups != dropped):
+            raise AssertionError("a take() call predicted to do nothing did something (simulate.py is out of "
+                                 "step with the scheduler's staleness rule)")
+        return groups
+
+    def _take_is_noop(self) -> bool:
+        new, self.new_groups = self.new_groups, []
+        if self.version != self.take_version or len(self.scheduler.ready) >= self.spec.prompts_per_step:
+            return False
+        k = self.spec.max_staleness
+        return all(self.version - min(r.min_version for r in g.rollouts) <= k for g in new)
 
     def _start(self) -> None:
         t0 = time.perf_counter()
         steps = self.scheduler.steps_to_start(self.version)
         owed = self.scheduler.take_owed()
-        self.ctl_s += time.perf_counter() - t0
+        self.stats.ctl_s += time.perf_counter() - t0
         for _ in steps:
             self._dispatch(self.spec.prompts_per_step)
         if owed:
@@ -385,17 +433,29 @@ class Simulation:
         t0 = time.perf_counter()
         for gid in gids:
             self.scheduler.expect(gid)
-        self.ctl_s += time.perf_counter() - t0
-        engines = len(self.engines)
-        for i, engine in enumerate(self.engines):  # RolloutPool's split: request j to engine j mod n
-            shard = gids[i::engines]
-            if not shard:
-                continue
+        self.stats.ctl_s += time.perf_counter() - t0
+        for engine, shard in self._split(gids):
             call = _Call()
             for gid in shard:
                 call.waiting.extend(_Seq(gid, k, length, call) for k, length in enumerate(self.draws.group(gid)[0]))
             call.outstanding = len(call.waiting)
             engine.submit(call, self.now)
+
+    def _split(self, gids: range) -> list[tuple[_Engine, list[int]]]:
+        """"pool": RolloutPool's split (request i to worker i mod n, from worker 0 at every
+        call, so small replacement dispatches all land on the first workers);
+        "least_loaded": each group to the engine with the fewest samples not yet finished."""
+        engines = self.engines
+        if self.spec.dispatch == "pool":
+            return [(e, list(gids[i :: len(engines)])) for i, e in enumerate(engines) if gids[i :: len(engines)]]
+        load = [(e.load(), i) for i, e in enumerate(engines)]
+        heapq.heapify(load)
+        shards: dict[int, list[int]] = {}
+        for gid in gids:
+            n, i = heapq.heappop(load)
+            shards.setdefault(i, []).append(gid)
+            heapq.heappush(load, (n + self.spec.group_size, i))
+        return [(engines[i], shard) for i, shard in shards.items()]
 
     def _wait(self) -> None:
         """Block until something arrives (not sooner than one tick after the last look), then
@@ -418,17 +478,16 @@ class Simulation:
         tickets, self.scored_ready = self.scored_ready, []
         pairs = [(r, self._reward(r)) for members in tickets for r in members]
         t0 = time.perf_counter()
-        for rollout, reward in pairs:
-            self.scheduler.scored(rollout, reward)
-        self.ctl_s += time.perf_counter() - t0
-        self.scored_samples += len(pairs)
+        done = [self.scheduler.scored(rollout, reward) for rollout, reward in pairs]
+        self.stats.ctl_s += time.perf_counter() - t0
+        self.stats.scored += len(pairs)
+        self.new_groups += [g for g in done if g is not None]
 
     def _train(self, groups: list[Group]) -> None:
         m, spec = self.model, self.spec
-        tokens = sum(m.prompt_len + self.draws.group(r.group_id)[0][r.sample_index]
-                     for g in groups for r in g.rollouts)
+        tokens = sum(m.prompt_len + self.length(r) for g in groups for r in g.rollouts)
         duration = tokens * m.train_s_per_token / spec.learners + m.train_fixed_s
-        self.learner_busy_s += spec.learners * duration
+        self.stats.learner_busy_s += spec.learners * duration
         if spec.placement == "colocated":  # the engines' GPUs are the learners'
             for engine in self.engines:
                 engine.pause(self.now, duration, engine.version)
@@ -463,9 +522,12 @@ class Simulation:
                 self.scored_ready.append(payload)
         self.now = max(self.now, until)
 
+    def length(self, r: Rollout) -> int:
+        return self.draws.group(r.group_id)[0][r.sample_index]
+
     def rollout(self, seq: _Seq, version: int) -> Rollout:
-        self.generated += 1
-        self.generated_len += seq.length
+        self.stats.generated += 1
+        self.stats.generated_len += seq.length
         reason = "length" if seq.length >= self.model.max_len else "stop"
         return Rollout(seq.gid, seq.gid, seq.idx, "", "", _PROMPT_IDS, (0, 0), "", (0.0, 0.0), (seq.v_start, version),
                        reason)
@@ -475,20 +537,56 @@ class Simulation:
         value = rewards[r.sample_index]
         return RewardResult(r.group_id, r.sample_index, value, value > 0, True, latency_s=latencies[r.sample_index])
 
-    def _result(self) -> SimResult:
-        spec, wall = self.spec, self.now
-        engine_busy = sum(min(e.busy_s, wall) for e in self.engines)
-        engine_weighted = sum(min(e.weighted_s, wall) for e in self.engines)
+
+class _Stats:
+    """Counters over the measured window (controller costs over the whole run)."""
+
+    def __init__(self):
+        self.learner_busy_s = self.ctl_s = self.take_s = 0.0
+        self.take_calls = self.noop_takes = self.scored = self.generated = self.generated_len = 0
+        self.start = 0.0
+        self.engine_start: list[tuple[float, float]] = []
+        self.learner_start = 0.0
+        self.gen_start = (0, 0)
+        self.buffer_start: tuple[Counter, int, int] = (Counter(), 0, 0)
+        self.trained: list[Rollout] = []
+        self.step_groups: list[tuple[int, ...]] = []
+        self.step_end: list[float] = []
+
+    def open_window(self, sim: Simulation) -> None:
+        self.start = sim.now
+        self.engine_start = [(e.busy_s, e.weighted_s) for e in sim.engines]
+        self.learner_start = self.learner_busy_s
+        self.gen_start = (self.generated, self.generated_len)
+        self.buffer_start = (Counter(sim.buffer.histogram), sim.buffer.dropped, sim.scheduler.stale_groups)
+
+    def step(self, sim: Simulation, groups: list[Group]) -> None:
+        self.step_groups.append(tuple(g.group_id for g in groups))
+        self.trained += [r for g in groups for r in g.rollouts]
+
+    def result(self, sim: Simulation) -> SimResult:
+        spec, wall = sim.spec, sim.now - self.start
+        busy = weighted = 0.0
+        for e, (b0, w0) in zip(sim.engines, self.engine_start):
+            busy += min(e.busy_s - b0, wall)  # an engine may be booked up to one step past the end
+            weighted += min(e.weighted_s - w0, wall)
+        learners = self.learner_busy_s - self.learner_start
         capacity = spec.gpus * wall
-        lengths = [self.draws.group(r.group_id)[0][r.sample_index] for r in self.trained]
+        generated, generated_len = self.generated - self.gen_start[0], self.generated_len - self.gen_start[1]
+        ends = [self.start] + self.step_end
+        hist0, dropped0, stale0 = self.buffer_start
+        histogram = sim.buffer.histogram - hist0
+        staleness = {"max_allowed": spec.max_staleness, "max_seen": max(histogram, default=0),
+                     "dropped": sim.buffer.dropped - dropped0,
+                     "histogram": {str(k): v for k, v in sorted(histogram.items())}}
         return SimResult(
             spec=spec, wall_s=wall, samples=len(self.trained), samples_per_s=len(self.trained) / wall,
-            utilisation=(engine_busy + self.learner_busy_s) / capacity,
-            weighted_utilisation=(engine_weighted + self.learner_busy_s) / capacity,
-            generated=self.generated, mean_len_trained=float(np.mean(lengths)),
-            mean_len_generated=self.generated_len / max(self.generated, 1),
+            step_s=[b - a for a, b in zip(ends, ends[1:])],
+            utilisation=(busy + learners) / capacity, weighted_utilisation=(weighted + learners) / capacity,
+            generated=generated, mean_len_trained=float(np.mean([sim.length(r) for r in self.trained])),
+            mean_len_generated=generated_len / max(generated, 1),
             partial_frac=float(np.mean([r.versions[0] != r.versions[-1] for r in self.trained])),
-            stale_groups=self.scheduler.stale_groups, staleness=self.buffer.summary(),
-            controller_s=self.ctl_s, controller_ms_per_sample=1e3 * self.ctl_s / max(self.scored_samples, 1),
+            stale_groups=sim.scheduler.stale_groups - stale0, staleness=staleness,
+            controller_s=self.ctl_s, controller_ms_per_sample=1e3 * self.ctl_s / max(self.scored, 1),
             take_calls=self.take_calls, take_ms_mean=1e3 * self.take_s / max(self.take_calls, 1),
             step_groups=self.step_groups)
