@@ -76,7 +76,7 @@ class Controller:
 
     def step(self, step: int) -> dict:
         t0 = time.perf_counter()
-        groups = self.streaming.next_batch(self.version)
+        groups = self.streaming.next_batch(self.version, step - 1)
         staleness = [self.version - r.min_version for g in groups for r in g.rollouts]  # vs the trained policy
         t1 = time.perf_counter()
         train_metrics, policy_moved = self.train(groups, step)

@@ -36,9 +36,9 @@ class Streaming:
         self.replacements = 0
         self.last_rollout_at = 0.0  # perf_counter of the latest rollout to arrive
 
-    def start(self, version: int) -> None:
+    def start(self, steps_done: int) -> None:
         """Dispatch every step the staleness budget allows, and replacements owed."""
-        for step in self.scheduler.steps_to_start(version):
+        for step in self.scheduler.steps_to_start(steps_done):
             self._dispatch(self.make_requests(self.scheduler.per_step), self.sampling(step))
         owed = self.scheduler.take_owed()
         if owed:
@@ -50,10 +50,10 @@ class Streaming:
             self.scheduler.expect(req.group_id)
         self.streams += self.rollout.stream(requests, params)
 
-    def next_batch(self, version: int) -> list[Group]:
+    def next_batch(self, version: int, steps_done: int) -> list[Group]:
         """Block until P complete groups can train `version`."""
         while True:
-            self.start(version)
+            self.start(steps_done)
             groups = self.scheduler.take(version)
             if groups is not None:
                 return groups

@@ -29,7 +29,7 @@ def scheduler(k, steps=10, per_step=2, size=2, **kw):
 def test_k0_is_the_synchronous_order():
     s = scheduler(0)
     assert s.steps_to_start(0) == [1]
-    assert s.steps_to_start(0) == []  # step 2 waits for version 1
+    assert s.steps_to_start(0) == []  # step 2 waits for step 1 to finish
     assert s.steps_to_start(1) == [2]
 
 
