@@ -30,10 +30,10 @@ instead of run, and every assumption made (the defaults of `LatencyModel`):
   parallel CPU workers, so a group is scored at its slowest member; reward = Bernoulli(0.5).
 * Learner: a step over the batch takes tokens * c / n_learners + 2 s, tokens = prompt +
   response, c = 1.25e-4 GPU-seconds per token (~8,000 tokens/s per GPU for forward,
-  backward and the logprob pass of a ~7B model at ~40% MFU). With this c, training a
-  64-GPU batch on half the GPUs takes about as long as generating it on the other half at
-  the disaggregated engines' concurrency (the sync mode's generation is far longer: it
-  waits for the longest response).
+  backward and the logprob pass of a ~7B model at ~40% MFU), chosen from that estimate, not
+  fitted. At 64 GPUs it makes training the same order as generation when the two are
+  split (bench: ~17 s of training on 24 GPUs in a ~29 s step); the sync mode's generation
+  is far longer (~330 s against ~9 s of training) because it waits for the longest response.
 * Weight sync: 0.5 s + 14 GB / 20 GB/s (bf16 7B). Engines finish their current decode step,
   pause for the sync, and in-flight sequences continue under the new version (interrupt
   mode: partial rollouts). Colocated mode pays the same cost for the train/generate switch,
@@ -47,6 +47,8 @@ instead of run, and every assumption made (the defaults of `LatencyModel`):
   tractable at 1,024 GPUs. The controller's own cost is not charged to the simulated clock;
   it is measured (time.perf_counter around every Scheduler call, buffer admission included)
   and reported, with the cost of one take() call so the per-item loop can be extrapolated.
+  `take_sample_every` > 1 makes only a sample of the take() calls that provably change
+  nothing and counts their cost for all of them (the schedule is unchanged; a test checks).
 * Measured window: `warmup_steps` run first (the pipeline fills) and are not counted; with
   `drain=False` the scheduler is told the run goes on, so the window does not end with the
   final steps waiting for the slowest groups (a once-per-run cost a long run amortises).
@@ -121,12 +123,17 @@ class SimSpec:
     dynamic_sampling: bool = False
     seed: int = 0
     model: LatencyModel = field(default_factory=LatencyModel)
-    dispatch: Literal["least_loaded", "pool"] = "least_loaded"  # "pool": RolloutPool's split, see below
+    dispatch: Literal["least_loaded", "pool"] = "least_loaded"  # "pool": RolloutPool's split (module doc)
     warmup_steps: int = 0  # run before the measured window (the pipeline fills)
     drain: bool = True  # False: generation goes on past the window, as in the middle of a long run
     take_sample_every: int = 1  # >1: make only every n-th take() call that provably does nothing
 
     def __post_init__(self):
+        for name, value, valid in (("dispatch", self.dispatch, ("least_loaded", "pool")),
+                                   ("engine_calls", self.model.engine_calls, ("continuous", "serial")),
+                                   ("lengths", self.model.lengths, ("lognormal", "uniform"))):
+            if value not in valid:
+                raise ValueError(f"{name} '{value}' is not valid (valid: {', '.join(valid)})")
         if self.placement == "colocated" and (self.gen_gpus != self.gpus or self.max_staleness):
             raise ValueError("colocated: every GPU generates then trains, and max_staleness must be 0")
         if self.placement == "disaggregated" and not 0 < self.gen_gpus < self.gpus:
@@ -192,10 +199,8 @@ class _Draws:
             shared = self.rng.standard_normal((self.BLOCK, 1))
             z = math.sqrt(m.group_corr) * shared + math.sqrt(1 - m.group_corr) * self.rng.standard_normal(shape)
             lengths = np.rint(m.median_len * np.exp(m.sigma * z))
-        elif m.lengths == "uniform":
+        else:  # "uniform"
             lengths = self.rng.integers(m.uniform_low, m.uniform_high + 1, shape)
-        else:
-            raise ValueError(f"lengths '{m.lengths}' is not a distribution (valid: lognormal, uniform)")
         lengths = np.clip(lengths, 1, m.max_len).astype(int)
         latency = np.minimum(m.reward_median_s * np.exp(m.reward_sigma * self.rng.standard_normal(shape)),
                              m.reward_cap_s)
@@ -233,8 +238,8 @@ class _Engine:
 
     def __init__(self, sim: "Simulation"):
         m = sim.model
-        self.sim, self.a, self.b, self.max_seqs, self.prefill = sim, m.step_fixed_s, m.step_per_seq_s, m.max_seqs, \
-            m.prefill_s
+        self.sim, self.a, self.b = sim, m.step_fixed_s, m.step_per_seq_s
+        self.max_seqs, self.prefill = m.max_seqs, m.prefill_s
         self.serial = m.engine_calls == "serial"
         self.calls: deque[_Call] = deque()
         self.active: list[tuple[int, int, _Seq]] = []  # heap of (finish step, unique id, sequence)
@@ -273,6 +278,7 @@ class _Engine:
         while self.active and self.t < now:
             n = len(self.active)
             dt = self.a + self.b * n
+            # steps to reach `now`; the slack absorbs rounding when `now` is a wake time we computed
             need = math.ceil((now - self.t) / dt - 1e-9)
             if need <= 0:
                 break
@@ -294,6 +300,7 @@ class _Engine:
             if seq is None:
                 break
             seq.v_start = self.version
+            # ties at a finish step break on a unique id, never on the _Seq itself
             heapq.heappush(self.active, (self.steps + seq.length, seq.gid * 65_536 + seq.idx, seq))
             joined += 1
         if joined:
@@ -437,7 +444,8 @@ class Simulation:
         for engine, shard in self._split(gids):
             call = _Call()
             for gid in shard:
-                call.waiting.extend(_Seq(gid, k, length, call) for k, length in enumerate(self.draws.group(gid)[0]))
+                lengths = self.draws.group(gid)[0]
+                call.waiting.extend(_Seq(gid, k, length, call) for k, length in enumerate(lengths))
             call.outstanding = len(call.waiting)
             engine.submit(call, self.now)
 
@@ -481,7 +489,8 @@ class Simulation:
         done = [self.scheduler.scored(rollout, reward) for rollout, reward in pairs]
         self.stats.ctl_s += time.perf_counter() - t0
         self.stats.scored += len(pairs)
-        self.new_groups += [g for g in done if g is not None]
+        if self.spec.take_sample_every > 1:  # what _take_is_noop must check
+            self.new_groups += [g for g in done if g is not None]
 
     def _train(self, groups: list[Group]) -> None:
         m, spec = self.model, self.spec
@@ -529,13 +538,14 @@ class Simulation:
         self.stats.generated += 1
         self.stats.generated_len += seq.length
         reason = "length" if seq.length >= self.model.max_len else "stop"
-        return Rollout(seq.gid, seq.gid, seq.idx, "", "", _PROMPT_IDS, (0, 0), "", (0.0, 0.0), (seq.v_start, version),
-                       reason)
+        # Two stand-in tokens (first, last) carry the version spans; the length is seq.length.
+        return Rollout(seq.gid, seq.gid, seq.idx, "", "", _PROMPT_IDS, (0, 0), "", (0.0, 0.0),
+                       (seq.v_start, version), reason)
 
     def _reward(self, r: Rollout) -> RewardResult:
         _, latencies, rewards = self.draws.group(r.group_id)
-        value = rewards[r.sample_index]
-        return RewardResult(r.group_id, r.sample_index, value, value > 0, True, latency_s=latencies[r.sample_index])
+        value, latency = rewards[r.sample_index], latencies[r.sample_index]
+        return RewardResult(r.group_id, r.sample_index, value, value > 0, True, latency_s=latency)
 
 
 class _Stats:
