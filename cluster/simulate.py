@@ -69,7 +69,7 @@ import heapq
 import math
 import time
 from collections import Counter, deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 import numpy as np
@@ -164,11 +164,6 @@ class SimResult:
     take_calls: int  # take() calls the loop made (or, when sampled, would have made)
     take_ms_mean: float  # real cost of one take() call
     step_groups: list[tuple[int, ...]] = field(repr=False)  # group ids trained at each step
-
-    def to_dict(self) -> dict:
-        out = asdict(self)
-        out.pop("step_groups")
-        return out
 
 
 def simulate(spec: SimSpec) -> SimResult:
