@@ -52,6 +52,7 @@ class Scheduler:
         self.filtered = 0  # groups dropped by dynamic sampling (rewards tied)
         self.stale_groups = 0  # complete groups dropped at admission (too stale)
         self._filtered_this_step = 0
+        self._version = 0  # the policy version of the last take(): what "stale" is judged against
         self._assembling: dict[int, _Assembly] = {}
         self.ready: list[Group] = []
 
@@ -94,6 +95,8 @@ class Scheduler:
                     "(set algorithm.dynamic_sampling: false, or raise algorithm.dynamic_sampling_limit)")
             self.owed += 1
             return None
+        if self._drop_if_stale(group):
+            return None
         self.ready.append(group)
         return group
 
@@ -101,19 +104,14 @@ class Scheduler:
 
     def take(self, version: int) -> Optional[list[Group]]:
         """P groups for the step that trains `version`, oldest data first; None until there are
-        enough. Groups gone stale while waiting go through the buffer's gate (which drops and
-        counts them) and are replaced."""
-        fresh = []
-        for g in self.ready:
-            if version - _oldest(g) > self.k:
-                self.buffer.admit(list(g.rollouts), list(g.rewards), version)  # counted as dropped
-                self.stale_groups += 1
-                self.owed += 1
-            else:
-                fresh.append(g)
-        self.ready = sorted(fresh, key=lambda g: (_oldest(g), g.group_id))
+        enough. Cheap when there is nothing to do (the loop asks after every arrival): waiting
+        groups are re-judged only when the version moves, arrivals are judged as they come."""
+        if version != self._version:
+            self._version = version
+            self.ready = [g for g in self.ready if not self._drop_if_stale(g)]
         if len(self.ready) < self.per_step:
             return None
+        self.ready.sort(key=lambda g: (_oldest(g), g.group_id))
         picked, self.ready = self.ready[: self.per_step], self.ready[self.per_step :]
         groups = self.buffer.admit([r for g in picked for r in g.rollouts], [r for g in picked for r in g.rewards],
                                    version)
@@ -121,6 +119,16 @@ class Scheduler:
             raise AssertionError("the buffer refused a group the scheduler found fresh (a bug)")
         self._filtered_this_step = 0
         return sorted(groups, key=lambda g: g.group_id)
+
+    def _drop_if_stale(self, group: Group) -> bool:
+        """A group older than k versions goes through the buffer's gate (which drops and counts
+        it) and is replaced by a new prompt."""
+        if self._version - _oldest(group) <= self.k:
+            return False
+        self.buffer.admit(list(group.rollouts), list(group.rewards), self._version)
+        self.stale_groups += 1
+        self.owed += 1
+        return True
 
     def in_flight(self) -> int:
         """Groups dispatched and not yet complete."""

@@ -100,3 +100,13 @@ def test_the_buffer_still_refuses_what_the_scheduler_would_never_send():
     buf = ExperienceBuffer(1, 1)
     with pytest.raises(StalenessError):
         buf._count(2)
+
+
+def test_a_group_that_arrives_stale_is_replaced_at_once():
+    s = scheduler(1, per_step=4)
+    for gid in (1, 2):
+        s.expect(gid)
+    assert s.take(3) is None  # the policy is at version 3 now
+    assert score(s, 1, [1], [1.0, 0.0]) is None  # started at version 1: 2 behind on arrival
+    assert s.stale_groups == 1 and s.take_owed() == 1 and s.ready == []
+    assert score(s, 2, [2], [1.0, 0.0]) is not None and len(s.ready) == 1
