@@ -146,15 +146,19 @@ class RolloutPool:
         args = (model_path, engine, dtype, threads, engine_options, in_flight)
         self.workers = [actor.options(**{**base, **extra[i]}).remote(*args) for i in range(num_workers)]
         self.batch_size = batch_size
+        self._next = 0  # the worker that gets the next call's first shard
         ray.get([w.get_version.remote() for w in self.workers])  # surface start-up errors here
 
     def _shards(self, requests: list[GenerationRequest], params: SamplingParams):
+        """Shard i of a call goes to the workers in turn, so small calls (replacement groups) do
+        not all land on the first worker; its seed depends on i only, so the rollouts do not
+        depend on which worker (all hold the same weights) runs it."""
         n = len(self.workers)
-        for i, w in enumerate(self.workers):
-            shard = requests[i::n]
-            if shard:
-                yield w, shard, SamplingParams(params.temperature, params.top_p, params.max_new_tokens,
-                                               params.seed * 1000 + i)
+        shards = [requests[i::n] for i in range(n) if requests[i::n]]
+        first, self._next = self._next, (self._next + len(shards)) % n
+        for i, shard in enumerate(shards):
+            yield self.workers[(first + i) % n], shard, SamplingParams(
+                params.temperature, params.top_p, params.max_new_tokens, params.seed * 1000 + i)
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[Rollout]:
         futures = [w.generate.remote(shard, p, self.batch_size) for w, shard, p in self._shards(requests, params)]
