@@ -179,14 +179,14 @@ def findings(rows: list[dict]) -> list[str]:
         "length-biased sample. k = 4, the largest tried, wins at every size.",
         f"- A whole 8-step run, pipeline fill and end-of-run drain included: {whole['speedup']:.1f}x.",
         f"- Today's workers: with one generation call at a time per worker and results returned at the "
-        f"call's end (RolloutWorker + vLLM engine) the gain is {serial['speedup']:.1f}x; RolloutPool's split "
-        f"(replacements all to the first workers) gives {pool['speedup']:.1f}x here.",
+        f"call's end (RolloutWorker + vLLM engine) the gain is {serial['speedup']:.1f}x; RolloutPool's rotating "
+        f"split instead of least-loaded dispatch gives {pool['speedup']:.1f}x.",
         f"- Without a tail (uniform 500-1,500 tokens) async still gains {uniform['speedup']:.1f}x (overlap and "
         f"decode concurrency); with a 4x larger batch per GPU the long-tailed gain is {bigger['speedup']:.1f}x.",
         f"- Controller at {r1024['gpus']} GPUs: {ctl_ms:.2f} ms per sample at most (target < 1 ms) with the "
-        f"controller looking once per simulated second. One Scheduler.take() call costs {take:.0f} ms there and "
-        "grows with the groups waiting in `ready`; Streaming._wait calls it once per stream item, so a loop "
-        "woken per finished sample would spend about that much per sample.",
+        f"controller looking once per simulated second. Scheduler.take() averages {take:.1f} ms per call "
+        "there: a call that returns a batch sorts the groups waiting, a call with nothing to train returns "
+        "at once.",
     ]
 
 

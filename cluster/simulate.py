@@ -22,8 +22,8 @@ instead of run, and every assumption made (the defaults of `LatencyModel`):
   current GPU). The simulation jumps from event to event (a sequence finishing, requests
   arriving, a weight sync), never token by token; requests join at the next step boundary.
   Each group goes to the engine with the fewest unfinished samples (`dispatch`); "pool" is
-  RolloutPool's split instead (request i of a dispatch to worker i mod n, from worker 0 at
-  every call, so the small replacement dispatches all land on the first workers).
+  RolloutPool's split instead (request i of a dispatch to worker (start + i) mod n, the
+  start rotating from call to call, so small replacement dispatches spread over workers).
   `engine_calls="serial"` models today's RolloutWorker + vLLM engine: one generation call at
   a time per worker, and a call's rollouts come back together when its last sample ends.
 * Rewards: per-sample latency lognormal (median 30 ms, sigma 1, cap 10 s) on unlimited
@@ -339,6 +339,7 @@ class _Engine:
 
 class Simulation:
     def __init__(self, spec: SimSpec):
+        self._pool_next = 0  # "pool" dispatch: the engine that gets the next call's first shard
         self.spec, self.model = spec, spec.model
         self.buffer = ExperienceBuffer(spec.max_staleness, spec.group_size)
         total = spec.warmup_steps + spec.steps
@@ -445,12 +446,14 @@ class Simulation:
             engine.submit(call, self.now)
 
     def _split(self, gids: range) -> list[tuple[_Engine, list[int]]]:
-        """"pool": RolloutPool's split (request i to worker i mod n, from worker 0 at every
-        call, so small replacement dispatches all land on the first workers);
-        "least_loaded": each group to the engine with the fewest samples not yet finished."""
+        """"pool": RolloutPool's split (shard i to worker (start + i) mod n, the start rotating
+        over calls); "least_loaded": each group to the engine with the fewest samples not yet finished."""
         engines = self.engines
         if self.spec.dispatch == "pool":
-            return [(e, list(gids[i :: len(engines)])) for i, e in enumerate(engines) if gids[i :: len(engines)]]
+            n = len(engines)
+            shards = [list(gids[i::n]) for i in range(n) if gids[i::n]]
+            first, self._pool_next = self._pool_next, (self._pool_next + len(shards)) % n
+            return [(engines[(first + i) % n], shard) for i, shard in enumerate(shards)]
         load = [(e.load(), i) for i, e in enumerate(engines)]
         heapq.heapify(load)
         shards: dict[int, list[int]] = {}
