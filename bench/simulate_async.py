@@ -45,12 +45,11 @@ FRACTIONS = (1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4)
 KS = (1, 2, 4)
 PROMPTS_PER_GPU, GROUP_SIZE = 4, 8
 WARMUP, STEPS = 3, 5
-TAKE_SAMPLE = 16  # take() calls that provably do nothing: made 1 in 16, cost counted 16x
 
 
 def base_spec(gpus: int, model: LatencyModel, steps: int = STEPS, warmup: int = WARMUP) -> SimSpec:
     return SimSpec(gpus, "colocated", gpus, 0, steps, PROMPTS_PER_GPU * gpus, GROUP_SIZE, model=model,
-                   warmup_steps=warmup, drain=False, take_sample_every=TAKE_SAMPLE)
+                   warmup_steps=warmup, drain=False)
 
 
 def disaggregated(spec: SimSpec, gen: int, k: int) -> SimSpec:
@@ -230,8 +229,7 @@ def main() -> None:
     meta = {"command": command, "elapsed_s": time.perf_counter() - t0,
             "host": f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
             "model": asdict(LatencyModel()), "prompts_per_gpu": PROMPTS_PER_GPU, "group_size": GROUP_SIZE,
-            "warmup_steps": WARMUP, "steps": STEPS, "fractions": FRACTIONS, "ks": KS,
-            "take_sample_every": TAKE_SAMPLE}
+            "warmup_steps": WARMUP, "steps": STEPS, "fractions": FRACTIONS, "ks": KS}
     result = {"meta": meta, "rows": rows}
     print(f"\n{meta['elapsed_s']:.0f} s")
     if not args.quick:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from statistics import NormalDist
 
 from reward.verifiers import VERIFIERS, arithmetic
 
@@ -20,16 +21,7 @@ from reward.verifiers import VERIFIERS, arithmetic
 def stall_seconds(response: str, answer: str, median_ms: float, sigma: float, cap_ms: float) -> float:
     digest = hashlib.blake2b(f"{response}\x00{answer}".encode(), digest_size=8).digest()
     u = (int.from_bytes(digest, "big") + 0.5) / 2**64  # uniform in (0, 1)
-    z = math.sqrt(2.0) * _erfinv(2.0 * u - 1.0)  # standard normal
-    return min(median_ms * math.exp(sigma * z), cap_ms) / 1000.0
-
-
-def _erfinv(y: float) -> float:
-    # Newton's method on erf (math has erf, not its inverse); |y| < 1.
-    x = 0.0
-    for _ in range(60):
-        x -= (math.erf(x) - y) / (2.0 / math.sqrt(math.pi) * math.exp(-x * x))
-    return x
+    return min(median_ms * math.exp(sigma * NormalDist().inv_cdf(u)), cap_ms) / 1000.0
 
 
 @VERIFIERS.register("arithmetic_stalled", "arithmetic, after a long-tailed wall-clock latency per sample "

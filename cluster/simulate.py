@@ -43,12 +43,9 @@ instead of run, and every assumption made (the defaults of `LatencyModel`):
   returns). When it waits it handles everything that has arrived, at most once per
   `controller_tick_s` = 1 s of simulated time; the real Streaming._wait wakes on every
   stream item. The tick delays each step by up to 1 s in every mode (a cost to async, whose
-  steps are shorter) and keeps the number of take() calls, which cost O(ready groups) each,
-  tractable at 1,024 GPUs. The controller's own cost is not charged to the simulated clock;
+  steps are shorter). The controller's own cost is not charged to the simulated clock;
   it is measured (time.perf_counter around every Scheduler call, buffer admission included)
-  and reported, with the cost of one take() call so the per-item loop can be extrapolated.
-  `take_sample_every` > 1 makes only a sample of the take() calls that provably change
-  nothing and counts their cost for all of them (the schedule is unchanged; a test checks).
+  and reported, with the cost of one take() call.
 * Measured window: `warmup_steps` run first (the pipeline fills) and are not counted; with
   `drain=False` the scheduler is told the run goes on, so the window does not end with the
   final steps waiting for the slowest groups (a once-per-run cost a long run amortises).
@@ -126,7 +123,6 @@ class SimSpec:
     dispatch: Literal["least_loaded", "pool"] = "least_loaded"  # "pool": RolloutPool's split (module doc)
     warmup_steps: int = 0  # run before the measured window (the pipeline fills)
     drain: bool = True  # False: generation goes on past the window, as in the middle of a long run
-    take_sample_every: int = 1  # >1: make only every n-th take() call that provably does nothing
 
     def __post_init__(self):
         for name, value, valid in (("dispatch", self.dispatch, ("least_loaded", "pool")),
@@ -361,8 +357,6 @@ class Simulation:
         self.arrived: list[Rollout] = []  # delivered by the engines, not yet seen by the controller
         self.scored_ready: list[list[Rollout]] = []  # reward tickets done, not yet collected
         self.generating: dict[int, list[Rollout]] = {}  # group id -> members generated so far
-        self.new_groups: list[Group] = []  # made ready since the last take() call
-        self.take_version = -1  # the version of the last take() call made
         self.stats = _Stats()
 
     # ---- the controller loop (cluster/controller.py + cluster/streaming.py) ----
@@ -390,35 +384,14 @@ class Simulation:
             self._wait()
 
     def _take(self) -> Optional[list[Group]]:
-        """scheduler.take(version), timed. With take_sample_every = n > 1, a call that provably
-        changes nothing (same version as the last call made, no newly ready group stale, fewer
-        than P groups ready) is made one time in n and its cost counted n times; the made calls
-        check that they did nothing, so the shortcut cannot change the schedule."""
-        st, every = self.stats, self.spec.take_sample_every
-        noop = every > 1 and self._take_is_noop()
-        st.take_calls += 1
-        if noop:
-            st.noop_takes += 1
-            if st.noop_takes % every:
-                return None
-        dropped = self.scheduler.stale_groups
+        """scheduler.take(version), timed."""
         t0 = time.perf_counter()
         groups = self.scheduler.take(self.version)
-        spent = (time.perf_counter() - t0) * (every if noop else 1)
-        st.ctl_s += spent
-        st.take_s += spent
-        self.take_version = self.version
-        if noop and (groups is not None or self.scheduler.stale_groups != dropped):
-            raise AssertionError("a take() call predicted to do nothing did something (simulate.py is out of "
-                                 "step with the scheduler's staleness rule)")
+        spent = time.perf_counter() - t0
+        self.stats.take_calls += 1
+        self.stats.ctl_s += spent
+        self.stats.take_s += spent
         return groups
-
-    def _take_is_noop(self) -> bool:
-        new, self.new_groups = self.new_groups, []
-        if self.version != self.take_version or len(self.scheduler.ready) >= self.spec.prompts_per_step:
-            return False
-        k = self.spec.max_staleness
-        return all(self.version - min(r.min_version for r in g.rollouts) <= k for g in new)
 
     def _start(self) -> None:
         t0 = time.perf_counter()
@@ -484,11 +457,10 @@ class Simulation:
         tickets, self.scored_ready = self.scored_ready, []
         pairs = [(r, self._reward(r)) for members in tickets for r in members]
         t0 = time.perf_counter()
-        done = [self.scheduler.scored(rollout, reward) for rollout, reward in pairs]
+        for rollout, reward in pairs:
+            self.scheduler.scored(rollout, reward)
         self.stats.ctl_s += time.perf_counter() - t0
         self.stats.scored += len(pairs)
-        if self.spec.take_sample_every > 1:  # what _take_is_noop must check
-            self.new_groups += [g for g in done if g is not None]
 
     def _train(self, groups: list[Group]) -> None:
         m, spec = self.model, self.spec
@@ -551,7 +523,7 @@ class _Stats:
 
     def __init__(self):
         self.learner_busy_s = self.ctl_s = self.take_s = 0.0
-        self.take_calls = self.noop_takes = self.scored = self.generated = self.generated_len = 0
+        self.take_calls = self.scored = self.generated = self.generated_len = 0
         self.start = 0.0
         self.engine_start: list[tuple[float, float]] = []
         self.learner_start = 0.0

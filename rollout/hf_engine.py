@@ -46,8 +46,8 @@ def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
     if top_p >= 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-    cumulative = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-    drop_sorted = cumulative - torch.softmax(sorted_logits, dim=-1) >= top_p  # mass before this token
+    probs = torch.softmax(sorted_logits, dim=-1)
+    drop_sorted = probs.cumsum(dim=-1) - probs >= top_p  # the mass before this token already reaches top_p
     drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
     return logits.masked_fill(drop, float("-inf"))
 
@@ -99,8 +99,10 @@ class HFEngine:
                 b.ids[seq].append(int(token[row]))
                 b.logprobs[seq].append(float(logp[row]))
                 b.versions[seq].append(version)
-                done = token[row] == self.eos_id or len(b.ids[seq]) >= params.max_new_tokens
-                (finished if done else keep).append(seq if done else row)
+                if token[row] == self.eos_id or len(b.ids[seq]) >= params.max_new_tokens:
+                    finished.append(seq)
+                else:
+                    keep.append(row)
             if finished:
                 yield [self._rollout(b, seq) for seq in finished]
             if not keep:

@@ -48,6 +48,9 @@ class RolloutWorker:
             raise ValueError(f"rollout.in_flight '{in_flight}' is not a mode (valid: {', '.join(IN_FLIGHT_MODES)})")
         torch.set_num_threads(threads)
         self.engine = make_engine(engine, model_path, dtype, threads, engine_options or {})
+        # `hf` streams and swaps weights at its own decode steps; vLLM returns a call's rollouts
+        # together and pauses/resumes in-flight requests itself when weights are loaded.
+        self.engine_streams = hasattr(self.engine, "stream")
         self.in_flight = in_flight
         self.version = 0  # the version of the weights in the engine
         self.latest = 0  # the newest verified update received (== version unless one waits)
@@ -70,9 +73,9 @@ class RolloutWorker:
             self._apply_pending()  # `finish` mode: an update that waited for the last call lands now
             self._generating = True
         try:
-            if hasattr(self.engine, "stream"):
+            if self.engine_streams:
                 yield from self.engine.stream(requests, params, self._safe_point, batch_size)
-            else:  # vllm: one part per call; an update mid-call pauses and resumes inside vLLM
+            else:
                 yield self.engine.generate(requests, params, self.version, batch_size)
         finally:
             with self._cond:
@@ -111,7 +114,7 @@ class RolloutWorker:
             self._pending = (update.version, checked)  # a newer full update replaces an older waiting one
             if not self._generating:
                 self._apply_pending()
-            elif self.in_flight == "interrupt" and not hasattr(self.engine, "stream"):
+            elif self.in_flight == "interrupt" and not self.engine_streams:
                 self._apply_pending()  # vllm pauses its in-flight requests, loads, resumes
                 self.swaps_in_flight += 1
             elif self.in_flight == "interrupt":

@@ -84,13 +84,6 @@ def test_long_tail_async_uses_the_gpus_better_at_64():
     assert r.mean_len_trained < sync.mean_len_trained  # long groups go stale: the price of the speed
 
 
-def test_sampled_take_calls_do_not_change_the_schedule():
-    exact = simulate(spec(16, gen=8, k=2, steps=5))
-    sampled = simulate(spec(16, gen=8, k=2, steps=5, take_sample_every=8))
-    assert sampled.step_groups == exact.step_groups and sampled.wall_s == exact.wall_s
-    assert sampled.staleness == exact.staleness and sampled.take_calls == exact.take_calls
-
-
 def test_serial_calls_wait_for_the_previous_call():
     m = replace(CONSTANT, uniform_low=100, uniform_high=100, train_s_per_token=0.0, train_fixed_s=0.001,
                 sync_fixed_s=0.001, model_bytes=0.0)
