@@ -64,13 +64,13 @@ STAGES = ("gen_s", "reward_s", "train_s", "sync_s")
 
 def run_one(workload: str, k: int, steps: int, eval_every: int, out: Path) -> dict:
     from cluster.config import load_config
-    from cluster.controller import run
+    from cluster.run import run
 
     cfg = load_config(ROOT / "recipes" / "quickstart.yaml", [
         f"run.output_dir={out}", f"run.name={workload}-k{k}", f"controller.steps={steps}",
         f"controller.max_staleness={k}", f"controller.eval_every={eval_every}", "controller.progress=false",
         *WORKLOADS[workload]])
-    summary = run(cfg, log=lambda *_: None)
+    summary = run(cfg, log=lambda *_: None).record
     rows = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     clock, curve = 0.0, [(0.0, summary["eval"]["initial_accuracy"])]
     for row in rows:

@@ -38,7 +38,9 @@ CODE_TESTS = json.dumps({"tests": [{"input": f"{i} {i + 1}\n", "output": f"{2 * 
 
 def rollouts(pairs, salt: str) -> list[Rollout]:
     # The salt makes every sample distinct, so the cache never answers.
-    return [Rollout(i, i, 0, f"q{i}-{salt}", a, (1,), (1,), r, (0.0,), (0,), "stop") for i, (r, a) in enumerate(pairs)]
+    return [Rollout(group_id=i, prompt_id=i, sample_index=0, prompt=f"q{i}-{salt}", answer=a, prompt_ids=(1,),
+                    response_ids=(1,), response_text=r, logprobs=(0.0,), versions=(0,), finish_reason="stop")
+            for i, (r, a) in enumerate(pairs)]
 
 
 def per_worker(verifier: str, pairs, repeat: int = 1) -> dict:

@@ -28,7 +28,7 @@ Overrides are dotted keys: tandem run recipes/quickstart.yaml trainer.lr=3e-5 co
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from rollout.data import DataError
-    from rollout.hf_engine import EngineError
+    from rollout.types import EngineError
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -40,27 +40,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return 0
         if args.dry_run:
             return _dry_run(cfg)
-        from cluster.controller import run
+        from cluster.run import run
 
         summary = run(cfg)
     except (ConfigError, DataError, EngineError, PlacementError) as exc:
         print(f"tandem: error: {exc}", file=sys.stderr)
         return 2
-    if "headline" in summary:  # offline modes (sft, reward_model, dpo)
-        print(f"\nrun directory: {summary['run_dir']}\n{summary['headline']}")
-        return 0
-    ev, tp = summary["eval"], summary["throughput"]
-    print(f"\nrun directory: {summary['run_dir']}")
-    print(f"held-out accuracy ({ev['num_prompts']} prompts): {ev['initial_accuracy']:.1%} -> "
-          f"{ev['final_accuracy']:.1%}  ({summary['steps']} steps, {summary['samples']} samples, "
-          f"{summary['wall_s']:.0f} s, {tp['samples_per_s']:.1f} samples/s)")
+    print(f"\nrun directory: {summary.run_dir}\n{summary.headline}")
     return 0
 
 
 def _dry_run(cfg) -> int:
     """Print what the run would reserve, start nothing (no Ray, no model)."""
     from cluster.placement import build_plan
-    from cluster.roles import learner_options
+    from cluster.shapes import learner_options
 
     opts = learner_options(cfg)
     print(build_plan(cfg).describe())
@@ -72,14 +65,23 @@ def _dry_run(cfg) -> int:
 
 def _cmd_algorithms(args: argparse.Namespace) -> int:
     from reward.verifiers import VERIFIERS
-    from trainer.algorithms import PAPERS, REGISTRIES
+    from trainer.algorithms import REGISTRIES
 
     for registry in (*REGISTRIES, VERIFIERS):
-        print(f"{registry.kind}s:")
+        print(f"{registry.kind}{'es' if registry.kind.endswith('s') else 's'}:")
         for entry in registry.entries():
-            paper = f"  [{PAPERS[entry.name]}]" if entry.name in PAPERS else ""
-            print(f"  {entry.name:<20} {entry.description}{paper}")
+            traits = f" ({_describe(entry.traits)})" if entry.traits is not None else ""
+            paper = f"  [{entry.paper}]" if entry.paper else ""
+            print(f"  {entry.name:<20} {entry.description}{traits}{paper}")
     return 0
+
+
+def _describe(traits) -> str:
+    """A registry entry's traits as 'field=value' for the fields that differ from the default."""
+    import dataclasses
+
+    fields = [f for f in dataclasses.fields(traits) if getattr(traits, f.name) != f.default]
+    return ", ".join(f"{f.name}={getattr(traits, f.name)}" for f in fields)
 
 
 def _cmd_sandbox(args: argparse.Namespace) -> int:

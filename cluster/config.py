@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from reward.config import RewardConfig
+from rollout.config import RolloutConfig
 
 
 class ConfigError(ValueError):
@@ -75,46 +76,6 @@ class DataConfig(Section):
     max_length: int = Field(1024, ge=2)  # tokens per example; longer answers are cut
 
 
-class RolloutConfig(Section):
-    engine: Literal["hf", "vllm"] = "hf"
-    num_workers: int = Field(1, ge=1)
-    threads_per_worker: int = Field(1, ge=1)
-    temperature: float = Field(1.0, gt=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(16, ge=1)
-    # Sequences per generate() call inside a worker (vllm: samples in flight per worker).
-    batch_size: int = Field(256, ge=1)
-    # vllm engine only (rollout/vllm_engine.py). On CPU the KV cache is vllm_kv_cache_gib
-    # (default 1 GiB); on GPUs, vllm_gpu_memory_utilization of the GPU unless that is set.
-    vllm_gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
-    vllm_kv_cache_gib: Optional[float] = Field(None, gt=0)
-    vllm_max_model_len: Optional[int] = Field(None, ge=1)
-    vllm_max_num_seqs: int = Field(256, ge=1)
-    vllm_enforce_eager: Optional[bool] = None  # null: eager on CPU, CUDA graphs on GPUs
-    vllm_enable_prefix_caching: bool = True
-    # Weights arriving while a generation call is in flight (asynchronous training):
-    # interrupt = swap at the next decode step, in-flight rollouts continue on the new
-    # weights (partial rollouts, tokens keep their versions); finish = in-flight calls
-    # finish on the weights they started with, the update applies before the next call.
-    in_flight: Literal["interrupt", "finish"] = "interrupt"
-
-    @model_validator(mode="after")
-    def _vllm_top_p(self) -> "RolloutConfig":
-        if self.engine == "vllm" and self.top_p < 1:
-            raise ValueError(f"rollout.top_p={self.top_p} with rollout.engine 'vllm': vLLM reports logprobs after "
-                             "top-p filtering, which the learner cannot reproduce; use top_p: 1")
-        return self
-
-    def engine_options(self, tensor_parallel_size: int = 1) -> dict[str, Any]:
-        """Keyword options of the selected engine (rollout/vllm_engine.py VLLMOptions for vllm)."""
-        if self.engine != "vllm":
-            return {}
-        return {"tensor_parallel_size": tensor_parallel_size,
-                "gpu_memory_utilization": self.vllm_gpu_memory_utilization, "kv_cache_gib": self.vllm_kv_cache_gib,
-                "max_model_len": self.vllm_max_model_len, "max_num_seqs": self.vllm_max_num_seqs,
-                "enforce_eager": self.vllm_enforce_eager, "enable_prefix_caching": self.vllm_enable_prefix_caching}
-
-
 def _registered(registry, value: str) -> str:
     if value not in registry:
         raise ValueError(f"unknown {registry.kind} '{value}'; valid names: {', '.join(registry.names())}")
@@ -159,18 +120,40 @@ class AlgorithmConfig(Section):
     dynamic_sampling: bool = False
     dynamic_sampling_limit: int = Field(8, ge=1)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_defaults(cls, data: Any) -> Any:
+        """GSPO's own defaults (Zheng et al. 2025): its ratio is a per-sequence geometric mean, which
+        moves orders of magnitude less than a per-token one, so PPO's clip 0.2 would never clip."""
+        if isinstance(data, dict) and data.get("loss") == "gspo":
+            data = {"clip_eps": 3e-4, "clip_eps_high": 4e-4, "loss_agg": "seq-mean-token-mean", **data}
+        return data
+
     @field_validator("advantage", "loss", "loss_agg", "kl_estimator")
     @classmethod
     def _registered_name(cls, v: str, info) -> str:
+        # The registries import torch: loaded when a config is validated, not on `import cluster.config`.
         from trainer.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, LOSSES
-        from trainer.losses import CRITIC_LOSSES
+        from trainer.losses import losses_that
 
-        if info.field_name == "loss" and v in CRITIC_LOSSES:
+        if info.field_name == "loss" and v in losses_that("critic"):
             raise ValueError(f"'{v}' is a critic loss; the policy loss is one of "
-                             f"{', '.join(n for n in LOSSES.names() if n not in CRITIC_LOSSES)}")
+                             f"{', '.join(n for n in LOSSES.names() if n not in losses_that('critic'))}")
         registry = {"advantage": ADVANTAGES, "loss": LOSSES, "loss_agg": AGGREGATIONS,
                     "kl_estimator": KL_ESTIMATORS}[info.field_name]
         return _registered(registry, v)
+
+    @model_validator(mode="after")
+    def _traps(self) -> "AlgorithmConfig":
+        if self.kl_coef > 0 and self.kl_in == "loss" and self.kl_estimator == "k1":
+            raise ValueError("algorithm.kl_estimator 'k1' with kl_in 'loss': the gradient of the k1 estimate is the "
+                             "score function, whose expectation under the policy is zero, so the penalty would not "
+                             "pull towards the reference; use kl_estimator 'k3' or 'k2', or kl_in 'reward'")
+        if self.loss == "gspo" and self.clip_eps > 0.01:
+            raise ValueError(f"algorithm.clip_eps={self.clip_eps} with loss 'gspo': a per-sequence ratio almost never "
+                             "leaves [1 - 0.01, 1 + 0.01], so this would not clip; GSPO's defaults are clip_eps 3e-4, "
+                             "clip_eps_high 4e-4 (leave them unset)")
+        return self
 
 
 class LearnerSection(Section):
@@ -219,7 +202,7 @@ class ControllerConfig(Section):
     steps: int = Field(20, ge=1)
     prompts_per_step: int = Field(16, ge=1)
     # Versions generation may run ahead of the learner: 0 = synchronous (on-policy); k > 0 =
-    # asynchronous, no sample older than k versions is ever trained on (cluster/scheduler.py).
+    # asynchronous, no sample older than k versions is ever trained on (cluster/rl/scheduler.py).
     max_staleness: int = Field(0, ge=0)
     eval_every: int = Field(0, ge=0)
     eval_prompts: int = Field(256, ge=1)
@@ -274,9 +257,14 @@ class Config(Section):
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":
         a = self.algorithm
-        if (a.advantage == "gae") != self.critic.enabled:
-            raise ValueError("algorithm.advantage 'gae' and critic.enabled go together (PPO with a critic)")
-        grouped = a.advantage in ("grpo", "rloo") or (a.advantage == "reinforce_pp" and a.group_baseline)
+        from trainer.advantages import ADVANTAGES
+
+        if ADVANTAGES.entry(a.advantage).traits.needs_critic != self.critic.enabled:
+            raise ValueError(f"algorithm.advantage '{a.advantage}' and critic.enabled={self.critic.enabled} disagree: "
+                             "a critic goes with an estimator that reads its values (gae: PPO with a critic)")
+        from trainer.advantages import ADVANTAGES, AdvantageOptions
+
+        grouped = ADVANTAGES.entry(a.advantage).traits.grouped(AdvantageOptions(group_baseline=a.group_baseline))
         if grouped and a.group_size < 2:
             raise ValueError(f"algorithm.advantage '{a.advantage}' needs algorithm.group_size >= 2 "
                              "(a group baseline); use group_baseline: false or gae for one sample per prompt")
@@ -293,16 +281,17 @@ class Config(Section):
 
 def _check_mode(cfg: "Config") -> None:
     """Each run.mode trains with its own kind of loss; say which when they disagree."""
-    from trainer.losses import PREFERENCE_LOSSES, REWARD_MODEL_LOSSES, SUPERVISED_LOSSES
+    from trainer.losses import loss_kind, losses_that
 
     mode, loss = cfg.run.mode, cfg.algorithm.loss
-    wanted = {"sft": SUPERVISED_LOSSES, "reward_model": REWARD_MODEL_LOSSES, "dpo": PREFERENCE_LOSSES}
-    if mode in wanted and loss not in wanted[mode]:
-        raise ValueError(f"run.mode '{mode}' trains with algorithm.loss one of {', '.join(sorted(wanted[mode]))}; "
+    trains = loss_kind(loss).trains
+    wanted = {"sft": "supervised", "reward_model": "reward_model", "dpo": "preference"}
+    if mode in wanted and trains != wanted[mode]:
+        raise ValueError(f"run.mode '{mode}' trains with algorithm.loss one of {', '.join(losses_that(wanted[mode]))}; "
                          f"got '{loss}'")
-    if mode == "rl" and loss in SUPERVISED_LOSSES | REWARD_MODEL_LOSSES:
+    if mode == "rl" and trains in ("supervised", "reward_model"):
         raise ValueError(f"algorithm.loss '{loss}' is for run.mode 'sft' / 'reward_model', not 'rl'")
-    if mode == "rl" and loss in PREFERENCE_LOSSES:
+    if mode == "rl" and trains == "preference":
         if cfg.algorithm.group_size < 2:
             raise ValueError("online DPO (run.mode 'rl' with a preference loss) needs algorithm.group_size >= 2 "
                              "samples per prompt to rank into a pair")

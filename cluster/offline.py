@@ -16,42 +16,20 @@ from __future__ import annotations
 
 import math
 import time
-import traceback
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from cluster.config import Config, ConfigError
-from cluster.rundir import RunDir
+from cluster.rundir import RunDir, RunSummary
 from cluster.runtime import ray_session
-from rollout.preference_data import Keys, Renderer, load_pairs, load_sft
+from cluster.shapes import PAIRED_MODES, offline_learner_options
+from trainer.data import Keys, Renderer, load_pairs, load_sft
 from trainer.group import LearnerGroup
-from trainer.learner import LearnerOptions
-from trainer.losses import AGGREGATIONS, REFERENCE_LOSSES
-from trainer.preference import implicit_reward_stats, pad_pairs, pair_accuracy, pair_batch, pair_weights
-from trainer.sft import pack, packed_batch, padded_batch
+from trainer.losses import AGGREGATIONS, loss_kind
+from trainer.batches import pack, packed_batch, pad_pairs, pair_batch, padded_batch
+from trainer.preference import implicit_reward_stats, pair_accuracy, pair_weights
 from trainer.types import LossSpec, TrainBatch
-
-PAIRED = ("reward_model", "dpo")
-
-
-def offline_learner_options(cfg: Config) -> LearnerOptions:
-    """Learner shapes for an offline step of offline.batch_size examples (2 rows per pair)."""
-    t = cfg.trainer
-    from cluster.roles import learner_shape
-
-    pairs = cfg.run.mode in PAIRED
-    rows = cfg.offline.batch_size * (2 if pairs else 1)
-    micro, accum = learner_shape(rows, f"offline.batch_size={cfg.offline.batch_size}" + (" pairs" if pairs else ""),
-                                 t.num_learners, f"trainer.num_learners={t.num_learners}", t.micro_batch_size,
-                                 "trainer.micro_batch_size", pairs)
-    return LearnerOptions(zero_stage=t.zero_stage, lr=t.lr, weight_decay=t.weight_decay,
-                          max_grad_norm=t.max_grad_norm, micro_batch_size=micro, grad_accum_steps=accum,
-                          dtype=cfg.model.dtype, model_kind="reward" if cfg.run.mode == "reward_model" else "policy",
-                          seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,
-                          attn_implementation=t.attn_implementation)
-
 
 def _chunks(n: int, size: int):
     for start in range(0, n, size):
@@ -81,9 +59,9 @@ class Task:
 
     def __init__(self, cfg: Config, group: LearnerGroup, train: list, evals: list, pad_id: int):
         self.cfg, self.group, self.train, self.evals, self.pad_id = cfg, group, train, evals, pad_id
-        self.rows = cfg.offline.batch_size * (2 if cfg.run.mode in PAIRED else 1)
+        self.rows = cfg.offline.batch_size * (2 if cfg.run.mode in PAIRED_MODES else 1)
         a = cfg.algorithm
-        self.spec = LossSpec(a.loss, beta=a.beta, label_smoothing=a.label_smoothing, simpo_gamma=a.simpo_gamma,
+        self.spec = LossSpec(name=a.loss, beta=a.beta, label_smoothing=a.label_smoothing, simpo_gamma=a.simpo_gamma,
                              orpo_lambda=a.orpo_lambda)
 
     def prepare(self) -> None:
@@ -159,7 +137,7 @@ class DPOTask(RewardModelTask):
     def prepare(self) -> None:
         """Reference sequence logprobs of every train and held-out row, once (the learners hold
         the initial policy now); each batch then carries them instead of a reference model."""
-        self.ref_train = self._sequence_logprobs(self.train) if self.cfg.algorithm.loss in REFERENCE_LOSSES else None
+        self.ref_train = self._sequence_logprobs(self.train) if loss_kind(self.cfg.algorithm.loss).needs_reference else None
         self.ref_eval = self._sequence_logprobs(self.evals)
 
     def _sequence_logprobs(self, pairs: list) -> np.ndarray:
@@ -212,31 +190,6 @@ def load_offline_data(cfg: Config) -> OfflineData:
     return OfflineData(train, evals[: cfg.offline.eval_size], dropped, pad)
 
 
-def _prepare_model(cfg: Config, log) -> None:
-    if cfg.model.bootstrap:
-        from trainer.bootstrap import ensure_tiny_model
-
-        ensure_tiny_model(cfg.model.path, cfg.model.bootstrap_spec, seed=cfg.run.seed, log=log)
-        if cfg.run.mode in PAIRED:  # the tiny task's synthetic preferences, next to its prompts
-            write_arithmetic_pairs(Path(cfg.model.path) / "data", cfg.run.seed)
-    if not (Path(cfg.model.path) / "config.json").is_file():
-        raise ConfigError(f"model.path '{cfg.model.path}' is not a Hugging Face checkpoint (no config.json)")
-
-
-def write_arithmetic_pairs(data_dir: Path, seed: int) -> None:
-    """pairs_train.jsonl / pairs_eval.jsonl from the bootstrap's train / eval prompts, once."""
-    import json
-
-    from rollout.data import write_jsonl
-    from rollout.preference_data import arithmetic_pairs
-
-    for split in ("train", "eval"):
-        out = data_dir / f"pairs_{split}.jsonl"
-        if not out.is_file():
-            rows = [json.loads(line) for line in (data_dir / f"{split}.jsonl").read_text().splitlines() if line]
-            write_jsonl(out, arithmetic_pairs(rows, seed + (split == "eval")))
-
-
 def train_offline(cfg: Config, task: Task, run_dir: RunDir, log) -> dict:
     """Epochs of optimizer steps, held-out evaluation before, every offline.eval_every steps and after."""
     o = cfg.offline
@@ -273,36 +226,26 @@ def _fmt(values: dict, prefix: str = "") -> str:
                      and isinstance(v, float))
 
 
-def run_offline(cfg: Config, log=print) -> dict:
-    """Run an sft / reward_model / dpo recipe end to end; the run directory keeps what was written."""
-    opts = offline_learner_options(cfg)
-    _prepare_model(cfg, log)
-    data = load_offline_data(cfg)
-    run_dir = RunDir.create(cfg)
-    log(f"run directory: {run_dir.path}")
-    summary = {"status": "running", "mode": cfg.run.mode, "algorithm": cfg.algorithm.loss,
-               "run_dir": str(run_dir.path), "data": {"train": len(data.train), "eval": len(data.evals),
-                                                       "dropped": data.dropped}}
-    run_dir.write_summary(summary)
+def run_offline(cfg: Config, data: OfflineData, run_dir: RunDir, log=print) -> RunSummary:
+    """Train an sft / reward_model / dpo recipe on its loaded data, in the given run directory."""
+    record = {"status": "running", "mode": cfg.run.mode, "algorithm": cfg.algorithm.loss,
+              "run_dir": str(run_dir.path), "data": {"train": len(data.train), "eval": len(data.evals),
+                                                      "dropped": data.dropped}}
+    run_dir.write_summary(record)
     t = cfg.trainer
-    try:
-        with ray_session(cfg.cluster, t.num_learners * t.threads_per_learner) as loopback:
-            gpus = [{"num_gpus": cfg.cluster.gpus_per_learner}] * t.num_learners
-            group = LearnerGroup(cfg.model.path, t.num_learners, opts, t.threads_per_learner, loopback=loopback,
-                                 actor_options=gpus)
-            try:
-                summary.update(train_offline(cfg, TASKS[cfg.run.mode](cfg, group, data.train, data.evals,
-                                                                       data.pad_id), run_dir, log))
-                if cfg.offline.save:
-                    summary["final_dir"] = group.save_hf(str(run_dir.final_dir))
-            finally:
-                group.shutdown()
-    except BaseException as exc:
-        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=20))
-        run_dir.write_summary(summary)
-        raise
-    summary["status"] = "completed"
-    summary["headline"] = (f"{cfg.run.mode} ({cfg.algorithm.loss}), {summary['steps']} steps: held-out "
-                           f"{_fmt(summary['eval']['initial'])} -> {_fmt(summary['eval']['final'])}")
-    run_dir.write_summary(summary)
-    return summary
+    with ray_session(cfg.cluster, t.num_learners * t.threads_per_learner) as loopback:
+        gpus = [{"num_gpus": cfg.cluster.gpus_per_learner}] * t.num_learners
+        group = LearnerGroup(cfg.model.path, t.num_learners, offline_learner_options(cfg), t.threads_per_learner,
+                             loopback=loopback, actor_options=gpus)
+        try:
+            task = TASKS[cfg.run.mode](cfg, group, data.train, data.evals, data.pad_id)
+            record.update(train_offline(cfg, task, run_dir, log))
+            if cfg.offline.save:
+                record["final_dir"] = group.save_hf(str(run_dir.final_dir))
+        finally:
+            group.shutdown()
+    record["status"] = "completed"
+    headline = (f"{cfg.run.mode} ({cfg.algorithm.loss}), {record['steps']} steps: held-out "
+                f"{_fmt(record['eval']['initial'])} -> {_fmt(record['eval']['final'])}")
+    run_dir.write_summary(record)
+    return RunSummary("completed", cfg.run.mode, record["run_dir"], headline, record)

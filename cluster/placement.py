@@ -41,7 +41,7 @@ class Slot:
 
 
 @dataclass(frozen=True)
-class Group:
+class BundleGroup:
     name: str
     strategy: str
     bundles: tuple[dict[str, float], ...]
@@ -50,7 +50,7 @@ class Group:
 @dataclass(frozen=True)
 class Plan:
     mode: str
-    groups: tuple[Group, ...]
+    groups: tuple[BundleGroup, ...]
     actors: dict[str, tuple[Slot, ...]]  # role -> one slot per actor, in rank order
     engine_tp: int = 1  # bundles per engine replica (its tensor-parallel size)
 
@@ -122,7 +122,7 @@ def plan_for(demands: dict[str, tuple[int, dict[str, float]]], mode: str, strate
         n, each = demands.get(role, (0, {}))
         if n and _clean(each):
             actors[role] = tuple(Slot(len(groups), i, _clean(each)) for i in range(n))
-            groups.append(Group(role, strategy, tuple(_clean(each) for _ in range(n))))
+            groups.append(BundleGroup(role, strategy, tuple(_clean(each) for _ in range(n))))
         elif n or role == "reward":  # nothing to reserve: Ray schedules zero-resource actors anywhere
             actors[role] = tuple(Slot(-1, 0, {}) for _ in range(n))
     return Plan(mode, tuple(groups), actors, tp)
@@ -133,22 +133,22 @@ def _engine_bundles(each: dict[str, float], tp: int) -> list[dict[str, float]]:
     return [_clean(each)] + [{"GPU": 1.0} for _ in range(tp - 1)]
 
 
-def _disaggregated(demands, tp: int, strategy: str) -> tuple[list[Group], dict[str, tuple[Slot, ...]]]:
-    groups: list[Group] = []
+def _disaggregated(demands, tp: int, strategy: str) -> tuple[list[BundleGroup], dict[str, tuple[Slot, ...]]]:
+    groups: list[BundleGroup] = []
     n, each = demands["learner"]
-    groups.append(Group("learner", strategy, tuple(_clean(each) for _ in range(n))))
+    groups.append(BundleGroup("learner", strategy, tuple(_clean(each) for _ in range(n))))
     learners = tuple(Slot(0, i, _clean(each)) for i in range(n))
     n, each = demands["rollout"]
     if tp == 1:
-        groups.append(Group("rollout", strategy, tuple(_clean(each) for _ in range(n))))
+        groups.append(BundleGroup("rollout", strategy, tuple(_clean(each) for _ in range(n))))
         engines = tuple(Slot(1, i, _clean(each)) for i in range(n))
     else:  # one group per replica: its shards must share a node (NVLink / IPC)
         engines = tuple(Slot(1 + j, 0, _clean(each)) for j in range(n))
-        groups += [Group(f"rollout-{j}", "STRICT_PACK", tuple(_engine_bundles(each, tp))) for j in range(n)]
+        groups += [BundleGroup(f"rollout-{j}", "STRICT_PACK", tuple(_engine_bundles(each, tp))) for j in range(n)]
     return groups, {"learner": learners, "rollout": engines}
 
 
-def _colocated(demands, tp: int, strategy: str) -> tuple[list[Group], dict[str, tuple[Slot, ...]]]:
+def _colocated(demands, tp: int, strategy: str) -> tuple[list[BundleGroup], dict[str, tuple[Slot, ...]]]:
     (n_l, learner), (n_e, engine) = demands["learner"], demands["rollout"]
     size = max(n_l, n_e * tp)
     learner_at = {k: k for k in range(n_l)}
@@ -167,7 +167,7 @@ def _colocated(demands, tp: int, strategy: str) -> tuple[list[Group], dict[str, 
             engines[engine_at[k]] = Slot(0, k, ask)
             bundle = _add(bundle, {r: v for r, v in ask.items() if r != "GPU"})
         bundles.append(_clean(bundle) or {"CPU": 0.01})  # an empty bundle is refused by Ray
-    return [Group("colocated", strategy, tuple(bundles))], {"learner": tuple(learners), "rollout": tuple(engines)}
+    return [BundleGroup("colocated", strategy, tuple(bundles))], {"learner": tuple(learners), "rollout": tuple(engines)}
 
 
 def nodes_needed(plan: Plan, gpus_per_node: int) -> int:
@@ -317,3 +317,8 @@ def actor_nodes(handles: list) -> list[str]:
         return ray.get_runtime_context().get_node_id()
 
     return ray.get([h.__ray_call__.remote(node_id) for h in handles])
+
+
+def cpus_needed(cfg: Config) -> int:
+    """Logical CPUs the placement plan reserves (the embedded cluster gets at least this many)."""
+    return math.ceil(build_plan(cfg).totals().get("CPU", 0))

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 from cluster.config import Config, config_to_yaml
 
@@ -24,6 +25,17 @@ def _clean(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """What a finished run returns (and the CLI prints): `record` is what summary.json holds."""
+
+    status: str  # "completed" (a failed run raises; its summary.json says "failed")
+    mode: str  # run.mode
+    run_dir: str
+    headline: str  # one line: what was trained and the held-out result before -> after
+    record: dict
 
 
 class RunDir:
@@ -57,6 +69,12 @@ class RunDir:
         tmp = self.summary_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(_clean(summary), indent=2) + "\n")
         tmp.replace(self.summary_path)
+
+    def read_summary(self) -> Optional[dict]:
+        """The summary last written, or None before the first."""
+        if not self.summary_path.is_file():
+            return None
+        return json.loads(self.summary_path.read_text())
 
     def checkpoint_dir(self, step: int) -> Path:
         return self.path / "checkpoints" / f"step_{step:06d}"

@@ -21,7 +21,7 @@ import urllib.request
 
 from reward.config import RewardConfig
 from reward.types import ComponentScore
-from reward.worker import WorkerReply
+from reward.types import WorkerReply
 from rollout.types import Rollout
 
 NAME = "judge"

@@ -34,7 +34,8 @@ import ray
 from reward import shaping
 from reward.config import MODEL_COMPONENTS, RewardConfig
 from reward.types import RewardResult
-from reward.worker import RewardWorker, WorkerReply, verifier_components
+from reward.types import WorkerReply
+from reward.worker import RewardWorker, verifier_components
 from rollout.types import Rollout
 
 MAX_INFLIGHT_PER_ACTOR = 2
@@ -395,10 +396,12 @@ class RewardPool:
         latency = sum(c.latency_s for c in x.scores.values())
         fmt = x.scores.get("format")
         correct = x.scores.get(self.spec.verifier)
-        return RewardResult(r.group_id, r.sample_index, self.spec.fallback_score if value is None else value,
-                            bool(correct and correct.value == 1.0 and not x.failure),
-                            bool(fmt and fmt.value == 1.0 and not x.failure), x.failure, latency, raw, comps,
-                            x.attempts, x.cached)
+        return RewardResult(group_id=r.group_id, sample_index=r.sample_index,
+                            reward=self.spec.fallback_score if value is None else value,
+                            correct=bool(correct and correct.value == 1.0 and not x.failure),
+                            format_ok=bool(fmt and fmt.value == 1.0 and not x.failure), failure=x.failure,
+                            latency_s=latency, raw_reward=raw, components=comps, attempts=x.attempts,
+                            cached=x.cached)
 
 
 def _actor_factory(cls, spec: RewardConfig, num_gpus: int = 0):

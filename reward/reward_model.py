@@ -8,7 +8,7 @@ import time
 
 from reward.config import RewardConfig
 from reward.types import ComponentScore
-from reward.worker import WorkerReply
+from reward.types import WorkerReply
 from rollout.types import Rollout
 
 NAME = "reward_model"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RewardResult:
     group_id: int
     sample_index: int
@@ -29,3 +29,12 @@ class ComponentScore:
     value: Optional[float]  # None on failure
     failure: Optional[str] = None
     latency_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class WorkerReply:
+    """A reward worker's answer to one call."""
+
+    scores: list[tuple[ComponentScore, ...]]  # [n samples][components of this worker]
+    tainted: bool = False  # a verifier thread overran and was abandoned: replace this worker
+    pid: int = 0

@@ -13,19 +13,11 @@ import functools
 import importlib
 import os
 import time
-from dataclasses import dataclass
 
 from reward.config import MODEL_COMPONENTS, RewardConfig
-from reward.types import ComponentScore
+from reward.types import ComponentScore, WorkerReply
 from reward.verifiers import VERIFIERS
 from rollout.types import Rollout
-
-
-@dataclass(frozen=True)
-class WorkerReply:
-    scores: list[tuple[ComponentScore, ...]]  # [n samples][components of this worker]
-    tainted: bool = False  # a verifier thread overran and was abandoned: replace this worker
-    pid: int = 0
 
 
 def verifier_components(spec: RewardConfig) -> dict[str, callable]:

@@ -18,11 +18,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from rollout.types import GenerationRequest, Rollout, SamplingParams
-
-
-class EngineError(RuntimeError):
-    pass
+from rollout.types import EngineError, GenerationRequest, Rollout, SamplingParams, sample_seed
 
 
 def load_causal_lm(path: str | Path, dtype: str = "float32"):
@@ -39,17 +35,6 @@ def load_causal_lm(path: str | Path, dtype: str = "float32"):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     model.eval()
     return model, tokenizer
-
-
-def top_p_filter(logits: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Keep the smallest set of tokens whose probability reaches top_p (at least one)."""
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, order = torch.sort(logits, descending=True, dim=-1)
-    probs = torch.softmax(sorted_logits, dim=-1)
-    drop_sorted = probs.cumsum(dim=-1) - probs >= top_p  # the mass before this token already reaches top_p
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
 
 
 class _Batch:
@@ -79,13 +64,16 @@ class HFEngine:
         """Rollouts as they finish. `safe_point()` is called before every decode step and returns
         the policy version of the weights loaded now (the caller may swap weights inside it)."""
         flat = [(req, k) for req in requests for k in range(req.num_samples)]
-        gen = torch.Generator().manual_seed(params.seed)
         for start in range(0, len(flat), batch_size):
-            yield from self._decode(flat[start : start + batch_size], params, gen, safe_point)
+            yield from self._decode(flat[start : start + batch_size], params, safe_point)
 
-    def _decode(self, flat, params: SamplingParams, gen: torch.Generator, safe_point) -> Iterator[list[Rollout]]:
+    def _decode(self, flat, params: SamplingParams, safe_point) -> Iterator[list[Rollout]]:
         prompts = self.tokenizer([req.prompt for req, _ in flat])["input_ids"]
         b = _Batch(flat, [list(p) for p in prompts])
+        # One generator per sample, seeded from (run seed, step, group, sample): a rollout does
+        # not depend on the batch, shard or worker it was generated in.
+        gens = [torch.Generator().manual_seed(sample_seed(params.seed, params.step, req.group_id, k))
+                for req, k in flat]
         version = safe_point()
         logits, cache, attn, pos = self._prefill(b)
         for _ in range(params.max_new_tokens):
@@ -93,7 +81,7 @@ class HFEngine:
             if now != version:  # new weights: re-encode every in-flight sequence under them
                 version = now
                 logits, cache, attn, pos = self._prefill(b)
-            token, logp = self._sample(logits, params, gen)
+            token, logp = self._sample(logits, params, [gens[seq] for seq in b.active])
             finished, keep = [], []
             for row, seq in enumerate(b.active):
                 b.ids[seq].append(int(token[row]))
@@ -136,15 +124,17 @@ class HFEngine:
         return out.logits[:, -1], cache, attn, positions[:, -1]
 
     @staticmethod
-    def _sample(logits: torch.Tensor, params: SamplingParams, gen: torch.Generator):
+    def _sample(logits: torch.Tensor, params: SamplingParams, gens: list[torch.Generator]):
+        """A token per row (row i drawn with gens[i]) and its logprob under log_softmax(logits / T)."""
         if params.temperature == 0:
             token = logits.argmax(dim=-1)
             logp = torch.log_softmax(logits.float(), dim=-1)
         else:
-            scaled = logits.float() / params.temperature
-            logp = torch.log_softmax(scaled, dim=-1)
-            probs = torch.softmax(top_p_filter(scaled, params.top_p), dim=-1)
-            token = torch.multinomial(probs, 1, generator=gen).squeeze(1)
+            logp = torch.log_softmax(logits.float() / params.temperature, dim=-1)
+            # Inverse-CDF sampling with one uniform per row from the row's own generator.
+            u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in gens])
+            cdf = logp.double().exp().cumsum(dim=-1)
+            token = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(1).clamp(max=logp.shape[-1] - 1)
         return token, logp.gather(-1, token[:, None]).squeeze(1)
 
     def _rollout(self, b: _Batch, seq: int) -> Rollout:

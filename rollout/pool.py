@@ -17,41 +17,35 @@ from typing import Iterator, Optional
 
 import ray
 
+from rollout.config import RolloutConfig, vllm_options
 from rollout.types import GenerationRequest, Rollout, SamplingParams
 from rollout.weight_sync import WeightUpdate, verify
 
-ENGINES = ("hf", "vllm")
-IN_FLIGHT_MODES = ("interrupt", "finish")
-
-
-def make_engine(engine: str, model_path: str, dtype: str, threads: int, options: dict):
+def make_engine(cfg: RolloutConfig, model_path: str, dtype: str, tensor_parallel_size: int = 1, seed: int = 0):
     """The engine named by rollout.engine, imported only when selected (vLLM is an optional extra)."""
-    if engine == "hf":
+    if cfg.engine == "hf":
         from rollout.hf_engine import HFEngine
 
         return HFEngine(model_path, dtype)
-    if engine == "vllm":
-        from rollout.vllm_engine import VLLMEngine, VLLMOptions
+    if cfg.engine == "vllm":
+        from rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, dtype, threads, VLLMOptions(**options))
-    raise ValueError(f"rollout.engine '{engine}' is not an engine (valid: {', '.join(ENGINES)})")
+        return VLLMEngine(model_path, dtype, cfg.threads_per_worker, vllm_options(cfg, tensor_parallel_size, seed))
+    raise ValueError(f"rollout.engine '{cfg.engine}' is not an engine (valid: hf, vllm)")
 
 
 class RolloutWorker:
     """Ray actor body: owns one engine and the policy version of its weights."""
 
-    def __init__(self, model_path: str, engine: str, dtype: str, threads: int,
-                 engine_options: dict | None = None, in_flight: str = "interrupt"):
+    def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str, tensor_parallel_size: int = 1, seed: int = 0):
         import torch
 
-        if in_flight not in IN_FLIGHT_MODES:
-            raise ValueError(f"rollout.in_flight '{in_flight}' is not a mode (valid: {', '.join(IN_FLIGHT_MODES)})")
-        torch.set_num_threads(threads)
-        self.engine = make_engine(engine, model_path, dtype, threads, engine_options or {})
+        torch.set_num_threads(cfg.threads_per_worker)
+        self.engine = make_engine(cfg, model_path, dtype, tensor_parallel_size, seed)
         # `hf` streams and swaps weights at its own decode steps; vLLM returns a call's rollouts
         # together and pauses/resumes in-flight requests itself when weights are loaded.
         self.engine_streams = hasattr(self.engine, "stream")
-        self.in_flight = in_flight
+        self.in_flight = cfg.in_flight
         self.version = 0  # the version of the weights in the engine
         self.latest = 0  # the newest verified update received (== version unless one waits)
         self._pending: Optional[tuple[int, dict]] = None  # verified, waiting for a safe point
@@ -139,29 +133,28 @@ class RolloutWorker:
 class RolloutPool:
     """Driver-side handle on N rollout workers; requests are split evenly, order kept."""
 
-    def __init__(self, model_path: str, num_workers: int, engine: str = "hf", dtype: str = "float32",
-                 threads: int = 1, batch_size: int = 256, actor_options: list[dict] | None = None,
-                 engine_options: dict | None = None, in_flight: str = "interrupt"):
+    def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str = "float32", tensor_parallel_size: int = 1,
+                 seed: int = 0, actor_options: list[dict] | None = None):
         # actor_options: per-worker Ray options (placement group bundle, resources) from cluster/placement.py.
+        threads = cfg.threads_per_worker
         base = dict(num_cpus=threads, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
-        extra = actor_options or [{} for _ in range(num_workers)]
+        extra = actor_options or [{} for _ in range(cfg.num_workers)]
         actor = ray.remote(concurrency_groups={"generate": 1, "control": 1})(RolloutWorker)
-        args = (model_path, engine, dtype, threads, engine_options, in_flight)
-        self.workers = [actor.options(**{**base, **extra[i]}).remote(*args) for i in range(num_workers)]
-        self.batch_size = batch_size
+        args = (model_path, cfg, dtype, tensor_parallel_size, seed)
+        self.workers = [actor.options(**{**base, **extra[i]}).remote(*args) for i in range(cfg.num_workers)]
+        self.batch_size = cfg.batch_size
         self._next = 0  # the worker that gets the next call's first shard
         ray.get([w.get_version.remote() for w in self.workers])  # surface start-up errors here
 
     def _shards(self, requests: list[GenerationRequest], params: SamplingParams):
         """Shard i of a call goes to the workers in turn, so small calls (replacement groups) do
-        not all land on the first worker; its seed depends on i only, so the rollouts do not
-        depend on which worker (all hold the same weights) runs it."""
+        not all land on the first worker. Seeds are per sample (rollout/types.py: sample_seed),
+        so the rollouts do not depend on which worker (all hold the same weights) runs them."""
         n = len(self.workers)
         shards = [requests[i::n] for i in range(n) if requests[i::n]]
         first, self._next = self._next, (self._next + len(shards)) % n
         for i, shard in enumerate(shards):
-            yield self.workers[(first + i) % n], shard, SamplingParams(
-                params.temperature, params.top_p, params.max_new_tokens, params.seed * 1000 + i)
+            yield self.workers[(first + i) % n], shard, params
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[Rollout]:
         futures = [w.generate.remote(shard, p, self.batch_size) for w, shard, p in self._shards(requests, params)]

@@ -1,20 +1,34 @@
-"""Records that cross the rollout actor boundary."""
+"""Records that cross the rollout actor boundary, and the engines' settings and errors."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Literal
 
 
-@dataclass(frozen=True)
+class EngineError(RuntimeError):
+    """An engine that cannot run as configured (missing extra, bad checkpoint, version mismatch)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class SamplingParams:
+    """One generation call's sampling. Each sample's seed is `sample_seed(seed, step, group, sample)`:
+    the same rollout whichever worker, batch or shard generates it, with either engine."""
+
     temperature: float = 1.0  # 0 = greedy
-    top_p: float = 1.0
     max_new_tokens: int = 16
-    seed: int = 0
+    seed: int = 0  # run.seed
+    step: int = 0  # the call's step (evaluation and replacement calls have their own numbers)
 
 
-@dataclass(frozen=True)
+def sample_seed(run_seed: int, step: int, group_id: int, sample_index: int) -> int:
+    """The one sampling seed function: a 63-bit seed from (run seed, step, group, sample)."""
+    key = f"{run_seed}/{step}/{group_id}/{sample_index}".encode()
+    return int.from_bytes(hashlib.blake2b(key, digest_size=8).digest(), "little") >> 1
+
+
+@dataclass(frozen=True, kw_only=True)
 class GenerationRequest:
     group_id: int  # unique per request in a run; all samples of it form one group
     prompt_id: int
@@ -23,12 +37,12 @@ class GenerationRequest:
     num_samples: int  # group size: responses sampled for this prompt
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Rollout:
     """One sampled response.
 
     `logprobs[i]` is log p(response_ids[i]) under the sampling policy's
-    temperature-scaled distribution (log_softmax(logits / T), before top-p);
+    temperature-scaled distribution (log_softmax(logits / T));
     `versions[i]` is the policy version that produced token i.
     """
 
@@ -47,3 +61,22 @@ class Rollout:
     @property
     def min_version(self) -> int:
         return min(self.versions) if self.versions else -1
+
+
+@dataclass(frozen=True)
+class VLLMOptions:
+    """Engine settings (rollout.vllm_* in the config; see docs/config.md)."""
+
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.85
+    kv_cache_gib: float | None = None  # None: 1 GiB on CPU, from gpu_memory_utilization on GPU
+    max_model_len: int | None = None  # None: the model's own limit
+    max_num_seqs: int = 256
+    enforce_eager: bool | None = None  # None: eager on CPU (no compile at start-up), graphs on GPU
+    enable_prefix_caching: bool = True
+    enable_sleep_mode: bool = False  # GPUs, colocated with learners: sleep()/wake_up() free the GPU
+    seed: int = 0
+    # `tandem_file` (tested on CPU): updates from the object store through a shared file.
+    # `nccl` / `ipc`: vLLM's GPU backends, fed by the learner through vLLM's trainer-side
+    # engines (untested here: no GPU in CI).
+    weight_transfer: str = "tandem_file"

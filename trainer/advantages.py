@@ -17,10 +17,25 @@ import numpy as np
 
 from rollout.registry import Registry
 
-ADVANTAGES: Registry[Callable] = Registry("advantage estimator")
 
 
 @dataclass(frozen=True)
+class AdvantageKind:
+    """What an estimator needs from the run: a critic's values, or groups of samples per prompt
+    (always, or only when the boolean option named by `groups_when` is set)."""
+
+    needs_critic: bool = False
+    needs_groups: bool = False
+    groups_when: Optional[str] = None  # an AdvantageOptions field
+
+    def grouped(self, opts: "AdvantageOptions") -> bool:
+        return self.needs_groups or (self.groups_when is not None and bool(getattr(opts, self.groups_when)))
+
+
+ADVANTAGES: Registry[Callable] = Registry("advantage estimator", traits=AdvantageKind, papers=True)
+
+
+@dataclass(frozen=True, kw_only=True)
 class AdvantageInputs:
     scores: np.ndarray  # [B] outcome reward per sample
     groups: np.ndarray  # [B] int, samples of one prompt share a group id
@@ -80,7 +95,10 @@ def _whiten(a: np.ndarray, mask: np.ndarray, eps: float) -> np.ndarray:
     return (a - mean) / (np.sqrt(var) + eps) * mask
 
 
-@ADVANTAGES.register("grpo", "GRPO: (r - group mean) / group std; batch std or no std (Dr.GRPO) by option")
+@ADVANTAGES.register("grpo", "GRPO: (r - group mean) / group std; batch std or no std (Dr.GRPO) by option",
+                     paper="Shao et al. 2024, DeepSeekMath (GRPO); "
+                           "Liu et al. 2025, Understanding R1-Zero-Like Training (Dr.GRPO)",
+                     options=AdvantageOptions, traits=AdvantageKind(needs_groups=True))
 def grpo(x: AdvantageInputs, o: AdvantageOptions):
     scores = _sequence_scores(x)
     mean, std, _ = _group_stats(scores, x.groups)
@@ -96,19 +114,23 @@ def grpo(x: AdvantageInputs, o: AdvantageOptions):
     return _broadcast(centred, x.mask), None
 
 
-@ADVANTAGES.register("rloo", "RLOO: r minus the mean of the other samples of the same prompt")
+@ADVANTAGES.register("rloo", "RLOO: r minus the mean of the other samples of the same prompt",
+                     paper="Ahmadian et al. 2024, Back to Basics: REINFORCE-style optimization (RLOO)",
+                     options=AdvantageOptions, traits=AdvantageKind(needs_groups=True))
 def rloo(x: AdvantageInputs, o: AdvantageOptions):
     scores = _sequence_scores(x)
     mean, _, size = _group_stats(scores, x.groups)
     return _broadcast(size / (size - 1) * (scores - mean), x.mask), None
 
 
-@ADVANTAGES.register("reinforce_pp", "REINFORCE++: per-token return-to-go, normalised over the whole batch")
+@ADVANTAGES.register("reinforce_pp", "REINFORCE++: per-token return-to-go, normalised over the whole batch",
+                     paper="Hu 2025, REINFORCE++", options=AdvantageOptions,
+                     traits=AdvantageKind(groups_when="group_baseline"))
 def reinforce_pp(x: AdvantageInputs, o: AdvantageOptions):
     scores = np.asarray(x.scores, dtype=np.float64)
     if o.group_baseline:  # REINFORCE++-baseline: centre the outcome within its group first
         scores = scores - _group_stats(scores, x.groups)[0]
-    rewards = _last_token_rewards(AdvantageInputs(scores, x.groups, x.mask, x.token_rewards))
+    rewards = _last_token_rewards(AdvantageInputs(scores=scores, groups=x.groups, mask=x.mask, token_rewards=x.token_rewards))
     returns = np.zeros_like(rewards)
     running = np.zeros(rewards.shape[0])
     for t in reversed(range(rewards.shape[1])):
@@ -118,7 +140,9 @@ def reinforce_pp(x: AdvantageInputs, o: AdvantageOptions):
     return _whiten(returns, x.mask, o.eps).astype(np.float32), None
 
 
-@ADVANTAGES.register("gae", "GAE(gamma, lambda) from a critic's values (PPO); returns are the critic's targets")
+@ADVANTAGES.register("gae", "GAE(gamma, lambda) from a critic's values (PPO); returns are the critic's targets",
+                     paper="Schulman et al. 2016, High-Dimensional Continuous Control Using GAE",
+                     options=AdvantageOptions, traits=AdvantageKind(needs_critic=True))
 def gae(x: AdvantageInputs, o: AdvantageOptions):
     if x.values is None:
         raise ValueError("advantage 'gae' needs critic values (algorithm.critic)")

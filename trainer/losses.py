@@ -11,7 +11,7 @@ weights for the whole optimizer step, so micro-batching and sharding cannot chan
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import numpy as np
 import torch
@@ -20,20 +20,40 @@ import torch.nn.functional as F
 from rollout.registry import Registry
 from trainer.types import LossSpec
 
-LOSSES: Registry[Callable] = Registry("loss")
-KL_ESTIMATORS: Registry[Callable] = Registry("KL estimator")
-AGGREGATIONS: Registry[Callable] = Registry("loss aggregation")
-CRITIC_LOSSES = frozenset({"value_clip"})  # entries that train a value model, not a policy
-# Pairwise entries: rows 2i / 2i+1 of a batch are the chosen / rejected answer of pair i.
-PREFERENCE_LOSSES = frozenset({"dpo", "cdpo", "ipo", "simpo", "orpo"})  # train a policy from pairs
-REFERENCE_LOSSES = frozenset({"dpo", "cdpo", "ipo"})  # need the frozen reference's logprobs
-REWARD_MODEL_LOSSES = frozenset({"bradley_terry"})  # train a sequence classifier (model_kind "reward")
-SUPERVISED_LOSSES = frozenset({"sft"})
-# Policy losses that correct for a stale behaviour policy (asynchronous training, max_staleness > 0).
-OFF_POLICY_LOSSES = frozenset({"decoupled_ppo", "tis"})
+
+@dataclass(frozen=True)
+class LossKind:
+    """What a loss trains and what it needs, declared where the loss is registered.
+
+    trains: "policy" (RL on rollouts), "critic" (a value model), "preference" (a policy from
+    chosen/rejected pairs: rows 2i / 2i+1 of a batch are pair i), "reward_model" (a sequence
+    classifier, model_kind "reward"), "supervised" (token NLL)."""
+
+    trains: Literal["policy", "critic", "preference", "reward_model", "supervised"]
+    needs_reference: bool = False  # needs the frozen reference policy's logprobs whatever kl_coef says
+    off_policy: bool = False  # corrects for a stale behaviour policy with importance weights
+    # Reads pi_old / pi_prox: with trainer.updates_per_batch > 1 the controller sends the learner's
+    # own logprobs from before the batch's first update (LossInputs.proximal_logprobs).
+    proximal: bool = False
 
 
-@dataclass
+POLICY = LossKind("policy", proximal=True)
+
+LOSSES: Registry[Callable] = Registry("loss", traits=LossKind, papers=True)
+KL_ESTIMATORS: Registry[Callable] = Registry("KL estimator", papers=True)
+AGGREGATIONS: Registry[Callable] = Registry("loss aggregation", papers=True)
+
+
+def loss_kind(name: str) -> LossKind:
+    return LOSSES.entry(name).traits
+
+
+def losses_that(trains: str) -> list[str]:
+    """Names of the registered losses that train `trains` (a LossKind.trains value)."""
+    return LOSSES.names(lambda e: e.traits.trains == trains)
+
+
+@dataclass(kw_only=True)
 class LossInputs:
     mask: torch.Tensor  # [B, T] 1.0 on response tokens
     logprobs: Optional[torch.Tensor] = None  # [B, T] current policy, log_softmax(logits / T)
@@ -46,29 +66,33 @@ class LossInputs:
     returns: Optional[torch.Tensor] = None  # [B, T] critic targets
     scores: Optional[torch.Tensor] = None  # [B] reward model's scalar per sequence
     margins: Optional[torch.Tensor] = None  # [B] required reward margin of the row's pair (Bradley-Terry)
-    # Last, so positional construction keeps its meaning: [B, T] policy at the step's start (decoupled_ppo).
+    # [B, T] the learner's policy at the step's start (several updates per batch; pi_old / pi_prox).
     proximal_logprobs: Optional[torch.Tensor] = None
 
 
 # ---- KL estimators (Schulman, "Approximating KL divergence") ----
 
-@KL_ESTIMATORS.register("k1", "log-ratio log(pi/pi_ref); unbiased, high variance")
+@KL_ESTIMATORS.register("k1", "log-ratio log(pi/pi_ref); unbiased, high variance",
+                        paper="Schulman 2020, Approximating KL Divergence")
 def kl_k1(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return logprobs - ref_logprobs
 
 
-@KL_ESTIMATORS.register("k2", "0.5 * log-ratio^2; low variance, biased")
+@KL_ESTIMATORS.register("k2", "0.5 * log-ratio^2; low variance, biased",
+                        paper="Schulman 2020, Approximating KL Divergence")
 def kl_k2(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     return 0.5 * (logprobs - ref_logprobs) ** 2
 
 
-@KL_ESTIMATORS.register("k3", "exp(ref - logp) - (ref - logp) - 1; unbiased, non-negative")
+@KL_ESTIMATORS.register("k3", "exp(ref - logp) - (ref - logp) - 1; unbiased, non-negative",
+                        paper="Schulman 2020, Approximating KL Divergence")
 def kl_k3(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     delta = ref_logprobs - logprobs
     return torch.exp(delta) - delta - 1.0
 
 
-@KL_ESTIMATORS.register("k3_clamp", "k3 with the log-ratio and the estimate clamped to [-10, 10] (low-variance KL)")
+@KL_ESTIMATORS.register("k3_clamp", "k3 with the log-ratio and the estimate clamped to [-10, 10] (low-variance KL)",
+                        paper="Schulman 2020; clamped low-variance form")
 def kl_k3_clamp(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     delta = torch.clamp(ref_logprobs - logprobs, -20.0, 20.0)
     return torch.clamp(torch.exp(delta) - delta - 1.0, -10.0, 10.0)
@@ -76,19 +100,22 @@ def kl_k3_clamp(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Ten
 
 # ---- aggregation modes ----
 
-@AGGREGATIONS.register("token-mean", "every response token of the step weighs the same (DAPO)")
+@AGGREGATIONS.register("token-mean", "every response token of the step weighs the same (DAPO)",
+                       paper="Yu et al. 2025, DAPO (token-level loss)")
 def token_mean(mask: np.ndarray, max_len: int) -> np.ndarray:
     return (mask / max(mask.sum(), 1.0)).astype(np.float32)
 
 
-@AGGREGATIONS.register("seq-mean-token-mean", "mean over each sequence's tokens, then over sequences (GRPO paper)")
+@AGGREGATIONS.register("seq-mean-token-mean", "mean over each sequence's tokens, then over sequences (GRPO paper)",
+                       paper="Shao et al. 2024, DeepSeekMath (GRPO objective)")
 def seq_mean_token_mean(mask: np.ndarray, max_len: int) -> np.ndarray:
     lengths = mask.sum(axis=1, keepdims=True)
     rows = max((lengths > 0).sum(), 1)
     return (np.divide(mask, lengths, out=np.zeros_like(mask), where=lengths > 0) / rows).astype(np.float32)
 
 
-@AGGREGATIONS.register("seq-mean-token-sum", "token sum per sequence over a constant (max length), mean over sequences (Dr.GRPO)")
+@AGGREGATIONS.register("seq-mean-token-sum", "token sum per sequence over a constant (max length), mean over sequences (Dr.GRPO)",
+                       paper="Liu et al. 2025, Dr.GRPO")
 def seq_mean_token_sum(mask: np.ndarray, max_len: int) -> np.ndarray:
     rows = max((mask.sum(axis=1) > 0).sum(), 1)
     return (mask / (rows * max_len)).astype(np.float32)
@@ -123,9 +150,17 @@ def _clipped_surrogate(ratio: torch.Tensor, advantages: torch.Tensor, spec: Loss
     return objective, {"clip_frac": (clipped < surrogate).float().detach(), "ratio": ratio.detach()}
 
 
-@LOSSES.register("ppo_clip", "PPO clipped surrogate; clip-higher (DAPO) via clip_eps_high, dual-clip via dual_clip")
+def _old_logprobs(x: LossInputs) -> torch.Tensor:
+    """pi_old of the PPO ratio: the learner's own logprobs from before the batch's first update when
+    the controller sent them (several updates per batch), else the engine's that sampled."""
+    return x.behaviour_logprobs if x.proximal_logprobs is None else x.proximal_logprobs
+
+
+@LOSSES.register("ppo_clip", "PPO clipped surrogate; clip-higher (DAPO) via clip_eps_high, dual-clip via dual_clip",
+                 paper="Schulman et al. 2017 (PPO); Yu et al. 2025 DAPO (clip-higher); Ye et al. 2020 (dual-clip)",
+                 options=LossSpec, traits=POLICY)
 def ppo_clip(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    objective, metrics = _clipped_surrogate(torch.exp(x.logprobs - x.behaviour_logprobs), x.advantages, spec)
+    objective, metrics = _clipped_surrogate(torch.exp(x.logprobs - _old_logprobs(x)), x.advantages, spec)
     return _regularise(-objective, x, spec, metrics), metrics
 
 
@@ -138,7 +173,11 @@ def _importance_weights(target: torch.Tensor, x: LossInputs, spec: LossSpec, met
     return torch.clamp(weight, max=spec.is_cap).detach()
 
 
-@LOSSES.register("decoupled_ppo", "PPO clipped to the proximal policy, times min(pi_prox / pi_behaviour, is_cap)")
+@LOSSES.register("decoupled_ppo", "PPO clipped to the proximal policy, times min(pi_prox / pi_behaviour, is_cap); with "
+                 "trainer.updates_per_batch 1 the proximal policy is the current one and this equals tis",
+                 paper="Hilton et al. 2022, Batch size-invariance for policy optimization (decoupled PPO); "
+                       "Fu et al. 2025, AReaL (asynchronous RL)",
+                 options=LossSpec, traits=LossKind("policy", off_policy=True, proximal=True))
 def decoupled_ppo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     # The trust region is around the proximal policy (the learner's own at the step's start), not
     # around the stale engine that sampled; the importance weight carries the off-policy correction.
@@ -149,7 +188,10 @@ def decoupled_ppo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str
     return _regularise(-weight * objective, x, spec, metrics), metrics
 
 
-@LOSSES.register("tis", "truncated importance sampling: policy gradient weighted by min(pi / pi_behaviour, is_cap)")
+@LOSSES.register("tis", "truncated importance sampling: policy gradient weighted by min(pi / pi_behaviour, is_cap)",
+                 paper="Yao et al. 2025, Your Efficient RL Framework Secretly Brings You Off-Policy RL Training "
+                       "(TIS); Espeholt et al. 2018, IMPALA (truncated importance weights)",
+                 options=LossSpec, traits=LossKind("policy", off_policy=True))
 def tis(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     metrics: dict[str, torch.Tensor] = {}
     weight = _importance_weights(x.logprobs, x, spec, metrics)
@@ -158,10 +200,12 @@ def tis(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Te
     return _regularise(per_token, x, spec, metrics), metrics
 
 
-@LOSSES.register("gspo", "GSPO: sequence-level importance ratio (length-normalised), clipped per sequence")
+@LOSSES.register("gspo", "GSPO: sequence-level importance ratio (length-normalised), clipped per sequence",
+                 paper="Zheng et al. 2025, Group Sequence Policy Optimization",
+                 options=LossSpec, traits=POLICY)
 def gspo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     lengths = x.mask.sum(dim=1, keepdim=True).clamp(min=1.0)
-    seq_log_ratio = ((x.logprobs - x.behaviour_logprobs) * x.mask).sum(dim=1, keepdim=True) / lengths
+    seq_log_ratio = ((x.logprobs - _old_logprobs(x)) * x.mask).sum(dim=1, keepdim=True) / lengths
     # GSPO-token form: the value is the sequence ratio on every token, the gradient flows per token.
     ratio = torch.exp(seq_log_ratio.detach() + x.logprobs - x.logprobs.detach())
     high = spec.clip_eps if spec.clip_eps_high is None else spec.clip_eps_high
@@ -171,7 +215,9 @@ def gspo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.T
     return _regularise(-torch.minimum(surrogate, clipped), x, spec, metrics), metrics
 
 
-@LOSSES.register("value_clip", "critic: 0.5 * max((V - R)^2, (clip(V, V_old +- value_clip) - R)^2)")
+@LOSSES.register("value_clip", "critic: 0.5 * max((V - R)^2, (clip(V, V_old +- value_clip) - R)^2)",
+                 paper="Schulman et al. 2017 (PPO value clipping)",
+                 options=LossSpec, traits=LossKind("critic"))
 def value_clip(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     clipped = x.old_values + torch.clamp(x.values - x.old_values, -spec.value_clip, spec.value_clip)
     unclipped_loss = (x.values - x.returns) ** 2
@@ -187,7 +233,9 @@ def value_clip(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, t
 # loss is the mean over pairs while the learner stays a plain sum(per_token * weight).
 # Metrics of shape [B] are per sequence (each pair's value on both its rows).
 
-@LOSSES.register("sft", "supervised fine-tuning: negative log-likelihood of the completion tokens")
+@LOSSES.register("sft", "supervised fine-tuning: negative log-likelihood of the completion tokens",
+                 paper="supervised fine-tuning (token NLL on completions); Ouyang et al. 2022 (InstructGPT, SFT stage)",
+                 options=LossSpec, traits=LossKind("supervised"))
 def sft(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return -x.logprobs, {}
 
@@ -218,18 +266,25 @@ def _dpo_family(x: LossInputs, spec: LossSpec, pair_loss) -> tuple[torch.Tensor,
     return _on_rows(loss, x.mask), {k: v.detach().repeat_interleave(2) for k, v in metrics.items()}
 
 
-@LOSSES.register("dpo", "DPO: -log sigmoid(beta * (log-ratio chosen - log-ratio rejected)), ratios to the reference")
+@LOSSES.register("dpo", "DPO: -log sigmoid(beta * (log-ratio chosen - log-ratio rejected)), ratios to the reference",
+                 paper="Rafailov et al. 2023, Direct Preference Optimization",
+                 options=LossSpec, traits=LossKind("preference", needs_reference=True))
 def dpo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return _dpo_family(x, spec, lambda h: -F.logsigmoid(spec.beta * h))
 
 
-@LOSSES.register("cdpo", "conservative DPO: DPO with labels flipped with probability label_smoothing")
+@LOSSES.register("cdpo", "conservative DPO: DPO with labels flipped with probability label_smoothing",
+                 paper="Mitchell 2023, A note on DPO with noisy preferences (conservative DPO)",
+                 options=LossSpec, traits=LossKind("preference", needs_reference=True))
 def cdpo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     eps = spec.label_smoothing
     return _dpo_family(x, spec, lambda h: -(1 - eps) * F.logsigmoid(spec.beta * h) - eps * F.logsigmoid(-spec.beta * h))
 
 
-@LOSSES.register("ipo", "IPO: (log-ratio chosen - log-ratio rejected - 1 / (2 beta))^2, sequence log-ratios")
+@LOSSES.register("ipo", "IPO: (log-ratio chosen - log-ratio rejected - 1 / (2 beta))^2, sequence log-ratios",
+                 paper="Azar et al. 2023, A General Theoretical Paradigm to Understand Learning from Human "
+                       "Preferences (IPO)",
+                 options=LossSpec, traits=LossKind("preference", needs_reference=True))
 def ipo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return _dpo_family(x, spec, lambda h: (h - 1.0 / (2.0 * spec.beta)) ** 2)
 
@@ -239,7 +294,9 @@ def _mean_logprobs(x: LossInputs) -> torch.Tensor:
     return (x.logprobs * x.mask).sum(dim=1) / x.mask.sum(dim=1).clamp(min=1.0)
 
 
-@LOSSES.register("simpo", "SimPO (reference-free): -log sigmoid(beta * (mean logp chosen - mean logp rejected) - gamma)")
+@LOSSES.register("simpo", "SimPO (reference-free): -log sigmoid(beta * (mean logp chosen - mean logp rejected) - gamma)",
+                 paper="Meng et al. 2024, SimPO: Simple Preference Optimization with a Reference-Free Reward",
+                 options=LossSpec, traits=LossKind("preference"))
 def simpo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     chosen, rejected = _pairs(_mean_logprobs(x))
     margin = spec.beta * (chosen - rejected)
@@ -248,7 +305,9 @@ def simpo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.
     return _on_rows(loss, x.mask), {k: v.detach().repeat_interleave(2) for k, v in metrics.items()}
 
 
-@LOSSES.register("orpo", "ORPO (reference-free): NLL of chosen - lambda * log sigmoid(log odds chosen - log odds rejected)")
+@LOSSES.register("orpo", "ORPO (reference-free): NLL of chosen - lambda * log sigmoid(log odds chosen - log odds rejected)",
+                 paper="Hong et al. 2024, ORPO: Monolithic Preference Optimization without Reference Model",
+                 options=LossSpec, traits=LossKind("preference"))
 def orpo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     # Odds of the length-normalised likelihood p: log(p / (1 - p)); p < 1 kept away from 1 for finiteness.
     mean_logp = _mean_logprobs(x).clamp(max=-1e-6)
@@ -262,7 +321,9 @@ def orpo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.T
     return _on_rows(loss, x.mask), {k: v.detach().repeat_interleave(2) for k, v in metrics.items()}
 
 
-@LOSSES.register("bradley_terry", "reward model: -log sigmoid(score chosen - score rejected - margin)")
+@LOSSES.register("bradley_terry", "reward model: -log sigmoid(score chosen - score rejected - margin)",
+                 paper="Bradley & Terry 1952; Ouyang et al. 2022 (reward model); Touvron et al. 2023 (Llama 2 margin)",
+                 options=LossSpec, traits=LossKind("reward_model"))
 def bradley_terry(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     if x.scores is None:
         raise ValueError("loss 'bradley_terry' needs reward-model scores (learner model_kind 'reward')")

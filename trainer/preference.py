@@ -1,8 +1,8 @@
-"""Preference batches and metrics: pairs as adjacent rows, one loss weight per pair.
+"""Preference weights and metrics: one loss weight per pair, pair accuracy, implicit rewards.
 
-A pair (prompt, chosen, rejected) becomes rows 2i (prompt + chosen) and 2i + 1 (prompt +
-rejected) of a TrainBatch; loss_mask marks the answer tokens. The registered pair losses
-(trainer/losses.py) return each pair's loss on its rows' tokens, and `pair_weights` puts
+A pair (prompt, chosen, rejected) is rows 2i (prompt + chosen) and 2i + 1 (prompt + rejected)
+of a TrainBatch (trainer/batches.py: pair_batch); loss_mask marks the answer tokens. The
+registered pair losses (trainer/losses.py) return each pair's loss on its rows' tokens, and `pair_weights` puts
 1 / (pairs in the step) on one token of each pair, so the learner's sum(per_token * weight)
 is the mean pair loss of the optimizer step, however the step is sharded or micro-batched.
 """
@@ -13,27 +13,6 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from rollout.preference_data import PreferencePair
-from trainer.types import TrainBatch
-
-
-def pair_batch(pairs: Sequence[PreferencePair], pad_id: int) -> TrainBatch:
-    """Rows [chosen_0, rejected_0, chosen_1, ...], right-padded; `margins` [B] repeat per pair."""
-    seqs = []
-    for p in pairs:
-        seqs += [(p.prompt_ids, p.chosen_ids), (p.prompt_ids, p.rejected_ids)]
-    width = max(len(a) + len(b) for a, b in seqs)
-    ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    attn = np.zeros_like(ids)
-    mask = np.zeros(ids.shape, dtype=np.float32)
-    for i, (prompt, answer) in enumerate(seqs):
-        n, m = len(prompt), len(answer)
-        ids[i, : n + m] = prompt + answer
-        attn[i, : n + m] = 1
-        mask[i, max(n, 1): n + m] = 1.0  # position 0 is never a target
-    margins = np.repeat([p.margin for p in pairs], 2).astype(np.float32)
-    return TrainBatch(ids, attn, mask, np.zeros_like(mask), margins=margins)
-
 
 def pair_weights(mask: np.ndarray) -> np.ndarray:
     """Weight 1 / (live pairs) on column 0 of each live pair's chosen row; filler pairs (no
@@ -43,19 +22,6 @@ def pair_weights(mask: np.ndarray) -> np.ndarray:
     weights = np.zeros(mask.shape, dtype=np.float32)
     weights[0::2, 0] = live / max(int(live.sum()), 1)
     return weights
-
-
-def pad_pairs(batch: TrainBatch, rows: int) -> TrainBatch:
-    """Fill up to `rows` rows with copies of the first pair that have no loss_mask (weight 0),
-    so every optimizer step has the shape the learners were configured for."""
-    missing = rows - len(batch)
-    if missing < 0 or missing % 2:
-        raise ValueError(f"cannot pad a batch of {len(batch)} rows to {rows}")
-    if missing == 0:
-        return batch
-    filler = batch.rows(np.tile([0, 1], missing // 2))
-    filler = filler.replace(loss_mask=np.zeros_like(filler.loss_mask))
-    return TrainBatch(**{k: np.concatenate([v, getattr(filler, k)]) for k, v in batch.arrays().items()})
 
 
 def sequence_logprobs(token_logprobs: np.ndarray, mask: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from typing import Optional
 import numpy as np
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class LossSpec:
     """Which registered loss to run and its knobs; the learner knows nothing else."""
 

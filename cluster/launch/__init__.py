@@ -36,7 +36,7 @@ class Job:
     @classmethod
     def load(cls, recipe: str | Path, overrides: list[str] | None = None) -> "Job":
         from cluster.placement import build_plan
-        from cluster.roles import learner_options
+        from cluster.shapes import learner_options
 
         cfg = load_config(recipe, overrides)
         learner_options(cfg)  # batch-shape errors are caught on the laptop, not on the cluster

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from cluster.config import Config, ConfigError, load_config, parse_overrides
-from cluster.roles import learner_options
+from cluster.shapes import learner_options
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("*.yaml"))

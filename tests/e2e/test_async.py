@@ -8,8 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cluster.controller import Controller, run
-from cluster.roles import prepare_inputs, start_roles
+from cluster.rl.controller import Controller
+from cluster.run import run
+from cluster.roles import start_roles
+from cluster.run import prepare_inputs, prepare_model
 from cluster.rundir import RunDir
 from tests.e2e.test_grpo_local import config
 
@@ -31,11 +33,12 @@ def test_k0_reproduces_the_synchronous_loop_bitwise(ray_session, tmp_path):
     (generate the whole batch, score it, train, sync) written out here with the same roles."""
     steps = 3
     cfg = config(tmp_path, f"controller.steps={steps}", "controller.eval_every=0", "run.name=streamed")
-    summary = run(cfg, log=lambda *_: None)
+    summary = run(cfg, log=lambda *_: None).record
     streamed = rows(tmp_path, "streamed")
 
     ref_cfg = config(tmp_path, f"controller.steps={steps}", "controller.eval_every=0", "run.name=reference")
-    train, evals = prepare_inputs(ref_cfg, log=lambda *_: None)
+    prepare_model(ref_cfg, log=lambda *_: None)
+    train, evals = prepare_inputs(ref_cfg)
     roles = start_roles(ref_cfg, loopback=True)
     try:
         ctl = Controller(ref_cfg, roles, RunDir.create(ref_cfg), train, evals)
@@ -44,7 +47,7 @@ def test_k0_reproduces_the_synchronous_loop_bitwise(ray_session, tmp_path):
         for step in range(1, steps + 1):
             requests = ctl._requests(ref_cfg.controller.prompts_per_step)
             rollouts = roles.rollout.generate(requests, ctl._sampling(ref_cfg.rollout.temperature, step))
-            groups = ctl.buffer.admit(rollouts, roles.reward.score(rollouts), ctl.version)
+            groups = ctl.gate.admit(rollouts, roles.reward.score(rollouts), ctl.version)
             metrics, moved = ctl.train(groups, step)
             assert moved
             ctl.sync_weights()
@@ -67,7 +70,7 @@ def test_staleness_bound_holds_under_a_slow_learner(ray_session, tmp_path):
     # as far as the budget allows, and no further.
     k, steps = 1, 5
     summary = run(config(tmp_path, f"controller.steps={steps}", f"controller.max_staleness={k}",
-                         "trainer.updates_per_batch=4", "algorithm.loss=decoupled_ppo"), log=lambda *_: None)
+                         "trainer.updates_per_batch=4", "algorithm.loss=decoupled_ppo"), log=lambda *_: None).record
     s = summary["staleness"]
     assert s["max_seen"] == k and s["max_allowed"] == k  # the bound is reached, never passed
     assert set(s["histogram"]) <= {"0", "1"} and sum(s["histogram"].values()) == steps * 32
@@ -81,7 +84,7 @@ def test_staleness_bound_holds_under_a_slow_long_tailed_reward_worker(ray_sessio
     k, steps = 2, 6
     summary = run(config(tmp_path, f"controller.steps={steps}", f"controller.max_staleness={k}",
                          "reward.num_workers=1", "reward.batch_size=4", "algorithm.loss=tis", *STALLS),
-                  log=lambda *_: None)
+                  log=lambda *_: None).record
     s = summary["staleness"]
     assert s["max_seen"] <= k and set(map(int, s["histogram"])) <= set(range(k + 1))
     assert sum(s["histogram"].values()) == steps * 32 and s["dropped"] == 0
@@ -92,7 +95,7 @@ def test_staleness_bound_holds_under_a_slow_long_tailed_reward_worker(ray_sessio
 def test_dynamic_sampling_replaces_tied_groups(ray_session, tmp_path):
     steps = 3
     summary = run(config(tmp_path, f"controller.steps={steps}", "controller.max_staleness=1",
-                         "algorithm.dynamic_sampling=true"), log=lambda *_: None)
+                         "algorithm.dynamic_sampling=true"), log=lambda *_: None).record
     filtered = summary["scheduling"]["dynamic_sampling_filtered_groups"]
     assert filtered > 0  # a barely trained model: many groups are all wrong
     assert summary["samples"] == steps * 32  # every step still trained on 8 full groups

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cluster.config import load_config
-from cluster.controller import run
+from cluster.run import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,7 +25,7 @@ def sft_run(ray_session, tiny_model, tmp_path_factory) -> dict:
         f"data.eval_path={tiny_model}/data/eval.jsonl", f"run.output_dir={out}/runs", "offline.epochs=40",
         "offline.max_steps=60", "offline.eval_every=20", "trainer.lr=2e-3",
     ])
-    summary = run(cfg, log=print)
+    summary = run(cfg, log=print).record
     # The DPO runs read the tiny task's data next to the model, as the tiny recipes do.
     shutil.copytree(Path(tiny_model) / "data", Path(summary["final_dir"]) / "data")
     return summary
@@ -49,7 +49,7 @@ def test_offline_dpo_raises_held_out_margin(sft_run, tmp_path):
         f"data.eval_path={data}/pairs_eval.jsonl", f"run.output_dir={tmp_path}/runs",
         "trainer.lr=1e-3", "offline.max_steps=48", "offline.epochs=2", "offline.eval_every=16",
     ])
-    summary = run(cfg, log=print)
+    summary = run(cfg, log=print).record
     initial, final = summary["eval"]["initial"], summary["eval"]["final"]
     print("offline DPO held-out implicit reward", initial, "->", final)
     assert summary["status"] == "completed" and summary["steps"] == 48
@@ -76,7 +76,7 @@ def test_online_dpo_in_the_controller_loop(sft_run, tmp_path):
         "controller.eval_every=0", "controller.progress=false", "trainer.micro_batch_size=16",
         "trainer.lr=3e-4", "algorithm.group_size=8", "rollout.threads_per_worker=1",
     ])
-    summary = run(cfg, log=lambda *_: None)
+    summary = run(cfg, log=lambda *_: None).record
     assert summary["status"] == "completed" and summary["steps"] == 8
     assert summary["staleness"]["max_seen"] == 0 and summary["staleness"]["dropped"] == 0
     rows = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]

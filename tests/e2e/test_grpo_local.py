@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from cluster.config import load_config
-from cluster.controller import run
+from cluster.run import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,7 +30,7 @@ def config(tmp_path, *extra):
 def test_few_grpo_steps(ray_session, tmp_path):
     cfg = config(tmp_path, "controller.steps=3", "controller.eval_every=2", "controller.checkpoint_every=2",
                  "algorithm.kl_coef=0.05")
-    summary = run(cfg, log=lambda *_: None)
+    summary = run(cfg, log=lambda *_: None).record
     run_dir = tmp_path / "runs" / "quickstart"
     assert summary["status"] == "completed" and summary["run_dir"] == str(run_dir)
     assert json.loads((run_dir / "summary.json").read_text()) == json.loads(json.dumps(summary))
@@ -93,7 +93,7 @@ def test_failed_run_keeps_what_it_wrote(ray_session, tmp_path):
     assert len(rows) >= 2 and rows[0]["step"] == 1
     assert (run_dir / "config.yaml").is_file()
 
-    again = run(config(tmp_path, "controller.steps=1", "run.name=crash"), log=lambda *_: None)
+    again = run(config(tmp_path, "controller.steps=1", "run.name=crash"), log=lambda *_: None).record
     assert again["run_dir"] == str(tmp_path / "runs" / "crash-1")  # the failed run's directory is kept
     assert (run_dir / "summary.json").is_file()
 
@@ -103,7 +103,7 @@ def test_ppo_with_critic(ray_session, tmp_path):
     cfg = config(tmp_path, "controller.steps=3", "run.name=ppo", "algorithm.advantage=gae", "critic.enabled=true",
                  "critic.warmup_steps=1", "algorithm.lam=0.95", "algorithm.kl_coef=0.05", "algorithm.kl_in=reward",
                  "algorithm.kl_estimator=k1")
-    summary = run(cfg, log=lambda *_: None)
+    summary = run(cfg, log=lambda *_: None).record
     rows = [json.loads(line) for line in (tmp_path / "runs" / "ppo" / "metrics.jsonl").read_text().splitlines()]
     assert summary["status"] == "completed" and summary["steps"] == 3
     assert summary["weight_sync"]["count"] == 2  # the warm-up step trained only the critic

@@ -39,11 +39,12 @@ def drive(out: str) -> None:
     from ray.cluster_utils import Cluster
 
     from cluster.config import load_config
-    from cluster.controller import Controller
     from cluster.launch.wait_nodes import wait_for_nodes
     from cluster.placement import PlacementError
-    from cluster.progress import Progress
-    from cluster.roles import prepare_inputs, start_roles
+    from cluster.rl.controller import Controller
+    from cluster.rl.progress import Progress
+    from cluster.roles import start_roles
+    from cluster.run import prepare_inputs, prepare_model
     from cluster.rundir import RunDir
     from cluster.runtime import ray_session
 
@@ -58,7 +59,8 @@ def drive(out: str) -> None:
                   "expected": {"learner": learner.node_id, "rollout": rollout.node_id,
                                "reward": cluster.head_node.node_id}}
         cfg = load_config(recipe, [*overrides(f"{out}/tiny", out), f"cluster.address={cluster.address}"])
-        train, evals = prepare_inputs(cfg, log=lambda *_: None)
+        prepare_model(cfg, log=lambda *_: None)
+        train, evals = prepare_inputs(cfg)
         with ray_session(cfg.cluster, 0) as loopback:
             import ray
 

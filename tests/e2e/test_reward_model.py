@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cluster.config import load_config
-from cluster.controller import run
+from cluster.run import run
 from cluster.offline import write_arithmetic_pairs
 from reward.reward_model import RewardModelScorer
 from trainer.preference import pair_accuracy
@@ -24,7 +24,7 @@ def test_reward_model_learns_synthetic_preferences(ray_session, tiny_model, tmp_
         f"data.eval_path={data}/pairs_eval.jsonl", f"run.output_dir={tmp_path}/runs",
         "offline.epochs=8", "offline.eval_every=32",
     ])
-    summary = run(cfg, log=print)
+    summary = run(cfg, log=print).record
     initial, final = summary["eval"]["initial"], summary["eval"]["final"]
     print("reward model held-out pair accuracy", initial, "->", final)
     assert summary["status"] == "completed" and summary["data"] == {"train": 512, "eval": 64, "dropped": 0}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from cluster.controller import run
+from cluster.run import run
 from tests.e2e.test_grpo_local import config
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
 def test_grpo_steps_with_the_vllm_engine(ray_session, tmp_path):
     cfg = config(tmp_path, "rollout.engine=vllm", "controller.steps=3", "controller.eval_every=0",
                  "run.name=vllm", "trainer.num_learners=1", "trainer.zero_stage=0")
-    summary = run(cfg, log=lambda *_: None)
+    summary = run(cfg, log=lambda *_: None).record
     assert summary["status"] == "completed" and summary["steps"] == 3 and summary["samples"] == 3 * 8 * 4
     assert summary["weight_sync"]["count"] == 3 and summary["weight_sync"]["checksum_failures"] == 0
     assert summary["staleness"]["max_seen"] == 0 and summary["staleness"]["dropped"] == 0
@@ -38,7 +38,7 @@ def test_asynchronous_grpo_with_the_vllm_engine(ray_session, tmp_path):
     cfg = config(tmp_path, "rollout.engine=vllm", f"controller.steps={steps}", "controller.eval_every=0",
                  "run.name=vllm-async", "trainer.num_learners=1", "trainer.zero_stage=0",
                  "controller.max_staleness=1", "algorithm.loss=decoupled_ppo")
-    summary = run(cfg, log=lambda *_: None)
+    summary = run(cfg, log=lambda *_: None).record
     s = summary["staleness"]
     assert summary["status"] == "completed" and summary["samples"] == steps * 8 * 4
     assert s["max_seen"] <= 1 and set(s["histogram"]) <= {"0", "1"} and s["dropped"] == 0

@@ -52,7 +52,7 @@ def test_reward_model_needs_a_scalar_head(tmp_path):
 
 
 def rollouts(texts):
-    return [Rollout(0, i, i, "5+7=", "12", (1,), (3,), t, (-0.1,), (0,), "stop") for i, t in enumerate(texts)]
+    return [Rollout(group_id=0, prompt_id=i, sample_index=i, prompt="5+7=", answer="12", prompt_ids=(1,), response_ids=(3,), response_text=t, logprobs=(-0.1,), versions=(0,), finish_reason="stop") for i, t in enumerate(texts)]
 
 
 def test_pool_composes_reward_model_scores(ray_session, reward_model_dir):

@@ -16,7 +16,7 @@ PLUGINS = ["tests.reward.plugin_verifiers"]
 
 def rollouts(texts, answers=None, group=lambda i: i // 4):
     answers = answers or ["12"] * len(texts)
-    return [Rollout(group(i), i, i % 4, f"p{group(i)}", a, (1,), (3,), t, (-0.1,), (0,), "stop")
+    return [Rollout(group_id=group(i), prompt_id=i, sample_index=i % 4, prompt=f"p{group(i)}", answer=a, prompt_ids=(1,), response_ids=(3,), response_text=t, logprobs=(-0.1,), versions=(0,), finish_reason="stop")
             for i, (t, a) in enumerate(zip(texts, answers))]
 
 

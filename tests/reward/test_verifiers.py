@@ -139,7 +139,7 @@ def test_code_bad_reference():
 
 
 def rollout(text, answer="12", finish="stop"):
-    return Rollout(1, 0, 0, "5+7=", answer, (1,), (3,), text, (-0.1,), (0,), finish)
+    return Rollout(group_id=1, prompt_id=0, sample_index=0, prompt="5+7=", answer=answer, prompt_ids=(1,), response_ids=(3,), response_text=text, logprobs=(-0.1,), versions=(0,), finish_reason=finish)
 
 
 def worker(**kw):

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import ray
 
+from rollout.config import RolloutConfig
 from rollout.pool import RolloutPool
 from rollout.types import GenerationRequest, SamplingParams
 from rollout.weight_sync import WeightSyncError, WeightUpdate, describe
-from trainer.batching import build_batch
+from trainer.batches import build_batch
 from trainer.group import LearnerGroup
 from trainer.learner import LearnerOptions
 from trainer.types import LossSpec
@@ -17,7 +18,7 @@ TEMP = 0.9
 
 @pytest.fixture(scope="module")
 def actors(ray_session, tiny_model):
-    pool = RolloutPool(tiny_model, num_workers=2)
+    pool = RolloutPool(tiny_model, RolloutConfig(num_workers=2))
     learners = LearnerGroup(tiny_model, 1, LearnerOptions(zero_stage=0, lr=5e-3, micro_batch_size=32))
     yield pool, learners
     learners.shutdown()
@@ -25,8 +26,8 @@ def actors(ray_session, tiny_model):
 
 
 def sample(pool, seed):
-    reqs = [GenerationRequest(g, g, f"{g}+{2 * g}=", str(3 * g), 4) for g in range(8)]
-    return pool.generate(reqs, SamplingParams(TEMP, 1.0, 6, seed))
+    reqs = [GenerationRequest(group_id=g, prompt_id=g, prompt=f"{g}+{2 * g}=", answer=str(3 * g), num_samples=4) for g in range(8)]
+    return pool.generate(reqs, SamplingParams(temperature=TEMP, max_new_tokens=6, seed=seed))
 
 
 def engine_vs_learner(pool, learners, seed):
@@ -52,8 +53,8 @@ def test_rollouts_are_tagged_and_well_formed(actors):
 def test_sampling_is_reproducible_and_greedy_is_deterministic(actors):
     pool, _ = actors
     assert [r.response_ids for r in sample(pool, 7)] == [r.response_ids for r in sample(pool, 7)]
-    reqs = [GenerationRequest(0, 0, "12+34=", "46", 3)]
-    greedy = pool.generate(reqs, SamplingParams(0.0, 1.0, 6, 0))
+    reqs = [GenerationRequest(group_id=0, prompt_id=0, prompt="12+34=", answer="46", num_samples=3)]
+    greedy = pool.generate(reqs, SamplingParams(temperature=0.0, max_new_tokens=6, seed=0))
     assert len({r.response_ids for r in greedy}) == 1
 
 

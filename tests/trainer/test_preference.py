@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from rollout.preference_data import PreferencePair
+from trainer.data import PreferencePair
 from trainer.losses import LOSSES, LossInputs
-from trainer.preference import (best_worst_pairs, implicit_reward_stats, pad_pairs, pair_accuracy, pair_batch,
-                                pair_weights)
+from trainer.batches import pad_pairs, pair_batch
+from trainer.preference import best_worst_pairs, implicit_reward_stats, pair_accuracy, pair_weights
 from trainer.types import LossSpec
 
 RNG = np.random.default_rng(7)
@@ -75,13 +75,13 @@ def step_loss(name, spec, x=None):
 
 
 @pytest.mark.parametrize("name, spec, expected", [
-    ("dpo", LossSpec("dpo", beta=0.1), lambda: np_dpo(0.1)),
-    ("dpo", LossSpec("dpo", beta=0.5), lambda: np_dpo(0.5)),
-    ("cdpo", LossSpec("cdpo", beta=0.3, label_smoothing=0.2), lambda: np_dpo(0.3, 0.2)),
-    ("ipo", LossSpec("ipo", beta=0.1), lambda: np_ipo(0.1)),
-    ("simpo", LossSpec("simpo", beta=2.0, simpo_gamma=0.5), lambda: np_simpo(2.0, 0.5)),
-    ("orpo", LossSpec("orpo", orpo_lambda=0.1), lambda: np_orpo(0.1)),
-    ("bradley_terry", LossSpec("bradley_terry"), lambda: np_bradley_terry(np.zeros(2 * PAIRS))),
+    ("dpo", LossSpec(name="dpo", beta=0.1), lambda: np_dpo(0.1)),
+    ("dpo", LossSpec(name="dpo", beta=0.5), lambda: np_dpo(0.5)),
+    ("cdpo", LossSpec(name="cdpo", beta=0.3, label_smoothing=0.2), lambda: np_dpo(0.3, 0.2)),
+    ("ipo", LossSpec(name="ipo", beta=0.1), lambda: np_ipo(0.1)),
+    ("simpo", LossSpec(name="simpo", beta=2.0, simpo_gamma=0.5), lambda: np_simpo(2.0, 0.5)),
+    ("orpo", LossSpec(name="orpo", orpo_lambda=0.1), lambda: np_orpo(0.1)),
+    ("bradley_terry", LossSpec(name="bradley_terry"), lambda: np_bradley_terry(np.zeros(2 * PAIRS))),
 ], ids=["dpo", "dpo-beta0.5", "cdpo", "ipo", "simpo", "orpo", "bradley_terry"])
 def test_pair_loss_matches_formula(name, spec, expected):
     total, per_token, _ = step_loss(name, spec)
@@ -93,22 +93,22 @@ def test_pair_loss_matches_formula(name, spec, expected):
 
 
 def test_bradley_terry_margin():
-    total, _, metrics = step_loss("bradley_terry", LossSpec("bradley_terry"), inputs(margins=torch.tensor(MARGINS)))
+    total, _, metrics = step_loss("bradley_terry", LossSpec(name="bradley_terry"), inputs(margins=torch.tensor(MARGINS)))
     assert total == pytest.approx(np_bradley_terry(MARGINS).mean(), rel=1e-6)
     wins = (SCORES[0::2] > SCORES[1::2]).astype(float)
     np.testing.assert_array_equal(metrics["accuracy"].numpy(), np.repeat(wins, 2))
 
 
 def test_cdpo_without_smoothing_is_dpo():
-    a, _, _ = step_loss("cdpo", LossSpec("cdpo", beta=0.2, label_smoothing=0.0))
-    b, _, _ = step_loss("dpo", LossSpec("dpo", beta=0.2))
+    a, _, _ = step_loss("cdpo", LossSpec(name="cdpo", beta=0.2, label_smoothing=0.0))
+    b, _, _ = step_loss("dpo", LossSpec(name="dpo", beta=0.2))
     assert a == pytest.approx(b, rel=1e-12)
 
 
 def test_dpo_metrics_and_gradient_direction():
     x = inputs()
     x.logprobs.requires_grad_(True)
-    per_token, metrics = LOSSES.get("dpo")(x, LossSpec("dpo", beta=0.1))
+    per_token, metrics = LOSSES.get("dpo")(x, LossSpec(name="dpo", beta=0.1))
     (per_token * torch.tensor(pair_weights(MASK))).sum().backward()
     h = seq(LOGP) - seq(REF)
     np.testing.assert_allclose(metrics["reward_margin"][0::2].numpy(), 0.1 * (h[0::2] - h[1::2]), rtol=1e-10)
@@ -122,12 +122,12 @@ def test_reference_losses_need_reference_logprobs():
     x = inputs()
     x.ref_logprobs = None
     with pytest.raises(ValueError, match="'dpo' needs reference logprobs"):
-        LOSSES.get("dpo")(x, LossSpec("dpo"))
-    LOSSES.get("simpo")(x, LossSpec("simpo"))  # reference-free
+        LOSSES.get("dpo")(x, LossSpec(name="dpo"))
+    LOSSES.get("simpo")(x, LossSpec(name="simpo"))  # reference-free
 
 
 def test_sft_loss_is_token_nll():
-    per_token, _ = LOSSES.get("sft")(inputs(), LossSpec("sft"))
+    per_token, _ = LOSSES.get("sft")(inputs(), LossSpec(name="sft"))
     np.testing.assert_allclose(per_token.numpy(), -LOGP)
 
 
@@ -144,7 +144,7 @@ def test_filler_pairs_weigh_nothing_and_stay_finite():
     logp = t(-np.ones(batch.input_ids.shape))
     for name in ("dpo", "simpo", "orpo", "ipo"):
         x = LossInputs(mask=t(batch.loss_mask), logprobs=logp, ref_logprobs=logp * 0.5)
-        per_token, _ = LOSSES.get(name)(x, LossSpec(name))
+        per_token, _ = LOSSES.get(name)(x, LossSpec(name=name))
         assert torch.isfinite(per_token).all(), name
 
 
@@ -190,7 +190,7 @@ def test_mode_and_loss_must_agree(tmp_path, overrides, message):
 
 def test_online_dpo_trains_a_pair_per_prompt(tmp_path):
     from cluster.config import ConfigError, load_config
-    from cluster.roles import learner_options
+    from cluster.shapes import learner_options
 
     recipe = tmp_path / "r.yaml"
     recipe.write_text("model: {path: /m}\ndata: {train_path: a.jsonl, eval_path: b.jsonl}\n")

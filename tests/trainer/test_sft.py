@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 import torch
 
-from rollout.preference_data import Example
+from trainer.data import Example
 from trainer.learner import token_logprobs
 from trainer.losses import AGGREGATIONS, LOSSES, LossInputs
-from trainer.sft import pack, packed_batch, padded_batch
+from trainer.batches import pack, packed_batch, padded_batch
 from trainer.types import LossSpec
 
 
@@ -53,7 +53,7 @@ def test_packed_logprobs_equal_unpacked(tiny_model):
     got = sorted(np.round(together.numpy()[packed.loss_mask == 1], 5))
     np.testing.assert_allclose(got, want, atol=2e-5)
     # The same step loss either way: the token-mean NLL over completion tokens.
-    spec = LossSpec("sft")
+    spec = LossSpec(name="sft")
     losses = []
     for batch, logp in ((padded, alone), (packed, together)):
         per_token, _ = LOSSES.get("sft")(LossInputs(mask=torch.tensor(batch.loss_mask), logprobs=logp), spec)

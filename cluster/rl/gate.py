@@ -1,4 +1,4 @@
-"""ExperienceBuffer: the staleness gate and group assembly between rewards and advantages."""
+"""StalenessGate: the staleness gate and group assembly between rewards and advantages."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class Group:
     rewards: tuple[RewardResult, ...]
 
 
-class ExperienceBuffer:
+class StalenessGate:
     """Admits scored rollouts for training policy version `v` only if every token was
     produced by a version >= v - max_staleness; counts what it sees and drops."""
 

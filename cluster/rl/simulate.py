@@ -1,8 +1,8 @@
-"""Simulation mode of the controller: the real Scheduler and ExperienceBuffer, driven by
+"""Simulation mode of the controller: the real Scheduler and StalenessGate, driven by
 latency models of the engines, reward workers and learners on a simulated clock.
 
 A discrete-event simulation (a heap of timed events; no sleeping, no Ray, no weights). The
-controller part mirrors cluster/controller.py + cluster/streaming.py call for call: each
+controller part mirrors cluster/rl/controller.py + cluster/rl/streaming.py call for call: each
 step `steps_to_start` / `take_owed` decide what to dispatch (`expect` per group), finished
 rollouts are assembled per group and sent to the reward model when the group is complete,
 scored samples go through `scored`, and the step trains when `take(version)` returns a
@@ -24,8 +24,11 @@ instead of run, and every assumption made (the defaults of `LatencyModel`):
   Each group goes to the engine with the fewest unfinished samples (`dispatch`); "pool" is
   RolloutPool's split instead (request i of a dispatch to worker (start + i) mod n, the
   start rotating from call to call, so small replacement dispatches spread over workers).
-  `engine_calls="serial"` models today's RolloutWorker + vLLM engine: one generation call at
-  a time per worker, and a call's rollouts come back together when its last sample ends.
+  `engine_calls="streaming"` (the design: per-request streaming, continuous admission of
+  new calls into the running batch) is what the `hf` engine does; `"whole_call"` is today's
+  RolloutWorker + vLLM engine: one generation call at a time per worker (a new call joins
+  when the previous one has ended), and a call's rollouts come back together when its last
+  sample ends.
 * Rewards: per-sample latency lognormal (median 30 ms, sigma 1, cap 10 s) on unlimited
   parallel CPU workers, so a group is scored at its slowest member; reward = Bernoulli(0.5).
 * Learner: a step over the batch takes tokens * c / n_learners + 2 s, tokens = prompt +
@@ -34,10 +37,19 @@ instead of run, and every assumption made (the defaults of `LatencyModel`):
   fitted. At 64 GPUs it makes training the same order as generation when the two are
   split (bench: ~17 s of training on 24 GPUs in a ~29 s step); the sync mode's generation
   is far longer (~330 s against ~9 s of training) because it waits for the longest response.
-* Weight sync: 0.5 s + 14 GB / 20 GB/s (bf16 7B). Engines finish their current decode step,
-  pause for the sync, and in-flight sequences continue under the new version (interrupt
-  mode: partial rollouts). Colocated mode pays the same cost for the train/generate switch,
-  and its engines are paused while the learners (the same GPUs) train.
+* Weight sync (`WeightSyncModel`): seconds from the bytes each stage of the protocol copies,
+  moves or hashes, for a 7B model. "object_store" is today's protocol, stage by stage
+  (rollout/weight_sync.py, trainer/learner.py `export_weights`, rollout/pool.py, and for
+  vLLM rollout/vllm_engine.py + vllm_worker.py): gathered whole, cast to fp32 on learner
+  rank 0, hashed with blake2b, put in the object store, pulled by every engine host,
+  verified, and for vLLM hashed three more times on the way into the engine (5 blake2b
+  passes in all; 2 for the `hf` engine). "collective" is the design's target: the training
+  dtype broadcast over the network, fingerprinted on the device. The controller blocks for
+  the whole sync (export, receive, swap, as the real loop does); engines go on decoding
+  through export and receive and pause for the swap only (they finish their current decode
+  step first; in-flight sequences then continue under the new version: interrupt mode,
+  partial rollouts). Colocated mode pays the whole sync with the engines idle, and its
+  engines are paused while the learners (the same GPUs) train.
 * Controller: it blocks while the learners train and the weights sync (as the real loop
   does: rollouts that finish meanwhile wait in their streams, rewards are submitted when it
   returns). When it waits it handles everything that has arrived, at most once per
@@ -49,6 +61,10 @@ instead of run, and every assumption made (the defaults of `LatencyModel`):
 * Measured window: `warmup_steps` run first (the pipeline fills) and are not counted; with
   `drain=False` the scheduler is told the run goes on, so the window does not end with the
   final steps waiting for the slowest groups (a once-per-run cost a long run amortises).
+* Length-matched baseline (`replay`): a synchronous run given the groups another run
+  trained, step by step (their lengths, reward latencies and rewards), so both train the
+  same samples and tokens; asynchronous training under a staleness bound drops the groups
+  that take longest, so plain sync trains longer responses than async does.
 * Rollouts are real `Rollout` records with a two-token stand-in response:
   `versions = (version at its first token, version at its last)`; versions only move up
   during a sample, so min(versions) is the true oldest version and the staleness gate sees
@@ -71,10 +87,76 @@ from typing import Literal, Optional
 
 import numpy as np
 
-from cluster.buffer import ExperienceBuffer, Group
-from cluster.scheduler import Scheduler
+from cluster.rl.gate import StalenessGate, Group
+from cluster.rl.scheduler import Scheduler
 from reward.types import RewardResult
 from rollout.types import Rollout
+
+
+GB = 1e9
+PHASES = ("export", "receive", "swap")
+
+
+@dataclass(frozen=True)
+class WeightSyncModel:
+    """Seconds per weight sync from the bytes each stage of the protocol moves, copies or
+    hashes (`stages()`). Rates are per stream: one Python thread, one NIC, one PCIe link."""
+
+    protocol: Literal["collective", "object_store"] = "collective"
+    receiver: Literal["vllm", "hf"] = "vllm"  # object_store: the engine's load path
+    params: float = 7e9  # model parameters
+    train_bytes: int = 2  # bytes per parameter of the training dtype (bf16)
+    zero3: bool = True  # object_store: GatheredParameters gathers the whole model on every learner first
+    net_gbps: float = 20.0  # GB/s into each engine host (object store pull, NCCL broadcast) and between learners
+    pcie_gbps: float = 20.0  # GB/s host <-> device
+    copy_gbps: float = 2.0  # GB/s, one host copy into fresh memory in one thread
+    hash_gbps: float = 0.84  # GB/s, hashlib.blake2b in one thread
+    device_hash_gbps: float = 200.0  # GB/s, collective: the fingerprint computed on the GPU
+    fixed_s: float = 0.5  # per sync: actor calls, barriers, launches
+
+    def stages(self) -> tuple[tuple[str, str, float], ...]:
+        """(phase, stage, seconds). Phases: "export" (learner rank 0), "receive" (every engine
+        host at once; engines decode on), "swap" (engines paused)."""
+        if self.protocol == "collective":
+            wire = self.params * self.train_bytes / GB
+            return (("export", "fingerprint on the learner's GPU", wire / self.device_hash_gbps),
+                    ("swap", "NCCL broadcast of the training dtype", wire / self.net_gbps),
+                    ("swap", "fingerprint on the engine's GPU", wire / self.device_hash_gbps),
+                    ("swap", "fixed", self.fixed_s))
+        fp32 = self.params * 4 / GB  # GB: the object store path moves fp32 whatever the training dtype
+        copy, blake = fp32 / self.copy_gbps, fp32 / self.hash_gbps
+        gather = self.params * self.train_bytes / GB / self.net_gbps
+        out = [("export", "ZeRO-3 gather of the whole model", gather)] if self.zero3 else []
+        out += [("export", "to CPU as fp32", fp32 / self.pcie_gbps),
+                ("export", ".numpy().copy()", copy),
+                ("export", "describe: tobytes + blake2b", copy + blake),
+                ("export", "ray.put", copy),
+                ("receive", "object store pull (fp32)", fp32 / self.net_gbps),
+                ("receive", "verify: tobytes + blake2b", copy + blake)]
+        if self.receiver == "vllm":
+            out += [("receive", "vLLM engine describe: tobytes + blake2b", copy + blake),
+                    ("receive", "save_file to /dev/shm", copy),
+                    ("receive", "vLLM worker check: load_file + tobytes + blake2b", 2 * copy + blake),
+                    ("swap", "receive_weights: load_file + tobytes + blake2b", 2 * copy + blake)]
+        return tuple(out + [("swap", "load_weights: host to GPU (fp32)", fp32 / self.pcie_gbps),
+                            ("swap", "fixed", self.fixed_s)])
+
+    def phase_s(self, phase: str) -> float:
+        return sum(s for p, _, s in self.stages() if p == phase)
+
+    @property
+    def total_s(self) -> float:
+        return sum(s for _, _, s in self.stages())
+
+    @property
+    def hash_passes(self) -> int:
+        """blake2b passes over the whole model per sync (0 for the on-device fingerprint)."""
+        return sum("blake2b" in name for _, name, _ in self.stages())
+
+    @property
+    def wire_bytes(self) -> float:
+        """Bytes into each engine host per sync."""
+        return self.params * (self.train_bytes if self.protocol == "collective" else 4)
 
 
 @dataclass(frozen=True)
@@ -91,21 +173,15 @@ class LatencyModel:
     step_fixed_s: float = 0.020  # engine: decode step = a + b * active sequences
     step_per_seq_s: float = 0.000_05
     prefill_s: float = 0.005  # engine time per sequence joining the batch
-    engine_calls: Literal["continuous", "serial"] = "continuous"
+    engine_calls: Literal["streaming", "whole_call"] = "streaming"  # "whole_call": today's vLLM worker
     reward_median_s: float = 0.030  # reward latency per sample (lognormal, capped)
     reward_sigma: float = 1.0
     reward_cap_s: float = 10.0
     p_correct: float = 0.5  # reward ~ Bernoulli(p_correct)
     train_s_per_token: float = 1.25e-4  # learner GPU-seconds per token (prompt + response)
     train_fixed_s: float = 2.0  # per step: optimizer step, gathers, launch
-    sync_fixed_s: float = 0.5  # weight sync = fixed + bytes / bandwidth
-    model_bytes: float = 14e9
-    sync_bandwidth: float = 20e9  # bytes/s
+    sync: WeightSyncModel = WeightSyncModel()
     controller_tick_s: float = 1.0  # the simulated controller looks at most this often
-
-    @property
-    def sync_s(self) -> float:
-        return self.sync_fixed_s + self.model_bytes / self.sync_bandwidth
 
 
 @dataclass(frozen=True)
@@ -123,13 +199,25 @@ class SimSpec:
     dispatch: Literal["least_loaded", "pool"] = "least_loaded"  # "pool": RolloutPool's split (module doc)
     warmup_steps: int = 0  # run before the measured window (the pipeline fills)
     drain: bool = True  # False: generation goes on past the window, as in the middle of a long run
+    # Length-matched baseline: per step (warm-up first), the group draws another run trained
+    # (SimResult.run_groups); the n-th group dispatched here gets the n-th draw.
+    replay: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self):
         for name, value, valid in (("dispatch", self.dispatch, ("least_loaded", "pool")),
-                                   ("engine_calls", self.model.engine_calls, ("continuous", "serial")),
-                                   ("lengths", self.model.lengths, ("lognormal", "uniform"))):
+                                   ("engine_calls", self.model.engine_calls, ("streaming", "whole_call")),
+                                   ("lengths", self.model.lengths, ("lognormal", "uniform")),
+                                   ("protocol", self.model.sync.protocol, ("collective", "object_store")),
+                                   ("receiver", self.model.sync.receiver, ("vllm", "hf"))):
             if value not in valid:
                 raise ValueError(f"{name} '{value}' is not valid (valid: {', '.join(valid)})")
+        if self.replay:
+            if self.max_staleness or self.dynamic_sampling:
+                raise ValueError("replay needs max_staleness 0 and no dynamic sampling "
+                                 "(so that groups train in the order they are dispatched)")
+            if [len(g) for g in self.replay] != [self.prompts_per_step] * (self.warmup_steps + self.steps):
+                raise ValueError(f"replay must give {self.prompts_per_step} groups for each of the "
+                                 f"{self.warmup_steps + self.steps} steps")
         if self.placement == "colocated" and (self.gen_gpus != self.gpus or self.max_staleness):
             raise ValueError("colocated: every GPU generates then trains, and max_staleness must be 0")
         if self.placement == "disaggregated" and not 0 < self.gen_gpus < self.gpus:
@@ -146,6 +234,8 @@ class SimResult:
     wall_s: float  # simulated, over the measured window
     samples: int  # trained in the window
     samples_per_s: float
+    tokens: int  # response tokens trained in the window
+    tokens_per_s: float
     step_s: list[float]  # each measured step, from the previous step's end to its weight sync's end
     utilisation: float
     weighted_utilisation: float
@@ -154,12 +244,14 @@ class SimResult:
     mean_len_generated: float
     partial_frac: float  # trained samples whose tokens span two or more versions
     stale_groups: int  # complete groups dropped at admission (and replaced), in the window
+    dropped_frac: float  # stale_groups / (stale_groups + groups trained): of the complete groups judged
     staleness: dict  # the buffer's counts in the window: histogram, max seen, dropped samples
     controller_s: float  # real seconds inside Scheduler / buffer calls, whole run
     controller_ms_per_sample: float  # per sample scored, whole run
     take_calls: int  # take() calls the loop made (or, when sampled, would have made)
     take_ms_mean: float  # real cost of one take() call
-    step_groups: list[tuple[int, ...]] = field(repr=False)  # group ids trained at each step
+    step_groups: list[tuple[int, ...]] = field(repr=False)  # group ids trained at each measured step
+    run_groups: tuple[tuple[int, ...], ...] = field(repr=False)  # group draws trained at every step: a replay
 
 
 def simulate(spec: SimSpec) -> SimResult:
@@ -207,7 +299,7 @@ class _Seq:
 
 
 class _Call:
-    """One generation call on one engine: its waiting samples, and (serial mode) the rollouts
+    """One generation call on one engine: its waiting samples, and ("whole_call") the rollouts
     held back until the call ends."""
 
     __slots__ = ("waiting", "outstanding", "done")
@@ -231,7 +323,7 @@ class _Engine:
         m = sim.model
         self.sim, self.a, self.b = sim, m.step_fixed_s, m.step_per_seq_s
         self.max_seqs, self.prefill = m.max_seqs, m.prefill_s
-        self.serial = m.engine_calls == "serial"
+        self.whole_call = m.engine_calls == "whole_call"
         self.calls: deque[_Call] = deque()
         self.active: list[tuple[int, int, _Seq]] = []  # heap of (finish step, unique id, sequence)
         self.steps, self.t, self.version, self.token = 0, 0.0, 0, 0
@@ -311,7 +403,7 @@ class _Engine:
             head = self.calls[0]
             if head.waiting:
                 return head.waiting.popleft()
-            if self.serial and head.outstanding:
+            if self.whole_call and head.outstanding:
                 return None  # one call at a time: the next starts when this one has ended
             self.calls.popleft()
         return None
@@ -321,7 +413,7 @@ class _Engine:
         while self.active and self.active[0][0] == self.steps:
             seq = heapq.heappop(self.active)[2]
             rollout = self.sim.rollout(seq, self.version)
-            if not self.serial:
+            if not self.whole_call:
                 out.append(rollout)
                 continue
             call = seq.call
@@ -336,13 +428,14 @@ class _Engine:
 class Simulation:
     def __init__(self, spec: SimSpec):
         self._pool_next = 0  # "pool" dispatch: the engine that gets the next call's first shard
+        self.replay = tuple(gid for step in spec.replay for gid in step)
         self.spec, self.model = spec, spec.model
-        self.buffer = ExperienceBuffer(spec.max_staleness, spec.group_size)
+        self.gate = StalenessGate(spec.max_staleness, spec.group_size)
         total = spec.warmup_steps + spec.steps
         # Without drain the scheduler believes the run goes on, so the last measured steps can
         # draw on later steps' groups as they would in the middle of a long run.
         planned = total if spec.drain else total + spec.max_staleness + 1
-        self.scheduler = Scheduler(planned, spec.prompts_per_step, spec.group_size, self.buffer,
+        self.scheduler = Scheduler(planned, spec.prompts_per_step, spec.group_size, spec.max_staleness, self.gate,
                                    spec.dynamic_sampling)
         self.draws = _Draws(spec.model, spec.group_size, spec.seed)
         m = spec.model
@@ -359,7 +452,7 @@ class Simulation:
         self.generating: dict[int, list[Rollout]] = {}  # group id -> members generated so far
         self.stats = _Stats()
 
-    # ---- the controller loop (cluster/controller.py + cluster/streaming.py) ----
+    # ---- the controller loop (cluster/rl/controller.py + cluster/rl/streaming.py) ----
 
     def run(self) -> SimResult:
         spec = self.spec
@@ -367,6 +460,7 @@ class Simulation:
             if step == spec.warmup_steps + 1:
                 self.stats.open_window(self)
             groups = self._next_batch()
+            self.stats.run_groups.append(tuple(self.draw_id(g.group_id) for g in groups))
             if step > spec.warmup_steps:
                 self.stats.step(self, groups)
             self._train(groups)
@@ -413,7 +507,7 @@ class Simulation:
         for engine, shard in self._split(gids):
             call = _Call()
             for gid in shard:
-                lengths = self.draws.group(gid)[0]
+                lengths = self.group_draws(gid)[0]
                 call.waiting.extend(_Seq(gid, k, length, call) for k, length in enumerate(lengths))
             call.outstanding = len(call.waiting)
             engine.submit(call, self.now)
@@ -453,7 +547,7 @@ class Simulation:
             if len(members) == self.spec.group_size:
                 del self.generating[r.group_id]
                 members.sort(key=lambda m: m.sample_index)
-                self.push(self.now + max(self.draws.group(r.group_id)[1]), REWARD, members)
+                self.push(self.now + max(self.group_draws(r.group_id)[1]), REWARD, members)
         tickets, self.scored_ready = self.scored_ready, []
         pairs = [(r, self._reward(r)) for members in tickets for r in members]
         t0 = time.perf_counter()
@@ -473,13 +567,19 @@ class Simulation:
         self._background(self.now + duration)
 
     def _sync(self) -> None:
-        """Learners broadcast version + 1; each engine stops after its current decode step,
-        loads it, and resumes its in-flight sequences under it. The controller returns when
-        every engine has it."""
-        start, duration = self.now, self.model.sync_s
-        end = max([start + duration] + [e.pause(start, duration, self.version + 1) for e in self.engines])
-        self._background(end)
-        self.version += 1
+        """Version + 1 leaves the learners and reaches every engine host while the engines
+        decode on (export, receive); then each engine stops after its current decode step,
+        swaps, and resumes its in-flight sequences under it. The controller returns when every
+        engine has it. Colocated, the engines wait out the whole sync."""
+        sync, version = self.model.sync, self.version + 1
+        if self.spec.placement == "colocated":
+            swap = sync.total_s
+        else:
+            swap = sync.phase_s("swap")
+            self._background(self.now + sync.phase_s("export") + sync.phase_s("receive"))
+        start = self.now
+        self._background(max([start + swap] + [e.pause(start, swap, version) for e in self.engines]))
+        self.version = version
 
     # ---- the simulated world ----
 
@@ -501,21 +601,30 @@ class Simulation:
                 self.scored_ready.append(payload)
         self.now = max(self.now, until)
 
+    def draw_id(self, gid: int) -> int:
+        """The draws a group gets: its own, or under `replay` the n-th replayed group's."""
+        return self.replay[gid - 1] if self.replay else gid
+
+    def group_draws(self, gid: int) -> tuple[list[int], list[float], list[float]]:
+        return self.draws.group(self.draw_id(gid))
+
     def length(self, r: Rollout) -> int:
-        return self.draws.group(r.group_id)[0][r.sample_index]
+        return self.group_draws(r.group_id)[0][r.sample_index]
 
     def rollout(self, seq: _Seq, version: int) -> Rollout:
         self.stats.generated += 1
         self.stats.generated_len += seq.length
         reason = "length" if seq.length >= self.model.max_len else "stop"
         # Two stand-in tokens (first, last) carry the version spans; the length is seq.length.
-        return Rollout(seq.gid, seq.gid, seq.idx, "", "", _PROMPT_IDS, (0, 0), "", (0.0, 0.0),
-                       (seq.v_start, version), reason)
+        return Rollout(group_id=seq.gid, prompt_id=seq.gid, sample_index=seq.idx, prompt="", answer="",
+                       prompt_ids=_PROMPT_IDS, response_ids=(0, 0), response_text="", logprobs=(0.0, 0.0),
+                       versions=(seq.v_start, version), finish_reason=reason)
 
     def _reward(self, r: Rollout) -> RewardResult:
-        _, latencies, rewards = self.draws.group(r.group_id)
+        _, latencies, rewards = self.group_draws(r.group_id)
         value, latency = rewards[r.sample_index], latencies[r.sample_index]
-        return RewardResult(r.group_id, r.sample_index, value, value > 0, True, latency_s=latency)
+        return RewardResult(group_id=r.group_id, sample_index=r.sample_index, reward=value, correct=value > 0,
+                            format_ok=True, latency_s=latency)
 
 
 class _Stats:
@@ -528,9 +637,10 @@ class _Stats:
         self.engine_start: list[tuple[float, float]] = []
         self.learner_start = 0.0
         self.gen_start = (0, 0)
-        self.buffer_start: tuple[Counter, int, int] = (Counter(), 0, 0)
+        self.gate_start: tuple[Counter, int, int] = (Counter(), 0, 0)
         self.trained: list[Rollout] = []
         self.step_groups: list[tuple[int, ...]] = []
+        self.run_groups: list[tuple[int, ...]] = []
         self.step_end: list[float] = []
 
     def open_window(self, sim: Simulation) -> None:
@@ -538,7 +648,7 @@ class _Stats:
         self.engine_start = [(e.busy_s, e.weighted_s) for e in sim.engines]
         self.learner_start = self.learner_busy_s
         self.gen_start = (self.generated, self.generated_len)
-        self.buffer_start = (Counter(sim.buffer.histogram), sim.buffer.dropped, sim.scheduler.stale_groups)
+        self.gate_start = (Counter(sim.gate.histogram), sim.gate.dropped, sim.scheduler.stale_groups)
 
     def step(self, sim: Simulation, groups: list[Group]) -> None:
         self.step_groups.append(tuple(g.group_id for g in groups))
@@ -554,19 +664,23 @@ class _Stats:
         capacity = spec.gpus * wall
         generated, generated_len = self.generated - self.gen_start[0], self.generated_len - self.gen_start[1]
         ends = [self.start] + self.step_end
-        hist0, dropped0, stale0 = self.buffer_start
-        histogram = sim.buffer.histogram - hist0
+        hist0, dropped0, stale0 = self.gate_start
+        histogram = sim.gate.histogram - hist0
         staleness = {"max_allowed": spec.max_staleness, "max_seen": max(histogram, default=0),
-                     "dropped": sim.buffer.dropped - dropped0,
+                     "dropped": sim.gate.dropped - dropped0,
                      "histogram": {str(k): v for k, v in sorted(histogram.items())}}
+        tokens = sum(sim.length(r) for r in self.trained)
+        stale = sim.scheduler.stale_groups - stale0
         return SimResult(
             spec=spec, wall_s=wall, samples=len(self.trained), samples_per_s=len(self.trained) / wall,
+            tokens=tokens, tokens_per_s=tokens / wall,
             step_s=[b - a for a, b in zip(ends, ends[1:])],
             utilisation=(busy + learners) / capacity, weighted_utilisation=(weighted + learners) / capacity,
-            generated=generated, mean_len_trained=float(np.mean([sim.length(r) for r in self.trained])),
+            generated=generated, mean_len_trained=tokens / len(self.trained),
             mean_len_generated=generated_len / max(generated, 1),
             partial_frac=float(np.mean([r.versions[0] != r.versions[-1] for r in self.trained])),
-            stale_groups=sim.scheduler.stale_groups - stale0, staleness=staleness,
+            stale_groups=stale, dropped_frac=stale / (stale + sum(map(len, self.step_groups))),
+            staleness=staleness,
             controller_s=self.ctl_s, controller_ms_per_sample=1e3 * self.ctl_s / max(self.scored, 1),
             take_calls=self.take_calls, take_ms_mean=1e3 * self.take_s / max(self.take_calls, 1),
-            step_groups=self.step_groups)
+            step_groups=self.step_groups, run_groups=tuple(self.run_groups))

@@ -12,13 +12,14 @@ from typing import Optional
 import numpy as np
 import torch
 
-from cluster.buffer import Group
 from cluster.config import AlgorithmConfig, Config
+from cluster.rl.gate import Group
+from cluster.shapes import rows_per_step
 from trainer.advantages import ADVANTAGES, AdvantageInputs, AdvantageOptions
-from trainer.batching import build_batch
+from trainer.batches import build_batch, pad_pairs
 from trainer.group import LearnerGroup
-from trainer.losses import AGGREGATIONS, KL_ESTIMATORS, OFF_POLICY_LOSSES, PREFERENCE_LOSSES, REFERENCE_LOSSES
-from trainer.preference import best_worst_pairs, pad_pairs, pair_weights
+from trainer.losses import AGGREGATIONS, KL_ESTIMATORS, loss_kind
+from trainer.preference import best_worst_pairs, pair_weights
 from trainer.types import LossSpec, TrainBatch
 
 
@@ -58,19 +59,58 @@ class StepBatches:
 
 
 class ExperienceMaker:
+    """What every algorithm family shares: the KL coefficient, the split of a step's rows into
+    optimizer steps, and the loss spec. A family (chosen once, `make_experience`) turns groups
+    into batches and weighs the rows of one optimizer step."""
+
     def __init__(self, cfg: Config, learners: LearnerGroup, critic: Optional[LearnerGroup]):
         self.cfg, self.learners, self.critic = cfg, learners, critic
+        self.kind = loss_kind(cfg.algorithm.loss)
+        self.kl = KLController(cfg.algorithm)
+
+    def make(self, groups: list[Group]) -> StepBatches:
+        raise NotImplementedError
+
+    def weighted(self, batch: TrainBatch) -> TrainBatch:
+        """The rows of one optimizer step, with the loss weights over exactly them."""
+        raise NotImplementedError
+
+    def split(self, rows: int, step: int) -> list[np.ndarray]:
+        """Row indices of each optimizer step of this batch, shuffled (seeded per step) so each
+        mini-batch and rank shard mixes groups."""
+        rng = np.random.default_rng([self.cfg.run.seed, step])
+        return np.array_split(rng.permutation(rows), self.cfg.trainer.updates_per_batch)
+
+    def policy_spec(self, temperature: Optional[float] = None) -> LossSpec:
+        a = self.cfg.algorithm
+        return LossSpec(name=a.loss, clip_eps=a.clip_eps, clip_eps_high=a.clip_eps_high, dual_clip=a.dual_clip,
+                        kl_coef=self.kl.coef if a.kl_in == "loss" else 0.0, kl_estimator=a.kl_estimator,
+                        entropy_coef=a.entropy_coef, temperature=self.cfg.rollout.temperature if temperature is None else temperature,
+                        beta=a.beta, label_smoothing=a.label_smoothing, simpo_gamma=a.simpo_gamma,
+                        orpo_lambda=a.orpo_lambda, is_cap=a.is_cap)
+
+    def needs_proximal(self) -> bool:
+        """With several updates per batch, a loss that reads pi_old / pi_prox gets the learner's own
+        logprobs from before the batch's first update: the engine's logprobs differ from the
+        learner's by numerics, which would otherwise count as policy change (and as clipping)."""
+        return self.kind.proximal and self.cfg.trainer.updates_per_batch > 1
+
+    def critic_spec(self) -> LossSpec:
+        return LossSpec(name="value_clip", value_clip=self.cfg.critic.value_clip)
+
+
+class GroupExperience(ExperienceMaker):
+    """Policy losses: every sample of a group trains, with its advantage (registry)."""
+
+    def __init__(self, cfg: Config, learners: LearnerGroup, critic: Optional[LearnerGroup]):
+        super().__init__(cfg, learners, critic)
         a = cfg.algorithm
         self.advantage = ADVANTAGES.get(a.advantage)
         self.opts = AdvantageOptions(normalize_std=a.normalize_std, std_scope=a.std_scope,
                                      group_baseline=a.group_baseline, gamma=a.gamma, lam=a.lam)
         self.aggregate = AGGREGATIONS.get(a.loss_agg)
-        self.kl = KLController(a)
-        self.preference = a.loss in PREFERENCE_LOSSES
 
     def make(self, groups: list[Group]) -> StepBatches:
-        if self.preference:
-            return self._pairs(groups)
         a, temp = self.cfg.algorithm, self.cfg.rollout.temperature
         rollouts = [r for g in groups for r in g.rollouts]
         batch = build_batch(rollouts, pad_id=0, mask_truncated=a.mask_truncated)
@@ -88,19 +128,24 @@ class ExperienceMaker:
             metrics["kl"] = float(kl.sum() / max(batch.loss_mask.sum(), 1))
         values = self.critic.values(batch) if self.critic else None
         group_ids = np.repeat([g.group_id for g in groups], [len(g.rollouts) for g in groups])
-        adv, returns = self.advantage(AdvantageInputs(scores, group_ids, batch.loss_mask, token_rewards, values),
-                                      self.opts)
+        adv, returns = self.advantage(AdvantageInputs(scores=scores, groups=group_ids, mask=batch.loss_mask,
+                                                      token_rewards=token_rewards, values=values), self.opts)
         critic_batch = None
         if self.critic:
             critic_batch = batch.replace(returns=returns, old_values=values * batch.loss_mask)
             metrics["explained_var"] = explained_variance(returns, values, batch.loss_mask)
         return StepBatches(batch.replace(advantages=adv), critic_batch, metrics)
 
-    def _pairs(self, groups: list[Group]) -> StepBatches:
-        """Online DPO: each group's best and worst sample (by reward) form a pair. A group whose
-        rewards tie teaches nothing; zero-weight filler pairs keep the step's row count."""
-        from cluster.roles import rows_per_step
+    def weighted(self, batch: TrainBatch) -> TrainBatch:
+        return batch.replace(loss_weights=self.aggregate(batch.loss_mask, self.cfg.rollout.max_new_tokens))
 
+
+class PairExperience(ExperienceMaker):
+    """Online DPO (a preference loss in run.mode rl): each group's best and worst sample by
+    reward become a chosen/rejected pair of adjacent rows; a pair never splits."""
+
+    def make(self, groups: list[Group]) -> StepBatches:
+        """A group whose rewards tie teaches nothing; zero-weight filler pairs keep the step's row count."""
         picked, gaps = [], []
         for g in groups:
             pick = best_worst_pairs([r.reward for r in g.rewards])
@@ -112,38 +157,23 @@ class ExperienceMaker:
             return StepBatches(None, None, metrics)
         # Behaviour logprobs stay for logging (logprob_diff); the DPO losses do not read them.
         batch = pad_pairs(build_batch(picked, pad_id=0), rows_per_step(self.cfg))
-        if self.cfg.algorithm.loss in REFERENCE_LOSSES:
+        if self.kind.needs_reference:
             batch = batch.replace(ref_logprobs=self.learners.reference_logprobs(batch, 1.0))
         return StepBatches(batch, None, metrics)
 
     def split(self, rows: int, step: int) -> list[np.ndarray]:
-        """Row indices of each optimizer step of this batch, shuffled (seeded per step) so each
-        mini-batch and rank shard mixes groups; a preference pair's two rows stay together."""
-        rng = np.random.default_rng([self.cfg.run.seed, step])
-        updates = self.cfg.trainer.updates_per_batch
-        if not self.preference:
-            return np.array_split(rng.permutation(rows), updates)
-        return [np.stack([2 * p, 2 * p + 1], axis=1).ravel() for p in np.array_split(rng.permutation(rows // 2), updates)]
+        pairs = super().split(rows // 2, step)
+        return [np.stack([2 * p, 2 * p + 1], axis=1).ravel() for p in pairs]
 
     def weighted(self, batch: TrainBatch) -> TrainBatch:
-        """The rows of one optimizer step, with the aggregation mode's weights over exactly them."""
-        if self.preference:
-            return batch.replace(loss_weights=pair_weights(batch.loss_mask))
-        return batch.replace(loss_weights=self.aggregate(batch.loss_mask, self.cfg.rollout.max_new_tokens))
+        return batch.replace(loss_weights=pair_weights(batch.loss_mask))
 
-    def policy_spec(self) -> LossSpec:
-        a = self.cfg.algorithm
+    def policy_spec(self, temperature: Optional[float] = None) -> LossSpec:
         # Preference losses compare the policy itself (temperature 1) with its reference.
-        temperature = 1.0 if self.preference else self.cfg.rollout.temperature
-        return LossSpec(a.loss, a.clip_eps, a.clip_eps_high, a.dual_clip,
-                        self.kl.coef if a.kl_in == "loss" else 0.0, a.kl_estimator, a.entropy_coef,
-                        temperature=temperature, beta=a.beta, label_smoothing=a.label_smoothing,
-                        simpo_gamma=a.simpo_gamma, orpo_lambda=a.orpo_lambda, is_cap=a.is_cap)
+        return super().policy_spec(1.0)
 
-    def needs_proximal(self) -> bool:
-        """Off-policy losses with several updates per batch need the proximal policy's logprobs
-        (the policy before the batch's first update); with one update it is the current policy."""
-        return self.cfg.algorithm.loss in OFF_POLICY_LOSSES and self.cfg.trainer.updates_per_batch > 1
 
-    def critic_spec(self) -> LossSpec:
-        return LossSpec("value_clip", value_clip=self.cfg.critic.value_clip)
+def make_experience(cfg: Config, learners: LearnerGroup, critic: Optional[LearnerGroup]) -> ExperienceMaker:
+    """The algorithm family, picked once from the loss's kind."""
+    family = PairExperience if loss_kind(cfg.algorithm.loss).trains == "preference" else GroupExperience
+    return family(cfg, learners, critic)

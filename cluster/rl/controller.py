@@ -2,26 +2,26 @@
 -> weight sync -> eval every N -> checkpoint every M. One loop for every mode.
 
 Synchronous and asynchronous training are the same loop: `controller.max_staleness` (k) is
-how many policy versions generation may run ahead of the learner (cluster/scheduler.py).
+how many policy versions generation may run ahead of the learner (cluster/rl/scheduler.py).
 With k = 0 each step's generation starts after the previous step's weight sync, which is
 the synchronous order; with k > 0 generation, rewards and training overlap."""
 
 from __future__ import annotations
 
 import time
-import traceback
 
 import numpy as np
 
-from cluster.buffer import ExperienceBuffer, Group
+from cluster.rl.gate import StalenessGate, Group
 from cluster.config import Config
-from cluster.experience import ExperienceMaker
-from cluster.progress import Progress
-from cluster.roles import Roles, cpus_needed, learner_options, prepare_inputs, start_roles
-from cluster.rundir import RunDir
+from cluster.rl.experience import make_experience
+from cluster.placement import cpus_needed
+from cluster.rl.progress import Progress
+from cluster.roles import Roles, start_roles
+from cluster.rundir import RunDir, RunSummary
 from cluster.runtime import ray_session
-from cluster.scheduler import Scheduler
-from cluster.streaming import Streaming
+from cluster.rl.scheduler import Scheduler
+from cluster.rl.streaming import Streaming
 from rollout.data import Prompt, PromptSource
 from rollout.types import GenerationRequest, SamplingParams
 from rollout.weight_sync import WeightSyncError
@@ -37,13 +37,13 @@ class Controller:
         self.cfg, self.roles, self.run_dir = cfg, roles, run_dir
         self.source = PromptSource(train, seed=cfg.run.seed)
         self.evals = evals[: cfg.controller.eval_prompts]
-        self.buffer = ExperienceBuffer(cfg.controller.max_staleness, cfg.algorithm.group_size)
+        self.gate = StalenessGate(cfg.controller.max_staleness, cfg.algorithm.group_size)
         a, c = cfg.algorithm, cfg.controller
-        self.scheduler = Scheduler(c.steps, c.prompts_per_step, a.group_size, self.buffer, a.dynamic_sampling,
-                                   a.dynamic_sampling_limit)
+        self.scheduler = Scheduler(c.steps, c.prompts_per_step, a.group_size, c.max_staleness, self.gate,
+                                   a.dynamic_sampling, a.dynamic_sampling_limit)
         self.streaming = Streaming(self.scheduler, roles.rollout, roles.reward, a.group_size, self._requests,
                                    lambda step: self._sampling(cfg.rollout.temperature, step))
-        self.experience = ExperienceMaker(cfg, roles.learners, roles.critic)
+        self.experience = make_experience(cfg, roles.learners, roles.critic)
         self.version = 0  # policy version: weight updates published to the rollout workers
         self.steps_done = 0
         self.next_group = 0
@@ -139,11 +139,13 @@ class Controller:
 
     def _request(self, prompt: Prompt, n: int) -> GenerationRequest:
         self.next_group += 1
-        return GenerationRequest(self.next_group, prompt.id, prompt.text, prompt.answer, n)
+        return GenerationRequest(group_id=self.next_group, prompt_id=prompt.id, prompt=prompt.text,
+                                 answer=prompt.answer, num_samples=n)
 
     def _sampling(self, temperature: float, step: int) -> SamplingParams:
         r = self.cfg.rollout
-        return SamplingParams(temperature, r.top_p, r.max_new_tokens, seed=self.cfg.run.seed * 1_000_003 + step)
+        return SamplingParams(temperature=temperature, max_new_tokens=r.max_new_tokens, seed=self.cfg.run.seed,
+                              step=step)
 
     def _step_row(self, step: int, groups: list[Group], m: dict, times: tuple) -> dict:
         rewards = [r for g in groups for r in g.rewards]
@@ -175,7 +177,7 @@ class Controller:
             "status": status, "run_dir": str(self.run_dir.path), "algorithm": self.cfg.algorithm.name,
             "steps": self.steps_done, "samples": int(t["samples"]), "wall_s": wall,
             "eval": {"initial_accuracy": initial, "final_accuracy": final, "num_prompts": len(self.evals)},
-            "staleness": self.buffer.summary(),
+            "staleness": self.gate.summary(),
             "scheduling": {"max_staleness": self.cfg.controller.max_staleness,
                            "in_flight_mode": self.cfg.rollout.in_flight,
                            "dynamic_sampling_filtered_groups": self.scheduler.filtered,
@@ -190,28 +192,16 @@ class Controller:
         return self.summary
 
 
-def run(cfg: Config, log=print) -> dict:
-    """Run one recipe end to end; the run directory survives any failure with what was written."""
-    if cfg.run.mode != "rl":  # sft / reward_model / dpo: no rollouts, a pass over a dataset
-        from cluster.offline import run_offline
-
-        return run_offline(cfg, log=log)
-    learner_options(cfg)  # batch-shape errors surface before anything starts
-    train, evals = prepare_inputs(cfg, log=log)
-    run_dir = RunDir.create(cfg)
-    log(f"run directory: {run_dir.path}")
-    controller = None
-    try:
-        with ray_session(cfg.cluster, cpus_needed(cfg)) as loopback:
-            roles = start_roles(cfg, loopback)
-            try:
-                controller = Controller(cfg, roles, run_dir, train, evals)
-                return controller.run(Progress(cfg.controller.progress, log))
-            finally:
-                roles.shutdown()
-    except BaseException as exc:
-        summary = dict(controller.summary) if controller else {"run_dir": str(run_dir.path)}
-        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                       traceback=traceback.format_exc(limit=20))
-        run_dir.write_summary(summary)
-        raise
+def run_rl(cfg: Config, train: list[Prompt], evals: list[Prompt], run_dir: RunDir, log=print) -> RunSummary:
+    """Start the roles on the embedded or given Ray cluster, run the loop, stop the roles."""
+    with ray_session(cfg.cluster, cpus_needed(cfg)) as loopback:
+        roles = start_roles(cfg, loopback)
+        try:
+            record = Controller(cfg, roles, run_dir, train, evals).run(Progress(cfg.controller.progress, log))
+        finally:
+            roles.shutdown()
+    ev, tp = record["eval"], record["throughput"]
+    headline = (f"held-out accuracy ({ev['num_prompts']} prompts): {ev['initial_accuracy']:.1%} -> "
+                f"{ev['final_accuracy']:.1%}  ({record['steps']} steps, {record['samples']} samples, "
+                f"{record['wall_s']:.0f} s, {tp['samples_per_s']:.1f} samples/s)")
+    return RunSummary(record["status"], "rl", record["run_dir"], headline, record)

@@ -236,30 +236,13 @@ def load_pairs(path: str | Path, renderer: Renderer, keys: Keys = Keys()) -> tup
     return out, dropped
 
 
-def arithmetic_pairs(rows: list[dict], seed: int) -> list[dict]:
-    """Synthetic preferences for the quickstart's addition task: chosen is the right sum,
-    rejected a wrong sum of the wrong length (its last digit dropped, or a random digit
-    appended). Telling them apart needs the operands (how long can their sum be?) but no
-    digit-by-digit addition, which a tiny model learns in a few hundred steps. Near misses
-    (a wrong last digit) stayed at chance for 1500 steps of the 64-wide test model."""
-    import random
-
-    rng = random.Random(seed)
-    out = []
-    for row in rows:
-        right = str(int(row["answer"]))
-        drop = len(right) > 1 and rng.random() < 0.5
-        wrong = right[:-1] if drop else right + str(rng.randint(0, 9))
-        out.append({"prompt": row["prompt"], "chosen": right, "rejected": wrong})
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    """python -m rollout.preference_data IN.jsonl OUT.jsonl [SEED]: {prompt, answer} rows ->
-    synthetic {prompt, chosen, rejected} pairs (see arithmetic_pairs)."""
+    """python -m trainer.data IN.jsonl OUT.jsonl [SEED]: {prompt, answer} rows ->
+    synthetic {prompt, chosen, rejected} pairs (see trainer.bootstrap.arithmetic_pairs)."""
     import sys
 
     from rollout.data import write_jsonl
+    from trainer.bootstrap import arithmetic_pairs
 
     args = sys.argv[1:] if argv is None else argv
     if len(args) not in (2, 3):

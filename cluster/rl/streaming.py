@@ -14,8 +14,8 @@ from typing import Callable
 
 import ray
 
-from cluster.buffer import Group
-from cluster.scheduler import Scheduler
+from cluster.rl.gate import Group
+from cluster.rl.scheduler import Scheduler
 from reward.pool import RewardPool
 from rollout.pool import RolloutPool
 from rollout.types import GenerationRequest, Rollout, SamplingParams

@@ -1,21 +1,21 @@
 import pytest
 
-from cluster.buffer import ExperienceBuffer, StalenessError
+from cluster.rl.gate import StalenessGate, StalenessError
 from reward.types import RewardResult
 from rollout.types import Rollout
 
 
 def rollout(gid, k, versions):
     n = len(versions)
-    return Rollout(gid, 0, k, "1+1=", "2", (1,), (5,) * n, "2", (-0.1,) * n, tuple(versions), "stop")
+    return Rollout(group_id=gid, prompt_id=0, sample_index=k, prompt="1+1=", answer="2", prompt_ids=(1,), response_ids=(5,) * n, response_text="2", logprobs=(-0.1,) * n, versions=tuple(versions), finish_reason="stop")
 
 
 def reward(gid, k):
-    return RewardResult(gid, k, 1.0, True, True)
+    return RewardResult(group_id=gid, sample_index=k, reward=1.0, correct=True, format_ok=True)
 
 
 def test_sync_admits_current_version_and_counts():
-    buf = ExperienceBuffer(max_staleness=0, group_size=2)
+    buf = StalenessGate(max_staleness=0, group_size=2)
     rs = [rollout(1, 0, [3, 3]), rollout(1, 1, [3])]
     groups = buf.admit(rs, [reward(1, 0), reward(1, 1)], policy_version=3)
     assert len(groups) == 1 and [r.sample_index for r in groups[0].rollouts] == [0, 1]
@@ -23,19 +23,19 @@ def test_sync_admits_current_version_and_counts():
 
 
 def test_stale_samples_are_dropped_with_their_incomplete_group():
-    buf = ExperienceBuffer(max_staleness=0, group_size=2)
+    buf = StalenessGate(max_staleness=0, group_size=2)
     rs = [rollout(1, 0, [2, 3]), rollout(1, 1, [3])]  # sample 0 has a token from version 2
     assert buf.admit(rs, [reward(1, 0), reward(1, 1)], policy_version=3) == []
     assert buf.dropped == 2 and buf.max_seen == 0
 
 
 def test_mispaired_reward_is_an_error():
-    buf = ExperienceBuffer(max_staleness=0, group_size=1)
+    buf = StalenessGate(max_staleness=0, group_size=1)
     with pytest.raises(ValueError, match="paired"):
         buf.admit([rollout(1, 0, [0])], [reward(2, 0)], policy_version=0)
 
 
 def test_count_asserts_the_bound():
-    buf = ExperienceBuffer(max_staleness=1, group_size=1)
+    buf = StalenessGate(max_staleness=1, group_size=1)
     with pytest.raises(StalenessError):
         buf._count(2)

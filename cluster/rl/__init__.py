@@ -1,0 +1,1 @@
+"""The RL loop, synchronous and asynchronous in one: read controller.py first."""

@@ -1,0 +1,217 @@
+"""The bookkeeping of the controller loop, with no Ray and no clock.
+
+Which steps' generation may start (the staleness budget), groups assembled as their members
+are scored (streaming), dynamic sampling, and which groups train next. The controller
+(cluster/rl/controller.py) drives it with real actors; cluster/rl/simulate.py drives the same
+object with latency models, so the simulation schedules exactly as a real run does.
+
+Step j's generation may start once j - 1 - k steps are done (k = max_staleness); with k = 0
+that is the synchronous order. A step moves the policy version by at most one (a critic
+warm-up step or an online-DPO step without pairs moves it by none), so data started then is
+at most k versions old when step j trains. The gate still checks every sample at admission
+(a group can wait long enough to go stale; it is then dropped, counted, and replaced).
+
+The ledger: every group id is issued once (`expect`) and ends once, with the outcome decided
+where the scheduler decides it: trained (`take`), filtered:tied (dynamic sampling, `scored`),
+dropped:stale (judged against the version of the last `take`), or, when the run is over
+(`close`), dropped:incomplete (some member never scored) / dropped:unused (complete and fresh,
+never needed). Issuing a group twice, ending it twice, or scoring a sample of a group that is
+not assembling is a LedgerError: a controller bug, never tolerated.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Optional
+
+from cluster.rl.gate import StalenessGate, Group
+from reward.types import RewardResult
+from rollout.types import Rollout
+
+
+class DynamicSamplingError(RuntimeError):
+    """Every group tied for too long: dynamic sampling cannot fill a batch."""
+
+
+class LedgerError(RuntimeError):
+    """A group issued twice, ended twice, or scored when it is not assembling: a bug."""
+
+
+class Outcome(str, Enum):
+    """How a group ended (the ledger's value; its string is what summaries and logs show)."""
+
+    TRAINED = "trained"
+    TIED = "filtered:tied"  # dynamic sampling: every member's reward equal, zero advantage
+    STALE = "dropped:stale"  # complete, but more than k versions old when judged (replaced)
+    INCOMPLETE = "dropped:incomplete"  # the run ended before every member was scored
+    UNUSED = "dropped:unused"  # complete and fresh; the run ended before a step needed it
+
+
+@dataclass
+class _Assembly:
+    size: int
+    rollouts: dict[int, Rollout] = field(default_factory=dict)
+    rewards: dict[int, RewardResult] = field(default_factory=dict)
+
+    def group(self, gid: int) -> Optional[Group]:
+        if len(self.rewards) < self.size:
+            return None
+        order = sorted(self.rewards)
+        return Group(gid, tuple(self.rollouts[i] for i in order), tuple(self.rewards[i] for i in order))
+
+
+class Scheduler:
+    def __init__(self, steps: int, prompts_per_step: int, group_size: int, max_staleness: int,
+                 gate: StalenessGate, dynamic_sampling: bool = False, resample_limit: int = 8):
+        if (gate.max_staleness, gate.group_size) != (max_staleness, group_size):
+            raise ValueError(f"the gate checks max_staleness {gate.max_staleness} and group size {gate.group_size}; "
+                             f"the scheduler was given {max_staleness} and {group_size}")
+        self.steps, self.per_step, self.group_size = steps, prompts_per_step, group_size
+        self.k = max_staleness
+        self.gate = gate
+        self.dynamic_sampling = dynamic_sampling
+        self.resample_limit = resample_limit  # filtered groups allowed per step, in batches
+        self.started_steps = 0  # steps whose P groups were dispatched
+        self.owed = 0  # replacement groups to dispatch (tied or stale groups)
+        self.ledger: dict[int, Outcome] = {}  # group id -> how it ended
+        self._counts: Counter[Outcome] = Counter()
+        self._open: set[int] = set()  # issued, not ended: assembling or ready
+        self._closed = False
+        self._filtered_this_step = 0
+        self._version = 0  # the policy version of the last take(): what "stale" is judged against
+        self._assembling: dict[int, _Assembly] = {}
+        self.ready: list[Group] = []
+
+    @property
+    def filtered(self) -> int:
+        """Groups dropped by dynamic sampling (rewards tied)."""
+        return self._counts[Outcome.TIED]
+
+    @property
+    def stale_groups(self) -> int:
+        """Complete groups dropped at admission (too stale) and replaced."""
+        return self._counts[Outcome.STALE]
+
+    # ---- what to generate ----
+
+    def steps_to_start(self, steps_done: int) -> list[int]:
+        """Steps whose generation may start now (each: P new groups)."""
+        last = min(self.steps, steps_done + 1 + self.k)
+        start = list(range(self.started_steps + 1, last + 1))
+        self.started_steps = max(self.started_steps, last)
+        return start
+
+    def take_owed(self) -> int:
+        owed, self.owed = self.owed, 0
+        return owed
+
+    def expect(self, group_id: int) -> None:
+        """Issue a group: its members will be scored, then it ends once (the ledger)."""
+        if self._closed:
+            raise LedgerError(f"group {group_id} issued after the scheduler was closed")
+        if group_id in self._open or group_id in self.ledger:
+            state = self.ledger.get(group_id, "open")
+            raise LedgerError(f"group {group_id} issued twice (it is {state})")
+        self._open.add(group_id)
+        self._assembling[group_id] = _Assembly(self.group_size)
+
+    # ---- what came back ----
+
+    def scored(self, rollout: Rollout, reward: RewardResult) -> Optional[Group]:
+        """A scored sample; returns its group once the group is complete (and kept)."""
+        gid, index = rollout.group_id, rollout.sample_index
+        if (reward.group_id, reward.sample_index) != (gid, index):
+            raise ValueError(f"reward for {reward.group_id}/{reward.sample_index} paired with rollout {gid}/{index}")
+        a = self._assembling.get(gid)
+        if a is None:
+            state = self.ledger.get(gid, "complete" if gid in self._open else "never issued")
+            raise LedgerError(f"sample {gid}/{index} scored, but its group is not assembling ({state})")
+        if not 0 <= index < self.group_size or index in a.rewards:
+            raise LedgerError(f"sample {gid}/{index} scored twice or out of range (group size {self.group_size})")
+        a.rollouts[index], a.rewards[index] = rollout, reward
+        group = a.group(gid)
+        if group is None:
+            return None
+        del self._assembling[gid]
+        if self.dynamic_sampling and len({r.reward for r in group.rewards}) == 1:
+            self._end(gid, Outcome.TIED)  # zero advantage for every member: it would teach nothing
+            self._filtered_this_step += 1
+            if self._filtered_this_step > self.resample_limit * self.per_step:
+                raise DynamicSamplingError(
+                    f"dynamic sampling dropped {self._filtered_this_step} groups whose rewards all tied without "
+                    f"filling one step of {self.per_step}; the task is too easy or too hard for the policy "
+                    "(set algorithm.dynamic_sampling: false, or raise algorithm.dynamic_sampling_limit)")
+            self.owed += 1
+            return None
+        if self._drop_if_stale(group):
+            return None
+        self.ready.append(group)
+        return group
+
+    # ---- what trains next ----
+
+    def take(self, version: int) -> Optional[list[Group]]:
+        """P groups for the step that trains `version`, oldest data first; None until there are
+        enough. Cheap when there is nothing to do (the loop asks after every arrival): waiting
+        groups are re-judged only when the version moves, arrivals are judged as they come."""
+        if version != self._version:
+            self._version = version
+            self.ready = [g for g in self.ready if not self._drop_if_stale(g)]
+        if len(self.ready) < self.per_step:
+            return None
+        self.ready.sort(key=lambda g: (_oldest(g), g.group_id))
+        picked, self.ready = self.ready[: self.per_step], self.ready[self.per_step :]
+        groups = self.gate.admit([r for g in picked for r in g.rollouts], [r for g in picked for r in g.rewards],
+                                 version)
+        if len(groups) != len(picked):
+            raise AssertionError("the gate refused a group the scheduler found fresh (a bug)")
+        for g in groups:
+            self._end(g.group_id, Outcome.TRAINED)
+        self._filtered_this_step = 0
+        return sorted(groups, key=lambda g: g.group_id)
+
+    def _drop_if_stale(self, group: Group) -> bool:
+        """A group older than k versions goes through the gate (which drops and counts
+        it) and is replaced by a new prompt."""
+        if self._version - _oldest(group) <= self.k:
+            return False
+        self.gate.admit(list(group.rollouts), list(group.rewards), self._version)
+        self._end(group.group_id, Outcome.STALE)
+        self.owed += 1
+        return True
+
+    # ---- the ledger ----
+
+    def _end(self, group_id: int, outcome: Outcome) -> None:
+        if group_id in self.ledger:
+            raise LedgerError(f"group {group_id} ended twice: {self.ledger[group_id].value}, then {outcome.value}")
+        if group_id not in self._open:
+            raise LedgerError(f"group {group_id} ended ({outcome.value}) but was never issued")
+        self._open.remove(group_id)
+        self.ledger[group_id] = outcome
+        self._counts[outcome] += 1
+
+    def close(self) -> dict[str, int]:
+        """The run is over: every open group ends (dropped:incomplete while some member is
+        unscored, dropped:unused when complete) and nothing more may be issued. The summary."""
+        for gid in list(self._assembling):
+            self._end(gid, Outcome.INCOMPLETE)
+        for g in self.ready:
+            self._end(g.group_id, Outcome.UNUSED)
+        self._assembling, self.ready, self._closed = {}, [], True
+        return self.summary()
+
+    def summary(self) -> dict[str, int]:
+        """Groups issued, still open, and ended by outcome (every outcome listed, zeros too)."""
+        return {"issued": len(self.ledger) + len(self._open), "open": len(self._open),
+                **{o.value: self._counts[o] for o in Outcome}}
+
+    def in_flight(self) -> int:
+        """Groups dispatched and not yet complete."""
+        return len(self._assembling)
+
+
+def _oldest(group: Group) -> int:
+    return min(r.min_version for r in group.rollouts)

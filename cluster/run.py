@@ -1,0 +1,69 @@
+"""One recipe end to end: input checks, model preparation, run.mode dispatch, and the one
+wrapper that writes a failed summary (keeping what the run wrote) before re-raising.
+
+  run(cfg) -> RunSummary
+    1. batch shapes (cluster/shapes.py) and inputs are checked before anything starts;
+    2. the run directory is created (cluster/rundir.py);
+    3. the mode runs: "rl" -> cluster/rl/controller.py; "sft" / "reward_model" / "dpo" ->
+       cluster/offline.py.
+"""
+
+from __future__ import annotations
+
+import traceback
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from cluster.config import Config, ConfigError
+from cluster.offline import load_offline_data, run_offline
+from cluster.rl.controller import run_rl
+from cluster.rundir import RunDir, RunSummary
+from cluster.shapes import PAIRED_MODES, learner_options
+from rollout.data import Prompt, load_prompts
+
+
+def run(cfg: Config, log=print) -> RunSummary:
+    """Run one recipe; the run directory survives any failure with what was written."""
+    learner_options(cfg)  # batch-shape errors surface before anything starts
+    prepare_model(cfg, log)
+    inputs = prepare_inputs(cfg) if cfg.run.mode == "rl" else load_offline_data(cfg)
+    run_dir = RunDir.create(cfg)
+    log(f"run directory: {run_dir.path}")
+    with failed_summary(run_dir):
+        if cfg.run.mode == "rl":
+            return run_rl(cfg, *inputs, run_dir, log)
+        return run_offline(cfg, inputs, run_dir, log)
+
+
+def prepare_model(cfg: Config, log=print) -> None:
+    """Bootstrap the tiny model (and its task data) if asked, then check it is an HF checkpoint."""
+    if cfg.model.bootstrap:
+        from trainer.bootstrap import ensure_tiny_model, write_arithmetic_pairs
+
+        ensure_tiny_model(cfg.model.path, cfg.model.bootstrap_spec, seed=cfg.run.seed, log=log)
+        if cfg.run.mode in PAIRED_MODES:  # the tiny task's synthetic preferences, next to its prompts
+            write_arithmetic_pairs(Path(cfg.model.path) / "data", cfg.run.seed)
+    model = Path(cfg.model.path)
+    if not model.exists():
+        raise ConfigError(f"model.path '{model}' does not exist (set model.bootstrap: true to build the tiny model)")
+    if not (model / "config.json").is_file():
+        raise ConfigError(f"model.path '{model}' is not a Hugging Face checkpoint (no config.json)")
+
+
+def prepare_inputs(cfg: Config) -> tuple[list[Prompt], list[Prompt]]:
+    """The RL prompts (train, held-out), checked row by row before any actor starts."""
+    keys = dict(prompt_key=cfg.data.prompt_key, answer_key=cfg.data.answer_key)
+    return load_prompts(cfg.data.train_path, **keys), load_prompts(cfg.data.eval_path, **keys)
+
+
+@contextmanager
+def failed_summary(run_dir: RunDir) -> Iterator[None]:
+    """On any failure: the last summary the run wrote, marked failed with the error, then re-raise."""
+    try:
+        yield
+    except BaseException as exc:
+        summary = run_dir.read_summary() or {"run_dir": str(run_dir.path)}
+        summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=20))
+        run_dir.write_summary(summary)
+        raise

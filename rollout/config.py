@@ -1,0 +1,56 @@
+"""The `rollout` section of the config schema. It lives with the stage that uses it, as
+reward/config.py does (cluster/config.py composes both into the whole schema): the rollout
+pool takes the validated section itself, and the vllm engine's typed options are built from it
+here (`vllm_options`), so no mirror of its fields exists."""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from rollout.types import VLLMOptions
+
+
+class RolloutConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    engine: Literal["hf", "vllm"] = "hf"
+    num_workers: int = Field(1, ge=1)
+    threads_per_worker: int = Field(1, ge=1)
+    temperature: float = Field(1.0, gt=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(16, ge=1)
+    # Sequences per generate() call inside a worker (vllm: samples in flight per worker).
+    batch_size: int = Field(256, ge=1)
+    # vllm engine only (rollout/vllm_engine.py). On CPU the KV cache is vllm_kv_cache_gib
+    # (default 1 GiB); on GPUs, vllm_gpu_memory_utilization of the GPU unless that is set.
+    vllm_gpu_memory_utilization: float = Field(0.85, gt=0, le=1)
+    vllm_kv_cache_gib: Optional[float] = Field(None, gt=0)
+    vllm_max_model_len: Optional[int] = Field(None, ge=1)
+    vllm_max_num_seqs: int = Field(256, ge=1)
+    vllm_enforce_eager: Optional[bool] = None  # null: eager on CPU, CUDA graphs on GPUs
+    vllm_enable_prefix_caching: bool = True
+    # Weights arriving while a generation call is in flight (asynchronous training):
+    # interrupt = swap at the next decode step, in-flight rollouts continue on the new
+    # weights (partial rollouts, tokens keep their versions); finish = in-flight calls
+    # finish on the weights they started with, the update applies before the next call.
+    in_flight: Literal["interrupt", "finish"] = "interrupt"
+
+    @model_validator(mode="after")
+    def _top_p(self) -> "RolloutConfig":
+        # Both engines would report the logprobs of a distribution the learner does not compute:
+        # hf before the top-p truncation (so the ratio is off for every token), vLLM after it.
+        if self.top_p < 1:
+            raise ValueError(f"rollout.top_p={self.top_p} with rollout.engine '{self.engine}': the learner computes "
+                             "logprobs of the full temperature-scaled distribution, not of the top-p truncated one "
+                             "the engine would sample from, so every importance ratio would be off; use top_p: 1")
+        return self
+
+
+def vllm_options(cfg: RolloutConfig, tensor_parallel_size: int = 1, seed: int = 0) -> VLLMOptions:
+    """The vllm engine's settings from the rollout section (rollout/vllm_engine.py reads them)."""
+    return VLLMOptions(tensor_parallel_size=tensor_parallel_size,
+                       gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, kv_cache_gib=cfg.vllm_kv_cache_gib, max_model_len=cfg.vllm_max_model_len,
+                       max_num_seqs=cfg.vllm_max_num_seqs, enforce_eager=cfg.vllm_enforce_eager,
+                       enable_prefix_caching=cfg.vllm_enable_prefix_caching, seed=seed)
