@@ -125,3 +125,28 @@ def test_config_reference_names_every_field():
 def test_algorithm_names_are_checked_against_the_registries(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, MINIMAL), [override])
+
+
+def test_k1_in_the_loss_is_refused_with_what_to_use(tmp_path):
+    recipe = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError, match="kl_estimator 'k1' with kl_in 'loss'.*'k3' or 'k2', or kl_in 'reward'"):
+        load_config(recipe, ["algorithm.kl_coef=0.05", "algorithm.kl_estimator=k1"])
+    ok = load_config(recipe, ["algorithm.kl_coef=0.05", "algorithm.kl_estimator=k1", "algorithm.kl_in=reward"])
+    assert ok.algorithm.kl_estimator == "k1"
+    assert load_config(recipe, ["algorithm.kl_estimator=k1"]).algorithm.kl_coef == 0  # no penalty: nothing to refuse
+
+
+def test_gspo_gets_its_own_clip_range_and_aggregation(tmp_path):
+    recipe = write(tmp_path, MINIMAL)
+    a = load_config(recipe, ["algorithm.loss=gspo"]).algorithm
+    assert (a.clip_eps, a.clip_eps_high, a.loss_agg) == (3e-4, 4e-4, "seq-mean-token-mean")
+    assert load_config(recipe, ["algorithm.loss=gspo", "algorithm.clip_eps=5e-4"]).algorithm.clip_eps == 5e-4
+    with pytest.raises(ConfigError, match="clip_eps=0.2 with loss 'gspo'"):
+        load_config(recipe, ["algorithm.loss=gspo", "algorithm.clip_eps=0.2"])
+    assert load_config(recipe).algorithm.clip_eps == 0.2  # PPO keeps PPO's
+
+
+@pytest.mark.parametrize("engine", ["hf", "vllm"])
+def test_top_p_below_one_is_refused_for_every_engine(tmp_path, engine):
+    with pytest.raises(ConfigError, match=f"rollout.top_p=0.9 with rollout.engine '{engine}'"):
+        load_config(write(tmp_path, MINIMAL), [f"rollout.engine={engine}", "rollout.top_p=0.9"])

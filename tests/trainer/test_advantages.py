@@ -134,3 +134,16 @@ def test_group_of_one_is_an_error():
     x = AdvantageInputs(scores=np.array([1.0, 0.0]), groups=np.array([0, 1]), mask=np.ones((2, 2), dtype=np.float32))
     with pytest.raises(ValueError, match="at least 2"):
         ADVANTAGES.get("grpo")(x, AdvantageOptions())
+
+
+def test_gae_masks_values_itself():
+    # A critic's values on prompt and padding positions are whatever its head outputs there:
+    # the estimator must ignore them (the controller passes them unmasked).
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=MASK.shape)  # nonzero everywhere, prompt and padding included
+    opts = AdvantageOptions(gamma=0.95, lam=0.9, normalize_std=False)
+    adv, returns = run("gae", values=values, opts=opts)
+    want_adv, want_ret = gae_reference(SCORES, MASK, values * MASK, 0.95, 0.9)
+    np.testing.assert_allclose(adv, want_adv, atol=1e-5)
+    np.testing.assert_allclose(returns, want_ret, atol=1e-5)
+    assert np.all(adv[MASK == 0] == 0) and np.all(returns[MASK == 0] == 0)

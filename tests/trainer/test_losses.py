@@ -254,3 +254,46 @@ def test_tis_by_hand():
     x.entropy = torch.tensor([[1.0, 2.0, 0.0, 0.0]], dtype=torch.float64)
     reg, _, _ = loss_and_grad("tis", x, LossSpec(is_cap=1.5, kl_coef=0.1, entropy_coef=0.01))
     np.testing.assert_allclose(reg - loss, [-0.01, -0.02, 0.0, 0.0], rtol=1e-9, atol=1e-15)
+
+
+# ---- GSPO against PPO, and pi_old from the learner ----
+
+def test_gspo_gradient_is_the_sequence_ratio_on_every_token_not_the_token_ratios():
+    # Per-token log-ratios +0.5 and -0.5: the sequence ratio is exp(0) = 1 (inside GSPO's clip
+    # range), while PPO's token ratios e^0.5 and e^-0.5 differ (and one is clipped).
+    x = policy_inputs([0.5, -0.5], [1.0, 1.0])
+    x.logprobs.requires_grad_(True)
+    loss, m = LOSSES.get("gspo")(x, LossSpec(clip_eps=3e-4, clip_eps_high=4e-4))
+    loss.sum().backward()
+    np.testing.assert_allclose(m["ratio"][0].numpy(), [1.0, 1.0], rtol=1e-12)
+    np.testing.assert_allclose(x.logprobs.grad[0].numpy(), [-1.0, -1.0], rtol=1e-12)
+    y = policy_inputs([0.5, -0.5], [1.0, 1.0])
+    y.logprobs.requires_grad_(True)
+    ppo, _ = LOSSES.get("ppo_clip")(y, LossSpec(clip_eps=0.2))
+    ppo.sum().backward()
+    # PPO: token 0's ratio 1.65 is clipped (no gradient), token 1's gradient is -e^-0.5.
+    np.testing.assert_allclose(y.logprobs.grad[0].numpy(), [0.0, -e(-0.5)], rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["ppo_clip", "gspo"])
+def test_pi_old_is_the_learners_proximal_policy_when_sent(name):
+    # The engine's behaviour logprobs are 0.3 off the learner's own (numerics); pi_old = the
+    # learner's proximal logprobs makes the ratio exactly 1 at the first update.
+    x = policy_inputs([0.3, 0.3], [1.0, -1.0])
+    x.proximal_logprobs = x.logprobs.detach().clone()
+    _, m = LOSSES.get(name)(x, LossSpec(clip_eps=0.2))
+    np.testing.assert_allclose(m["ratio"][0].numpy(), [1.0, 1.0], rtol=1e-12)
+    assert float(m["clip_frac"].sum()) == 0.0
+    _, engine = LOSSES.get(name)(policy_inputs([0.3, 0.3], [1.0, -1.0]), LossSpec(clip_eps=0.2))
+    np.testing.assert_allclose(engine["ratio"][0].numpy(), [e(0.3), e(0.3)], rtol=1e-12)
+
+
+def test_loss_kinds_are_declared_at_registration():
+    from trainer.losses import loss_kind, losses_that
+
+    assert losses_that("preference") == ["cdpo", "dpo", "ipo", "orpo", "simpo"]
+    assert LOSSES.names(lambda e: e.traits.needs_reference) == ["cdpo", "dpo", "ipo"]
+    assert losses_that("critic") == ["value_clip"] and losses_that("reward_model") == ["bradley_terry"]
+    assert LOSSES.names(lambda e: e.traits.proximal) == ["decoupled_ppo", "gspo", "ppo_clip"]
+    assert loss_kind("tis").off_policy and not loss_kind("tis").proximal
+    assert "equals tis" in LOSSES.entry("decoupled_ppo").description
