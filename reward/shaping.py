@@ -16,6 +16,8 @@ from __future__ import annotations
 import math
 from typing import Optional
 
+import numpy as np
+
 
 def weighted_sum(values: dict[str, float], weights: dict[str, float]) -> float:
     missing = [name for name in weights if name not in values]
@@ -74,3 +76,12 @@ def group_means(keys: list, values: list[float]) -> list[float]:
         sums[key] = sums.get(key, 0.0) + x
         counts[key] = counts.get(key, 0) + 1
     return [(sums[k] - x) / (counts[k] - 1) if counts[k] > 1 else float(x) for k, x in zip(keys, values)]
+
+
+def overlong_penalty(lengths: np.ndarray, max_len: int, buffer: int, factor: float) -> np.ndarray:
+    """DAPO's soft overlong punishment (the only length penalty, in tokens): 0 up to max_len - buffer
+    response tokens, then linear down to -factor at max_len."""
+    if buffer <= 0:
+        return np.zeros(len(lengths))
+    start = max_len - buffer
+    return -factor * np.clip((lengths - start) / buffer, 0.0, 1.0)

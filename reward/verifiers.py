@@ -96,15 +96,6 @@ def format_think(response: str, answer: str) -> float:
     return 1.0 if m and "<think>" not in m.group(1) else 0.0
 
 
-@VERIFIERS.register("overlong", "DAPO soft overlong penalty: 0 up to max_chars - buffer_chars, linear to -1 at "
-                                "max_chars, -1 beyond (options: max_chars, buffer_chars)")
-def overlong(response: str, answer: str, max_chars: int = 2048, buffer_chars: int = 512) -> float:
-    if not 0 < buffer_chars <= max_chars:
-        raise ValueError(f"overlong needs 0 < buffer_chars <= max_chars, got {buffer_chars}, {max_chars}")
-    excess = len(response) - (max_chars - buffer_chars)
-    return 0.0 if excess <= 0 else max(-1.0, -excess / buffer_chars)
-
-
 # --- multiple choice ------------------------------------------------------------------
 
 _LETTER = r"\(?\b([A-J])\b\)?"

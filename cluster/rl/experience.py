@@ -15,6 +15,7 @@ import torch
 from cluster.config import AlgorithmConfig, Config
 from cluster.rl.gate import Group
 from cluster.shapes import rows_per_step
+from reward.shaping import overlong_penalty
 from trainer.advantages import ADVANTAGES, AdvantageInputs, AdvantageOptions
 from trainer.batches import build_batch, pad_pairs
 from trainer.group import LearnerGroup
@@ -35,14 +36,6 @@ class KLController:
             return
         error = float(np.clip(observed_kl / self.target - 1.0, -0.2, 0.2))
         self.coef *= 1.0 + error * steps / self.horizon
-
-
-def overlong_penalty(lengths: np.ndarray, max_len: int, buffer: int, factor: float) -> np.ndarray:
-    """DAPO's soft overlong punishment: 0 up to max_len - buffer, then linear down to -factor."""
-    if buffer <= 0:
-        return np.zeros(len(lengths))
-    start = max_len - buffer
-    return -factor * np.clip((lengths - start) / buffer, 0.0, 1.0)
 
 
 def explained_variance(returns: np.ndarray, values: np.ndarray, mask: np.ndarray) -> float:

@@ -96,9 +96,7 @@ def test_format_and_length_rewards():
     assert v("format_think")("<think>2+2</think> 4", "") == 1.0
     assert v("format_think")("<think>2+2</think><answer>4</answer>", "") == 1.0
     assert v("format_think")("4 <think>x</think>", "") == 0.0 and v("format_think")("<think>x</think>", "") == 0.0
-    # DAPO overlong: 0 up to 80 chars, linear to -1 at 100, -1 after
-    assert [v("overlong")("x" * n, "", max_chars=100, buffer_chars=20) for n in (80, 90, 100, 500)] == \
-        [0.0, -0.5, -1.0, -1.0]
+    assert "overlong" not in VERIFIERS  # DAPO's length penalty is one, in tokens: algorithm.overlong_buffer
 
 
 ADD = "```python\ndef add(a, b):\n    return a + b\n```"

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from cluster.config import AlgorithmConfig
-from cluster.rl.experience import KLController, explained_variance, overlong_penalty
+from cluster.rl.experience import KLController, explained_variance
+from reward.shaping import overlong_penalty
 
 
 def test_overlong_penalty_is_linear_in_the_buffer():
