@@ -6,6 +6,11 @@ same optimiser settings (AdamW lr 5e-4, clip 0.2, token-level loss, group-normal
 advantages, no KL, temperature 1, 8 new tokens), both on this machine's 2 CPU cores.
 Both are scored by the same greedy held-out evaluation (256 prompts never trained on).
 
+Two times per system: end to end (the whole process, from launch to exit: imports, Ray and
+actor start-up for Tandem, model load, both evaluations, training), each system in its own
+process; and in the loop (TRL: `trainer.train()`; Tandem: the sum of its step times, i.e.
+generation, reward, train and sync, without the evaluations).
+
     .venv/bin/pip install trl==1.16.0           # the peer (the `bench` extra)
     .venv/bin/python bench/quickstart_vs_trl.py --steps 400
 
@@ -36,8 +41,9 @@ def run_tandem(model: Path, steps: int, out: Path) -> dict:
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     summary = json.loads(next(out.glob("quickstart*/summary.json")).read_text())
-    return {"system": "tandem", "wall_s": wall, "train_s": summary["wall_s"],
-            "samples": summary["samples"], "samples_per_s": summary["samples"] / summary["wall_s"],
+    loop = sum(summary["throughput"][k] for k in ("gen_s", "reward_s", "train_s", "sync_s"))
+    return {"system": "tandem", "end_to_end_s": wall, "loop_s": loop,
+            "samples": summary["samples"], "samples_per_s": summary["samples"] / loop,
             "initial_accuracy": summary["eval"]["initial_accuracy"],
             "final_accuracy": summary["eval"]["final_accuracy"]}
 
@@ -77,21 +83,33 @@ def run_trl(model: Path, steps: int, out: Path) -> dict:
     wall = time.perf_counter() - t0
     final = greedy_accuracy(trainer.model.eval(), tok, evals)
     samples = steps * 512
-    return {"system": "trl", "wall_s": wall, "train_s": wall, "samples": samples, "samples_per_s": samples / wall,
+    return {"system": "trl", "loop_s": wall, "samples": samples, "samples_per_s": samples / wall,
             "initial_accuracy": initial, "final_accuracy": final}
+
+
+def run_trl_process(model: Path, steps: int, out: Path) -> dict:
+    """TRL in a process of its own, timed from launch to exit like Tandem's CLI."""
+    out.mkdir(parents=True, exist_ok=True)
+    result = out / "trl.json"
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, __file__, "--only-trl", str(model), "--steps", str(steps),
+                    "--workdir", str(out), "--result", str(result)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    return json.loads(result.read_text()) | {"end_to_end_s": time.perf_counter() - t0}
 
 
 def write(results: list[dict], steps: int) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"steps": steps, "samples_per_step": 512, "machine": f"{os.cpu_count()} CPU cores",
+            "date": time.strftime("%Y-%m-%d"),
             "command": f".venv/bin/python bench/quickstart_vs_trl.py --steps {steps}"}
     (RESULTS / "quickstart_vs_trl.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    lines = ["| system | samples | training wall s | samples/s | held-out acc before | after |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| system | samples | end to end s (launch to exit) | in-loop s | in-loop samples/s | "
+             "held-out acc before | after |", "|---|---|---|---|---|---|---|"]
     for r in results:
-        lines.append(f"| {r['system']} | {r['samples']} | {r['train_s']:.0f} | {r['samples_per_s']:.0f} | "
-                     f"{r['initial_accuracy']:.1%} | {r['final_accuracy']:.1%} |")
-    (RESULTS / "quickstart_vs_trl.md").write_text(f"`{meta['command']}` ({meta['machine']})\n\n" + "\n".join(lines) + "\n")
+        lines.append(f"| {r['system']} | {r['samples']} | {r['end_to_end_s']:.0f} | {r['loop_s']:.0f} | "
+                     f"{r['samples_per_s']:.0f} | {r['initial_accuracy']:.1%} | {r['final_accuracy']:.1%} |")
+    head = f"`{meta['command']}` ({meta['machine']}, {meta['date']}, one run each, seed 0)"
+    (RESULTS / "quickstart_vs_trl.md").write_text(head + "\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -99,8 +117,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--workdir", default="/tmp/tandem-bench")
+    parser.add_argument("--only-trl", help=argparse.SUPPRESS)  # the TRL child process: model path
+    parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.only_trl:
+        Path(args.result).write_text(json.dumps(run_trl(Path(args.only_trl), args.steps, Path(args.workdir))))
+        return
     from cluster.config import load_config
     from trainer.bootstrap import ensure_tiny_model
 
@@ -109,7 +132,8 @@ def main() -> None:
     model = work / "tiny-arith"
     ensure_tiny_model(model, cfg.model.bootstrap_spec, seed=cfg.run.seed)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    results = [run_tandem(model, args.steps, work / f"tandem-{stamp}"), run_trl(model, args.steps, work / f"trl-{stamp}")]
+    results = [run_tandem(model, args.steps, work / f"tandem-{stamp}"),
+               run_trl_process(model, args.steps, work / f"trl-{stamp}")]
     write(results, args.steps)
 
 
