@@ -1,5 +1,5 @@
-"""The controller loop: prompts -> rollouts -> rewards -> buffer -> advantages -> learner step
--> weight sync -> eval every N -> checkpoint every M. One loop for every mode.
+"""The RL controller loop: prompts -> rollouts -> rewards -> staleness gate -> advantages ->
+learner step -> weight sync -> eval every N -> checkpoint every M. Read this file first.
 
 Synchronous and asynchronous training are the same loop: `controller.max_staleness` (k) is
 how many policy versions generation may run ahead of the learner (cluster/rl/scheduler.py).
