@@ -17,10 +17,15 @@ from pathlib import Path
 import torch
 
 from rollout.data import write_jsonl
+from trainer.batches import pad_rows
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHARS = list("0123456789+-*=# ")
 SPEC_FILE = "tandem_bootstrap.json"
+# Bumped whenever make_task draws different problems for the same spec and seed, so a
+# checkpoint (and its data files) built by an older draw is rebuilt, not reused.
+# 2: split on unordered pairs {a, b} (before, b+a could train while a+b was held out).
+TASK_VERSION = 2
 
 
 def build_tokenizer():
@@ -57,16 +62,58 @@ def make_task(spec, seed: int) -> tuple[list[dict], list[dict], list[dict]]:
 
     The supervised warm-up trains on the train prompts (as RL does later); its stopping
     rule reads the validation prompts; the eval prompts are used by nothing but evaluation.
+    The split is drawn over unordered operand pairs {a, b}: "a+b=" and its commuted twin
+    "b+a=" (the same answer) never land in different splits, so no held-out prompt is a
+    train prompt written the other way round. A split whose last pair would overflow its
+    size takes one order of that pair; the other order then goes nowhere.
     """
     hi = 10**spec.max_digits
     sizes = (spec.num_train_prompts, spec.num_eval_prompts, spec.sft_val_prompts)
     if sum(sizes) > hi * hi:
         raise ValueError(f"bootstrap asks for {sum(sizes)} distinct problems; {spec.max_digits}-digit "
                          f"addition has only {hi * hi}")
-    pairs = random.Random(seed).sample(range(hi * hi), sum(sizes))
-    rows = [{"prompt": f"{n // hi}+{n % hi}=", "answer": str(n // hi + n % hi)} for n in pairs]
-    a, b = sizes[0], sizes[0] + sizes[1]
-    return rows[:a], rows[a:b], rows[b:]
+    rng = random.Random(seed)
+    pairs = [(a, b) for a in range(hi) for b in range(a, hi)]
+    rng.shuffle(pairs)
+    left = iter(pairs)
+    splits = []
+    for size in sizes:
+        problems: list[tuple[int, int]] = []
+        for a, b in left:
+            problems += [(a, b), (b, a)] if a != b and len(problems) + 1 < size else [(a, b)]
+            if len(problems) == size:
+                break
+        else:
+            raise ValueError(f"bootstrap asks for {sum(sizes)} problems in {len(sizes)} splits that keep "
+                             f"a+b and b+a together; {spec.max_digits}-digit addition cannot fill them")
+        rng.shuffle(problems)  # twins are not neighbours in the files
+        splits.append([{"prompt": f"{a}+{b}=", "answer": str(a + b)} for a, b in problems])
+    return splits[0], splits[1], splits[2]
+
+
+def arithmetic_pairs(rows: list[dict], seed: int) -> list[dict]:
+    """Synthetic preferences for the quickstart's addition task: chosen is the right sum,
+    rejected a wrong sum of the wrong length (its last digit dropped, or a random digit
+    appended). Telling them apart needs the operands (how long can their sum be?) but no
+    digit-by-digit addition, which a tiny model learns in a few hundred steps. Near misses
+    (a wrong last digit) stayed at chance for 1500 steps of the 64-wide test model."""
+    rng = random.Random(seed)
+    out = []
+    for row in rows:
+        right = str(int(row["answer"]))
+        drop = len(right) > 1 and rng.random() < 0.5
+        wrong = right[:-1] if drop else right + str(rng.randint(0, 9))
+        out.append({"prompt": row["prompt"], "chosen": right, "rejected": wrong})
+    return out
+
+
+def write_arithmetic_pairs(data_dir: Path, seed: int) -> None:
+    """pairs_train.jsonl / pairs_eval.jsonl from the bootstrap's train / eval prompts, once."""
+    for split in ("train", "eval"):
+        out = data_dir / f"pairs_{split}.jsonl"
+        if not out.is_file():
+            rows = [json.loads(line) for line in (data_dir / f"{split}.jsonl").read_text().splitlines() if line]
+            write_jsonl(out, arithmetic_pairs(rows, seed + (split == "eval")))
 
 
 def _sft_batch(tokenizer, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -76,16 +123,10 @@ def _sft_batch(tokenizer, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor,
         p = tokenizer(row["prompt"])["input_ids"]
         r = tokenizer(row["answer"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
         seqs.append(p + r)
-        masks.append([0] * len(p) + [1] * len(r))
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), tokenizer.pad_token_id)
-    attn = torch.zeros((len(seqs), width), dtype=torch.long)
-    labels = torch.full((len(seqs), width), -100)
-    for i, (s, m) in enumerate(zip(seqs, masks)):
-        ids[i, : len(s)] = torch.tensor(s)
-        attn[i, : len(s)] = 1
-        labels[i, : len(s)] = torch.where(torch.tensor(m) == 1, torch.tensor(s), torch.tensor(-100))
-    return ids, attn, labels
+        masks.append([0.0] * len(p) + [1.0] * len(r))
+    ids, attn, (mask,) = pad_rows(seqs, tokenizer.pad_token_id, masks)
+    ids, attn = torch.from_numpy(ids), torch.from_numpy(attn)
+    return ids, attn, torch.where(torch.from_numpy(mask) == 1, ids, torch.tensor(-100))
 
 
 def sft(model, tokenizer, train: list[dict], val: list[dict], spec, seed: int, log=print) -> tuple[int, float]:
@@ -131,7 +172,8 @@ def greedy_accuracy(model, tokenizer, rows: list[dict], max_new_tokens: int = 8)
 
 
 def spec_hash(spec, seed: int) -> str:
-    blob = json.dumps({"spec": spec.model_dump(), "seed": seed, "chars": CHARS}, sort_keys=True)
+    blob = json.dumps({"spec": spec.model_dump(), "seed": seed, "chars": CHARS, "task": TASK_VERSION},
+                      sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -157,6 +199,8 @@ def ensure_tiny_model(path: str | Path, spec, seed: int = 0, log=print) -> dict:
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+    for stale in (path / "data").glob("pairs_*.jsonl"):  # derived from an older train / eval split
+        stale.unlink()
     write_jsonl(path / "data" / "train.jsonl", train)
     write_jsonl(path / "data" / "eval.jsonl", evals)
     record = {"spec_hash": want, "sft_steps": steps, "sft_val_accuracy": val_acc, "sft_eval_accuracy": acc,
@@ -164,3 +208,21 @@ def ensure_tiny_model(path: str | Path, spec, seed: int = 0, log=print) -> dict:
     marker.write_text(json.dumps(record, indent=2))  # written last: a half-built dir is rebuilt
     log(f"bootstrap: saved {path} in {record['build_s']} s; greedy held-out accuracy {acc:.1%}")
     return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m trainer.bootstrap IN.jsonl OUT.jsonl [SEED]: {prompt, answer} rows ->
+    synthetic {prompt, chosen, rejected} pairs (see arithmetic_pairs)."""
+    import sys
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) not in (2, 3):
+        print(main.__doc__, file=sys.stderr)
+        return 2
+    rows = [json.loads(line) for line in Path(args[0]).read_text().splitlines() if line.strip()]
+    write_jsonl(args[1], arithmetic_pairs(rows, int(args[2]) if len(args) == 3 else 0))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -16,7 +16,6 @@ raises DataError naming the file and row.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -234,24 +233,3 @@ def load_pairs(path: str | Path, renderer: Renderer, keys: Keys = Keys()) -> tup
             continue
         out.append(PreferencePair(tuple(p), tuple(c), tuple(r), margin))
     return out, dropped
-
-
-def main(argv: list[str] | None = None) -> int:
-    """python -m trainer.data IN.jsonl OUT.jsonl [SEED]: {prompt, answer} rows ->
-    synthetic {prompt, chosen, rejected} pairs (see trainer.bootstrap.arithmetic_pairs)."""
-    import sys
-
-    from rollout.data import write_jsonl
-    from trainer.bootstrap import arithmetic_pairs
-
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) not in (2, 3):
-        print(main.__doc__, file=sys.stderr)
-        return 2
-    rows = [json.loads(line) for line in Path(args[0]).read_text().splitlines() if line.strip()]
-    write_jsonl(args[1], arithmetic_pairs(rows, int(args[2]) if len(args) == 3 else 0))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

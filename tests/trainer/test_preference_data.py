@@ -6,7 +6,8 @@ import json
 import pytest
 
 from rollout.data import DataError
-from rollout.preference_data import Keys, Renderer, arithmetic_pairs, load_pairs, load_sft, read_rows
+from trainer.bootstrap import arithmetic_pairs
+from trainer.data import Keys, Renderer, load_pairs, load_sft, read_rows
 
 ROWS = [{"prompt": "12+34=", "chosen": "46", "rejected": "4"}, {"prompt": "1+2=", "chosen": "3", "rejected": "35"}]
 # A tiny ChatML-like template; the char tokenizer maps letters to <unk>, which is fine for spans.
