@@ -12,6 +12,28 @@ import pytest
 
 from cluster.config import BootstrapConfig
 
+# CI runs as root in a loopback-only network namespace: there, a test whose environment is
+# missing must fail, not skip, so that a green run means it ran. Elsewhere it skips, saying why.
+IN_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def requires(ok: bool, reason: str):
+    """Mark a test that needs root, namespaces or a loopback-only network: skipped without it,
+    failed without it under CI=true."""
+    return pytest.mark.requires(ok=ok, reason=reason)
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "requires(ok, reason): needs an environment (fails under CI=true without it)")
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("requires"):
+        if not mark.kwargs["ok"]:
+            if IN_CI:
+                pytest.fail(f"CI=true and this machine lacks what the test needs: {mark.kwargs['reason']}")
+            pytest.skip(mark.kwargs["reason"])
+
 TINY = BootstrapConfig(hidden_size=64, num_layers=2, num_heads=2, sft_max_steps=0, num_train_prompts=512,
                        num_eval_prompts=64, sft_val_prompts=16)
 

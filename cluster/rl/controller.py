@@ -68,6 +68,7 @@ class Controller:
             progress.update(step, row)
             self._write_summary("running", t_start, initial, None)
         self.streaming.close()
+        self.scheduler.close()  # every group still open ends (incomplete / unused) in the ledger
         final = self.evaluate()
         self.roles.learners.save_hf(str(self.run_dir.final_dir))
         self.run_dir.log_metrics({"step": c.steps, "version": self.version, "eval_accuracy": final, "final": True})
@@ -182,8 +183,11 @@ class Controller:
                            "in_flight_mode": self.cfg.rollout.in_flight,
                            "dynamic_sampling_filtered_groups": self.scheduler.filtered,
                            "stale_groups_replaced": self.scheduler.stale_groups, "eval_s": t["eval_s"]},
+            "groups": self.scheduler.summary(),  # the ledger: issued, open, and ended by outcome
             "weight_sync": {"count": int(t["syncs"]), "checksum_failures": int(t["sync_failures"]),
-                            "mean_s": t["sync_s"] / max(t["syncs"], 1)},
+                            "mean_s": t["sync_s"] / max(t["syncs"], 1),
+                            # updates that landed while a generation call was running (partial rollouts)
+                            "swaps_in_flight": sum(w["swaps_in_flight"] for w in self.roles.rollout.stats())},
             "rewards": {"failures": int(t["reward_failures"]), **self.roles.reward.metrics().to_dict()},
             "throughput": {"samples_per_s": t["samples"] / busy, "tokens_per_s": t["tokens"] / busy,
                            **{k: t[k] for k in TIMERS}},

@@ -12,6 +12,7 @@ import tempfile
 
 import pytest
 
+from tests.conftest import requires
 from tests.e2e.test_existing_cluster import only_loopback, stop_cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -62,7 +63,7 @@ def tandem(*args, token=None, home=None, timeout=300):
                           cwd=ROOT)
 
 
-@pytest.mark.skipif(not only_loopback(), reason="needs a loopback-only network namespace (make test provides one)")
+@requires(only_loopback(), "needs a loopback-only network namespace (make test provides one)")
 def test_ray_job_round_trip_with_token_auth(head, tmp_path):
     url, token = head
     recipe = os.path.join("recipes", "quickstart.yaml")

@@ -76,7 +76,13 @@ def test_staleness_bound_holds_under_a_slow_learner(ray_session, tmp_path):
     assert set(s["histogram"]) <= {"0", "1"} and sum(s["histogram"].values()) == steps * 32
     got = rows(tmp_path)
     assert all(r["staleness_max"] <= k for r in got) and got[-1]["staleness_mean"] > 0
-    assert all("is_weight" in r and r["is_weight_max"] >= r["is_weight"] for r in got)
+    # Importance weights pi_prox / pi_behaviour: 1 (up to fp32 numerics) on data the trained policy
+    # sampled, off 1 where older versions sampled.
+    fresh = [r for r in got if r["staleness_max"] == 0]
+    stale = [r for r in got if r["staleness_max"] >= 1]
+    assert fresh and stale
+    assert all(abs(r["is_weight_max"] - 1) < 1e-3 for r in fresh)
+    assert all(r["is_weight_max"] > 1.01 for r in stale)
     assert summary["weight_sync"]["count"] == steps and summary["weight_sync"]["checksum_failures"] == 0
 
 
@@ -86,7 +92,9 @@ def test_staleness_bound_holds_under_a_slow_long_tailed_reward_worker(ray_sessio
                          "reward.num_workers=1", "reward.batch_size=4", "algorithm.loss=tis", *STALLS),
                   log=lambda *_: None).record
     s = summary["staleness"]
-    assert s["max_seen"] <= k and set(map(int, s["histogram"])) <= set(range(k + 1))
+    # Steps 1..k+1 are dispatched at version 0 and the oldest data trains first, so step k+1
+    # trains k-version-old samples: the bound is reached, never passed.
+    assert s["max_seen"] == k and set(map(int, s["histogram"])) <= set(range(k + 1))
     assert sum(s["histogram"].values()) == steps * 32 and s["dropped"] == 0
     assert summary["rewards"]["latency_p50_s"] > 0.004 and summary["rewards"]["failures"] == 0
     assert max(r["staleness_max"] for r in rows(tmp_path)) >= 1  # generation did run ahead

@@ -39,7 +39,7 @@ def test_sft_on_learners_lowers_held_out_nll(sft_run):
 
 
 def test_offline_dpo_raises_held_out_margin(sft_run, tmp_path):
-    from cluster.offline import write_arithmetic_pairs
+    from trainer.bootstrap import write_arithmetic_pairs
 
     model = sft_run["final_dir"]
     data = Path(model) / "data"

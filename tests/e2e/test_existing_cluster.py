@@ -8,7 +8,8 @@ import sys
 import tempfile
 
 import psutil
-import pytest
+
+from tests.conftest import requires
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
@@ -18,7 +19,7 @@ def only_loopback() -> bool:
     return set(psutil.net_if_addrs()) <= {"lo"}
 
 
-@pytest.mark.skipif(not only_loopback(), reason="needs a loopback-only network namespace (make test provides one); "
+@requires(only_loopback(), "needs a loopback-only network namespace (make test provides one); "
                                                 "outside it Ray advertises the machine's routable address")
 def test_run_joins_existing_cluster(tmp_path):
     with socket.socket() as s:

@@ -14,8 +14,8 @@ import subprocess
 import sys
 import tempfile
 
-import pytest
 
+from tests.conftest import requires
 from tests.e2e.test_existing_cluster import only_loopback, stop_cluster
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -85,7 +85,7 @@ def drive(out: str) -> None:
         cluster.shutdown()
 
 
-@pytest.mark.skipif(not only_loopback(), reason="needs a loopback-only network namespace (make test provides one); "
+@requires(only_loopback(), "needs a loopback-only network namespace (make test provides one); "
                                                 "outside it Ray nodes advertise the machine's routable address")
 def test_roles_land_on_planned_nodes(tmp_path):
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's unix socket paths must fit 107 bytes

@@ -9,7 +9,7 @@ import numpy as np
 
 from cluster.config import load_config
 from cluster.run import run
-from cluster.offline import write_arithmetic_pairs
+from trainer.bootstrap import write_arithmetic_pairs
 from reward.reward_model import RewardModelScorer
 from trainer.preference import pair_accuracy
 
@@ -32,7 +32,10 @@ def test_reward_model_learns_synthetic_preferences(ray_session, tiny_model, tmp_
     assert final["accuracy"] >= 0.85 and final["margin"] > initial["margin"] + 1.0
     rows = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     assert rows[0]["step"] == 0 and "eval_accuracy" in rows[0] and rows[-1]["final"]
-    assert all(0 <= r["accuracy"] <= 1 for r in rows if "loss" in r)
+    # Training pair accuracy per step (16 pairs): measured 0.575 over the first 5 steps and 0.975 over
+    # the last 5 (seed 0, 2026-12-05): the head learns on its training pairs, not only held out.
+    train = [r["accuracy"] for r in rows if "loss" in r]
+    assert len(train) == 256 and np.mean(train[-5:]) - np.mean(train[:5]) >= 0.2
 
     # The checkpoint is what a reward worker serves: its scores rank the held-out pairs the same way.
     pairs = [json.loads(line) for line in (data / "pairs_eval.jsonl").read_text().splitlines()]

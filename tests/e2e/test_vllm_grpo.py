@@ -28,20 +28,37 @@ def test_grpo_steps_with_the_vllm_engine(ray_session, tmp_path):
     # learner's first pass over them reproduces the engine's logprobs: the syncs reached vLLM intact.
     for r in steps:
         assert r["logprob_diff"] < 1e-5, r
-    assert 0 <= summary["eval"]["final_accuracy"] <= 1
+    # The reported held-out accuracy is that of the saved final policy, evaluated by transformers.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rollout.data import load_prompts
+    from trainer.bootstrap import greedy_accuracy
+
+    final = tmp_path / "runs" / "vllm" / "final"
+    evals = [{"prompt": p.text, "answer": p.answer} for p in load_prompts(cfg.data.eval_path)][:32]
+    assert summary["eval"]["final_accuracy"] == greedy_accuracy(AutoModelForCausalLM.from_pretrained(final).eval(),
+                                                                AutoTokenizer.from_pretrained(final), evals)
 
 
 def test_asynchronous_grpo_with_the_vllm_engine(ray_session, tmp_path):
     """k = 1 with vLLM: updates land while vLLM generates (paused and resumed inside the
-    engine), tokens keep vLLM's own weight versions, the bound holds."""
+    engine), tokens keep vLLM's own weight versions, the bound holds. Responses of up to 48
+    tokens, 4 in flight at a time, make each generation call outlast a training step, so the updates
+    arrive while samples are half generated."""
     steps = 4
     cfg = config(tmp_path, "rollout.engine=vllm", f"controller.steps={steps}", "controller.eval_every=0",
                  "run.name=vllm-async", "trainer.num_learners=1", "trainer.zero_stage=0",
-                 "controller.max_staleness=1", "algorithm.loss=decoupled_ppo")
+                 "controller.max_staleness=1", "algorithm.loss=decoupled_ppo", "rollout.max_new_tokens=48",
+                 "rollout.batch_size=4")
     summary = run(cfg, log=lambda *_: None).record
     s = summary["staleness"]
     assert summary["status"] == "completed" and summary["samples"] == steps * 8 * 4
-    assert s["max_seen"] <= 1 and set(s["histogram"]) <= {"0", "1"} and s["dropped"] == 0
-    assert summary["weight_sync"]["count"] == steps and summary["weight_sync"]["checksum_failures"] == 0
+    print("vllm async", s, summary["weight_sync"])
+    assert s["max_seen"] == 1 and s["histogram"].get("1", 0) > 0 and s["dropped"] == 0  # staleness 1 occurred
+    sync = summary["weight_sync"]
+    assert sync["count"] == steps and sync["checksum_failures"] == 0
+    assert sync["swaps_in_flight"] >= 1  # an update landed while vLLM was generating
     rows = [json.loads(line) for line in (tmp_path / "runs" / "vllm-async" / "metrics.jsonl").read_text().splitlines()]
-    assert all("is_weight_max" in r for r in rows if not r.get("final"))
+    steps_rows = [r for r in rows if not r.get("final")]
+    print("partial_frac", [r["partial_frac"] for r in steps_rows])
+    assert max(r["partial_frac"] for r in steps_rows) > 0  # some rollout's tokens carry two versions

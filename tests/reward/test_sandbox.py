@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from reward.sandbox import REPO, UID_BASE, SandboxLimits, isolation_mode, run_python
+from tests.conftest import requires
 
 HOSTILE = sorted((Path(__file__).parent / "hostile").glob("*.py"))
 LIMITS = SandboxLimits(timeout_s=3.0, cpu_s=1, memory_mb=256, max_processes=16, max_output_bytes=64 << 10,
@@ -27,9 +28,8 @@ SLACK_S = 3.0  # generous: start-up on a loaded 2-core machine plus tear-down (w
 # allocation loop must meet the memory limit before the wall clock, even on a loaded machine)
 SECRET = "tandem-test-secret-4f1b9c"
 
-needs_namespaces = pytest.mark.skipif(
-    isolation_mode() != "namespaces",
-    reason="the hostile corpus needs the namespace sandbox (root + unshare); this host has only rlimits")
+needs_namespaces = requires(isolation_mode() == "namespaces",
+                            "the hostile corpus needs the namespace sandbox (root + unshare); this host has only rlimits")
 
 
 def expected(path: Path) -> str:

@@ -129,6 +129,11 @@ def test_interrupt_mode_swaps_in_flight_generation(worker_pool, tiny_model):
     assert worker_pool.versions() == [1] and worker_pool.stats()[0]["swaps_in_flight"] == 1
     assert rest[-1].versions[-1] == 1  # the call went on with the new weights
     assert all(list(r.versions) == sorted(r.versions) for r in rest)
+    # The update landed between two decode steps of a running batch: its rollouts are partial,
+    # their first tokens from version 0 and the rest from version 1.
+    partial = [r for r in rest if set(r.versions) == {0, 1}]
+    assert partial, [r.versions for r in rest]
+    assert all(r.versions[0] == 0 and r.versions[-1] == 1 for r in partial)
 
 
 @pytest.mark.parametrize("worker_pool", ["finish"], indirect=True)

@@ -46,7 +46,8 @@ def test_groups_assemble_as_members_are_scored_and_the_oldest_train_first():
         s.expect(gid)
     assert s.scored(rollout(3, 0, [1]), RewardResult(group_id=3, sample_index=0, reward=1.0, correct=True, format_ok=True)) is None  # incomplete
     assert s.take(1) is None
-    assert score(s, 3, [1], [1.0, 0.0]) is not None  # group 3 (version 1) completes first
+    second = RewardResult(group_id=3, sample_index=1, reward=0.0, correct=False, format_ok=True)
+    assert s.scored(rollout(3, 1, [1]), second) is not None  # group 3 (version 1) completes first
     score(s, 2, [0, 1], [0.0, 1.0])  # a partial rollout: oldest token from version 0
     score(s, 1, [1], [1.0, 0.0])
     groups = s.take(1)
