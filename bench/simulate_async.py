@@ -1,28 +1,33 @@
-"""Asynchronous vs synchronous training at cluster scale, by simulation (cluster/simulate.py:
-the real Scheduler and ExperienceBuffer driven by latency models; no weights, no GPUs).
-Writes bench/results/simulate_async.{json,md} and prints the table.
+"""Asynchronous vs synchronous training at cluster scale, by simulation (cluster/rl/simulate.py:
+the real Scheduler and StalenessGate driven by latency models; no weights, no GPUs).
+Writes bench/results/simulate_async.{json,md} and prints the headline table.
 
     .venv/bin/python bench/simulate_async.py [--quick]
 
-For 8 to 1,024 simulated GPUs: speedup of the best asynchronous configuration over
-synchronous colocated training, GPU utilisation of both, groups dropped as too stale, the
-mean length of what was trained, and the controller's own cost per sample. --quick runs a
-small sweep and writes nothing.
+For 8 to 1,024 simulated GPUs: the best asynchronous configuration against synchronous
+colocated training, as speedup in trained samples per second and in trained (response)
+tokens per second, against plain sync and against a length-matched sync (a synchronous run
+given exactly the groups async trained: the same samples, the same tokens), in steady state
+and over a whole run (pipeline fill and end-of-run drain included); the mean trained length
+of each mode, the share of complete groups dropped as too stale, GPU utilisation and the
+controller's own cost. --quick runs a small sweep and writes nothing.
 
-Sweep (every choice here is a modelling assumption; see also cluster/simulate.py):
+Sweep (every choice here is a modelling assumption; see also cluster/rl/simulate.py):
 * Batch grows with the cluster: 4 prompts per GPU per step, 8 samples per prompt (32
-  samples per GPU, 2,048 at 64 GPUs). The steps counted are a window of 5 after 3 warm-up
-  steps, with generation going on past the window (a slice of a long run); one control row
-  simulates a whole 8-step run, fill and drain included.
+  samples per GPU, 2,048 at 64 GPUs). Steady state: a window of 5 steps after 3 warm-up
+  steps, with generation going on past the window (a slice of a long run). Whole run: the
+  same 8 steps from an empty pipeline to the end-of-run drain, same configuration.
 * sync: colocated, every GPU generates the whole batch, then all train, then sync (k = 0).
 * async: disaggregated; the generation/training split is searched over 1/4, 3/8, 1/2, 5/8,
-  3/4 of the GPUs at k = 4, then k = 1 and 2 are run at the best split; the fastest wins.
-  At 512 and 1,024 GPUs the best (k, split) found at 256 is reused instead of searched (the
-  model is close to scale-free when the batch grows with the cluster; the table shows the
-  best configuration per size up to 256 so this can be checked). sync-disagg: k = 0 on the
-  chosen split.
-* Controls at 64 GPUs: uniform short lengths (searched again); today's RolloutPool split;
-  today's one-call-at-a-time vLLM workers; a 4x larger batch; the whole 8-step run.
+  3/4 of the GPUs at k = 4, then k = 1 and 2 are run at the best split; the fastest steady
+  state wins. At 512 and 1,024 GPUs the best (k, split) found at 256 is reused instead of
+  searched (the model is close to scale-free when the batch grows with the cluster; the
+  table shows the best configuration per size up to 256 so this can be checked).
+  sync-disagg: k = 0 on the chosen split (not run at the sizes that reuse a split).
+* The main sweep models the design: streaming engines and a collective weight sync in the
+  training dtype. Rows at 64 GPUs model today's pieces instead: whole-call vLLM workers,
+  the object-store weight sync of rollout/weight_sync.py, RolloutPool's split, and all three
+  together; and two controls (uniform short lengths, a 4x larger batch).
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cluster.simulate import LatencyModel, SimResult, SimSpec, simulate  # noqa: E402
+from cluster.rl.simulate import (  # noqa: E402
+    PHASES, LatencyModel, SimResult, SimSpec, WeightSyncModel, simulate)
 
 RESULTS = Path(__file__).parent / "results"
 FRACTIONS = (1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4)
@@ -56,40 +62,72 @@ def disaggregated(spec: SimSpec, gen: int, k: int) -> SimSpec:
     return replace(spec, placement="disaggregated", gen_gpus=gen, max_staleness=k)
 
 
+MAIN = "long-tailed"
+MAIN_REUSED = "long-tailed (k, split from the largest searched size)"
+TODAY_SYNC = WeightSyncModel(protocol="object_store", receiver="vllm")
+
+
 def summary(r: SimResult) -> dict:
     s = r.spec
     return {"placement": s.placement, "k": s.max_staleness, "gen_gpus": s.gen_gpus, "learners": s.learners,
             "wall_s": r.wall_s, "step_s_mean": r.wall_s / s.steps, "samples_per_s": r.samples_per_s,
+            "tokens_per_s": r.tokens_per_s, "tokens": r.tokens,
             "utilisation": r.utilisation, "weighted_utilisation": r.weighted_utilisation,
             "stale_groups": r.stale_groups, "stale_groups_per_step": r.stale_groups / s.steps,
-            "staleness": r.staleness, "generated": r.generated, "samples": r.samples,
-            "mean_len_trained": r.mean_len_trained, "mean_len_generated": r.mean_len_generated,
-            "partial_frac": r.partial_frac, "controller_ms_per_sample": r.controller_ms_per_sample,
+            "dropped_frac": r.dropped_frac, "staleness": r.staleness, "generated": r.generated,
+            "samples": r.samples, "mean_len_trained": r.mean_len_trained,
+            "mean_len_generated": r.mean_len_generated, "partial_frac": r.partial_frac,
+            "sync_s": s.model.sync.total_s, "controller_ms_per_sample": r.controller_ms_per_sample,
             "take_ms_mean": r.take_ms_mean, "take_calls": r.take_calls}
 
 
-def compare(label: str, spec: SimSpec, candidates: list[tuple[int, int]], tried: list[SimResult] = ()) -> dict:
+def whole_run(spec: SimSpec) -> SimSpec:
+    """The same steps as one whole run: from an empty pipeline to the end-of-run drain."""
+    return replace(spec, steps=spec.warmup_steps + spec.steps, warmup_steps=0, drain=True)
+
+
+def length_matched(spec: SimSpec, run: SimResult) -> SimResult:
+    """Synchronous colocated training given exactly the groups `run` trained, step by step."""
+    return simulate(replace(spec, replay=run.run_groups))
+
+
+def speedups(sync: SimResult, run: SimResult, same_work: SimResult) -> dict:
+    # same_work trains the same samples and tokens as run: one ratio covers both
+    return {"samples": run.samples_per_s / sync.samples_per_s, "tokens": run.tokens_per_s / sync.tokens_per_s,
+            "matched": run.tokens_per_s / same_work.tokens_per_s}
+
+
+def compare(label: str, key: str, spec: SimSpec, candidates: list[tuple[int, int]],
+            tried: list[SimResult] = (), disaggregated_k0: bool = True) -> dict:
     """sync vs the fastest async run (the (gen_gpus, k) candidates, plus runs already made),
-    then k = 0 on the winner's split."""
+    against plain and length-matched sync, steady state and whole run; k = 0 on the winner's
+    split unless disaggregated_k0 is False (saves a run where the split was not searched)."""
     sync = simulate(spec)
     tried = list(tried) + [simulate(disaggregated(spec, gen, k)) for gen, k in candidates]
     best = min(tried, key=lambda r: r.wall_s)
-    sync_dis = simulate(disaggregated(spec, best.spec.gen_gpus, 0))
-    return {"gpus": spec.gpus, "variant": label, "prompts_per_step": spec.prompts_per_step,
+    gen, k = best.spec.gen_gpus, best.spec.max_staleness
+    sync_dis = simulate(disaggregated(spec, gen, 0)) if disaggregated_k0 else None
+    same = length_matched(spec, best)
+    whole = whole_run(spec)
+    w_sync, w_async = simulate(whole), simulate(disaggregated(whole, gen, k))
+    w_same = length_matched(whole, w_async)
+    return {"gpus": spec.gpus, "variant": label, "key": key, "prompts_per_step": spec.prompts_per_step,
             "group_size": spec.group_size, "steps": spec.steps, "warmup_steps": spec.warmup_steps,
-            "drain": spec.drain, "speedup": sync.wall_s / best.wall_s,
-            "speedup_sync_disaggregated": sync.wall_s / sync_dis.wall_s,
-            "sync": summary(sync), "async": summary(best), "sync_disaggregated": summary(sync_dis),
+            "steady": speedups(sync, best, same), "whole": speedups(w_sync, w_async, w_same),
+            "speedup_sync_disaggregated": sync.wall_s / sync_dis.wall_s if sync_dis else None,
+            "sync": summary(sync), "async": summary(best), "sync_matched": summary(same),
+            "sync_disaggregated": summary(sync_dis) if sync_dis else None,
+            "whole_run": {"sync": summary(w_sync), "async": summary(w_async), "sync_matched": summary(w_same)},
             "tried": [{"k": r.spec.max_staleness, "gen_gpus": r.spec.gen_gpus, "wall_s": r.wall_s} for r in tried]}
 
 
-def searched(label: str, spec: SimSpec) -> dict:
+def searched(label: str, key: str, spec: SimSpec) -> dict:
     """Split search at the largest k, then the other k on the best split."""
     n, top = spec.gpus, max(KS)
     splits = sorted({min(max(round(f * n), 1), n - 1) for f in FRACTIONS})
     at_top = [simulate(disaggregated(spec, gen, top)) for gen in splits]
     first = min(at_top, key=lambda r: r.wall_s).spec.gen_gpus
-    return compare(label, spec, [(first, k) for k in KS if k != top], at_top)
+    return compare(label, key, spec, [(first, k) for k in KS if k != top], at_top)
 
 
 def sweep(sizes: tuple[int, ...], search_up_to: int, controls: bool, log) -> list[dict]:
@@ -98,13 +136,12 @@ def sweep(sizes: tuple[int, ...], search_up_to: int, controls: bool, log) -> lis
     for n in sizes:
         spec = base_spec(n, model)
         if n <= search_up_to or best is None:
-            row = searched("long-tailed", spec)
+            row = searched(MAIN, "main", spec)
             best = (row["async"]["gen_gpus"] / n, row["async"]["k"])
         else:
-            row = compare("long-tailed (k, split from the largest searched size)", spec,
-                          [(round(best[0] * n), best[1])])
+            row = compare(MAIN_REUSED, "main", spec, [(round(best[0] * n), best[1])], disaggregated_k0=False)
         rows.append(row)
-        log(line(row))
+        log(headline_line(row))
     if controls:
         rows += control_rows(rows, model, log)
     return rows
@@ -114,74 +151,146 @@ def control_rows(rows: list[dict], model: LatencyModel, log) -> list[dict]:
     main = next(r for r in rows if r["gpus"] == 64)
     pick = [(main["async"]["gen_gpus"], main["async"]["k"])]
     spec = base_spec(64, model)
-    out = [searched("uniform 500-1500 tokens (no tail)", base_spec(64, replace(model, lengths="uniform"))),
-           compare("RolloutPool split (today)", replace(spec, dispatch="pool"), pick),
-           compare("serial calls per worker (today's vLLM worker)",
-                   base_spec(64, replace(model, engine_calls="serial")),
-                   [(main["async"]["gen_gpus"], k) for k in KS]),
-           compare("batch x4 (128 samples per GPU)", replace(spec, prompts_per_step=16 * 64), pick),
-           compare("whole 8-step run: fill and drain", replace(spec, steps=8, warmup_steps=0, drain=True), pick)]
-    for row in out:
-        log(line(row))
+    whole_call = replace(model, engine_calls="whole_call")
+    today = replace(whole_call, sync=TODAY_SYNC)
+    out = []
+    for make in (
+        lambda: compare("today's engines: whole-call vLLM workers", "engines", base_spec(64, whole_call),
+                        [(pick[0][0], k) for k in KS]),
+        lambda: searched("today's weight sync: object store, fp32, blake2b", "sync",
+                         base_spec(64, replace(model, sync=TODAY_SYNC))),
+        lambda: searched("today's system: whole-call vLLM, object-store sync, RolloutPool split", "today",
+                         replace(base_spec(64, today), dispatch="pool")),
+        lambda: compare("RolloutPool split (today), design otherwise", "pool", replace(spec, dispatch="pool"), pick),
+        lambda: searched("uniform 500-1500 tokens (no tail)", "uniform",
+                         base_spec(64, replace(model, lengths="uniform"))),
+        lambda: compare("batch x4 (128 samples per GPU)", "batch", replace(spec, prompts_per_step=16 * 64), pick),
+    ):
+        out.append(make())
+        log(headline_line(out[-1]))
     return out
 
 
-HEADER = ("| GPUs | variant | async k, gen+train GPUs | speedup vs sync (sync-disagg) | util sync → async "
-          "| weighted util sync → async | stale groups/step (of P) | trained len sync → async "
-          "| controller ms/sample sync, async | take() ms/call |")
+HEADLINE = ("| GPUs | variant | async k, gen+train GPUs | samples/s vs sync: steady, whole run "
+            "| tokens/s vs sync: steady, whole run | vs length-matched sync: steady, whole run "
+            "| trained len sync → async | groups dropped |")
+DETAILS = ("| GPUs | variant | step s sync → async | vs sync-disagg | util sync → async "
+           "| weighted util sync → async | stale groups/step (of P) | weight sync s | partial samples "
+           "| controller ms/sample sync, async | take() ms/call |")
 
 
-def line(r: dict) -> str:
-    s, a = r["sync"], r["async"]
+def headline_line(r: dict) -> str:
+    s, a, st, wh = r["sync"], r["async"], r["steady"], r["whole"]
     return (f"| {r['gpus']} | {r['variant']} | k={a['k']}, {a['gen_gpus']}+{a['learners']} "
-            f"| {r['speedup']:.2f}x ({r['speedup_sync_disaggregated']:.2f}x) "
+            f"| {st['samples']:.2f}x, {wh['samples']:.2f}x | {st['tokens']:.2f}x, {wh['tokens']:.2f}x "
+            f"| {st['matched']:.2f}x, {wh['matched']:.2f}x "
+            f"| {s['mean_len_trained']:.0f} → {a['mean_len_trained']:.0f} | {a['dropped_frac']:.0%} |")
+
+
+def details_line(r: dict) -> str:
+    s, a, dis = r["sync"], r["async"], r["speedup_sync_disaggregated"]
+    return (f"| {r['gpus']} | {r['variant']} | {s['step_s_mean']:.0f} → {a['step_s_mean']:.0f} "
+            f"| {'—' if dis is None else f'{dis:.2f}x'} "
             f"| {s['utilisation']:.2f} → {a['utilisation']:.2f} "
             f"| {s['weighted_utilisation']:.3f} → {a['weighted_utilisation']:.3f} "
-            f"| {a['stale_groups_per_step']:.1f} ({r['prompts_per_step']}) "
-            f"| {s['mean_len_trained']:.0f} → {a['mean_len_trained']:.0f} "
-            f"| {s['controller_ms_per_sample']:.3f}, {a['controller_ms_per_sample']:.3f} "
+            f"| {a['stale_groups_per_step']:.1f} ({r['prompts_per_step']}) | {a['sync_s']:.1f} "
+            f"| {a['partial_frac']:.0%} | {s['controller_ms_per_sample']:.3f}, {a['controller_ms_per_sample']:.3f} "
             f"| {max(s['take_ms_mean'], a['take_ms_mean']):.2f} |")
 
 
+def table(header: str, lines: list[str]) -> str:
+    return "\n".join([header, "|" + "---|" * header.count(" | ") + "---|"] + lines)
+
+
+SYNC_MODELS = {"collective (the design; 7B in bf16)": WeightSyncModel(),
+               "object store, vLLM engine (today)": TODAY_SYNC,
+               "object store, hf engine (today)": replace(TODAY_SYNC, receiver="hf")}
+
+
+def sync_table() -> str:
+    header = ("| weight sync | GB into each engine host | blake2b passes | export s | receive s "
+              "| swap s (engines paused) | total s |")
+    lines = [f"| {name} | {m.wire_bytes / 1e9:.0f} | {m.hash_passes} | "
+             + " | ".join(f"{m.phase_s(p):.1f}" for p in PHASES) + f" | {m.total_s:.1f} |"
+             for name, m in SYNC_MODELS.items()]
+    return table(header, lines)
+
+
+def sync_notes() -> list[str]:
+    m, today = WeightSyncModel(), TODAY_SYNC
+    fast = replace(today, copy_gbps=10.0)
+    stages = "; ".join(f"{name} {s:.1f} s" for _, name, s in today.stages())
+    return [
+        f"Weight sync, per sync, for a {m.params / 1e9:.0f}B-parameter model trained in bf16 "
+        f"({m.train_bytes} bytes per parameter) with ZeRO-3. Assumed: {m.net_gbps:.0f} GB/s into each engine "
+        f"host and between learners, {m.pcie_gbps:.0f} GB/s host <-> GPU, {m.fixed_s} s fixed per sync, "
+        f"{m.device_hash_gbps:.0f} GB/s for an on-GPU fingerprint. Measured on this 2-core host, one thread: "
+        f"blake2b {m.hash_gbps} GB/s, a copy into fresh memory {m.copy_gbps:.0f} GB/s (numpy copy 3.2, "
+        "bytes() 1.5; tensor_checksum end to end 0.58 GB/s, as the model gives: 1/(1/0.84 + 1/2)).",
+        "",
+        "Today's object-store sync (rollout/weight_sync.py, trainer/learner.py export_weights, "
+        "rollout/pool.py, rollout/vllm_engine.py and vllm_worker.py), stage by stage: " + stages + ". "
+        f"The learners gather the whole model, rank 0 casts it to fp32 ({today.wire_bytes / 1e9:.0f} GB), "
+        "hashes it once, the engine host hashes it once to verify, and the vLLM engine three more times "
+        "(its manifest, the vLLM worker's check of the /dev/shm file, and again on load): "
+        f"{today.hash_passes} passes. With copies at 10 GB/s instead it would take {fast.total_s:.0f} s.",
+        "",
+        "The controller blocks for the whole sync (as the real loop does); engines decode through export "
+        "and receive and pause only for the swap. The collective sync (design, not built yet) broadcasts "
+        "the training dtype and keeps the engines paused from the broadcast to the swap.",
+    ]
+
+
 def markdown(result: dict) -> str:
-    meta = result["meta"]
-    table = "\n".join([HEADER, "|" + "---|" * HEADER.count(" | ") + "---|"] + [line(r) for r in result["rows"]])
+    meta, rows = result["meta"], result["rows"]
     return "\n".join([
         f"# Asynchronous vs synchronous training, simulated ({meta['host']})", "",
         f"`{meta['command']}` — {meta['elapsed_s']:.0f} s. Simulated clock; every number below comes from "
-        "latency models (cluster/simulate.py), not from GPUs.", "",
-        table, "", "## What it says", "", *findings(result["rows"]), "", NOTES.strip(), ""])
+        "latency models (cluster/rl/simulate.py), not from GPUs.", "",
+        "## Headline", "", table(HEADLINE, [headline_line(r) for r in rows]), "",
+        "## What it says", "", *findings(rows), "",
+        "## Details", "", table(DETAILS, [details_line(r) for r in rows]), "",
+        "## Weight sync model", "", sync_table(), "", *sync_notes(), "",
+        NOTES.strip(), ""])
 
 
 def findings(rows: list[dict]) -> list[str]:
     """The headline numbers in words, computed from the rows (so they cannot go stale)."""
-    main = {r["gpus"]: r for r in rows if r["variant"].startswith("long-tailed")}
-    ctl = {r["variant"]: r for r in rows if not r["variant"].startswith("long-tailed")}
+    main = {r["gpus"]: r for r in rows if r["key"] == "main"}
+    ctl = {r["key"]: r for r in rows if r["key"] != "main"}
     r64, r1024 = main[64], main[max(main)]
-    a, s = r64["async"], r64["sync"]
-    stale_share = a["stale_groups_per_step"] / (r64["prompts_per_step"] + a["stale_groups_per_step"])
-    whole = next(r for v, r in ctl.items() if v.startswith("whole"))
-    serial = next(r for v, r in ctl.items() if v.startswith("serial"))
-    pool = next(r for v, r in ctl.items() if v.startswith("RolloutPool"))
-    uniform = next(r for v, r in ctl.items() if v.startswith("uniform"))
-    bigger = next(r for v, r in ctl.items() if v.startswith("batch"))
+    a, s, st, wh = r64["async"], r64["sync"], r64["steady"], r64["whole"]
+    ks = sorted({r["async"]["k"] for r in main.values()})
     take = max(r1024["sync"]["take_ms_mean"], r1024["async"]["take_ms_mean"])
     ctl_ms = max(r1024["sync"]["controller_ms_per_sample"], r1024["async"]["controller_ms_per_sample"])
+
+    def fig(r: dict) -> str:
+        return (f"{r['steady']['samples']:.1f}x steady / {r['whole']['samples']:.1f}x whole run in samples/s, "
+                f"{r['steady']['matched']:.1f}x / {r['whole']['matched']:.1f}x against length-matched sync "
+                f"(k={r['async']['k']}, {r['async']['gen_gpus']}+{r['async']['learners']})")
+
     return [
-        f"- 64 GPUs, long-tailed lengths: async (k={a['k']}, {a['gen_gpus']} generating + {a['learners']} "
-        f"training) is {r64['speedup']:.1f}x faster than sync in steady state (target >= 2x). The sync step "
-        f"waits ~{s['step_s_mean']:.0f} s for its longest response; most of the gain is that tail plus the "
-        "larger decode batches async keeps in flight.",
-        f"- It is not free: {stale_share:.0%} of the groups async completes are too stale and are dropped and "
-        f"regenerated, and the samples it trains average {a['mean_len_trained']:.0f} tokens against "
-        f"{s['mean_len_trained']:.0f} for sync: long responses go stale first, so async trains on a "
-        "length-biased sample. k = 4, the largest tried, wins at every size.",
-        f"- A whole 8-step run, pipeline fill and end-of-run drain included: {whole['speedup']:.1f}x.",
-        f"- Today's workers: with one generation call at a time per worker and results returned at the "
-        f"call's end (RolloutWorker + vLLM engine) the gain is {serial['speedup']:.1f}x; RolloutPool's rotating "
-        f"split instead of least-loaded dispatch gives {pool['speedup']:.1f}x.",
-        f"- Without a tail (uniform 500-1,500 tokens) async still gains {uniform['speedup']:.1f}x (overlap and "
-        f"decode concurrency); with a 4x larger batch per GPU the long-tailed gain is {bigger['speedup']:.1f}x.",
+        f"- 64 GPUs, long-tailed lengths, the design (streaming engines, collective weight sync): async "
+        f"(k={a['k']}, {a['gen_gpus']} generating + {a['learners']} training) trains {st['samples']:.1f}x the "
+        f"samples per second of colocated sync in steady state and {wh['samples']:.1f}x over a whole 8-step run "
+        f"(fill and drain included); in trained tokens per second {st['tokens']:.1f}x and {wh['tokens']:.1f}x.",
+        f"- Async drops {a['dropped_frac']:.0%} of the groups it completes as too stale, and those are the long "
+        f"ones: it trains responses of {a['mean_len_trained']:.0f} tokens on average against "
+        f"{s['mean_len_trained']:.0f} for sync. Against a sync run doing the same work (given exactly the groups "
+        f"async trained, step by step) the gain is {st['matched']:.1f}x steady and {wh['matched']:.1f}x whole "
+        f"run. The sync step waits ~{s['step_s_mean']:.0f} s for the longest response of its batch "
+        f"(~{r64['sync_matched']['step_s_mean']:.0f} s with the same work). k = {', '.join(map(str, ks))} wins "
+        "across sizes" + (" (the largest tried)." if ks == [max(KS)] else "."),
+        f"- Today's engines (whole-call vLLM workers: one call at a time, a call's rollouts returned together), "
+        f"design weight sync: {fig(ctl['engines'])}.",
+        f"- Today's weight sync ({ctl['sync']['async']['sync_s']:.0f} s per sync as modelled below) with "
+        f"streaming engines: {fig(ctl['sync'])}. Today's system (whole-call vLLM, object-store sync, RolloutPool "
+        f"split): {fig(ctl['today'])}.",
+        f"- RolloutPool's rotating split instead of least-loaded dispatch: {ctl['pool']['steady']['samples']:.1f}x. "
+        f"Without a tail (uniform 500-1,500 tokens) async gains {ctl['uniform']['steady']['samples']:.1f}x "
+        f"({ctl['uniform']['steady']['matched']:.1f}x against length-matched sync); with a 4x larger batch per "
+        f"GPU the long-tailed gain is {ctl['batch']['steady']['samples']:.1f}x "
+        f"({ctl['batch']['steady']['matched']:.1f}x).",
         f"- Controller at {r1024['gpus']} GPUs: {ctl_ms:.2f} ms per sample at most (target < 1 ms) with the "
         f"controller looking once per simulated second. Scheduler.take() averages {take:.1f} ms per call "
         "there: a call that returns a batch sorts the groups waiting, a call with nothing to train returns "
@@ -190,30 +299,36 @@ def findings(rows: list[dict]) -> list[str]:
 
 
 NOTES = """
-Columns: speedup = sync wall time / async wall time over the same measured steps (same samples
-trained); sync-disagg = k = 0 on the async split. util = busy GPU-seconds / (GPUs x wall);
-weighted util counts a decode step at its throughput relative to a full batch. Stale groups:
-complete groups the buffer refused as older than k versions (dropped, counted, replaced).
-Trained len: mean response length of the samples trained (sync trains the unbiased
-distribution). Controller: real seconds inside Scheduler/buffer calls per sample scored, with
-the simulated controller looking at most once per simulated second; take() ms/call is the real
-cost of one Scheduler.take() at that scale.
+Columns. samples/s and tokens/s vs sync: async's trained samples (tokens: response tokens)
+per simulated second over colocated sync's; steady = a 5-step window after 3 warm-up steps
+with generation going on past it, whole run = the same 8 steps from an empty pipeline to the
+end-of-run drain, same configuration. vs length-matched sync: against a synchronous run given
+exactly the groups async trained, step by step (the same samples and tokens: one ratio).
+Trained len: mean response length of the samples trained (steady). Groups dropped: complete
+groups the gate refused as older than k versions, of all complete groups judged (dropped,
+counted, replaced). sync-disagg = k = 0 on the async split. util = busy GPU-seconds / (GPUs
+x wall); weighted util counts a decode step at its throughput relative to a full batch.
+Partial samples: trained samples whose tokens span two versions. Controller: real seconds
+inside Scheduler/gate calls per sample scored; take() ms/call is the real cost of one
+Scheduler.take() at that scale.
 
-Modelling assumptions (defaults of cluster/simulate.py's LatencyModel; nothing was tuned to
+Modelling assumptions (defaults of cluster/rl/simulate.py's LatencyModel; nothing was tuned to
 reach a target):
 - Response lengths lognormal, median 1,000 tokens, sigma 1.0, half the log-variance shared by
   a group, capped at 16,384; prompts 256 tokens; uniform 500-1,500 for the control.
 - Engine per GPU: continuous batching of up to 256 sequences, decode step 20 ms + 0.05 ms per
   active sequence, 5 ms prefill per joining sequence; groups to the least-loaded engine.
+  Streaming (the design, and the `hf` engine): rollouts return as they finish and new calls
+  join the running batch. Whole call (today's vLLM worker): one call at a time per worker,
+  its rollouts returned when its last sample ends.
 - Rewards: lognormal latency per sample (median 30 ms, sigma 1, cap 10 s), unlimited
   parallel workers, Bernoulli(0.5) rewards.
 - Learner: 1.25e-4 GPU-seconds per token (prompt + response) / learner GPUs + 2 s per step.
-- Weight sync 0.5 s + 14 GB / 20 GB/s; engines pause for it and in-flight sequences continue
-  under the new version (interrupt); colocated mode pays it as the train/generate switch.
+- Weight sync: the model above; in-flight sequences continue under the new version after
+  the swap (interrupt); colocated mode waits out the whole sync.
 - The controller blocks during training and sync, as the real loop does, and handles what
   has arrived at most once per simulated second.
-- Batch: 4 prompts x 8 samples per GPU per step; 3 warm-up steps, then 5 measured, with
-  generation continuing past them (no end-of-run drain) except in the last control row.
+- Batch: 4 prompts x 8 samples per GPU per step.
 """
 
 
@@ -223,12 +338,15 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     sizes = (8, 64) if args.quick else (8, 16, 32, 64, 128, 256, 512, 1024)
-    print(HEADER)
+    print(HEADLINE)
     rows = sweep(sizes, search_up_to=256, controls=not args.quick, log=print)
     command = ".venv/bin/python bench/simulate_async.py" + (" --quick" if args.quick else "")
     meta = {"command": command, "elapsed_s": time.perf_counter() - t0,
             "host": f"{os.cpu_count()} CPUs, Python {platform.python_version()}",
-            "model": asdict(LatencyModel()), "prompts_per_gpu": PROMPTS_PER_GPU, "group_size": GROUP_SIZE,
+            "model": asdict(LatencyModel()),
+            "sync_models": {name: {"stages": m.stages(), "total_s": m.total_s, "hash_passes": m.hash_passes,
+                                   "wire_bytes": m.wire_bytes} for name, m in SYNC_MODELS.items()},
+            "prompts_per_gpu": PROMPTS_PER_GPU, "group_size": GROUP_SIZE,
             "warmup_steps": WARMUP, "steps": STEPS, "fractions": FRACTIONS, "ks": KS}
     result = {"meta": meta, "rows": rows}
     print(f"\n{meta['elapsed_s']:.0f} s")
