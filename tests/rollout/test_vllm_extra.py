@@ -38,5 +38,5 @@ def test_vllm_extra_resolves_with_the_rest_of_pyproject(tmp_path):
     resolved = {item["metadata"]["name"].lower(): item["metadata"]["version"]
                 for item in json.loads(report.read_text())["install"]}
     assert resolved["vllm"] == version and resolved["tandem"] == "0.1.0"
-    for name in ("torch", "transformers", "ray", "deepspeed", "peft", "datasets", "accelerate"):
+    for name in ("torch", "transformers", "ray", "deepspeed", "peft", "datasets"):
         assert name in resolved, name  # the rest of the dependency set came along
