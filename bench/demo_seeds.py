@@ -1,0 +1,74 @@
+"""The demo (`make demo`: recipes/quickstart.yaml) over several seeds: held-out accuracy
+before and after, and wall time, per seed, then mean and range.
+
+Each seed is the whole demo: its own bootstrap model (the warm-up depends on the seed) and
+its own RL run. Results are reproducible for a seed on one machine; floating-point results
+differ across CPUs (vector widths, thread counts, library builds), so another machine gives
+other numbers for the same seed.
+
+    .venv/bin/python bench/demo_seeds.py --seeds 0 1 2
+
+Writes bench/results/demo_seeds.json and .md. Wall times need an idle machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def run_seed(seed: int, work: Path) -> dict:
+    model = work / f"tiny-arith-s{seed}"
+    cmd = [str(ROOT / ".venv" / "bin" / "tandem"), "run", str(ROOT / "recipes" / "quickstart.yaml"),
+           f"run.seed={seed}", f"run.name=demo-s{seed}", f"run.output_dir={work / 'runs'}", f"model.path={model}",
+           f"data.train_path={model}/data/train.jsonl", f"data.eval_path={model}/data/eval.jsonl",
+           "controller.progress=false"]
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    summary = json.loads(next((work / "runs").glob(f"demo-s{seed}*/summary.json")).read_text())
+    return {"seed": seed, "initial_accuracy": summary["eval"]["initial_accuracy"],
+            "final_accuracy": summary["eval"]["final_accuracy"], "steps": summary["steps"],
+            "run_wall_s": summary["wall_s"], "end_to_end_s": wall}
+
+
+def write(rows: list[dict]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    finals = [r["final_accuracy"] for r in rows]
+    initials = [r["initial_accuracy"] for r in rows]
+    meta = {"command": ".venv/bin/python bench/demo_seeds.py --seeds " + " ".join(str(r["seed"]) for r in rows),
+            "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores"}
+    agg = {"initial_mean": statistics.mean(initials), "initial_range": [min(initials), max(initials)],
+           "final_mean": statistics.mean(finals), "final_range": [min(finals), max(finals)]}
+    (RESULTS / "demo_seeds.json").write_text(json.dumps({"meta": meta, "seeds": rows, "aggregate": agg}, indent=2))
+    lines = [f"`{meta['command']}` ({meta['machine']}, {meta['date']})", "",
+             "| seed | held-out before | after | run s | end to end s (bootstrap included) |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['seed']} | {r['initial_accuracy']:.1%} | {r['final_accuracy']:.1%} | "
+                     f"{r['run_wall_s']:.0f} | {r['end_to_end_s']:.0f} |")
+    lines.append(f"| mean (range) | {agg['initial_mean']:.1%} ({min(initials):.1%}-{max(initials):.1%}) | "
+                 f"{agg['final_mean']:.1%} ({min(finals):.1%}-{max(finals):.1%}) | | |")
+    (RESULTS / "demo_seeds.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--workdir", default="/tmp/tandem-demo-seeds")
+    args = parser.parse_args()
+    work = Path(args.workdir) / time.strftime("%Y%m%d-%H%M%S")
+    write([run_seed(seed, work) for seed in args.seeds])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
