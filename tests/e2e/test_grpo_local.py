@@ -51,16 +51,27 @@ def test_few_grpo_steps(ray_session, tmp_path):
     assert summary["eval"]["num_prompts"] == 32
     assert summary["eval"]["final_accuracy"] == greedy_accuracy(final, AutoTokenizer.from_pretrained(run_dir / "final"),
                                                                 evals)
-    for key in ("samples_per_s", "tokens_per_s", "gen_s", "reward_s", "train_s", "sync_s"):
-        assert summary["throughput"][key] > 0
 
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 3] and rows[-1]["final"]
-    assert "eval_accuracy" in rows[1] and rows[0]["version"] == 1
-    for key in ("reward_mean", "reward_std", "accuracy", "kl", "entropy", "clip_frac", "response_len",
-                "gen_s", "reward_s", "train_s", "sync_s", "samples_per_s", "logprob_diff"):
-        assert key in rows[0], key
-    assert summary["rewards"]["samples"] >= 96 and summary["rewards"]["latency_p50_s"] > 0
+    assert rows[-1]["eval_accuracy"] == summary["eval"]["final_accuracy"]
+    # eval_every=2: a held-out evaluation after step 2 only (the last step's is the final one).
+    assert ["eval_accuracy" in r for r in rows] == [False, True, False, True]
+    steps = rows[:3]
+    assert [r["version"] for r in steps] == [1, 2, 3]
+    timers = ("gen_s", "reward_s", "train_s", "sync_s")
+    for r in steps:  # the step's timers add up, and its rates are its 32 samples over its time
+        assert r["step_s"] == pytest.approx(sum(r[t] for t in timers)) and all(r[t] > 0 for t in timers)
+        assert r["samples_per_s"] == pytest.approx(32 / r["step_s"])
+        assert r["tokens_per_s"] == pytest.approx(32 * r["response_len"] / r["step_s"])
+        assert (r["accuracy"] * 32).is_integer() and r["entropy"] > 0
+        assert r["clip_frac"] == 0.0  # one update on the data it sampled: every ratio is 1 (fp32), none clipped
+    t = summary["throughput"]
+    for key in timers:  # the run's totals are the steps' sums
+        assert t[key] == pytest.approx(sum(r[key] for r in steps))
+    assert t["samples_per_s"] == pytest.approx(96 / sum(t[k] for k in timers))
+    # The reward pool scored the 96 training samples and 3 evaluations of 32 (before, step 2, final).
+    assert summary["rewards"]["samples"] == 96 + 3 * 32 and summary["rewards"]["latency_p50_s"] > 0
     # On-policy: the learner's first-pass logprobs equal the engine's (fp32).
     assert rows[0]["logprob_diff"] < 1e-5 and rows[0]["kl"] < 1e-6
 
@@ -99,9 +110,11 @@ def test_failed_run_keeps_what_it_wrote(ray_session, tmp_path):
         stop.set()
         killer.join()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "failed" and "error" in summary and summary["steps"] >= 2
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) >= 2 and rows[0]["step"] == 1
+    # The summary names the failure and counts exactly the steps whose rows were written (at least
+    # the 2 before the kill; not all 30).
+    assert summary["status"] == "failed" and summary["error"].startswith("ActorDiedError"), summary["error"]
+    assert 2 <= summary["steps"] < 30 and [r["step"] for r in rows] == list(range(1, summary["steps"] + 1))
     assert (run_dir / "config.yaml").is_file()
 
     again = run(config(tmp_path, "controller.steps=1", "run.name=crash"), log=lambda *_: None).record
@@ -119,8 +132,12 @@ def test_ppo_with_critic(ray_session, tmp_path):
     assert summary["status"] == "completed" and summary["steps"] == 3
     assert summary["weight_sync"]["count"] == 2  # the warm-up step trained only the critic
     assert [r["version"] for r in rows[:3]] == [0, 1, 2]
-    print("ppo rows", [(r["value_loss"], r["explained_var"], r["kl"]) for r in rows[:3]])
     for r in rows[:3]:
-        assert r["value_loss"] > 0 and math.isfinite(r["explained_var"])
+        # finite: the returns varied (explained_variance is nan when they do not); one critic update
+        # per batch starts from the values that scored it, so value clipping never triggers
+        assert r["value_loss"] > 0 and math.isfinite(r["explained_var"]) and r["value_clip_frac"] == 0.0
+    # The critic learns: after its warm-up update its error on the next (fresh) batch is lower
+    # (measured 0.056 -> 0.020 -> 0.018, seed 0, 2026-12-05).
+    assert rows[1]["value_loss"] < 0.75 * rows[0]["value_loss"]
     assert rows[0]["kl"] < 1e-6 < rows[2]["kl"]  # k1 in the reward: zero until the policy has moved
     assert "loss" not in rows[0] and "loss" in rows[1]

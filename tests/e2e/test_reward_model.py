@@ -31,7 +31,10 @@ def test_reward_model_learns_synthetic_preferences(ray_session, tiny_model, tmp_
     assert 0.25 <= initial["accuracy"] <= 0.75  # an untrained head: about chance
     assert final["accuracy"] >= 0.85 and final["margin"] > initial["margin"] + 1.0
     rows = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
-    assert rows[0]["step"] == 0 and "eval_accuracy" in rows[0] and rows[-1]["final"]
+    assert rows[0]["step"] == 0 and rows[0]["eval_accuracy"] == initial["accuracy"]
+    assert rows[-1]["final"] and rows[-1]["eval_accuracy"] == final["accuracy"]
+    # offline.eval_every=32 over 256 steps: held out before training and every 32 steps, then the final
+    assert [r["step"] for r in rows[:-1] if "eval_accuracy" in r] == list(range(0, 256, 32))
     # Training pair accuracy per step (16 pairs): measured 0.575 over the first 5 steps and 0.975 over
     # the last 5 (seed 0, 2026-12-05): the head learns on its training pairs, not only held out.
     train = [r["accuracy"] for r in rows if "loss" in r]

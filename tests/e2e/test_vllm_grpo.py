@@ -53,12 +53,10 @@ def test_asynchronous_grpo_with_the_vllm_engine(ray_session, tmp_path):
     summary = run(cfg, log=lambda *_: None).record
     s = summary["staleness"]
     assert summary["status"] == "completed" and summary["samples"] == steps * 8 * 4
-    print("vllm async", s, summary["weight_sync"])
     assert s["max_seen"] == 1 and s["histogram"].get("1", 0) > 0 and s["dropped"] == 0  # staleness 1 occurred
     sync = summary["weight_sync"]
     assert sync["count"] == steps and sync["checksum_failures"] == 0
     assert sync["swaps_in_flight"] >= 1  # an update landed while vLLM was generating
     rows = [json.loads(line) for line in (tmp_path / "runs" / "vllm-async" / "metrics.jsonl").read_text().splitlines()]
     steps_rows = [r for r in rows if not r.get("final")]
-    print("partial_frac", [r["partial_frac"] for r in steps_rows])
     assert max(r["partial_frac"] for r in steps_rows) > 0  # some rollout's tokens carry two versions

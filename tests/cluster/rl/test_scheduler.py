@@ -1,10 +1,10 @@
 """The controller's scheduling rules, without Ray: staleness budget, streaming assembly,
-stale groups replaced, dynamic sampling."""
+stale groups replaced, dynamic sampling, the ledger of every group's outcome."""
 
 import pytest
 
 from cluster.rl.gate import StalenessGate, StalenessError
-from cluster.rl.scheduler import DynamicSamplingError, Scheduler
+from cluster.rl.scheduler import DynamicSamplingError, LedgerError, Outcome, Scheduler
 from reward.types import RewardResult
 from rollout.types import Rollout
 
@@ -111,3 +111,59 @@ def test_a_group_that_arrives_stale_is_replaced_at_once():
     assert score(s, 1, [1], [1.0, 0.0]) is None  # started at version 1: 2 behind on arrival
     assert s.stale_groups == 1 and s.take_owed() == 1 and s.ready == []
     assert score(s, 2, [2], [1.0, 0.0]) is not None and len(s.ready) == 1
+
+
+def test_the_ledger_records_each_outcome_once():
+    s = scheduler(1, per_step=1, dynamic_sampling=True)
+    for gid in range(1, 6):
+        s.expect(gid)
+    score(s, 1, [0], [1.0, 1.0])  # tied
+    score(s, 2, [0], [0.0, 1.0])
+    assert [g.group_id for g in s.take(0)] == [2]
+    score(s, 3, [0], [0.0, 1.0])  # version 0 ...
+    assert s.take(2) is None  # ... trained at version 2: stale
+    score(s, 4, [2], [0.0, 1.0])  # complete, never taken
+    s.scored(rollout(5, 0, [2]), RewardResult(group_id=5, sample_index=0, reward=1.0, correct=True, format_ok=True))
+    assert s.summary() == {"issued": 5, "open": 2, "trained": 1, "filtered:tied": 1, "dropped:stale": 1,
+                           "dropped:incomplete": 0, "dropped:unused": 0}
+    assert s.close() == {"issued": 5, "open": 0, "trained": 1, "filtered:tied": 1, "dropped:stale": 1,
+                         "dropped:incomplete": 1, "dropped:unused": 1}
+    assert s.ledger == {1: Outcome.TIED, 2: Outcome.TRAINED, 3: Outcome.STALE, 4: Outcome.UNUSED,
+                        5: Outcome.INCOMPLETE}
+    assert (s.filtered, s.stale_groups) == (1, 1)
+    with pytest.raises(LedgerError, match="closed"):
+        s.expect(6)
+
+
+def test_issuing_twice_ending_twice_or_scoring_an_ended_group_is_an_error():
+    s = scheduler(0, per_step=1, size=1)
+    s.expect(1)
+    with pytest.raises(LedgerError, match="issued twice"):
+        s.expect(1)
+    score(s, 1, [0], [1.0])
+    with pytest.raises(LedgerError, match=r"not assembling \(complete\)"):  # complete and waiting
+        score(s, 1, [0], [1.0])
+    assert [g.group_id for g in s.take(0)] == [1]
+    with pytest.raises(LedgerError, match="issued twice"):
+        s.expect(1)  # a trained id is never reused
+    with pytest.raises(LedgerError, match="not assembling"):
+        score(s, 1, [0], [1.0])  # a late sample of a trained group
+    with pytest.raises(LedgerError, match="never issued"):
+        score(s, 7, [0], [1.0])
+    with pytest.raises(LedgerError, match="ended twice"):
+        s._end(1, Outcome.STALE)
+    with pytest.raises(LedgerError, match="never issued"):
+        s._end(8, Outcome.TRAINED)
+
+
+def test_a_sample_scored_twice_while_its_group_assembles_is_an_error():
+    s = scheduler(0, size=2)
+    s.expect(1)
+    score(s, 1, [0], [1.0])  # sample 0 of 2
+    with pytest.raises(LedgerError, match="scored twice"):
+        score(s, 1, [0], [1.0])
+
+
+def test_the_gate_and_the_scheduler_agree_on_the_bound():
+    with pytest.raises(ValueError, match="max_staleness 1"):
+        Scheduler(4, 2, 2, 2, StalenessGate(1, 2))

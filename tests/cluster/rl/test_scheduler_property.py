@@ -57,6 +57,7 @@ class Case:
         self.trained: list[int] = []
         self.histogram: Counter[int] = Counter()
         self.replacements = 0
+        self.events = 0
         self.tied_since_take = 0
         self.gave_up = False
 
@@ -84,6 +85,8 @@ class Case:
             events = [e for e, todo in ((self.generate_one, self.to_generate), (self.score_one, self.to_score))
                       if todo]
             assert events or n, "stalled: nothing in flight and no batch ready"
+            self.events += 1
+            assert self.events < 20_000, "no progress: groups keep being replaced and never train"
             if events:
                 self.rng.choice(events)()
 
