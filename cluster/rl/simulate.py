@@ -475,6 +475,7 @@ class Simulation:
             groups = self._take()
             if groups is not None:
                 return groups
+            self._start()  # replacements for groups the take judged stale (as the controller does)
             self._wait()
 
     def _take(self) -> Optional[list[Group]]:

@@ -57,6 +57,9 @@ class Streaming:
             groups = self.scheduler.take(version)
             if groups is not None:
                 return groups
+            # A take that judged waiting groups stale owes their replacements: dispatch them
+            # before waiting, or with nothing else in flight the loop would stall.
+            self.start(steps_done)
             self._wait()
 
     def _wait(self) -> None:
