@@ -149,10 +149,12 @@ class AlgorithmConfig(Section):
             raise ValueError("algorithm.kl_estimator 'k1' with kl_in 'loss': the gradient of the k1 estimate is the "
                              "score function, whose expectation under the policy is zero, so the penalty would not "
                              "pull towards the reference; use kl_estimator 'k3' or 'k2', or kl_in 'reward'")
-        if self.loss == "gspo" and self.clip_eps > 0.01:
-            raise ValueError(f"algorithm.clip_eps={self.clip_eps} with loss 'gspo': a per-sequence ratio almost never "
-                             "leaves [1 - 0.01, 1 + 0.01], so this would not clip; GSPO's defaults are clip_eps 3e-4, "
-                             "clip_eps_high 4e-4 (leave them unset)")
+        for name in ("clip_eps", "clip_eps_high"):
+            value = getattr(self, name)
+            if self.loss == "gspo" and value is not None and value > 0.01:
+                raise ValueError(f"algorithm.{name}={value} with loss 'gspo': a per-sequence ratio almost never "
+                                 "leaves [1 - 0.01, 1 + 0.01], so this would not clip; GSPO's defaults are clip_eps "
+                                 "3e-4, clip_eps_high 4e-4 (leave them unset)")
         return self
 
 

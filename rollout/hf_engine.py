@@ -40,8 +40,8 @@ def load_causal_lm(path: str | Path, dtype: str = "float32"):
 class _Batch:
     """The sequences of one decode batch: ids so far, and per-token logprobs and versions."""
 
-    def __init__(self, flat: list[tuple[GenerationRequest, int]], prompt_ids: list[list[int]]):
-        self.flat, self.prompt_ids = flat, prompt_ids
+    def __init__(self, flat: list[tuple[GenerationRequest, int]], prompt_ids: list[list[int]], seeds: list[int]):
+        self.flat, self.prompt_ids, self.seeds = flat, prompt_ids, seeds
         self.ids: list[list[int]] = [[] for _ in flat]
         self.logprobs: list[list[float]] = [[] for _ in flat]
         self.versions: list[list[int]] = [[] for _ in flat]
@@ -69,11 +69,11 @@ class HFEngine:
 
     def _decode(self, flat, params: SamplingParams, safe_point) -> Iterator[list[Rollout]]:
         prompts = self.tokenizer([req.prompt for req, _ in flat])["input_ids"]
-        b = _Batch(flat, [list(p) for p in prompts])
         # One generator per sample, seeded from (run seed, step, group, sample): a rollout does
         # not depend on the batch, shard or worker it was generated in.
-        gens = [torch.Generator().manual_seed(sample_seed(params.seed, params.step, req.group_id, k))
-                for req, k in flat]
+        b = _Batch(flat, [list(p) for p in prompts],
+                   [sample_seed(params.seed, params.step, req.group_id, k) for req, k in flat])
+        gens = [torch.Generator().manual_seed(seed) for seed in b.seeds]
         version = safe_point()
         logits, cache, attn, pos = self._prefill(b)
         for _ in range(params.max_new_tokens):
@@ -145,7 +145,7 @@ class HFEngine:
             prompt_ids=tuple(b.prompt_ids[seq]), response_ids=tuple(ids),
             response_text=self.tokenizer.decode(ids, skip_special_tokens=True),
             logprobs=tuple(b.logprobs[seq]), versions=tuple(b.versions[seq]),
-            finish_reason="stop" if ids and ids[-1] == self.eos_id else "length",
+            finish_reason="stop" if ids and ids[-1] == self.eos_id else "length", seed=b.seeds[seq],
         )
 
     def load_weights(self, arrays: dict[str, np.ndarray]) -> None:

@@ -57,6 +57,8 @@ class Rollout:
     logprobs: tuple[float, ...]  # [R]
     versions: tuple[int, ...]  # [R]
     finish_reason: Literal["stop", "length"]
+    # The seed it was sampled with, sample_seed(run seed, step, group, sample); the engines set it.
+    seed: int = 0
 
     @property
     def min_version(self) -> int:

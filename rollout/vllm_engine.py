@@ -168,7 +168,7 @@ class VLLMEngine:
         return Rollout(
             group_id=req.group_id, prompt_id=req.prompt_id, sample_index=k, prompt=req.prompt, answer=req.answer,
             prompt_ids=tuple(prompt_ids), response_ids=tuple(ids), response_text=done.text, logprobs=logprobs,
-            versions=self._token_versions(done, len(ids)), finish_reason=done.finish_reason,
+            versions=self._token_versions(done, len(ids)), finish_reason=done.finish_reason, seed=seed,
         )
 
     def _token_versions(self, done, n: int) -> tuple[int, ...]:

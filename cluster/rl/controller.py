@@ -129,18 +129,24 @@ class Controller:
     def evaluate(self) -> float:
         """Held-out accuracy (greedy unless controller.eval_temperature > 0) of the latest policy."""
         t0 = time.perf_counter()
-        requests = [self._request(prompt, 1) for prompt in self.evals]
+        # Held-out prompts have their own group ids (-1, -2, ...), the same at every evaluation: the
+        # training groups' ids, and so their sampling seeds, must not depend on how often we evaluate.
+        requests = [self._request(prompt, 1, -i) for i, prompt in enumerate(self.evals, 1)]
         rollouts = self.roles.rollout.generate(requests, self._sampling(self.cfg.controller.eval_temperature, -1))
         rewards = self.roles.reward.score(rollouts)
         self.totals["eval_s"] += time.perf_counter() - t0
         return sum(r.correct for r in rewards) / len(rewards)
 
     def _requests(self, n: int) -> list[GenerationRequest]:
-        return [self._request(prompt, self.cfg.algorithm.group_size) for prompt in self.source.next_batch(n)]
+        requests = []
+        for prompt in self.source.next_batch(n):
+            self.next_group += 1
+            requests.append(self._request(prompt, self.cfg.algorithm.group_size, self.next_group))
+        return requests
 
-    def _request(self, prompt: Prompt, n: int) -> GenerationRequest:
-        self.next_group += 1
-        return GenerationRequest(group_id=self.next_group, prompt_id=prompt.id, prompt=prompt.text,
+    @staticmethod
+    def _request(prompt: Prompt, n: int, group_id: int) -> GenerationRequest:
+        return GenerationRequest(group_id=group_id, prompt_id=prompt.id, prompt=prompt.text,
                                  answer=prompt.answer, num_samples=n)
 
     def _sampling(self, temperature: float, step: int) -> SamplingParams:

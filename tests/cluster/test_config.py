@@ -143,6 +143,8 @@ def test_gspo_gets_its_own_clip_range_and_aggregation(tmp_path):
     assert load_config(recipe, ["algorithm.loss=gspo", "algorithm.clip_eps=5e-4"]).algorithm.clip_eps == 5e-4
     with pytest.raises(ConfigError, match="clip_eps=0.2 with loss 'gspo'"):
         load_config(recipe, ["algorithm.loss=gspo", "algorithm.clip_eps=0.2"])
+    with pytest.raises(ConfigError, match="clip_eps_high=0.2 with loss 'gspo'"):  # the high side as well
+        load_config(recipe, ["algorithm.loss=gspo", "algorithm.clip_eps_high=0.2"])
     assert load_config(recipe).algorithm.clip_eps == 0.2  # PPO keeps PPO's
 
 

@@ -77,7 +77,7 @@ def test_staleness_bound_holds_under_a_slow_learner(ray_session, tmp_path):
     got = rows(tmp_path)
     # Step 1 trains version-0 data at version 0; every later step trains data started one version
     # before (its generation ran while the previous step trained): exactly k behind.
-    assert [r["staleness_max"] for r in got] == [0] + [k] * (steps - 1) and got[-1]["staleness_mean"] > 0
+    assert [r["staleness_max"] for r in got] == [0] + [k] * (steps - 1)
     assert summary["groups"]["trained"] == steps * 8 and summary["groups"]["dropped:stale"] == 0
     # Importance weights pi_prox / pi_behaviour: 1 (up to fp32 numerics) on data the trained policy
     # sampled, off 1 where older versions sampled.

