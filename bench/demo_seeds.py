@@ -26,38 +26,52 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-def run_seed(seed: int, work: Path) -> dict:
+def run_seed(seed: int, work: Path, overrides: list[str]) -> dict:
     model = work / f"tiny-arith-s{seed}"
     cmd = [str(ROOT / ".venv" / "bin" / "tandem"), "run", str(ROOT / "recipes" / "quickstart.yaml"),
            f"run.seed={seed}", f"run.name=demo-s{seed}", f"run.output_dir={work / 'runs'}", f"model.path={model}",
            f"data.train_path={model}/data/train.jsonl", f"data.eval_path={model}/data/eval.jsonl",
-           "controller.progress=false"]
+           "controller.progress=false", *overrides]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     summary = json.loads(next((work / "runs").glob(f"demo-s{seed}*/summary.json")).read_text())
     return {"seed": seed, "initial_accuracy": summary["eval"]["initial_accuracy"],
             "final_accuracy": summary["eval"]["final_accuracy"], "steps": summary["steps"],
-            "run_wall_s": summary["wall_s"], "end_to_end_s": wall}
+            "run_wall_s": summary["wall_s"], "end_to_end_s": wall,
+            "throughput": summary["throughput"], "weight_sync": summary["weight_sync"],
+            "reward_failures": summary["rewards"]["failures"], "reward_timeouts": summary["rewards"]["timeouts"]}
 
 
-def write(rows: list[dict]) -> None:
+def write(rows: list[dict], overrides: list[str], name: str) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     finals = [r["final_accuracy"] for r in rows]
     initials = [r["initial_accuracy"] for r in rows]
-    meta = {"command": ".venv/bin/python bench/demo_seeds.py --seeds " + " ".join(str(r["seed"]) for r in rows),
-            "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores"}
+    gains = [f - i for f, i in zip(finals, initials)]
+    command = ".venv/bin/python bench/demo_seeds.py --seeds " + " ".join(str(r["seed"]) for r in rows)
+    if overrides:
+        command += " --set " + " ".join(overrides) + f" --name {name}"
+    meta = {"command": command, "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores",
+            "overrides": overrides}
     agg = {"initial_mean": statistics.mean(initials), "initial_range": [min(initials), max(initials)],
-           "final_mean": statistics.mean(finals), "final_range": [min(finals), max(finals)]}
-    (RESULTS / "demo_seeds.json").write_text(json.dumps({"meta": meta, "seeds": rows, "aggregate": agg}, indent=2))
+           "final_mean": statistics.mean(finals), "final_range": [min(finals), max(finals)],
+           "gain_mean": statistics.mean(gains), "gain_range": [min(gains), max(gains)]}
+    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "seeds": rows, "aggregate": agg}, indent=2))
     lines = [f"`{meta['command']}` ({meta['machine']}, {meta['date']})", "",
-             "| seed | held-out before | after | run s | end to end s (bootstrap included) |", "|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['seed']} | {r['initial_accuracy']:.1%} | {r['final_accuracy']:.1%} | "
-                     f"{r['run_wall_s']:.0f} | {r['end_to_end_s']:.0f} |")
+             "| seed | held-out before | after | gain | run s | samples/s | gen / reward / train / sync s | "
+             "end to end s (bootstrap included) |", "|---|---|---|---|---|---|---|---|"]
+    for r, gain in zip(rows, gains):
+        t = r["throughput"]
+        lines.append(f"| {r['seed']} | {r['initial_accuracy']:.1%} | {r['final_accuracy']:.1%} | {100 * gain:+.1f} | "
+                     f"{r['run_wall_s']:.0f} | {t['samples_per_s']:.0f} | {t['gen_s']:.0f} / {t['reward_s']:.0f} / "
+                     f"{t['train_s']:.0f} / {t['sync_s']:.0f} | {r['end_to_end_s']:.0f} |")
     lines.append(f"| mean (range) | {agg['initial_mean']:.1%} ({min(initials):.1%}-{max(initials):.1%}) | "
-                 f"{agg['final_mean']:.1%} ({min(finals):.1%}-{max(finals):.1%}) | | |")
-    (RESULTS / "demo_seeds.md").write_text("\n".join(lines) + "\n")
+                 f"{agg['final_mean']:.1%} ({min(finals):.1%}-{max(finals):.1%}) | {100 * agg['gain_mean']:+.1f} "
+                 f"({100 * min(gains):+.1f} to {100 * max(gains):+.1f}) | | | | |")
+    failures = sum(r["reward_failures"] for r in rows)
+    lines += ["", f"Reward failures (fallback scores) over all runs: {failures}; weight-sync checksum failures: "
+              f"{sum(r['weight_sync']['checksum_failures'] for r in rows)}."]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
@@ -65,9 +79,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", default="/tmp/tandem-demo-seeds")
+    parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides (tuning)")
+    parser.add_argument("--name", default="demo_seeds", help="result file name in bench/results")
     args = parser.parse_args()
     work = Path(args.workdir) / time.strftime("%Y%m%d-%H%M%S")
-    write([run_seed(seed, work) for seed in args.seeds])
+    write([run_seed(seed, work, args.set) for seed in args.seeds], args.set, args.name)
 
 
 if __name__ == "__main__":
