@@ -27,7 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cluster.config import BootstrapConfig  # noqa: E402
 from cluster.run import run  # noqa: E402
-from tests.e2e.test_learning import LR, PPO, PPO_EXTRA, STEPS, WINDOW, gains, learning_config  # noqa: E402
+from tests.e2e.test_learning import (LR, PPO, PPO_EXTRA, STEPS, WINDOW, gains, learning_config,  # noqa: E402
+                                     register_flipped)
 from trainer.bootstrap import ensure_tiny_model  # noqa: E402
 
 CASES = {"grpo": ((), {}), "flipped": (("algorithm.advantage=grpo_flipped",), {}), "ppo": (PPO_EXTRA, PPO),
@@ -73,6 +74,7 @@ def write(rows: list[dict]) -> None:
 
 
 def main() -> None:
+    register_flipped()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))

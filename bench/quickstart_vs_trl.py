@@ -2,7 +2,7 @@
 
 Same tiny model (the quickstart's bootstrap checkpoint), same prompts, same reward
 (arithmetic correctness + 0.1 x format), same sample budget (steps x 64 prompts x 8),
-same optimiser settings (AdamW lr 5e-4, clip 0.2, token-level loss, group-normalised
+same optimiser settings (AdamW at the recipe's `trainer.lr`, clip 0.2, token-level loss, group-normalised
 advantages, no KL, temperature 1, 8 new tokens), both on this machine's 2 CPU cores.
 Both are scored by the same greedy held-out evaluation (256 prompts never trained on).
 
@@ -48,7 +48,7 @@ def run_tandem(model: Path, steps: int, out: Path) -> dict:
             "final_accuracy": summary["eval"]["final_accuracy"]}
 
 
-def run_trl(model: Path, steps: int, out: Path) -> dict:
+def run_trl(model: Path, steps: int, out: Path, lr: float) -> dict:
     """TRL's GRPOTrainer in this process (its documented single-process CPU path)."""
     import torch
     from datasets import Dataset
@@ -71,7 +71,7 @@ def run_trl(model: Path, steps: int, out: Path) -> dict:
 
     args = GRPOConfig(
         output_dir=str(out / "trl"), max_steps=steps, per_device_train_batch_size=512, num_generations=8,
-        max_completion_length=8, learning_rate=5e-4, lr_scheduler_type="constant", warmup_steps=0,
+        max_completion_length=8, learning_rate=lr, lr_scheduler_type="constant", warmup_steps=0,
         weight_decay=0.0, max_grad_norm=1.0, beta=0.0, epsilon=0.2, temperature=1.0, top_p=1.0,
         loss_type="dapo", scale_rewards="group", num_iterations=1, logging_steps=50, save_strategy="no",
         report_to="none", use_cpu=True, seed=0, dataloader_num_workers=0, bf16=False,
@@ -87,19 +87,19 @@ def run_trl(model: Path, steps: int, out: Path) -> dict:
             "initial_accuracy": initial, "final_accuracy": final}
 
 
-def run_trl_process(model: Path, steps: int, out: Path) -> dict:
+def run_trl_process(model: Path, steps: int, out: Path, lr: float) -> dict:
     """TRL in a process of its own, timed from launch to exit like Tandem's CLI."""
     out.mkdir(parents=True, exist_ok=True)
     result = out / "trl.json"
     t0 = time.perf_counter()
     subprocess.run([sys.executable, __file__, "--only-trl", str(model), "--steps", str(steps),
-                    "--workdir", str(out), "--result", str(result)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+                    "--workdir", str(out), "--result", str(result), "--lr", str(lr)], check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     return json.loads(result.read_text()) | {"end_to_end_s": time.perf_counter() - t0}
 
 
-def write(results: list[dict], steps: int) -> None:
+def write(results: list[dict], steps: int, lr: float) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"steps": steps, "samples_per_step": 512, "machine": f"{os.cpu_count()} CPU cores",
+    meta = {"steps": steps, "samples_per_step": 512, "lr": lr, "machine": f"{os.cpu_count()} CPU cores",
             "date": time.strftime("%Y-%m-%d"),
             "command": f".venv/bin/python bench/quickstart_vs_trl.py --steps {steps}"}
     (RESULTS / "quickstart_vs_trl.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
@@ -108,7 +108,7 @@ def write(results: list[dict], steps: int) -> None:
     for r in results:
         lines.append(f"| {r['system']} | {r['samples']} | {r['end_to_end_s']:.0f} | {r['loop_s']:.0f} | "
                      f"{r['samples_per_s']:.0f} | {r['initial_accuracy']:.1%} | {r['final_accuracy']:.1%} |")
-    head = f"`{meta['command']}` ({meta['machine']}, {meta['date']}, one run each, seed 0)"
+    head = f"`{meta['command']}` ({meta['machine']}, {meta['date']}, one run each, seed 0, lr {lr})"
     (RESULTS / "quickstart_vs_trl.md").write_text(head + "\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -119,10 +119,11 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/tandem-bench")
     parser.add_argument("--only-trl", help=argparse.SUPPRESS)  # the TRL child process: model path
     parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--lr", type=float, help=argparse.SUPPRESS)  # the TRL child: the recipe's lr
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.only_trl:
-        Path(args.result).write_text(json.dumps(run_trl(Path(args.only_trl), args.steps, Path(args.workdir))))
+        Path(args.result).write_text(json.dumps(run_trl(Path(args.only_trl), args.steps, Path(args.workdir), args.lr)))
         return
     from cluster.config import load_config
     from trainer.bootstrap import ensure_tiny_model
@@ -133,8 +134,8 @@ def main() -> None:
     ensure_tiny_model(model, cfg.model.bootstrap_spec, seed=cfg.run.seed)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = [run_tandem(model, args.steps, work / f"tandem-{stamp}"),
-               run_trl_process(model, args.steps, work / f"trl-{stamp}")]
-    write(results, args.steps)
+               run_trl_process(model, args.steps, work / f"trl-{stamp}", cfg.trainer.lr)]
+    write(results, args.steps, cfg.trainer.lr)
 
 
 if __name__ == "__main__":

@@ -48,6 +48,11 @@ class Registry(Generic[F]):
 
         return wrap
 
+    def unregister(self, name: str) -> None:
+        """Remove an entry (a test's temporary one); unknown names raise like `entry`."""
+        self.entry(name)
+        del self._entries[name]
+
     def entry(self, name: str) -> Entry[F]:
         if name not in self._entries:
             raise KeyError(f"unknown {self.kind} '{name}'; valid names: {', '.join(self.names())}")

@@ -60,11 +60,7 @@ def test_few_grpo_steps(ray_session, tmp_path):
     assert ["eval_accuracy" in r for r in rows] == [False, True, False, True]
     steps = rows[:3]
     assert [r["version"] for r in steps] == [1, 2, 3]
-    timers = ("gen_s", "reward_s", "train_s", "sync_s")
-    for r in steps:  # the step's timers add up, and its rates are its 32 samples over its time
-        assert r["step_s"] == pytest.approx(sum(r[t] for t in timers)) and all(r[t] > 0 for t in timers)
-        assert r["samples_per_s"] == pytest.approx(32 / r["step_s"])
-        assert r["tokens_per_s"] == pytest.approx(32 * r["response_len"] / r["step_s"])
+    for r in steps:
         assert r["clip_frac"] == 0.0  # one update on the data it sampled: every ratio is 1 (fp32), none clipped
     # The reward pool scored the 96 training samples and 3 evaluations of 32 (before, step 2, final).
     assert summary["rewards"]["samples"] == 96 + 3 * 32

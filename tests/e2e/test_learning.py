@@ -38,20 +38,33 @@ REWARD_MARGIN, ACCURACY_MARGIN = 0.03, 0.03  # what a learning run must gain at 
 FLIPPED_CEILING = 0.0  # a flipped run must not gain at all (reward and accuracy)
 
 
-def _flipped(name: str):
-    base, entry = ADVANTAGES.get(name), ADVANTAGES.entry(name)
+def register_flipped() -> list[str]:
+    """Register `grpo_flipped` and `gae_flipped`: the estimator with its advantages' sign flipped
+    (the critic's targets, its returns, stay right: only the policy is inverted). The controller
+    computes advantages in the driver, so registering here reaches the run."""
+    added = []
+    for name in ("grpo", "gae"):
+        base, entry = ADVANTAGES.get(name), ADVANTAGES.entry(name)
+        if f"{name}_flipped" in ADVANTAGES.names():
+            continue
 
-    def flipped(x, opts):
-        adv, returns = base(x, opts)
-        return -adv, returns  # the critic's targets (returns) stay right: only the policy is inverted
+        def flipped(x, opts, base=base):
+            adv, returns = base(x, opts)
+            return -adv, returns
 
-    if f"{name}_flipped" not in ADVANTAGES.names():
         ADVANTAGES.register(f"{name}_flipped", f"{name} with the sign flipped (the learning tests' inverted twin)",
                             paper=entry.paper, traits=entry.traits)(flipped)
+        added.append(f"{name}_flipped")
+    return added
 
 
-_flipped("grpo")
-_flipped("gae")
+@pytest.fixture
+def flipped_estimators():
+    """The inverted twins exist only while a test uses them (the registry's listings stay the product's)."""
+    added = register_flipped()
+    yield
+    for name in added:
+        ADVANTAGES.unregister(name)
 
 
 def learning_config(model_dir, out_dir, seed: int, name: str, *extra, recipe: str = "quickstart.yaml"):
@@ -100,7 +113,7 @@ def test_grpo_learns(ray_session, warm_model, tmp_path):
     assert reward > REWARD_MARGIN and accuracy > ACCURACY_MARGIN, (reward, accuracy)
 
 
-def test_grpo_with_flipped_advantages_does_not_learn(ray_session, warm_model, tmp_path):
+def test_grpo_with_flipped_advantages_does_not_learn(ray_session, warm_model, flipped_estimators, tmp_path):
     reward, accuracy = run_gains(warm_model, tmp_path, 1, "flipped", "algorithm.advantage=grpo_flipped")
     assert reward < FLIPPED_CEILING and accuracy < FLIPPED_CEILING, (reward, accuracy)
 

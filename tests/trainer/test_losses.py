@@ -116,6 +116,11 @@ def test_registry_refuses_duplicates_and_lists_names():
         reg.register("a", "again")(lambda: 2)
     with pytest.raises(KeyError, match="valid names: a"):
         reg.get("b")
+    reg.register("b", "temporary")(lambda: 3)
+    reg.unregister("b")
+    assert reg.names() == ["a"]
+    with pytest.raises(KeyError, match="unknown thing 'b'"):
+        reg.unregister("b")
 
 
 def test_registry_refuses_an_entry_without_its_traits_or_paper():
