@@ -30,7 +30,7 @@ import pytest
 
 from cluster.config import load_config
 from cluster.run import run
-from trainer.advantages import ADVANTAGES, AdvantageKind
+from trainer.advantages import ADVANTAGES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS, WINDOW, LR = 40, 8, 1.0e-3
@@ -73,8 +73,8 @@ def learning_config(model_dir, out_dir, seed: int, name: str, *extra, recipe: st
         f"model.path={model_dir}", f"data.train_path={model_dir}/data/train.jsonl",
         f"data.eval_path={model_dir}/data/eval.jsonl", f"run.output_dir={out_dir}", f"run.name={name}",
         # model.bootstrap off: the bootstrap depends on run.seed, and every seed must start from one model
-        "model.bootstrap=false", f"run.seed={seed}", f"controller.steps={STEPS}", f"trainer.lr={LR}", "controller.eval_every=0",
-        "controller.progress=false", *extra])
+        "model.bootstrap=false", f"run.seed={seed}", f"controller.steps={STEPS}", f"trainer.lr={LR}",
+        "controller.eval_every=0", "controller.progress=false", *extra])
 
 
 # PPO: recipes/ppo_quickstart.yaml (512 prompts x 1 sample, GAE over a critic) with a shorter critic warm-up.
