@@ -1,6 +1,6 @@
 """Run-to-run noise of the learning tests' harness (tests/e2e/test_learning.py): GRPO, GRPO with
 the advantages flipped, and PPO with a critic, over several run seeds on one bootstrap model, plus
-the first seed twice (same seed, same weights?). The learning tests' margins come from this table.
+the first seed twice (same seed, same gains?). The learning tests' margins come from this table.
 
     .venv/bin/python bench/learning_noise.py --seeds 0 1 2 3 --cases grpo flipped ppo
 

@@ -5,14 +5,13 @@ import json
 
 import numpy as np
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from cluster.rl.controller import Controller
 from cluster.run import run
 from cluster.roles import start_roles
 from cluster.run import prepare_inputs, prepare_model
 from cluster.rundir import RunDir
+from tests.e2e.checkpoints import same_weights
 from tests.e2e.test_grpo_local import config
 
 STALLS = ["reward.plugins=[bench.stalls]", "reward.verifier=arithmetic_stalled",
@@ -24,8 +23,6 @@ def rows(tmp_path, name="quickstart"):
     return [json.loads(line) for line in lines if "final" not in line]
 
 
-def weights(path):
-    return load_file(str(path / "model.safetensors"))
 
 
 def test_k0_reproduces_the_synchronous_loop_bitwise(ray_session, tmp_path):
@@ -60,8 +57,7 @@ def test_k0_reproduces_the_synchronous_loop_bitwise(ray_session, tmp_path):
     for got, want in zip(streamed, reference, strict=True):
         for key in ("loss", "grad_norm", "entropy", "clip_frac", "reward_mean", "logprob_diff"):
             assert got[key] == want[key], (got["step"], key)  # bitwise: floats round-trip through JSON
-    a, b = weights(tmp_path / "runs" / "streamed" / "final"), weights(final)
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(tmp_path / "runs" / "streamed" / "final", final)
     assert summary["staleness"]["histogram"] == {"0": steps * 8 * 4}
 
 

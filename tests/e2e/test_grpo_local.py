@@ -13,6 +13,7 @@ import torch
 
 from cluster.config import load_config
 from cluster.run import run
+from tests.e2e.checkpoints import same_weights
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -79,12 +80,6 @@ def test_few_grpo_steps(ray_session, tmp_path):
     assert load_config(run_dir / "config.yaml") == cfg  # the saved recipe is the resolved config
 
 
-def _weights(path) -> dict:
-    from safetensors.torch import load_file
-
-    return load_file(str(path / "model.safetensors"))
-
-
 def test_evaluation_does_not_change_training(ray_session, tmp_path):
     """The same seed reaches bitwise the same weights whether or not held-out evaluations run between
     steps: evaluation draws no training seed (it once shifted the training groups' ids, hence their
@@ -95,8 +90,7 @@ def test_evaluation_does_not_change_training(ray_session, tmp_path):
                      "controller.eval_temperature=1.0")
         runs[every] = run(cfg, log=lambda *_: None).record
     assert runs[0]["eval"]["final_accuracy"] == runs[1]["eval"]["final_accuracy"]
-    a, b = _weights(tmp_path / "runs" / "every0" / "final"), _weights(tmp_path / "runs" / "every1" / "final")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert same_weights(tmp_path / "runs" / "every0" / "final", tmp_path / "runs" / "every1" / "final")
     # Held-out evaluations did run in between (sampling at temperature 1, from the eval's own seeds).
     rows = [json.loads(line) for line in (tmp_path / "runs" / "every1" / "metrics.jsonl").read_text().splitlines()]
     assert sum("eval_accuracy" in r for r in rows) == 4
