@@ -43,7 +43,7 @@ class BootstrapConfig(Section):
     max_digits: int = Field(2, ge=1)
     sft_max_steps: int = Field(600, ge=0)
     # The warm-up stops once greedy accuracy on the validation prompts reaches this.
-    sft_target_accuracy: float = Field(0.25, ge=0, le=1)
+    sft_target_accuracy: float = Field(0.2, ge=0, le=1)
     sft_check_every: int = Field(10, ge=1)
     sft_batch_size: int = Field(64, ge=1)
     sft_lr: float = 2e-3
@@ -186,6 +186,11 @@ class TrainerConfig(LearnerSection):
     # attention on a GPU that has flash-attn, else PyTorch SDPA).
     gradient_checkpointing: bool = False
     attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    # Policy logprobs and entropy: the output head runs over this many token positions at a
+    # time, so no fp32 [batch, length, vocab] tensor exists (trainer/logprobs.py); 0: the
+    # model's own logits, whole (for a model whose logits are not its head on its last
+    # hidden state, which the learner detects at start and refuses to chunk).
+    logprob_chunk_tokens: int = Field(1024, ge=0)
 
 
 class OfflineConfig(Section):

@@ -20,7 +20,7 @@ from cluster.offline import load_offline_data, run_offline
 from cluster.rl.controller import run_rl
 from cluster.rundir import RunDir, RunSummary
 from cluster.shapes import PAIRED_MODES, learner_options
-from rollout.data import Prompt, load_prompts
+from rollout.data import Prompt, load_prompts, render_prompts
 
 
 def run(cfg: Config, log=print) -> RunSummary:
@@ -52,9 +52,18 @@ def prepare_model(cfg: Config, log=print) -> None:
 
 
 def prepare_inputs(cfg: Config) -> tuple[list[Prompt], list[Prompt]]:
-    """The RL prompts (train, held-out), checked row by row before any actor starts."""
+    """The RL prompts (train, held-out), checked row by row and rendered to token ids by the
+    policy's tokenizer (its chat template, a user turn, per data.chat_template) before any
+    actor starts."""
+    from transformers import AutoTokenizer
+
+    from trainer.data import Renderer
+
     keys = dict(prompt_key=cfg.data.prompt_key, answer_key=cfg.data.answer_key)
-    return load_prompts(cfg.data.train_path, **keys), load_prompts(cfg.data.eval_path, **keys)
+    renderer = Renderer(AutoTokenizer.from_pretrained(cfg.model.path), cfg.data.chat_template)
+    train, evals = (render_prompts(load_prompts(path, **keys), renderer.prompt_ids, path)
+                    for path in (cfg.data.train_path, cfg.data.eval_path))
+    return train, evals
 
 
 @contextmanager

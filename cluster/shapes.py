@@ -55,6 +55,7 @@ def learner_options(cfg: Config) -> LearnerOptions:
         micro_batch_size=micro, grad_accum_steps=accum, dtype=cfg.model.dtype,
         use_reference=cfg.algorithm.kl_coef > 0 or loss_kind(cfg.algorithm.loss).needs_reference, seed=cfg.run.seed,
         gradient_checkpointing=t.gradient_checkpointing, attn_implementation=t.attn_implementation,
+        logprob_chunk_tokens=t.logprob_chunk_tokens,
     )
 
 
@@ -83,4 +84,4 @@ def offline_learner_options(cfg: Config) -> LearnerOptions:
                           max_grad_norm=t.max_grad_norm, micro_batch_size=micro, grad_accum_steps=accum,
                           dtype=cfg.model.dtype, model_kind="reward" if cfg.run.mode == "reward_model" else "policy",
                           seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,
-                          attn_implementation=t.attn_implementation)
+                          attn_implementation=t.attn_implementation, logprob_chunk_tokens=t.logprob_chunk_tokens)

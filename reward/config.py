@@ -48,7 +48,8 @@ class RewardConfig(BaseModel):
     # Reward model: a local HF sequence-classification checkpoint with one label.
     reward_model_path: Optional[str] = None
     reward_model_batch_size: int = Field(32, ge=1)
-    reward_model_device: str = "cpu"
+    # cuda: the reward-model actor asks Ray for one GPU and runs on the one it is given.
+    reward_model_device: Literal["cpu", "cuda"] = "cpu"
     # LLM judge: base URL of an OpenAI-compatible API (…/v1); key from TANDEM_JUDGE_API_KEY.
     judge_url: Optional[str] = None
     judge_model: str = "judge"

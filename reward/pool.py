@@ -136,7 +136,7 @@ class RewardPool:
                                       options)
         if "reward_model" in self.weights:
             from reward.reward_model import RewardModelWorker
-            gpus = 1 if s.reward_model_device.startswith("cuda") else 0
+            gpus = 1 if s.reward_model_device == "cuda" else 0
             lanes["reward_model"] = _Lane("reward_model", _actor_factory(RewardModelWorker, s, num_gpus=gpus), 1,
                                           s.reward_model_batch_size, 1, [])
         if "judge" in self.weights:

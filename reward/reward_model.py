@@ -53,8 +53,13 @@ class RewardModelWorker:
     """Ray actor body: one per pool; the batch of a pool call is scored in one go."""
 
     def __init__(self, spec: RewardConfig):
-        self.scorer = RewardModelScorer(spec.reward_model_path, spec.reward_model_batch_size,
-                                        spec.reward_model_device)
+        from rollout.devices import actor_device
+
+        device = actor_device("reward-model worker")
+        if device != spec.reward_model_device:
+            raise RuntimeError(f"reward.reward_model_device is '{spec.reward_model_device}' but Ray gave the "
+                               f"reward-model worker {'a GPU' if device == 'cuda' else 'no GPU'}")
+        self.scorer = RewardModelScorer(spec.reward_model_path, spec.reward_model_batch_size, device)
 
     def score(self, rollouts: list[Rollout]) -> WorkerReply:
         t0 = time.perf_counter()

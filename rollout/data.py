@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 
 class DataError(ValueError):
@@ -18,6 +18,9 @@ class Prompt:
     id: int  # row index in its file, stable across runs
     text: str
     answer: str
+    # [P] the token ids the engines generate after: the text rendered by the policy's tokenizer
+    # (chat template or plain text with its special tokens), set by render_prompts.
+    ids: tuple[int, ...] = ()
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
@@ -52,6 +55,19 @@ def load_prompts(path: str | Path, prompt_key: str = "prompt", answer_key: str =
     if not prompts:
         raise DataError(f"{path}: no rows")
     return prompts
+
+
+def render_prompts(prompts: list[Prompt], render: Callable[[str, str], Sequence[int]], path: str | Path) -> list[Prompt]:
+    """Each prompt with its token ids, `render(text, where)` (`where` names the file and row
+    for its errors); a prompt that renders to nothing is an error too."""
+    out = []
+    for p in prompts:
+        where = f"{path}: row {p.id + 1}"
+        ids = tuple(int(i) for i in render(p.text, where))
+        if not ids:
+            raise DataError(f"{where}: the prompt renders to no tokens")
+        out.append(replace(p, ids=ids))
+    return out
 
 
 class PromptSource:

@@ -21,7 +21,7 @@ import torch
 from rollout.types import EngineError, GenerationRequest, Rollout, SamplingParams, sample_seed
 
 
-def load_causal_lm(path: str | Path, dtype: str = "float32"):
+def load_causal_lm(path: str | Path, dtype: str = "float32", device: str = "cpu"):
     """Model + tokenizer from a local HF checkpoint; a clear error when it is not one."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -32,7 +32,7 @@ def load_causal_lm(path: str | Path, dtype: str = "float32"):
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype)).to(device)
     model.eval()
     return model, tokenizer
 
@@ -49,8 +49,10 @@ class _Batch:
 
 
 class HFEngine:
-    def __init__(self, model_path: str, dtype: str = "float32"):
-        self.model, self.tokenizer = load_causal_lm(model_path, dtype)
+    def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu"):
+        # device: "cuda" in a rollout worker Ray gave a GPU (rollout/devices.py), else "cpu".
+        self.device = torch.device(device)
+        self.model, self.tokenizer = load_causal_lm(model_path, dtype, device)
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
 
@@ -68,10 +70,9 @@ class HFEngine:
             yield from self._decode(flat[start : start + batch_size], params, safe_point)
 
     def _decode(self, flat, params: SamplingParams, safe_point) -> Iterator[list[Rollout]]:
-        prompts = self.tokenizer([req.prompt for req, _ in flat])["input_ids"]
         # One generator per sample, seeded from (run seed, step, group, sample): a rollout does
         # not depend on the batch, shard or worker it was generated in.
-        b = _Batch(flat, [list(p) for p in prompts],
+        b = _Batch(flat, [list(req.prompt_ids) for req, _ in flat],
                    [sample_seed(params.seed, params.step, req.group_id, k) for req, k in flat])
         gens = [torch.Generator().manual_seed(seed) for seed in b.seeds]
         version = safe_point()
@@ -83,11 +84,12 @@ class HFEngine:
                 logits, cache, attn, pos = self._prefill(b)
             token, logp = self._sample(logits, params, [gens[seq] for seq in b.active])
             finished, keep = [], []
+            tokens, logps = token.tolist(), logp.tolist()  # one device-to-host copy per step
             for row, seq in enumerate(b.active):
-                b.ids[seq].append(int(token[row]))
-                b.logprobs[seq].append(float(logp[row]))
+                b.ids[seq].append(tokens[row])
+                b.logprobs[seq].append(logps[row])
                 b.versions[seq].append(version)
-                if token[row] == self.eos_id or len(b.ids[seq]) >= params.max_new_tokens:
+                if tokens[row] == self.eos_id or len(b.ids[seq]) >= params.max_new_tokens:
                     finished.append(seq)
                 else:
                     keep.append(row)
@@ -96,7 +98,7 @@ class HFEngine:
             if not keep:
                 return
             if len(keep) < len(b.active):  # drop finished rows: the tail decodes only what is left
-                index = torch.tensor(keep)
+                index = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(index)
                 attn, pos, token = attn[index], pos[index], token[index]
                 b.active = [b.active[row] for row in keep]
@@ -115,6 +117,7 @@ class HFEngine:
         for i, r in enumerate(rows):
             ids[i, width - len(r):] = torch.tensor(r)
             attn[i, width - len(r):] = 1
+        ids, attn = ids.to(self.device), attn.to(self.device)
         positions = (attn.cumsum(dim=1) - 1).clamp(min=0)
         from transformers import DynamicCache
 
@@ -132,7 +135,8 @@ class HFEngine:
         else:
             logp = torch.log_softmax(logits.float() / params.temperature, dim=-1)
             # Inverse-CDF sampling with one uniform per row from the row's own generator.
-            u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in gens])
+            # The generators live on the CPU (the same draws on any device): only [rows] uniforms move.
+            u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in gens]).to(logp.device)
             cdf = logp.double().exp().cumsum(dim=-1)
             token = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(1).clamp(max=logp.shape[-1] - 1)
         return token, logp.gather(-1, token[:, None]).squeeze(1)

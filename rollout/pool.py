@@ -24,9 +24,10 @@ from rollout.weight_sync import WeightUpdate, verify
 def make_engine(cfg: RolloutConfig, model_path: str, dtype: str, tensor_parallel_size: int = 1, seed: int = 0):
     """The engine named by rollout.engine, imported only when selected (vLLM is an optional extra)."""
     if cfg.engine == "hf":
+        from rollout.devices import actor_device
         from rollout.hf_engine import HFEngine
 
-        return HFEngine(model_path, dtype)
+        return HFEngine(model_path, dtype, actor_device("rollout worker (hf engine)"))
     if cfg.engine == "vllm":
         from rollout.vllm_engine import VLLMEngine
 

@@ -32,7 +32,8 @@ def sample_seed(run_seed: int, step: int, group_id: int, sample_index: int) -> i
 class GenerationRequest:
     group_id: int  # unique per request in a run; all samples of it form one group
     prompt_id: int
-    prompt: str
+    prompt: str  # the text (the reward side reads it)
+    prompt_ids: tuple[int, ...]  # [P] what the engine generates after (the controller rendered it)
     answer: str
     num_samples: int  # group size: responses sampled for this prompt
 

@@ -147,7 +147,7 @@ class VLLMEngine:
         # A seed per sample: reproducible for a given (seed, step, group, sample), whatever the batching.
         seed = sample_seed(params.seed, params.step, req.group_id, k)
         request_id = f"g{req.group_id}-s{k}-{next(self._ids)}"
-        prompt_ids = self.tokenizer(req.prompt)["input_ids"]
+        prompt_ids = list(req.prompt_ids)
         async with gate:
             inflight = self._inflight.setdefault(req.group_id, {})
             inflight[request_id] = 0

@@ -19,6 +19,7 @@ import ray
 import torch
 
 from rollout.weight_sync import WeightUpdate, describe
+from trainer.logprobs import shift_to_tokens, check_chunked_head, token_logprobs
 from trainer.losses import LOSSES, LossInputs
 from trainer.types import LossSpec, StepStats, TrainBatch
 
@@ -42,36 +43,14 @@ class LearnerOptions:
     model_kind: str = "policy"
     gradient_checkpointing: bool = False  # recompute activations in backward: memory for compute
     attn_implementation: str = "auto"  # auto | sdpa | eager | flash_attention_2
+    logprob_chunk_tokens: int = 0  # > 0: the output head over this many positions at a time (trainer/logprobs.py)
     seed: int = 0
-
-
-def _shift(x: torch.Tensor) -> torch.Tensor:
-    """Per-position outputs [B, T-1] of positions 0..T-2 -> aligned with the token they predict."""
-    return torch.cat([torch.zeros_like(x[:, :1]), x], dim=1)
-
-
-def _forward(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids=None):
-    if position_ids is None:
-        return model(input_ids=input_ids, attention_mask=attention_mask)
-    # Packed rows: no 2D mask and no cache, so transformers derives a block-diagonal causal mask
-    # from the restarting position ids (each example attends only to itself).
-    return model(input_ids=input_ids, position_ids=position_ids, use_cache=False)
-
-
-def token_logprobs(model, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                   temperature: float, position_ids=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logprob [B, T] of each token given its prefix (column 0 is 0) and entropy [B, T]."""
-    logits = _forward(model, input_ids, attention_mask, position_ids).logits[:, :-1].float() / temperature
-    logp_all = torch.log_softmax(logits, dim=-1)  # [B, T-1, V]
-    logp = logp_all.gather(-1, input_ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-    entropy = -(logp_all.exp() * logp_all).sum(-1)
-    return _shift(logp), _shift(entropy)
 
 
 def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
     """Critic value [B, T] of the state before each token (column 0 is 0)."""
     out = model(input_ids=input_ids, attention_mask=attention_mask).logits[..., 0].float()
-    return _shift(out[:, :-1])
+    return shift_to_tokens(out[:, :-1])
 
 
 def sequence_scores(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -167,7 +146,14 @@ class Learner:
             self.ref.requires_grad_(False)
             if on_gpu:
                 self.ref.cuda()
+        if opts.model_kind == "policy" and opts.logprob_chunk_tokens > 0:
+            self.engine.eval()
+            check_chunked_head(self.engine, model.config.vocab_size, opts.logprob_chunk_tokens)
         return rank
+
+    def _logprobs(self, model, t: dict[str, torch.Tensor], temperature: float, entropy_grad: bool = False):
+        return token_logprobs(model, t["input_ids"], t["attention_mask"], temperature, t.get("position_ids"),
+                              self.opts.logprob_chunk_tokens, entropy_grad)
 
     def _ds_config(self) -> dict:
         o = self.opts
@@ -196,8 +182,7 @@ class Learner:
         elif self.opts.model_kind == "reward":
             x.scores = sequence_scores(self.engine, t["input_ids"], t["attention_mask"])
         else:
-            x.logprobs, x.entropy = token_logprobs(self.engine, t["input_ids"], t["attention_mask"], spec.temperature,
-                                                   t.get("position_ids"))
+            x.logprobs, x.entropy = self._logprobs(self.engine, t, spec.temperature, spec.entropy_coef > 0)
             if spec.kl_coef > 0 and x.ref_logprobs is None:
                 x.ref_logprobs = self._ref_logprobs(t, spec)
         return x
@@ -251,15 +236,14 @@ class Learner:
     def _ref_logprobs(self, t: dict[str, torch.Tensor], spec: LossSpec) -> torch.Tensor:
         if self.ref is None:
             raise ValueError("kl_coef > 0 but the learners were started without a reference model")
-        return token_logprobs(self.ref, t["input_ids"], t["attention_mask"], spec.temperature, t.get("position_ids"))[0]
+        return self._logprobs(self.ref, t, spec.temperature)[0]
 
     @torch.no_grad()
     def logprobs(self, batch: TrainBatch, temperature: float) -> np.ndarray:
         """Current-policy token logprobs [B, T] for `batch` (no update)."""
         self.engine.eval()
         t = self._tensors(batch)
-        return token_logprobs(self.engine, t["input_ids"], t["attention_mask"], temperature,
-                              t.get("position_ids"))[0].cpu().numpy()
+        return self._logprobs(self.engine, t, temperature)[0].cpu().numpy()
 
     @torch.no_grad()
     def reference_logprobs(self, batch: TrainBatch, temperature: float) -> np.ndarray:

@@ -60,7 +60,7 @@ class LossInputs:
     behaviour_logprobs: Optional[torch.Tensor] = None  # [B, T] from the engine that sampled
     advantages: Optional[torch.Tensor] = None  # [B, T]
     ref_logprobs: Optional[torch.Tensor] = None  # [B, T] frozen reference policy
-    entropy: Optional[torch.Tensor] = None  # [B, T] policy entropy (with gradient)
+    entropy: Optional[torch.Tensor] = None  # [B, T] policy entropy (with gradient when entropy_coef > 0)
     values: Optional[torch.Tensor] = None  # [B, T] critic, current
     old_values: Optional[torch.Tensor] = None  # [B, T] critic when the rollouts were scored
     returns: Optional[torch.Tensor] = None  # [B, T] critic targets

@@ -146,7 +146,7 @@ class Controller:
 
     @staticmethod
     def _request(prompt: Prompt, n: int, group_id: int) -> GenerationRequest:
-        return GenerationRequest(group_id=group_id, prompt_id=prompt.id, prompt=prompt.text,
+        return GenerationRequest(group_id=group_id, prompt_id=prompt.id, prompt=prompt.text, prompt_ids=prompt.ids,
                                  answer=prompt.answer, num_samples=n)
 
     def _sampling(self, temperature: float, step: int) -> SamplingParams:

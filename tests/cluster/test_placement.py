@@ -1,6 +1,8 @@
 """The placement plan computed from a recipe, and the fit check against a cluster's nodes.
 (Placement on a real multi-node Ray cluster: tests/e2e/test_multinode.py.)"""
 
+from pathlib import Path
+
 import pytest
 
 from cluster.cli import main
@@ -149,3 +151,29 @@ def test_dry_run_prints_the_plan_and_starts_nothing(capsys):
 def test_dry_run_reports_config_errors(capsys):
     assert main(["run", str(QUICKSTART), "--dry-run", "cluster.gpus_per_engine=2"]) == 2
     assert "cluster.gpus_per_engine=2" in capsys.readouterr().err
+
+
+GPU_RECIPES = sorted((Path(__file__).resolve().parents[2] / "recipes").glob("*qwen2.5*.yaml"))
+GPU_BOX = [Node("10.0.0.1 (gpu box)", {"CPU": 64.0, "GPU": 8.0})]
+
+
+@pytest.mark.parametrize("recipe", GPU_RECIPES, ids=lambda p: p.name)
+def test_gpu_recipes_ask_for_the_gpus_their_header_names(recipe, capsys):
+    """Every Qwen2.5 recipe reserves one GPU per learner, critic and engine (the count its
+    header names), RL recipes generate with vLLM on the chat template, the plan fits the one
+    8-GPU node it was written for and not a CPU cluster, and --dry-run prints GPUs."""
+    import re
+
+    cfg = load_config(recipe)
+    gpus = cfg.trainer.num_learners + (cfg.critic.num_learners if cfg.critic.enabled else 0)
+    if cfg.run.mode == "rl":
+        assert cfg.rollout.engine == "vllm" and cfg.data.chat_template is True
+        gpus += cfg.rollout.num_workers * cfg.cluster.gpus_per_engine
+    assert build_plan(cfg).totals()["GPU"] == gpus
+    header = re.search(r"# Hardware: (\d+) GPUs", recipe.read_text())
+    assert header and int(header.group(1)) == gpus == 8
+    check_fit(build_plan(cfg), GPU_BOX)
+    with pytest.raises(PlacementError, match=f"GPU: the plan reserves {gpus}, the cluster has 0"):
+        check_fit(build_plan(cfg), CPU_NODES)
+    assert main(["run", str(recipe), "--dry-run"]) == 0
+    assert f"GPU: {gpus}" in capsys.readouterr().out

@@ -99,7 +99,7 @@ def run_gains(model_dir, out_dir, seed: int, name: str, *extra, **kw) -> tuple[f
 
 @pytest.fixture(scope="module")
 def warm_model(tmp_path_factory):
-    """The quickstart's bootstrap model (SFT warm-up to 25% greedy accuracy), built once."""
+    """The quickstart's bootstrap model (SFT warm-up to 20% greedy accuracy), built once."""
     from cluster.config import BootstrapConfig
     from trainer.bootstrap import ensure_tiny_model
 

@@ -6,12 +6,13 @@ import ray
 
 from rollout.config import RolloutConfig
 from rollout.pool import RolloutPool
-from rollout.types import GenerationRequest, SamplingParams
+from rollout.types import SamplingParams
 from rollout.weight_sync import WeightSyncError, WeightUpdate, describe
 from trainer.batches import build_batch
 from trainer.group import LearnerGroup
 from trainer.learner import LearnerOptions
 from trainer.types import LossSpec
+from tests.rollout.requests import request
 
 TEMP = 0.9
 
@@ -26,7 +27,7 @@ def actors(ray_session, tiny_model):
 
 
 def sample(pool, seed):
-    reqs = [GenerationRequest(group_id=g, prompt_id=g, prompt=f"{g}+{2 * g}=", answer=str(3 * g), num_samples=4) for g in range(8)]
+    reqs = [request(g, f"{g}+{2 * g}=", str(3 * g), 4) for g in range(8)]
     return pool.generate(reqs, SamplingParams(temperature=TEMP, max_new_tokens=6, seed=seed))
 
 
@@ -53,7 +54,7 @@ def test_rollouts_are_tagged_and_well_formed(actors):
 def test_sampling_is_reproducible_and_greedy_is_deterministic(actors):
     pool, _ = actors
     assert [r.response_ids for r in sample(pool, 7)] == [r.response_ids for r in sample(pool, 7)]
-    reqs = [GenerationRequest(group_id=0, prompt_id=0, prompt="12+34=", answer="46", num_samples=3)]
+    reqs = [request(0, "12+34=", "46", 3)]
     greedy = pool.generate(reqs, SamplingParams(temperature=0.0, max_new_tokens=6, seed=0))
     assert len({r.response_ids for r in greedy}) == 1
 

@@ -11,19 +11,20 @@ import torch
 from rollout.hf_engine import HFEngine
 from rollout.config import RolloutConfig
 from rollout.pool import RolloutPool
-from rollout.types import GenerationRequest, SamplingParams
+from rollout.types import SamplingParams
 from rollout.weight_sync import describe
 from trainer.batches import build_batch
-from trainer.learner import token_logprobs
+from trainer.logprobs import token_logprobs
 from trainer.losses import LOSSES, LossInputs
 from trainer.types import LossSpec
+from tests.rollout.requests import request
 
 TEMP = 0.9
 SWAP_AT = 3  # decode steps on the old weights before the swap
 
 
 def requests(n, samples=4):
-    return [GenerationRequest(group_id=g, prompt_id=g, prompt=f"{g}+{g + 7}=", answer=str(2 * g + 7), num_samples=samples) for g in range(n)]
+    return [request(g, f"{g}+{g + 7}=", str(2 * g + 7), samples) for g in range(n)]
 
 
 def moved_weights(model, seed=0):

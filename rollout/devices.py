@@ -1,0 +1,22 @@
+"""Which device an actor computes on: the GPU Ray assigned it, never a hard-coded index.
+
+Ray sets CUDA_VISIBLE_DEVICES for an actor to the GPUs it was given (and to nothing for an
+actor given none), so "cuda" inside the actor is its own GPU. An actor given a GPU that torch
+cannot see is an error, not a quiet run on the CPU.
+"""
+
+from __future__ import annotations
+
+
+def actor_device(role: str) -> str:
+    """'cuda' when Ray gave this actor a GPU, 'cpu' when it gave it none (or outside Ray)."""
+    import ray
+    import torch
+
+    gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+    if not gpus:
+        return "cpu"
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"{role}: Ray assigned GPU(s) {gpus} but torch sees no CUDA device "
+                           f"(torch {torch.__version__}, a CPU build?)")
+    return "cuda"
