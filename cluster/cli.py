@@ -55,8 +55,12 @@ def _dry_run(cfg) -> int:
     from cluster.placement import build_plan
     from cluster.shapes import learner_options
 
+    from cluster.weights import resolve_weight_transfer
+
     opts = learner_options(cfg)
     print(build_plan(cfg).describe())
+    if cfg.run.mode == "rl":
+        print(f"weight transfer: {resolve_weight_transfer(cfg)}")
     print(f"learners: ZeRO-{opts.zero_stage}, micro-batch {opts.micro_batch_size} x {opts.grad_accum_steps} "
           f"accumulation steps per rank; cluster: "
           f"{cfg.cluster.address or 'embedded local Ray on 127.0.0.1'}")

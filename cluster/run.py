@@ -20,12 +20,15 @@ from cluster.offline import load_offline_data, run_offline
 from cluster.rl.controller import run_rl
 from cluster.rundir import RunDir, RunSummary
 from cluster.shapes import PAIRED_MODES, learner_options
+from cluster.weights import resolve_weight_transfer
 from rollout.data import Prompt, load_prompts, render_prompts
 
 
 def run(cfg: Config, log=print) -> RunSummary:
     """Run one recipe; the run directory survives any failure with what was written."""
     learner_options(cfg)  # batch-shape errors surface before anything starts
+    if cfg.run.mode == "rl":
+        resolve_weight_transfer(cfg)  # a weight transfer that cannot run here, too
     prepare_model(cfg, log)
     inputs = prepare_inputs(cfg) if cfg.run.mode == "rl" else load_offline_data(cfg)
     run_dir = RunDir.create(cfg)

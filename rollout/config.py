@@ -36,6 +36,12 @@ class RolloutConfig(BaseModel):
     # weights (partial rollouts, tokens keep their versions); finish = in-flight calls
     # finish on the weights they started with, the update applies before the next call.
     in_flight: Literal["interrupt", "finish"] = "interrupt"
+    # How weights travel from the learners (cluster/weights.py, rollout/transfer/): auto =
+    # collective for `hf` engines when learners and engines both have GPUs (or both have none:
+    # object_store then, the tested CPU default), object_store otherwise.
+    weight_transfer: Literal["auto", "object_store", "collective"] = "auto"
+    weight_bucket_mb: int = Field(256, ge=1)  # collective: at most this much per broadcast (one tensor may exceed it)
+    weight_transfer_timeout_s: float = Field(120.0, gt=0)  # collective: every rendezvous and broadcast
 
     @model_validator(mode="after")
     def _top_p(self) -> "RolloutConfig":

@@ -162,4 +162,4 @@ class HFEngine:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # object-store arrays are read-only; we only read them
             for name, p in params.items():
-                p.copy_(torch.from_numpy(arrays[name]))
+                p.copy_(torch.as_tensor(arrays[name]))  # numpy (object store) or torch (buckets)

@@ -16,9 +16,12 @@ import time
 from typing import Iterator, Optional
 
 import ray
+import torch
 
 from rollout.config import RolloutConfig, vllm_options
 from rollout.types import GenerationRequest, Rollout, SamplingParams
+from rollout.transfer.buckets import Layout, WeightSyncError, unpack
+from rollout.transfer.collective import TransferGroup
 from rollout.weight_sync import WeightUpdate, verify
 
 def make_engine(cfg: RolloutConfig, model_path: str, dtype: str, tensor_parallel_size: int = 1, seed: int = 0):
@@ -53,6 +56,8 @@ class RolloutWorker:
         self._generating = False
         self._cond = threading.Condition()
         self.swaps_in_flight = 0  # updates applied in the middle of a generation call
+        self.transfer: Optional[TransferGroup] = None  # rollout.weight_transfer 'collective'
+        self.layout: Optional[Layout] = None
 
     # ---- generation (concurrency group "generate": one call at a time) ----
 
@@ -105,8 +110,41 @@ class RolloutWorker:
         arrays = ray.get(list(update.refs))
         with self._cond:
             checked = verify(update, arrays, expected_version=self.latest + 1)
-            self.latest = update.version
-            self._pending = (update.version, checked)  # a newer full update replaces an older waiting one
+        self._stage(update.version, checked)
+        return time.perf_counter() - t0
+
+    @ray.method(concurrency_group="control")
+    def open_transfer(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float,
+                      layout: Layout) -> None:
+        """Join learner rank 0's weight-transfer group as engine `rank` (rollout/transfer/); gloo's
+        traffic stays on loopback when the store is there (the embedded cluster)."""
+        bind_host = host if host == "127.0.0.1" else ray.util.get_node_ip_address()
+        self.transfer = TransferGroup(host, port, rank, world_size, backend, timeout_s, bind_host)
+        self.layout = layout
+
+    @ray.method(concurrency_group="control")
+    def receive_weights(self, version: int) -> float:
+        """Receive update `version` bucket by bucket from the learners' broadcast, check each
+        (version, order, fingerprint; rollout/transfer/buckets.py), then load the whole update
+        as update_weights does. Any failed check raises and leaves the old weights in place."""
+        t0 = time.perf_counter()
+        if version != self.latest + 1:
+            raise WeightSyncError(f"weight update has version {version}, receiver expected {self.latest + 1}")
+        device = getattr(self.engine, "device", "cpu")
+        tensors: dict = {}
+        for index in range(len(self.layout.buckets)):
+            buffer = torch.empty(self.layout.buffer_bytes(index), dtype=torch.uint8, device=device)
+            self.transfer.broadcast(buffer, f"update v{version} bucket {index}/{len(self.layout.buckets)}")
+            tensors.update(unpack(self.layout, index, buffer, version))
+        self._stage(version, tensors)
+        return time.perf_counter() - t0
+
+    def _stage(self, version: int, weights: dict) -> None:
+        """A verified update: load it now if idle; mid-call at the next decode step (`interrupt`;
+        returns once swapped); or when the in-flight call ends (`finish`; returns at once)."""
+        with self._cond:
+            self.latest = version
+            self._pending = (version, weights)  # a newer full update replaces an older waiting one
             if not self._generating:
                 self._apply_pending()
             elif self.in_flight == "interrupt" and not self.engine_streams:
@@ -116,7 +154,6 @@ class RolloutWorker:
                 self._cond.wait_for(lambda: self._pending is None or not self._generating)
                 if self._pending is not None:  # the call ended before a decode step came
                     self._apply_pending()
-        return time.perf_counter() - t0
 
     @ray.method(concurrency_group="control")
     def get_version(self) -> int:
@@ -171,6 +208,16 @@ class RolloutPool:
 
     def update_weights(self, update: WeightUpdate) -> list[float]:
         return ray.get([w.update_weights.remote(update) for w in self.workers])
+
+    def open_transfer(self, host: str, port: int, backend: str, timeout_s: float, layout: Layout) -> list:
+        """Futures: worker i joins the weight-transfer group as rank i + 1 (rank 0: the sender)."""
+        world_size = len(self.workers) + 1
+        return [w.open_transfer.remote(host, port, i + 1, world_size, backend, timeout_s, layout)
+                for i, w in enumerate(self.workers)]
+
+    def receive_weights(self, version: int) -> list:
+        """Futures of every worker's receive (the learners broadcast at the same time)."""
+        return [w.receive_weights.remote(version) for w in self.workers]
 
     def versions(self) -> list[int]:
         return ray.get([w.get_version.remote() for w in self.workers])

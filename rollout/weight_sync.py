@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 
-class WeightSyncError(RuntimeError):
-    """A weight update that must not be applied (corrupt, out of order, wrong shape)."""
+from rollout.transfer.buckets import WeightSyncError  # noqa: F401 - one error class for every carrier
 
 
 @dataclass(frozen=True)

@@ -83,6 +83,17 @@ class LearnerGroup:
     def export_weights(self, version: int) -> WeightUpdate:
         return gather([a.export_weights.remote(version) for a in self.actors])[0]
 
+    def transfer_layout(self, bucket_bytes: int):
+        return ray.get(self.actors[0].transfer_layout.remote(bucket_bytes))
+
+    def open_transfer(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> list:
+        """Futures: rank 0 joins the weight-transfer group (the engines join at the same time)."""
+        return [self.actors[0].open_transfer.remote(host, port, world_size, backend, timeout_s)]
+
+    def send_weights(self, version: int, layout) -> list:
+        """Futures of every rank's send (collectives: the engines receive at the same time)."""
+        return [a.send_weights.remote(version, layout) for a in self.actors]
+
     def save_hf(self, path: str) -> str:
         return gather([a.save_hf.remote(path) for a in self.actors])[0]
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Optional
 
@@ -18,6 +19,8 @@ import numpy as np
 import ray
 import torch
 
+from rollout.transfer.buckets import Layout, TensorSpec, pack, plan_layout
+from rollout.transfer.collective import TransferGroup
 from rollout.weight_sync import WeightUpdate, describe
 from trainer.logprobs import shift_to_tokens, check_chunked_head, token_logprobs
 from trainer.losses import LOSSES, LossInputs
@@ -114,6 +117,7 @@ class Learner:
         torch.set_num_threads(threads)
         self.model_path = model_path
         self.engine = None
+        self.transfer: Optional[TransferGroup] = None  # rank 0, with rollout.weight_transfer 'collective'
 
     def address(self) -> tuple[str, int]:
         """This node's IP and a free port, for rank 0 to host the rendezvous."""
@@ -282,6 +286,36 @@ class Learner:
         metas, checksum = describe(version, arrays)
         return WeightUpdate(version, metas, tuple(ray.put(a) for a in arrays.values()), checksum)
 
+    # ---- bucketed weight transfer (rollout/transfer/) ----------------------------------------
+
+    def transfer_layout(self, bucket_bytes: int) -> Layout:
+        """The buckets an update travels in: every parameter, in the training dtype, full shape."""
+        specs = [TensorSpec(name, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
+                 for name, p in self.engine.module.named_parameters()]
+        return plan_layout(specs, bucket_bytes)
+
+    def open_transfer(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
+        """Rank 0 joins (and hosts) the sender-to-engines group as its rank 0; other ranks only
+        gather their shards for it during send_weights."""
+        if self.rank == 0:
+            self.transfer = TransferGroup(host, port, 0, world_size, backend, timeout_s, bind_host=host)
+
+    def send_weights(self, version: int, layout: Layout) -> dict:
+        """All ranks: one bucket at a time (ZeRO-3 gathers only that bucket's parameters), rank 0
+        packs it on its device, fingerprints it there and broadcasts it to the engines."""
+        import deepspeed
+
+        t0, sent = time.perf_counter(), 0
+        params = dict(self.engine.module.named_parameters())
+        for index, bucket in enumerate(layout.buckets):
+            group = [params[s.name] for s in bucket]
+            with deepspeed.zero.GatheredParameters(group, enabled=self.opts.zero_stage == 3):
+                if self.rank == 0:
+                    buffer = pack(layout, index, {s.name: params[s.name].data for s in bucket}, version)
+                    self.transfer.broadcast(buffer, f"update v{version} bucket {index}/{len(layout.buckets)}")
+                    sent += buffer.numel()
+        return {"bytes": sent, "seconds": time.perf_counter() - t0}
+
     def save_hf(self, path: str) -> Optional[str]:
         """A loadable Hugging Face checkpoint (weights, config, tokenizer) written by rank 0."""
         from transformers import AutoTokenizer
@@ -295,5 +329,7 @@ class Learner:
         return path
 
     def shutdown(self) -> None:
+        if self.transfer is not None:
+            self.transfer.close()
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -20,6 +20,7 @@ from cluster.rl.progress import Progress
 from cluster.roles import Roles, start_roles
 from cluster.rundir import RunDir, RunSummary
 from cluster.runtime import ray_session
+from cluster.weights import WeightSync
 from cluster.rl.scheduler import Scheduler
 from cluster.rl.streaming import Streaming
 from rollout.data import Prompt, PromptSource
@@ -33,8 +34,9 @@ TIMERS = ("gen_s", "reward_s", "train_s", "sync_s")
 
 
 class Controller:
-    def __init__(self, cfg: Config, roles: Roles, run_dir: RunDir, train: list[Prompt], evals: list[Prompt]):
-        self.cfg, self.roles, self.run_dir = cfg, roles, run_dir
+    def __init__(self, cfg: Config, roles: Roles, run_dir: RunDir, train: list[Prompt], evals: list[Prompt],
+                 weights: WeightSync):
+        self.cfg, self.roles, self.run_dir, self.weights = cfg, roles, run_dir, weights
         self.source = PromptSource(train, seed=cfg.run.seed)
         self.evals = evals[: cfg.controller.eval_prompts]
         self.gate = StalenessGate(cfg.controller.max_staleness, cfg.algorithm.group_size)
@@ -118,9 +120,8 @@ class Controller:
 
     def sync_weights(self) -> None:
         self.version += 1
-        update = self.roles.learners.export_weights(self.version)
         try:
-            self.roles.rollout.update_weights(update)
+            self.weights.sync(self.version)
         except WeightSyncError:
             self.totals["sync_failures"] += 1
             raise
@@ -191,7 +192,8 @@ class Controller:
                            "stale_groups_replaced": self.scheduler.stale_groups, "eval_s": t["eval_s"]},
             "groups": self.scheduler.summary(),  # the ledger: issued, open, and ended by outcome
             "weight_sync": {"count": int(t["syncs"]), "checksum_failures": int(t["sync_failures"]),
-                            "mean_s": t["sync_s"] / max(t["syncs"], 1),
+                            "mean_s": t["sync_s"] / max(t["syncs"], 1), "transfer": self.weights.kind,
+                            "bytes_per_update": self.weights.bytes_per_update,
                             # updates that landed while a generation call was running (partial rollouts)
                             "swaps_in_flight": sum(w["swaps_in_flight"] for w in self.roles.rollout.stats())},
             "rewards": {"failures": int(t["reward_failures"]), **self.roles.reward.metrics().to_dict()},
@@ -207,7 +209,8 @@ def run_rl(cfg: Config, train: list[Prompt], evals: list[Prompt], run_dir: RunDi
     with ray_session(cfg.cluster, cpus_needed(cfg)) as loopback:
         roles = start_roles(cfg, loopback)
         try:
-            record = Controller(cfg, roles, run_dir, train, evals).run(Progress(cfg.controller.progress, log))
+            weights = WeightSync(cfg, roles.learners, roles.rollout, loopback)
+            record = Controller(cfg, roles, run_dir, train, evals, weights).run(Progress(cfg.controller.progress, log))
         finally:
             roles.shutdown()
     ev, tp = record["eval"], record["throughput"]

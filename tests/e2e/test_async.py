@@ -11,6 +11,7 @@ from cluster.run import run
 from cluster.roles import start_roles
 from cluster.run import prepare_inputs, prepare_model
 from cluster.rundir import RunDir
+from cluster.weights import WeightSync
 from tests.e2e.checkpoints import same_weights
 from tests.e2e.test_grpo_local import config
 
@@ -38,7 +39,8 @@ def test_k0_reproduces_the_synchronous_loop_bitwise(ray_session, tmp_path):
     train, evals = prepare_inputs(ref_cfg)
     roles = start_roles(ref_cfg, loopback=True)
     try:
-        ctl = Controller(ref_cfg, roles, RunDir.create(ref_cfg), train, evals)
+        ctl = Controller(ref_cfg, roles, RunDir.create(ref_cfg), train, evals,
+                         WeightSync(ref_cfg, roles.learners, roles.rollout, loopback=True))
         assert ctl.evaluate() == summary["eval"]["initial_accuracy"]
         reference = []
         for step in range(1, steps + 1):

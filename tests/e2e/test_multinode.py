@@ -42,6 +42,7 @@ def drive(out: str) -> None:
     from cluster.launch.wait_nodes import wait_for_nodes
     from cluster.placement import PlacementError
     from cluster.rl.controller import Controller
+    from cluster.weights import WeightSync
     from cluster.rl.progress import Progress
     from cluster.roles import start_roles
     from cluster.run import prepare_inputs, prepare_model
@@ -75,7 +76,8 @@ def drive(out: str) -> None:
             roles = start_roles(cfg, loopback)
             try:
                 result["actual"] = roles.actor_nodes()
-                summary = Controller(cfg, roles, RunDir.create(cfg), train, evals).run(Progress(False, lambda *_: None))
+                weights = WeightSync(cfg, roles.learners, roles.rollout, loopback)
+                summary = Controller(cfg, roles, RunDir.create(cfg), train, evals, weights).run(Progress(False, lambda *_: None))
                 result["status"], result["steps"] = summary["status"], summary["steps"]
             finally:
                 roles.shutdown()

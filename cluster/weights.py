@@ -1,0 +1,69 @@
+"""Weight sync from the learner role to the rollout role, over the carrier that
+`rollout.weight_transfer` names (rollout/transfer/):
+
+  object_store  learner rank 0 puts every tensor in Ray's object store; each engine fetches
+                and verifies it (rollout/weight_sync.py)
+  collective    learner rank 0 broadcasts fingerprinted buckets in the training dtype through a
+                torch.distributed group of its own with the engines (gloo on CPU, NCCL on GPUs);
+                ZeRO-3 ranks gather one bucket at a time
+
+Either way an update is version = previous + 1, verified by every engine before the swap, and
+a failed check leaves the old weights in place and fails the sync.
+"""
+
+from __future__ import annotations
+
+import ray
+
+from cluster.config import Config, ConfigError
+from trainer.group import LearnerGroup, gather
+from rollout.pool import RolloutPool
+
+
+def resolve_weight_transfer(cfg: Config) -> str:
+    """The carrier this recipe uses; one that cannot run here is a ConfigError naming the field."""
+    r, c = cfg.rollout, cfg.cluster
+    learner_gpu, engine_gpu = c.gpus_per_learner > 0, c.gpus_per_engine > 0
+    if r.weight_transfer == "auto":
+        return "collective" if r.engine == "hf" and learner_gpu and engine_gpu else "object_store"
+    if r.weight_transfer == "collective":
+        if r.engine != "hf":
+            raise ConfigError("rollout.weight_transfer 'collective' into the vllm engine is not wired yet (it "
+                              "receives through vLLM's weight-transfer API from the object store); use "
+                              "rollout.weight_transfer=object_store")
+        if learner_gpu != engine_gpu:
+            raise ConfigError(f"rollout.weight_transfer 'collective' needs the learners and the engines on the same "
+                              f"kind of device (cluster.gpus_per_learner={c.gpus_per_learner}, "
+                              f"cluster.gpus_per_engine={c.gpus_per_engine}): NCCL joins GPUs, gloo CPUs; use "
+                              f"rollout.weight_transfer=object_store")
+    return r.weight_transfer
+
+
+class WeightSync:
+    """Publishes each new policy version from the learners to every engine."""
+
+    def __init__(self, cfg: Config, learners: LearnerGroup, rollout: RolloutPool, loopback: bool):
+        self.kind = resolve_weight_transfer(cfg)
+        self.learners, self.rollout = learners, rollout
+        self.layout = None
+        if self.kind == "collective":
+            r = cfg.rollout
+            self.layout = learners.transfer_layout(r.weight_bucket_mb * 2**20)
+            ip, port = ray.get(learners.actors[0].address.remote())
+            host = "127.0.0.1" if loopback else ip
+            backend = "nccl" if cfg.cluster.gpus_per_learner > 0 else "gloo"
+            world = len(rollout.workers) + 1
+            gather(learners.open_transfer(host, port, world, backend, r.weight_transfer_timeout_s)
+                   + rollout.open_transfer(host, port, backend, r.weight_transfer_timeout_s, self.layout))
+
+    def sync(self, version: int) -> None:
+        """Publish `version`; raises WeightSyncError (old weights kept) when a check fails."""
+        if self.kind == "object_store":
+            self.rollout.update_weights(self.learners.export_weights(version))
+        else:
+            gather(self.learners.send_weights(version, self.layout) + self.rollout.receive_weights(version))
+
+    @property
+    def bytes_per_update(self) -> int:
+        """Payload bytes one collective update moves (the model in its training dtype); 0 otherwise."""
+        return self.layout.total_bytes if self.layout is not None else 0
