@@ -40,7 +40,7 @@ class RolloutConfig(BaseModel):
     # collective for `hf` engines when learners and engines both have GPUs (or both have none:
     # object_store then, the tested CPU default), object_store otherwise.
     weight_transfer: Literal["auto", "object_store", "collective"] = "auto"
-    weight_bucket_mb: int = Field(256, ge=1)  # collective: at most this much per broadcast (one tensor may exceed it)
+    weight_bucket_mb: int = Field(32, ge=1)  # collective: at most this much per broadcast (one tensor may exceed it)
     weight_transfer_timeout_s: float = Field(120.0, gt=0)  # collective: every rendezvous and broadcast
 
     @model_validator(mode="after")

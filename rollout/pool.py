@@ -131,11 +131,14 @@ class RolloutWorker:
         if version != self.latest + 1:
             raise WeightSyncError(f"weight update has version {version}, receiver expected {self.latest + 1}")
         device = getattr(self.engine, "device", "cpu")
+        n = len(self.layout.buckets)
+        buffers = [torch.empty(self.layout.buffer_bytes(i), dtype=torch.uint8, device=device) for i in range(n)]
+        # Every receive posted at once (they complete in order): bucket i is checked while i + 1 arrives.
+        handles = [self.transfer.start(buffers[i], f"update v{version} bucket {i}/{n}") for i in range(n)]
         tensors: dict = {}
-        for index in range(len(self.layout.buckets)):
-            buffer = torch.empty(self.layout.buffer_bytes(index), dtype=torch.uint8, device=device)
-            self.transfer.broadcast(buffer, f"update v{version} bucket {index}/{len(self.layout.buckets)}")
-            tensors.update(unpack(self.layout, index, buffer, version))
+        for index, handle in enumerate(handles):
+            self.transfer.wait(handle)
+            tensors.update(unpack(self.layout, index, buffers[index], version))
         self._stage(version, tensors)
         return time.perf_counter() - t0
 

@@ -305,15 +305,21 @@ class Learner:
         packs it on its device, fingerprints it there and broadcasts it to the engines."""
         import deepspeed
 
-        t0, sent = time.perf_counter(), 0
+        t0, sent, in_flight = time.perf_counter(), 0, []
         params = dict(self.engine.module.named_parameters())
         for index, bucket in enumerate(layout.buckets):
             group = [params[s.name] for s in bucket]
             with deepspeed.zero.GatheredParameters(group, enabled=self.opts.zero_stage == 3):
-                if self.rank == 0:
+                if self.rank == 0:  # the packed copy outlives the gathered parameters
                     buffer = pack(layout, index, {s.name: params[s.name].data for s in bucket}, version)
-                    self.transfer.broadcast(buffer, f"update v{version} bucket {index}/{len(layout.buckets)}")
-                    sent += buffer.numel()
+            if self.rank == 0:
+                # Pack the next bucket while this one travels; at most two packed buckets exist.
+                in_flight.append(self.transfer.start(buffer, f"update v{version} bucket {index}/{len(layout.buckets)}"))
+                sent += buffer.numel()
+                if len(in_flight) > 1:
+                    self.transfer.wait(in_flight.pop(0))
+        for handle in in_flight:
+            self.transfer.wait(handle)
         return {"bytes": sent, "seconds": time.perf_counter() - t0}
 
     def save_hf(self, path: str) -> Optional[str]:

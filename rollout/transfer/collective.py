@@ -46,13 +46,27 @@ class TransferGroup:
                                   f"(a peer missing or unreachable): {err}") from err
         self.store = store  # keeps the master's store alive as long as the group
 
-    def broadcast(self, buffer: torch.Tensor, what: str) -> None:
-        """Rank 0's `buffer` into every member's `buffer` (same size and dtype everywhere)."""
+    def start(self, buffer: torch.Tensor, what: str):
+        """Begin broadcasting rank 0's `buffer` into every member's (same size and dtype
+        everywhere); broadcasts run in the order they were started. Returns a handle for wait()."""
         try:
-            self.pg.broadcast(buffer, 0, datetime.timedelta(seconds=self.timeout_s)).wait()
+            return self.pg.broadcast(buffer, 0, datetime.timedelta(seconds=self.timeout_s)), what
         except RuntimeError as err:
-            raise WeightSyncError(f"{self.where}: broadcast of {what} failed or timed out after "
-                                  f"{self.timeout_s:g} s (a peer died or stalled): {err}") from err
+            raise self._error(what, err) from err
+
+    def wait(self, handle) -> None:
+        work, what = handle
+        try:
+            work.wait()
+        except RuntimeError as err:
+            raise self._error(what, err) from err
+
+    def broadcast(self, buffer: torch.Tensor, what: str) -> None:
+        self.wait(self.start(buffer, what))
+
+    def _error(self, what: str, err: Exception) -> WeightSyncError:
+        return WeightSyncError(f"{self.where}: broadcast of {what} failed or timed out after {self.timeout_s:g} s "
+                               f"(a peer died or stalled): {err}")
 
     def close(self) -> None:
         self.pg = None

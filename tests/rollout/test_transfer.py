@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rollout.transfer.buckets import HEADER_BYTES, TensorSpec, WeightSyncError, pack, plan_layout, unpack
+from rollout.transfer.buckets import (HEADER_BYTES, TensorSpec, WeightSyncError, fingerprint, pack, plan_layout,
+                                      unpack)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,6 +67,29 @@ def test_corrupted_bucket_is_refused(damage):
         payload[-64:] = 0
     with pytest.raises(WeightSyncError, match=r"v3 bucket 0/2: fingerprint mismatch"):
         unpack(lay, 0, buf, version=3)
+
+
+@pytest.mark.parametrize("change", ["one word", "two words in a row swapped", "two rows swapped",
+                                    "a tail word", "a word moved to the tail"])
+def test_fingerprint_sees_changed_and_moved_words(change):
+    """On 100,000 words: 195 full rows of 512 plus a 160-word tail (the test buckets above
+    are all tail)."""
+    g = torch.Generator().manual_seed(1)
+    words = torch.randint(-2**62, 2**62, (100_000,), generator=g, dtype=torch.int64)
+    before = fingerprint(words.view(torch.uint8))
+    w = words.clone()
+    if change == "one word":
+        w[1234] += 1
+    elif change == "two words in a row swapped":
+        w[512 * 3 + 5], w[512 * 3 + 9] = words[512 * 3 + 9], words[512 * 3 + 5]
+    elif change == "two rows swapped":
+        w[0:512], w[512:1024] = words[512:1024], words[0:512]
+    elif change == "a tail word":
+        w[-3] ^= 1 << 40
+    else:
+        w[-1], w[7] = words[7], words[-1]
+    assert fingerprint(w.view(torch.uint8)) != before
+    assert fingerprint(words.clone().view(torch.uint8)) == before  # a copy fingerprints the same
 
 
 def test_wrong_version_index_or_size_is_refused():
