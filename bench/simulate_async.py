@@ -26,7 +26,8 @@ Sweep (every choice here is a modelling assumption; see also cluster/rl/simulate
   sync-disagg: k = 0 on the chosen split (not run at the sizes that reuse a split).
 * The main sweep models the design: streaming engines and a collective weight sync in the
   training dtype. Rows at 64 GPUs model today's pieces instead: whole-call vLLM workers,
-  the object-store weight sync of rollout/weight_sync.py, RolloutPool's split, and all three
+  the object-store weight sync as it was until 2026-12-06 (rollout/weight_sync.py, since
+  replaced by rollout/transfer/), RolloutPool's split, and all three
   together; and two controls (uniform short lengths, a 4x larger batch).
 """
 
@@ -228,7 +229,8 @@ def sync_notes() -> list[str]:
         f"blake2b {m.hash_gbps} GB/s, a copy into fresh memory {m.copy_gbps:.0f} GB/s (numpy copy 3.2, "
         "bytes() 1.5; tensor_checksum end to end 0.58 GB/s, as the model gives: 1/(1/0.84 + 1/2)).",
         "",
-        "Today's object-store sync (rollout/weight_sync.py, trainer/learner.py export_weights, "
+        "The object-store sync as it was until 2026-12-06 (rollout/weight_sync.py, since replaced by "
+        "rollout/transfer/; trainer/learner.py export_weights, "
         "rollout/pool.py, rollout/vllm_engine.py and vllm_worker.py), stage by stage: " + stages + ". "
         f"The learners gather the whole model, rank 0 casts it to fp32 ({today.wire_bytes / 1e9:.0f} GB), "
         "hashes it once, the engine host hashes it once to verify, and the vLLM engine three more times "

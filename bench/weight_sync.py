@@ -2,9 +2,9 @@
 10M / 100M / 500M-parameter fp32 state dicts, between two Ray actors on this machine (local
 Ray on 127.0.0.1), and the time a sync adds to a quickstart step with each carrier.
 
-  object_store  today's path: rank 0 copies every tensor to numpy, blake2b-checksums it, puts
-                it in the object store; the engine fetches and verifies (rollout/weight_sync.py)
-  collective    fingerprinted buckets broadcast over a gloo group (rollout/transfer/)
+  object_store  rank 0 puts each fingerprinted bucket in the object store; the engine fetches and
+                checks it (rollout/transfer/object_store.py)
+  collective    the same buckets broadcast over a gloo group (rollout/transfer/collective.py)
   memcpy        one torch copy_ of the same bytes inside the receiving actor, one thread
 
     .venv/bin/python bench/weight_sync.py [--sizes 10 100 500] [--repeats 3] [--steps 20]
@@ -76,13 +76,9 @@ class Sender:
             self.group.wait(handle)
 
     def send_object_store(self, version: int):
-        import ray
+        from rollout.transfer.object_store import store_update
 
-        from rollout.weight_sync import WeightUpdate, describe
-
-        arrays = {k: v.numpy().copy() for k, v in self.tensors.items()}  # as export_weights copies off the model
-        metas, checksum = describe(version, arrays)
-        return WeightUpdate(version, metas, tuple(ray.put(a) for a in arrays.values()), checksum)
+        return store_update(self.layout, self.tensors, version)
 
 
 class Receiver:
@@ -112,12 +108,10 @@ class Receiver:
         return sum(t.numel() * t.element_size() for t in got.values())
 
     def receive_object_store(self, update) -> int:
-        import ray
+        from rollout.transfer.object_store import fetch_update
 
-        from rollout.weight_sync import verify
-
-        arrays = verify(update, ray.get(list(update.refs)), update.version)
-        return sum(a.nbytes for a in arrays.values())
+        got = fetch_update(self.layout, update)
+        return sum(t.numel() * t.element_size() for t in got.values())
 
     def memcpy(self) -> float:
         import torch

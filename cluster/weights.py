@@ -1,11 +1,12 @@
 """Weight sync from the learner role to the rollout role, over the carrier that
 `rollout.weight_transfer` names (rollout/transfer/):
 
-  object_store  learner rank 0 puts every tensor in Ray's object store; each engine fetches
-                and verifies it (rollout/weight_sync.py)
-  collective    learner rank 0 broadcasts fingerprinted buckets in the training dtype through a
-                torch.distributed group of its own with the engines (gloo on CPU, NCCL on GPUs);
-                ZeRO-3 ranks gather one bucket at a time
+  object_store  learner rank 0 puts each bucket in Ray's object store; each engine fetches it
+  collective    learner rank 0 broadcasts the buckets through a torch.distributed group of its
+                own with the engines (gloo on CPU, NCCL on GPUs)
+
+Both move the same fingerprinted buckets in the training dtype (rollout/transfer/buckets.py),
+ZeRO-3 ranks gathering one bucket at a time.
 
 Either way an update is version = previous + 1, verified by every engine before the swap, and
 a failed check leaves the old weights in place and fails the sync.
@@ -45,10 +46,10 @@ class WeightSync:
     def __init__(self, cfg: Config, learners: LearnerGroup, rollout: RolloutPool, loopback: bool):
         self.kind = resolve_weight_transfer(cfg)
         self.learners, self.rollout = learners, rollout
-        self.layout = None
+        r = cfg.rollout
+        self.layout = learners.transfer_layout(r.weight_bucket_mb * 2**20)
+        rollout.set_layout(self.layout)
         if self.kind == "collective":
-            r = cfg.rollout
-            self.layout = learners.transfer_layout(r.weight_bucket_mb * 2**20)
             ip, port = ray.get(learners.actors[0].address.remote())
             host = "127.0.0.1" if loopback else ip
             backend = "nccl" if cfg.cluster.gpus_per_learner > 0 else "gloo"
@@ -59,11 +60,11 @@ class WeightSync:
     def sync(self, version: int) -> None:
         """Publish `version`; raises WeightSyncError (old weights kept) when a check fails."""
         if self.kind == "object_store":
-            self.rollout.update_weights(self.learners.export_weights(version))
+            self.rollout.update_weights(self.learners.export_weights(version, self.layout))
         else:
             gather(self.learners.send_weights(version, self.layout) + self.rollout.receive_weights(version))
 
     @property
     def bytes_per_update(self) -> int:
-        """Payload bytes one collective update moves (the model in its training dtype); 0 otherwise."""
-        return self.layout.total_bytes if self.layout is not None else 0
+        """Payload bytes one update moves: the model's parameters in their training dtype."""
+        return self.layout.total_bytes

@@ -22,7 +22,7 @@ from rollout.config import RolloutConfig, vllm_options
 from rollout.types import GenerationRequest, Rollout, SamplingParams
 from rollout.transfer.buckets import Layout, WeightSyncError, unpack
 from rollout.transfer.collective import TransferGroup
-from rollout.weight_sync import WeightUpdate, verify
+from rollout.transfer.object_store import StoredUpdate, fetch_update
 
 def make_engine(cfg: RolloutConfig, model_path: str, dtype: str, tensor_parallel_size: int = 1, seed: int = 0):
     """The engine named by rollout.engine, imported only when selected (vLLM is an optional extra)."""
@@ -102,16 +102,23 @@ class RolloutWorker:
     # ---- control (concurrency group "control": runs while a generation call is in flight) ----
 
     @ray.method(concurrency_group="control")
-    def update_weights(self, update: WeightUpdate) -> float:
-        """Fetch and verify one update (checksums, and version == the last one + 1), then load it:
-        now if idle; mid-call at the next decode step (`interrupt`; this call returns once the
-        swap happened); or when the in-flight call ends (`finish`; this call returns at once)."""
+    def set_layout(self, layout: Layout) -> None:
+        """The buckets every update travels in (rollout/transfer/buckets.py), once per run."""
+        self.layout = layout
+
+    @ray.method(concurrency_group="control")
+    def update_weights(self, update: StoredUpdate) -> float:
+        """Fetch and check one update from the object store (version == the last one + 1, every
+        bucket's fingerprint), then load it as _stage says. A failed check raises and leaves
+        the old weights in place."""
         t0 = time.perf_counter()
-        arrays = ray.get(list(update.refs))
-        with self._cond:
-            checked = verify(update, arrays, expected_version=self.latest + 1)
-        self._stage(update.version, checked)
+        self._check_next(update.version)
+        self._stage(update.version, fetch_update(self.layout, update, getattr(self.engine, "device", "cpu")))
         return time.perf_counter() - t0
+
+    def _check_next(self, version: int) -> None:
+        if version != self.latest + 1:
+            raise WeightSyncError(f"weight update has version {version}, receiver expected {self.latest + 1}")
 
     @ray.method(concurrency_group="control")
     def open_transfer(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float,
@@ -128,8 +135,7 @@ class RolloutWorker:
         (version, order, fingerprint; rollout/transfer/buckets.py), then load the whole update
         as update_weights does. Any failed check raises and leaves the old weights in place."""
         t0 = time.perf_counter()
-        if version != self.latest + 1:
-            raise WeightSyncError(f"weight update has version {version}, receiver expected {self.latest + 1}")
+        self._check_next(version)
         device = getattr(self.engine, "device", "cpu")
         n = len(self.layout.buckets)
         buffers = [torch.empty(self.layout.buffer_bytes(i), dtype=torch.uint8, device=device) for i in range(n)]
@@ -209,7 +215,11 @@ class RolloutPool:
         return [w.stream.options(num_returns="streaming").remote(shard, p, self.batch_size)
                 for w, shard, p in self._shards(requests, params)]
 
-    def update_weights(self, update: WeightUpdate) -> list[float]:
+    def set_layout(self, layout: Layout) -> None:
+        self.layout = layout  # the buckets updates travel in, for the sender's side too
+        ray.get([w.set_layout.remote(layout) for w in self.workers])
+
+    def update_weights(self, update: StoredUpdate) -> list[float]:
         return ray.get([w.update_weights.remote(update) for w in self.workers])
 
     def open_transfer(self, host: str, port: int, backend: str, timeout_s: float, layout: Layout) -> list:

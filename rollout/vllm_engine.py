@@ -29,10 +29,9 @@ import tempfile
 import threading
 from pathlib import Path
 
-import numpy as np
+import torch
 
 from rollout.types import EngineError, GenerationRequest, Rollout, SamplingParams, VLLMOptions, sample_seed
-from rollout.weight_sync import describe
 
 GiB = 1 << 30
 SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None  # update files: memory, not disk
@@ -212,8 +211,9 @@ class VLLMEngine:
 
     # ---- weights ---------------------------------------------------------------------------
 
-    def load_weights(self, arrays: dict[str, np.ndarray]) -> None:
-        """Load a verified update (rollout/weight_sync.py checked it) as the next policy version.
+    def load_weights(self, arrays: dict) -> None:
+        """Load a verified update (torch tensors from rollout/transfer/, or numpy arrays) as the
+        next policy version, in the dtypes it came in.
 
         In-flight samples are paused, not dropped: they continue with the new weights once
         the update is in and the caches are cleared.
@@ -221,15 +221,17 @@ class VLLMEngine:
         if self.options.weight_transfer != "tandem_file":
             raise EngineError(f"weight transfer '{self.options.weight_transfer}' receives weights from the "
                               "learner's own channel, not from the object store")
-        from safetensors.numpy import save_file
+        from safetensors.torch import save_file
+
+        from rollout.vllm_worker import tensor_digest
 
         version = self.version + 1
-        metas, _ = describe(version, arrays)
+        tensors = {name: torch.as_tensor(a).contiguous() for name, a in arrays.items()}
         # One file per update, removed right after (a worker killed by ray.kill leaves nothing behind).
         fd, path = tempfile.mkstemp(prefix=f"tandem-vllm-v{version}-", suffix=".safetensors", dir=SHM)
         os.close(fd)
-        save_file({name: np.ascontiguousarray(a) for name, a in arrays.items()}, path)
-        info = {"path": path, "names": [m.name for m in metas], "checksums": [m.checksum for m in metas]}
+        save_file(tensors, path)
+        info = {"path": path, "names": list(tensors), "checksums": [tensor_digest(t) for t in tensors.values()]}
         try:
             self._call(self._apply_update(info, version))
         finally:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 from vllm.distributed.weight_transfer.base import (
     WeightTransferEngine,
@@ -43,25 +42,26 @@ class FileInitInfo(WeightTransferInitInfo):
 class FileUpdateInfo(WeightTransferUpdateInfo):
     path: str  # a safetensors file holding every tensor of the update
     names: list[str]  # in manifest order
-    checksums: list[str]  # blake2b-128 of each tensor's bytes (rollout/weight_sync.py)
+    checksums: list[str]  # tensor_digest of each tensor, computed by the rollout worker
 
 
-def _checksum(array: np.ndarray) -> str:
-    # Same digest as rollout.weight_sync.tensor_checksum (kept local: this module must
-    # import in vLLM's worker with nothing of Tandem's but itself).
-    return hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=16).hexdigest()
+def tensor_digest(tensor: torch.Tensor) -> str:
+    """blake2b-128 of a tensor's bytes, any dtype (bf16 included). The file hop inside one host
+    is checked again in vLLM's worker: this module imports there with nothing else of Tandem's."""
+    raw = tensor.detach().contiguous().reshape(-1).view(torch.uint8).cpu().numpy()
+    return hashlib.blake2b(raw.tobytes(), digest_size=16).hexdigest()
 
 
-def read_checked(info: FileUpdateInfo) -> dict[str, np.ndarray]:
+def read_checked(info: FileUpdateInfo) -> dict[str, torch.Tensor]:
     """The file's tensors, or an error naming the first that does not match the manifest."""
-    from safetensors.numpy import load_file
+    from safetensors.torch import load_file
 
     arrays = load_file(info.path)
     if sorted(arrays) != sorted(info.names):
         missing, extra = set(info.names) - set(arrays), set(arrays) - set(info.names)
         raise ValueError(f"weight file {info.path}: missing {sorted(missing)[:5]}, unexpected {sorted(extra)[:5]}")
     for name, expected in zip(info.names, info.checksums):
-        if _checksum(arrays[name]) != expected:
+        if tensor_digest(arrays[name]) != expected:
             raise ValueError(f"weight file {info.path}: checksum mismatch for '{name}'")
     return arrays
 
@@ -92,10 +92,10 @@ class FileWeightTransferEngine(WeightTransferEngine[FileInitInfo, FileUpdateInfo
 
     def receive_weights(self, update_info: FileUpdateInfo) -> None:
         arrays = read_checked(update_info)
-        self.model.load_weights((name, torch.from_numpy(arrays[name])) for name in update_info.names)
+        self.model.load_weights((name, arrays[name]) for name in update_info.names)
         self._load_tied_head(arrays)
 
-    def _load_tied_head(self, arrays: dict[str, np.ndarray]) -> None:
+    def _load_tied_head(self, arrays: dict[str, torch.Tensor]) -> None:
         """With tied word embeddings, vLLM's `load_weights` skips `lm_head.*`, so layerwise
         reload would put the OLD output head back (measured: logprobs off by ~1.2 after an
         update); load the head from the new input embedding explicitly."""
@@ -107,7 +107,7 @@ class FileWeightTransferEngine(WeightTransferEngine[FileInitInfo, FileUpdateInfo
         if head is None or not hasattr(head, "weight_loader") or len(sources) != 1:
             raise ValueError(f"tied word embeddings: cannot tell which tensor is the input embedding "
                              f"(candidates {sources}) or load the output head of {type(self.model).__name__}")
-        head.weight_loader(head, torch.from_numpy(arrays[sources[0]]))
+        head.weight_loader(head, arrays[sources[0]])
 
     def shutdown(self) -> None:
         pass

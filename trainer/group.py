@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import ray
 
-from rollout.weight_sync import WeightUpdate
+from rollout.transfer.object_store import StoredUpdate
 from trainer.learner import Learner, LearnerOptions
 from trainer.types import LossSpec, StepStats, TrainBatch
 
@@ -80,8 +80,9 @@ class LearnerGroup:
         parts = gather([getattr(a, method).remote(s, *args) for a, s in zip(self.actors, shards)])
         return np.concatenate(parts, axis=0)
 
-    def export_weights(self, version: int) -> WeightUpdate:
-        return gather([a.export_weights.remote(version) for a in self.actors])[0]
+    def export_weights(self, version: int, layout) -> StoredUpdate:
+        """Update `version` in the object store, bucket by bucket (rollout/transfer/object_store.py)."""
+        return gather([a.export_weights.remote(version, layout) for a in self.actors])[0]
 
     def transfer_layout(self, bucket_bytes: int):
         return ray.get(self.actors[0].transfer_layout.remote(bucket_bytes))

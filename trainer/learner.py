@@ -21,7 +21,7 @@ import torch
 
 from rollout.transfer.buckets import Layout, TensorSpec, pack, plan_layout
 from rollout.transfer.collective import TransferGroup
-from rollout.weight_sync import WeightUpdate, describe
+from rollout.transfer.object_store import StoredUpdate, put_bucket
 from trainer.logprobs import shift_to_tokens, check_chunked_head, token_logprobs
 from trainer.losses import LOSSES, LossInputs
 from trainer.types import LossSpec, StepStats, TrainBatch
@@ -278,13 +278,18 @@ class Learner:
                 return None
             return {name: p.detach().to("cpu", torch.float32).numpy().copy() for name, p in params}
 
-    def export_weights(self, version: int) -> Optional[WeightUpdate]:
-        """Rank 0 puts each tensor in the object store once and returns the update manifest."""
-        arrays = self._gathered_state()
-        if arrays is None:
-            return None
-        metas, checksum = describe(version, arrays)
-        return WeightUpdate(version, metas, tuple(ray.put(a) for a in arrays.values()), checksum)
+    def export_weights(self, version: int, layout: Layout) -> Optional[StoredUpdate]:
+        """All ranks, one bucket at a time (ZeRO-3 gathers only that bucket's parameters): rank 0
+        packs each bucket in the training dtype and puts it in the object store once."""
+        import deepspeed
+
+        refs = []
+        params = dict(self.engine.module.named_parameters())
+        for index, bucket in enumerate(layout.buckets):
+            with deepspeed.zero.GatheredParameters([params[s.name] for s in bucket], enabled=self.opts.zero_stage == 3):
+                if self.rank == 0:
+                    refs.append(put_bucket(layout, index, {s.name: params[s.name].data for s in bucket}, version))
+        return StoredUpdate(version, tuple(refs)) if self.rank == 0 else None
 
     # ---- bucketed weight transfer (rollout/transfer/) ----------------------------------------
 

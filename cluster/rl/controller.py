@@ -25,7 +25,7 @@ from cluster.rl.scheduler import Scheduler
 from cluster.rl.streaming import Streaming
 from rollout.data import Prompt, PromptSource
 from rollout.types import GenerationRequest, SamplingParams
-from rollout.weight_sync import WeightSyncError
+from rollout.transfer.buckets import WeightSyncError
 
 # Per step: gen_s / reward_s are the parts of the learner's wait spent until the last rollout
 # arrived / after it (with k = 0: the generation and reward stages); what overlaps training

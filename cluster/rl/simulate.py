@@ -38,8 +38,8 @@ instead of run, and every assumption made (the defaults of `LatencyModel`):
   split (bench: ~17 s of training on 24 GPUs in a ~29 s step); the sync mode's generation
   is far longer (~330 s against ~9 s of training) because it waits for the longest response.
 * Weight sync (`WeightSyncModel`): seconds from the bytes each stage of the protocol copies,
-  moves or hashes, for a 7B model. "object_store" is today's protocol, stage by stage
-  (rollout/weight_sync.py, trainer/learner.py `export_weights`, rollout/pool.py, and for
+  moves or hashes, for a 7B model. "object_store" is the protocol as it was until 2026-12-06
+  (rollout/weight_sync.py, since replaced by rollout/transfer/; trainer/learner.py `export_weights`, rollout/pool.py, and for
   vLLM rollout/vllm_engine.py + vllm_worker.py): gathered whole, cast to fp32 on learner
   rank 0, hashed with blake2b, put in the object store, pulled by every engine host,
   verified, and for vLLM hashed three more times on the way into the engine (5 blake2b

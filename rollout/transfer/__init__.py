@@ -10,5 +10,6 @@ version or a bucket out of order (buckets.py). The carriers:
   collective    a torch.distributed group from learner rank 0 to every engine (gloo on CPU,
                 NCCL on GPUs), built apart from the learners' own group, every operation
                 bounded by rollout.weight_transfer_timeout_s (collective.py)
-  object_store  the Ray object store (rollout/weight_sync.py; moving onto these buckets)
+  object_store  learner rank 0 puts each bucket in Ray's object store once; each engine fetches
+                it (object_store.py)
 """

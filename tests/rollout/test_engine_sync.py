@@ -7,7 +7,8 @@ import ray
 from rollout.config import RolloutConfig
 from rollout.pool import RolloutPool
 from rollout.types import SamplingParams
-from rollout.weight_sync import WeightSyncError, WeightUpdate, describe
+from rollout.transfer.buckets import HEADER_BYTES, WeightSyncError
+from rollout.transfer.object_store import StoredUpdate
 from trainer.batches import build_batch
 from trainer.group import LearnerGroup
 from trainer.learner import LearnerOptions
@@ -21,6 +22,7 @@ TEMP = 0.9
 def actors(ray_session, tiny_model):
     pool = RolloutPool(tiny_model, RolloutConfig(num_workers=2))
     learners = LearnerGroup(tiny_model, 1, LearnerOptions(zero_stage=0, lr=5e-3, micro_batch_size=32))
+    pool.set_layout(learners.transfer_layout(2**16))  # 64 KB buckets: the tiny model takes several
     yield pool, learners
     learners.shutdown()
     pool.shutdown()
@@ -69,7 +71,7 @@ def test_engine_logprobs_match_learner_and_sync_takes_effect(actors):
     assert moved > 1e-3, "the update did not change the policy; the test would prove nothing"
 
     version = pool.versions()[0] + 1
-    pool.update_weights(learners.export_weights(version))
+    pool.update_weights(learners.export_weights(version, pool.layout))
     assert pool.versions() == [version, version]
     rollouts, _, diff = engine_vs_learner(pool, learners, seed=12)
     assert diff < 1e-5, f"after sync, engine vs learner logprob difference {diff}"
@@ -79,21 +81,22 @@ def test_engine_logprobs_match_learner_and_sync_takes_effect(actors):
 def test_corrupted_transfer_is_rejected_and_weights_kept(actors):
     pool, learners = actors
     before = pool.versions()[0]
-    good = learners.export_weights(before + 1)
-    arrays = ray.get(list(good.refs))
-    tampered = [a.copy() for a in arrays]
-    tampered[0].flat[0] += 0.5
-    bad = WeightUpdate(good.version, good.tensors, tuple(ray.put(a) for a in tampered), good.checksum)
+    good = learners.export_weights(before + 1, pool.layout)
+    n = len(good.refs)
+    assert n >= 3
+    last = ray.get(good.refs[-1]).copy()
+    last[HEADER_BYTES + 5] ^= 1  # one bit of the last bucket: the first two would load fine alone
+    bad = StoredUpdate(good.version, (*good.refs[:-1], ray.put(last)))
     _, _, diff_before = engine_vs_learner(pool, learners, seed=13)
-    with pytest.raises(WeightSyncError, match="checksum mismatch"):
+    with pytest.raises(WeightSyncError, match=f"v{before + 1} bucket {n - 1}/{n}: fingerprint mismatch"):
         pool.update_weights(bad)
     assert pool.versions() == [before, before]  # rejected before anything was loaded
     _, _, diff_after = engine_vs_learner(pool, learners, seed=13)
     assert diff_after == pytest.approx(diff_before)
 
-    metas, checksum = describe(before + 2, dict(zip([t.name for t in good.tensors], arrays)))
-    skipped = WeightUpdate(before + 2, metas, good.refs, checksum)
     with pytest.raises(WeightSyncError, match=f"version {before + 2}, receiver expected {before + 1}"):
-        pool.update_weights(skipped)
+        pool.update_weights(StoredUpdate(before + 2, good.refs))  # one skipped
+    with pytest.raises(WeightSyncError, match=f"v{before + 1} bucket 1/{n}: "):  # bucket 0 where 1 belongs
+        pool.update_weights(StoredUpdate(before + 1, (good.refs[0], *good.refs[:1], *good.refs[2:])))
     pool.update_weights(good)  # the intact update still applies afterwards
     assert pool.versions() == [before + 1, before + 1]

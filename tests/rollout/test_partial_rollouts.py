@@ -12,7 +12,8 @@ from rollout.hf_engine import HFEngine
 from rollout.config import RolloutConfig
 from rollout.pool import RolloutPool
 from rollout.types import SamplingParams
-from rollout.weight_sync import describe
+from rollout.transfer.buckets import TensorSpec, plan_layout
+from rollout.transfer.object_store import store_update
 from trainer.batches import build_batch
 from trainer.logprobs import token_logprobs
 from trainer.losses import LOSSES, LossInputs
@@ -105,13 +106,13 @@ def worker_pool(ray_session, tiny_model, request):
     pool.shutdown()
 
 
-def update_from(tiny_model, version, seed):
+def update_from(pool, tiny_model, version, seed):
+    """Moved weights as an object-store update in the pool's bucket layout (set here)."""
     engine = HFEngine(tiny_model)
-    arrays = moved_weights(engine.model, seed)
-    metas, checksum = describe(version, arrays)
-    from rollout.weight_sync import WeightUpdate
-
-    return WeightUpdate(version, metas, tuple(ray.put(arrays[m.name]) for m in metas), checksum)
+    tensors = {name: torch.from_numpy(a) for name, a in moved_weights(engine.model, seed).items()}
+    layout = plan_layout([TensorSpec(n, tuple(t.shape), "float32") for n, t in tensors.items()], 2**20)
+    pool.set_layout(layout)
+    return store_update(layout, tensors, version)
 
 
 def stream_with_update(pool, update):
@@ -125,7 +126,7 @@ def stream_with_update(pool, update):
 
 @pytest.mark.parametrize("worker_pool", ["interrupt"], indirect=True)
 def test_interrupt_mode_swaps_in_flight_generation(worker_pool, tiny_model):
-    first, rest = stream_with_update(worker_pool, update_from(tiny_model, 1, seed=1))
+    first, rest = stream_with_update(worker_pool, update_from(worker_pool, tiny_model, 1, seed=1))
     assert {v for r in first for v in r.versions} == {0}
     assert worker_pool.versions() == [1] and worker_pool.stats()[0]["swaps_in_flight"] == 1
     assert rest[-1].versions[-1] == 1  # the call went on with the new weights
@@ -139,7 +140,7 @@ def test_interrupt_mode_swaps_in_flight_generation(worker_pool, tiny_model):
 
 @pytest.mark.parametrize("worker_pool", ["finish"], indirect=True)
 def test_finish_mode_lets_in_flight_generation_finish_on_old_weights(worker_pool, tiny_model):
-    first, rest = stream_with_update(worker_pool, update_from(tiny_model, 1, seed=1))
+    first, rest = stream_with_update(worker_pool, update_from(worker_pool, tiny_model, 1, seed=1))
     assert {v for r in first + rest for v in r.versions} == {0}
     stats = worker_pool.stats()[0]
     assert stats["latest"] == 1 and stats["swaps_in_flight"] == 0

@@ -222,20 +222,21 @@ def test_weight_update_takes_effect_and_clears_the_prefix_cache(engine, referenc
 
 @needs_vllm
 def test_corrupt_weight_file_is_refused_before_the_model_is_touched(engine, reference, tmp_path):
-    from safetensors.numpy import save_file
+    import torch
+    from safetensors.torch import save_file
 
-    from rollout.weight_sync import describe
+    from rollout.vllm_worker import tensor_digest
 
     hold(engine, reference, "A")
     v = engine.version
-    weights = reference["B"][1]
-    metas, _ = describe(v + 1, weights)
-    tampered = {k: a.copy() for k, a in weights.items()}
-    tampered[metas[0].name].flat[0] += 0.5
+    weights = {k: torch.from_numpy(a) for k, a in reference["B"][1].items()}
+    first = next(iter(weights))
+    tampered = {k: t.clone() for k, t in weights.items()}
+    tampered[first].view(-1)[0] += 0.5
     path = str(tmp_path / "tampered.safetensors")
     save_file(tampered, path)
-    info = {"path": path, "names": [m.name for m in metas], "checksums": [m.checksum for m in metas]}
-    with pytest.raises(Exception, match=f"checksum mismatch for '{metas[0].name}'"):
+    info = {"path": path, "names": list(weights), "checksums": [tensor_digest(t) for t in weights.values()]}
+    with pytest.raises(Exception, match=f"checksum mismatch for '{first}'"):
         engine._call(engine._apply_update(info, v + 1))
     assert engine.weight_version() == v
     greedy = engine.generate(requests(), SamplingParams(temperature=0.0, max_new_tokens=8, seed=0), v)
