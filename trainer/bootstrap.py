@@ -57,6 +57,28 @@ def build_model(tokenizer, spec):
     return LlamaForCausalLM(config)
 
 
+def save_random_model(path: str | Path, config, dtype=None) -> Path:
+    """A randomly initialised causal LM of any transformers `config` (e.g. a Qwen2 shape at its
+    real vocabulary) saved with a word-level tokenizer that covers every id ("t0", "t1", ...),
+    so engines can decode whatever the model samples. For GPU checks and benchmarks: built
+    from a config, nothing fetched."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
+
+    path = Path(path)
+    vocab = {f"t{i}": i for i in range(config.vocab_size)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="t3"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    core.decoder = decoders.WordPiece(prefix="##")  # joins tokens with spaces
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, bos_token="t1", eos_token="t2", pad_token="t0",
+                                  unk_token="t3", padding_side="left")
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = 1, 2, 0
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 def make_task(spec, seed: int) -> tuple[list[dict], list[dict], list[dict]]:
     """Disjoint (train, eval, warm-up validation) addition problems with up to max_digits digits.
 
