@@ -25,10 +25,9 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from cluster.config import BootstrapConfig  # noqa: E402
 from cluster.run import run  # noqa: E402
 from tests.e2e.test_learning import (LR, PPO, PPO_EXTRA, STEPS, WINDOW, gains, learning_config,  # noqa: E402
-                                     register_flipped)
+                                     register_flipped, warm_spec)
 from trainer.bootstrap import ensure_tiny_model  # noqa: E402
 
 CASES = {"grpo": ((), {}), "flipped": (("algorithm.advantage=grpo_flipped",), {}), "ppo": (PPO_EXTRA, PPO),
@@ -84,7 +83,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         model = work / "tiny-arith"
-        ensure_tiny_model(model, BootstrapConfig(), seed=0, log=lambda *_: None)
+        ensure_tiny_model(model, warm_spec(), seed=0, log=lambda *_: None)
         rows = []
         for case in args.cases:
             for i, seed in enumerate(args.seeds + args.seeds[:1]):  # the first seed twice
