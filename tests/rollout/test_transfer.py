@@ -159,6 +159,6 @@ def test_a_missing_peer_is_an_error_naming_the_backend_and_ranks_not_a_hang():
 
 def test_a_peer_that_dies_before_the_update_fails_the_sender_within_the_timeout():
     outs = members(2, "die")
-    assert outs[1] == ""  # it left without a word
+    assert not outs[1].startswith(("OK", "ERR"))  # it left without a word (gloo may warn on stderr)
     assert outs[0].startswith("ERR") and "broadcast of update v1 bucket 0" in outs[0], outs
     assert float(outs[0].split()[1]) < 30
