@@ -67,13 +67,8 @@ class Sender:
     def send_collective(self, version: int) -> None:
         from rollout.transfer.buckets import pack
 
-        in_flight = []  # as trainer/learner.py send_weights: pack the next bucket while one travels
-        for i in range(len(self.layout.buckets)):
-            in_flight.append(self.group.start(pack(self.layout, i, self.tensors, version), f"bucket {i}"))
-            if len(in_flight) > 1:
-                self.group.wait(in_flight.pop(0))
-        for handle in in_flight:
-            self.group.wait(handle)
+        packed = ((i, pack(self.layout, i, self.tensors, version)) for i in range(len(self.layout.buckets)))
+        self.group.send(packed, self.layout, version)  # as trainer/learner.py send_weights
 
     def send_object_store(self, version: int):
         from rollout.transfer.object_store import store_update
@@ -94,17 +89,7 @@ class Receiver:
         self.group = TransferGroup("127.0.0.1", port, 1, 2, "gloo", 300, "127.0.0.1")
 
     def receive_collective(self, version: int) -> int:
-        import torch
-
-        from rollout.transfer.buckets import unpack
-
-        n = len(self.layout.buckets)  # as rollout/pool.py receive_weights
-        buffers = [torch.empty(self.layout.buffer_bytes(i), dtype=torch.uint8) for i in range(n)]
-        handles = [self.group.start(buffers[i], f"bucket {i}") for i in range(n)]
-        got = {}
-        for i, handle in enumerate(handles):
-            self.group.wait(handle)
-            got.update(unpack(self.layout, i, buffers[i], version))
+        got = self.group.receive(self.layout, version, "cpu")  # as rollout/pool.py receive_weights
         return sum(t.numel() * t.element_size() for t in got.values())
 
     def receive_object_store(self, update) -> int:

@@ -16,11 +16,10 @@ import time
 from typing import Iterator, Optional
 
 import ray
-import torch
 
 from rollout.config import RolloutConfig, vllm_options
 from rollout.types import GenerationRequest, Rollout, SamplingParams
-from rollout.transfer.buckets import Layout, WeightSyncError, unpack
+from rollout.transfer.buckets import Layout, WeightSyncError
 from rollout.transfer.collective import TransferGroup
 from rollout.transfer.object_store import StoredUpdate, fetch_update
 
@@ -136,16 +135,7 @@ class RolloutWorker:
         as update_weights does. Any failed check raises and leaves the old weights in place."""
         t0 = time.perf_counter()
         self._check_next(version)
-        device = getattr(self.engine, "device", "cpu")
-        n = len(self.layout.buckets)
-        buffers = [torch.empty(self.layout.buffer_bytes(i), dtype=torch.uint8, device=device) for i in range(n)]
-        # Every receive posted at once (they complete in order): bucket i is checked while i + 1 arrives.
-        handles = [self.transfer.start(buffers[i], f"update v{version} bucket {i}/{n}") for i in range(n)]
-        tensors: dict = {}
-        for index, handle in enumerate(handles):
-            self.transfer.wait(handle)
-            tensors.update(unpack(self.layout, index, buffers[index], version))
-        self._stage(version, tensors)
+        self._stage(version, self.transfer.receive(self.layout, version, getattr(self.engine, "device", "cpu")))
         return time.perf_counter() - t0
 
     def _stage(self, version: int, weights: dict) -> None:

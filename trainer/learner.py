@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import os
 import socket
-import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterator, Optional
 
 import numpy as np
 import ray
@@ -21,7 +20,7 @@ import torch
 
 from rollout.transfer.buckets import Layout, TensorSpec, pack, plan_layout
 from rollout.transfer.collective import TransferGroup
-from rollout.transfer.object_store import StoredUpdate, put_bucket
+from rollout.transfer.object_store import StoredUpdate, put_packed
 from trainer.logprobs import shift_to_tokens, check_chunked_head, token_logprobs
 from trainer.losses import LOSSES, LossInputs
 from trainer.types import LossSpec, StepStats, TrainBatch
@@ -278,18 +277,24 @@ class Learner:
                 return None
             return {name: p.detach().to("cpu", torch.float32).numpy().copy() for name, p in params}
 
-    def export_weights(self, version: int, layout: Layout) -> Optional[StoredUpdate]:
-        """All ranks, one bucket at a time (ZeRO-3 gathers only that bucket's parameters): rank 0
-        packs each bucket in the training dtype and puts it in the object store once."""
+    def _packed_buckets(self, version: int, layout: Layout) -> Iterator[tuple[int, Optional[torch.Tensor]]]:
+        """(index, packed bucket) in layout order; every rank must iterate to the end (ZeRO-3
+        gathers each bucket's parameters, and only those, across ranks). Rank 0 packs each
+        bucket in the training dtype on its device; the other ranks get None."""
         import deepspeed
 
-        refs = []
         params = dict(self.engine.module.named_parameters())
         for index, bucket in enumerate(layout.buckets):
             with deepspeed.zero.GatheredParameters([params[s.name] for s in bucket], enabled=self.opts.zero_stage == 3):
-                if self.rank == 0:
-                    refs.append(put_bucket(layout, index, {s.name: params[s.name].data for s in bucket}, version))
-        return StoredUpdate(version, tuple(refs)) if self.rank == 0 else None
+                # The packed copy outlives the gathered parameters.
+                buffer = pack(layout, index, {s.name: params[s.name].data for s in bucket}, version) \
+                    if self.rank == 0 else None
+            yield index, buffer
+
+    def export_weights(self, version: int, layout: Layout) -> Optional[StoredUpdate]:
+        """All ranks: rank 0 puts each packed bucket in the object store once."""
+        refs = tuple(put_packed(buffer) for _, buffer in self._packed_buckets(version, layout) if buffer is not None)
+        return StoredUpdate(version, refs) if self.rank == 0 else None
 
     # ---- bucketed weight transfer (rollout/transfer/) ----------------------------------------
 
@@ -305,27 +310,15 @@ class Learner:
         if self.rank == 0:
             self.transfer = TransferGroup(host, port, 0, world_size, backend, timeout_s, bind_host=host)
 
-    def send_weights(self, version: int, layout: Layout) -> dict:
-        """All ranks: one bucket at a time (ZeRO-3 gathers only that bucket's parameters), rank 0
-        packs it on its device, fingerprints it there and broadcasts it to the engines."""
-        import deepspeed
-
-        t0, sent, in_flight = time.perf_counter(), 0, []
-        params = dict(self.engine.module.named_parameters())
-        for index, bucket in enumerate(layout.buckets):
-            group = [params[s.name] for s in bucket]
-            with deepspeed.zero.GatheredParameters(group, enabled=self.opts.zero_stage == 3):
-                if self.rank == 0:  # the packed copy outlives the gathered parameters
-                    buffer = pack(layout, index, {s.name: params[s.name].data for s in bucket}, version)
-            if self.rank == 0:
-                # Pack the next bucket while this one travels; at most two packed buckets exist.
-                in_flight.append(self.transfer.start(buffer, f"update v{version} bucket {index}/{len(layout.buckets)}"))
-                sent += buffer.numel()
-                if len(in_flight) > 1:
-                    self.transfer.wait(in_flight.pop(0))
-        for handle in in_flight:
-            self.transfer.wait(handle)
-        return {"bytes": sent, "seconds": time.perf_counter() - t0}
+    def send_weights(self, version: int, layout: Layout) -> None:
+        """All ranks: rank 0 broadcasts each packed bucket to the engines, packing the next one
+        while this one travels (at most two packed buckets exist)."""
+        buckets = self._packed_buckets(version, layout)
+        if self.rank == 0:
+            self.transfer.send(buckets, layout, version)
+        else:
+            for _ in buckets:  # gather this rank's shards for each bucket (ZeRO-3)
+                pass
 
     def save_hf(self, path: str) -> Optional[str]:
         """A loadable Hugging Face checkpoint (weights, config, tokenizer) written by rank 0."""

@@ -11,10 +11,11 @@ never as a hang.
 from __future__ import annotations
 
 import datetime
+from typing import Iterable
 
 import torch
 
-from rollout.transfer.buckets import WeightSyncError
+from rollout.transfer.buckets import Layout, WeightSyncError, unpack
 
 
 class TransferGroup:
@@ -63,6 +64,29 @@ class TransferGroup:
 
     def broadcast(self, buffer: torch.Tensor, what: str) -> None:
         self.wait(self.start(buffer, what))
+
+    def send(self, buckets: Iterable[tuple[int, torch.Tensor]], layout: Layout, version: int) -> None:
+        """Rank 0: broadcast update `version`'s packed buckets in order, packing the next while
+        one travels (at most two packed buckets exist)."""
+        in_flight = []
+        for index, buffer in buckets:
+            in_flight.append(self.start(buffer, f"update v{version} bucket {index}/{len(layout.buckets)}"))
+            if len(in_flight) > 1:
+                self.wait(in_flight.pop(0))
+        for handle in in_flight:
+            self.wait(handle)
+
+    def receive(self, layout: Layout, version: int, device) -> dict[str, torch.Tensor]:
+        """An engine: every bucket of update `version`, checked (buckets.py: unpack). All receives
+        are posted at once (they complete in order): bucket i is checked while i + 1 arrives."""
+        n = len(layout.buckets)
+        buffers = [torch.empty(layout.buffer_bytes(i), dtype=torch.uint8, device=device) for i in range(n)]
+        handles = [self.start(buffers[i], f"update v{version} bucket {i}/{n}") for i in range(n)]
+        tensors: dict[str, torch.Tensor] = {}
+        for index, handle in enumerate(handles):
+            self.wait(handle)
+            tensors.update(unpack(layout, index, buffers[index], version))
+        return tensors
 
     def _error(self, what: str, err: Exception) -> WeightSyncError:
         return WeightSyncError(f"{self.where}: broadcast of {what} failed or timed out after {self.timeout_s:g} s "

@@ -20,14 +20,14 @@ class StoredUpdate:
     refs: tuple[Any, ...]  # ray.ObjectRef of each packed bucket, in layout order
 
 
-def put_bucket(layout: Layout, index: int, tensors: dict[str, torch.Tensor], version: int):
-    """Bucket `index`, packed and fingerprinted where the tensors live, into the object store."""
-    return ray.put(pack(layout, index, tensors, version).cpu().numpy())
+def put_packed(buffer: torch.Tensor):
+    """One packed bucket (rollout/transfer/buckets.py: pack) into the object store."""
+    return ray.put(buffer.cpu().numpy())
 
 
 def store_update(layout: Layout, tensors: dict[str, torch.Tensor], version: int) -> StoredUpdate:
-    """A whole update from a full state dict (tests; the learners put bucket by bucket)."""
-    return StoredUpdate(version, tuple(put_bucket(layout, i, tensors, version) for i in range(len(layout.buckets))))
+    """A whole update from a full state dict (tests, benchmarks; the learners put bucket by bucket)."""
+    return StoredUpdate(version, tuple(put_packed(pack(layout, i, tensors, version)) for i in range(len(layout.buckets))))
 
 
 def fetch_update(layout: Layout, update: StoredUpdate, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
