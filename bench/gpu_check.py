@@ -2,7 +2,8 @@
 shape (494M parameters, vocabulary 151,936; built from its config, nothing fetched), then
 
   matmul     the bf16 matrix-product rate of this GPU (8192^3), the yardstick for MFU
-  generate   the `hf` engine on the GPU (bf16): tokens/s, peak memory
+  generate   the `hf` engine on the GPU (bf16): tokens/s, peak memory; then its colocated
+             hand-over: memory held awake and asleep (sleep level 1), sleep and wake seconds
   train      a policy step as the learner computes it (fp32 master weights, bf16 autocast,
              chunked logprobs, the ppo_clip loss, AdamW): tokens/s, MFU, peak memory with
              chunked (trainer.logprob_chunk_tokens=1024) and whole-vocabulary logprobs
@@ -89,7 +90,16 @@ def check_generate(path: str) -> dict:
     seconds, peak = peak_of(lambda: box.setdefault("r", engine.generate(reqs, params, 0)))
     tokens = sum(len(r.response_ids) for r in box["r"])
     out = {"samples": len(box["r"]), "new_tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds,
-           "peak_gib": peak / GiB}
+           "peak_gib": peak / GiB, "held_awake_gib": torch.cuda.memory_allocated() / GiB}
+    # Colocated placement: the engine's hand-over of the GPU (rollout.sleep_level 1: weights to host memory).
+    t0 = time.perf_counter()
+    engine.sleep(1)
+    torch.cuda.synchronize()
+    out.update(sleep_s=time.perf_counter() - t0, held_asleep_gib=torch.cuda.memory_allocated() / GiB)
+    t0 = time.perf_counter()
+    engine.wake_up()
+    torch.cuda.synchronize()
+    out["wake_s"] = time.perf_counter() - t0
     del engine
     torch.cuda.empty_cache()
     return out
@@ -196,6 +206,8 @@ def main() -> None:
              f"| bf16 matmul (8192^3) | {results['matmul_bf16_tflops']:.0f} TFLOP/s |",
              f"| generation, `hf` engine, 128 samples x 256 new tokens | {gen['tokens_per_s']:,.0f} tokens/s; peak "
              f"{gen['peak_gib']:.1f} GiB |",
+             f"| colocated hand-over, engine sleep level 1 | held {gen['held_awake_gib']:.2f} GiB awake, "
+             f"{gen['held_asleep_gib']:.2f} GiB asleep; sleep {gen['sleep_s']:.2f} s, wake {gen['wake_s']:.2f} s |",
              f"| learner step, 8 x 1024 tokens, activation checkpointing | {tr['tokens_per_s']:,.0f} tokens/s, "
              f"MFU {tr['mfu']:.1%} |",
              f"| learner peak memory, chunked / whole-vocabulary logprobs | {tr['peak_gib_chunked']:.1f} / "

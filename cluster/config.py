@@ -280,10 +280,26 @@ class Config(Section):
         if self.controller.max_staleness > 0 and self.cluster.placement == "colocated":
             raise ValueError("controller.max_staleness > 0 needs cluster.placement 'disaggregated': colocated "
                              "learners and engines share devices, so generation cannot overlap training")
+        if self.cluster.placement == "colocated" and self.run.mode == "rl":
+            _check_colocated(self)
         if self.controller.max_staleness > 0 and self.run.mode != "rl":
             raise ValueError("controller.max_staleness applies to run.mode 'rl' (offline modes have no rollouts)")
         _check_mode(self)
         return self
+
+
+def _check_colocated(cfg: "Config") -> None:
+    """Colocated placement time-slices each device (cluster/rl/timeslice.py): the learners
+    offload their states through DeepSpeed ZeRO-1/2's offload_states and the engine sleeps."""
+    if cfg.trainer.zero_stage not in (1, 2):
+        raise ValueError(f"cluster.placement 'colocated' with trainer.zero_stage {cfg.trainer.zero_stage}: the "
+                         "learners hand the device to the engine through DeepSpeed ZeRO-1/2's offload_states "
+                         "(its ZeRO-3 version needs DeepSpeed's FusedAdam); use trainer.zero_stage 1 or 2, or "
+                         "cluster.placement 'disaggregated'")
+    if cfg.rollout.engine == "vllm" and cfg.cluster.gpus_per_engine == 0:
+        raise ValueError("cluster.placement 'colocated' with rollout.engine 'vllm' on CPU: vLLM's sleep mode, which "
+                         "frees the device for the learners, runs on GPUs only; use rollout.engine 'hf' or "
+                         "cluster.placement 'disaggregated'")
 
 
 def _check_mode(cfg: "Config") -> None:

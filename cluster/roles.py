@@ -51,7 +51,8 @@ def start_roles(cfg: Config, loopback: bool) -> Roles:
         r = cfg.reward
         started.append(RewardPool(r, actor_options=placement.options("reward")))
         started.append(RolloutPool(cfg.model.path, cfg.rollout, cfg.model.dtype, max(1, cfg.cluster.gpus_per_engine),
-                                   seed=cfg.run.seed, actor_options=placement.options("rollout")))
+                                   seed=cfg.run.seed, actor_options=placement.options("rollout"),
+                                   sleep_mode=cfg.cluster.placement == "colocated"))
         started.append(LearnerGroup(cfg.model.path, cfg.trainer.num_learners, opts, cfg.trainer.threads_per_learner,
                                     loopback=loopback, actor_options=placement.options("learner")))
         if cfg.critic.enabled:

@@ -42,6 +42,10 @@ class RolloutConfig(BaseModel):
     weight_transfer: Literal["auto", "object_store", "collective"] = "auto"
     weight_bucket_mb: int = Field(32, ge=1)  # collective: at most this much per broadcast (one tensor may exceed it)
     weight_transfer_timeout_s: float = Field(120.0, gt=0)  # collective: every rendezvous and broadcast
+    # cluster.placement 'colocated': what the engine releases while the learners train (vLLM's
+    # levels): 1 = weights to host memory, KV cache freed; 2 = weights dropped too, the weight
+    # sync that follows every training phase refills them (saves host memory and a copy).
+    sleep_level: Literal[1, 2] = 1
 
     @model_validator(mode="after")
     def _top_p(self) -> "RolloutConfig":
@@ -54,9 +58,11 @@ class RolloutConfig(BaseModel):
         return self
 
 
-def vllm_options(cfg: RolloutConfig, tensor_parallel_size: int = 1, seed: int = 0) -> VLLMOptions:
+def vllm_options(cfg: RolloutConfig, tensor_parallel_size: int = 1, seed: int = 0,
+                 sleep_mode: bool = False) -> VLLMOptions:
     """The vllm engine's settings from the rollout section (rollout/vllm_engine.py reads them)."""
     return VLLMOptions(tensor_parallel_size=tensor_parallel_size,
                        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, kv_cache_gib=cfg.vllm_kv_cache_gib, max_model_len=cfg.vllm_max_model_len,
                        max_num_seqs=cfg.vllm_max_num_seqs, enforce_eager=cfg.vllm_enforce_eager,
-                       enable_prefix_caching=cfg.vllm_enable_prefix_caching, seed=seed)
+                       enable_prefix_caching=cfg.vllm_enable_prefix_caching, enable_sleep_mode=sleep_mode,
+                       seed=seed)

@@ -20,3 +20,28 @@ def actor_device(role: str) -> str:
         raise RuntimeError(f"{role}: Ray assigned GPU(s) {gpus} but torch sees no CUDA device "
                            f"(torch {torch.__version__}, a CPU build?)")
     return "cuda"
+
+
+def resident_bytes() -> int:
+    """This process's resident set size (what the OS counts as its memory)."""
+    import psutil
+
+    return psutil.Process().memory_info().rss
+
+
+def release_memory(device) -> None:
+    """Hand memory freed by dropped tensors back to the system: CUDA's cached blocks on a GPU;
+    on the host, glibc's free lists (malloc_trim), which otherwise keep freed heap pages
+    resident. Only a measure of what was freed needs this; nothing depends on it."""
+    import ctypes
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.device(device).type == "cuda":
+        torch.cuda.empty_cache()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the pages go back when the allocator decides
+        pass

@@ -55,6 +55,7 @@ class HFEngine:
         self.model, self.tokenizer = load_causal_lm(model_path, dtype, device)
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
+        self.asleep = 0  # sleep level while asleep (colocated placement), else 0
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams, version: int,
                  batch_size: int = 256) -> list[Rollout]:
@@ -151,6 +152,34 @@ class HFEngine:
             logprobs=tuple(b.logprobs[seq]), versions=tuple(b.versions[seq]),
             finish_reason="stop" if ids and ids[-1] == self.eos_id else "length", seed=b.seeds[seq],
         )
+
+    # ---- colocated placement: the device goes to the learner while it trains ----
+    # The KV cache lives only inside a generation call (a DynamicCache per batch), so between
+    # calls the weights are all the engine holds. Levels as vLLM's: 1 moves the weights to
+    # host memory (on a CPU engine they are there already: nothing is released), 2 drops them
+    # and the next weight update refills them (rollout/pool.py refuses to generate until then).
+
+    def sleep(self, level: int) -> int:
+        """Release the weights as `level` says; returns the bytes that left the device."""
+        if level not in (1, 2):
+            raise ValueError(f"sleep level must be 1 or 2, got {level}")
+        params = dict(self.model.named_parameters())  # tied weights once
+        moved = level == 2 or self.device.type != "cpu"
+        released = sum(p.numel() * p.element_size() for p in params.values()) if moved else 0
+        self._shapes = {name: p.shape for name, p in params.items()}
+        with torch.no_grad():
+            for p in params.values():
+                p.data = p.data.to("cpu") if level == 1 else torch.empty(0, dtype=p.dtype, device=self.device)
+        self.asleep = level
+        return released
+
+    def wake_up(self) -> None:
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for name, p in params.items():
+                p.data = p.data.to(self.device) if self.asleep == 1 else \
+                    torch.empty(self._shapes[name], dtype=p.dtype, device=self.device)
+        self.asleep = 0
 
     def load_weights(self, arrays: dict[str, np.ndarray]) -> None:
         """Copy every named parameter; the name sets must match exactly."""

@@ -18,12 +18,14 @@ from typing import Iterator, Optional
 import ray
 
 from rollout.config import RolloutConfig, vllm_options
-from rollout.types import GenerationRequest, Rollout, SamplingParams
+from rollout.devices import release_memory, resident_bytes
+from rollout.types import EngineError, EngineMemory, GenerationRequest, Rollout, SamplingParams
 from rollout.transfer.buckets import Layout, WeightSyncError
 from rollout.transfer.collective import TransferGroup
 from rollout.transfer.object_store import StoredUpdate, fetch_update
 
-def make_engine(cfg: RolloutConfig, model_path: str, dtype: str, tensor_parallel_size: int = 1, seed: int = 0):
+def make_engine(cfg: RolloutConfig, model_path: str, dtype: str, tensor_parallel_size: int = 1, seed: int = 0,
+                sleep_mode: bool = False):
     """The engine named by rollout.engine, imported only when selected (vLLM is an optional extra)."""
     if cfg.engine == "hf":
         from rollout.devices import actor_device
@@ -33,18 +35,21 @@ def make_engine(cfg: RolloutConfig, model_path: str, dtype: str, tensor_parallel
     if cfg.engine == "vllm":
         from rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, dtype, cfg.threads_per_worker, vllm_options(cfg, tensor_parallel_size, seed))
+        return VLLMEngine(model_path, dtype, cfg.threads_per_worker,
+                          vllm_options(cfg, tensor_parallel_size, seed, sleep_mode))
     raise ValueError(f"rollout.engine '{cfg.engine}' is not an engine (valid: hf, vllm)")
 
 
 class RolloutWorker:
     """Ray actor body: owns one engine and the policy version of its weights."""
 
-    def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str, tensor_parallel_size: int = 1, seed: int = 0):
+    def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str, tensor_parallel_size: int = 1, seed: int = 0,
+                 sleep_mode: bool = False):
         import torch
 
         torch.set_num_threads(cfg.threads_per_worker)
-        self.engine = make_engine(cfg, model_path, dtype, tensor_parallel_size, seed)
+        # sleep_mode: colocated placement (vLLM reserves what sleep()/wake_up() need at start-up).
+        self.engine = make_engine(cfg, model_path, dtype, tensor_parallel_size, seed, sleep_mode)
         # `hf` streams and swaps weights at its own decode steps; vLLM returns a call's rollouts
         # together and pauses/resumes in-flight requests itself when weights are loaded.
         self.engine_streams = hasattr(self.engine, "stream")
@@ -57,6 +62,8 @@ class RolloutWorker:
         self.swaps_in_flight = 0  # updates applied in the middle of a generation call
         self.transfer: Optional[TransferGroup] = None  # rollout.weight_transfer 'collective'
         self.layout: Optional[Layout] = None
+        self.asleep = 0  # colocated placement: the sleep level while the learners train, else 0
+        self.needs_weights = False  # woke from a level-2 sleep: no weights until the next update
 
     # ---- generation (concurrency group "generate": one call at a time) ----
 
@@ -70,6 +77,10 @@ class RolloutWorker:
         """Finished rollouts as they finish (call with num_returns="streaming")."""
         with self._cond:
             self._apply_pending()  # `finish` mode: an update that waited for the last call lands now
+            if self.asleep or self.needs_weights:
+                raise EngineError("rollout worker asked to generate " + (
+                    "while asleep (colocated placement): wake_up() first" if self.asleep else
+                    "after waking from a level-2 sleep, before a weight update refilled its weights"))
             self._generating = True
         try:
             if self.engine_streams:
@@ -95,7 +106,7 @@ class RolloutWorker:
             return False
         version, arrays = self._pending
         self.engine.load_weights(arrays)
-        self.version, self._pending = version, None
+        self.version, self._pending, self.needs_weights = version, None, False
         return True
 
     # ---- control (concurrency group "control": runs while a generation call is in flight) ----
@@ -116,6 +127,9 @@ class RolloutWorker:
         return time.perf_counter() - t0
 
     def _check_next(self, version: int) -> None:
+        if self.asleep:
+            raise WeightSyncError(f"weight update {version} reached a sleeping engine (colocated placement "
+                                  "wakes it before the sync)")
         if version != self.latest + 1:
             raise WeightSyncError(f"weight update has version {version}, receiver expected {self.latest + 1}")
 
@@ -154,6 +168,30 @@ class RolloutWorker:
                 if self._pending is not None:  # the call ended before a decode step came
                     self._apply_pending()
 
+    # ---- colocated placement: the engine sleeps while the learners train on its device ----
+
+    @ray.method(concurrency_group="control")
+    def sleep(self, level: int) -> EngineMemory:
+        """Release the engine's device memory (level 1: weights to host memory; 2: dropped) and
+        say how much went, in weight bytes and in this process's resident memory."""
+        with self._cond:
+            if self._generating or self.asleep:
+                raise EngineError("sleep() while " + ("generating" if self._generating else "already asleep"))
+            before = resident_bytes()
+            released = self.engine.sleep(level)
+            release_memory(getattr(self.engine, "device", "cpu"))
+            self.asleep = level
+            return EngineMemory(released, before, resident_bytes())
+
+    @ray.method(concurrency_group="control")
+    def wake_up(self) -> None:
+        """Back on the device; after level 2 the engine waits for a weight update to generate."""
+        with self._cond:
+            if not self.asleep:
+                raise EngineError("wake_up() on an engine that is not asleep")
+            self.engine.wake_up()
+            self.needs_weights, self.asleep = self.asleep == 2, 0
+
     @ray.method(concurrency_group="control")
     def get_version(self) -> int:
         return self.version
@@ -171,13 +209,13 @@ class RolloutPool:
     """Driver-side handle on N rollout workers; requests are split evenly, order kept."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str = "float32", tensor_parallel_size: int = 1,
-                 seed: int = 0, actor_options: list[dict] | None = None):
+                 seed: int = 0, actor_options: list[dict] | None = None, sleep_mode: bool = False):
         # actor_options: per-worker Ray options (placement group bundle, resources) from cluster/placement.py.
         threads = cfg.threads_per_worker
         base = dict(num_cpus=threads, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
         extra = actor_options or [{} for _ in range(cfg.num_workers)]
         actor = ray.remote(concurrency_groups={"generate": 1, "control": 1})(RolloutWorker)
-        args = (model_path, cfg, dtype, tensor_parallel_size, seed)
+        args = (model_path, cfg, dtype, tensor_parallel_size, seed, sleep_mode)
         self.workers = [actor.options(**{**base, **extra[i]}).remote(*args) for i in range(cfg.num_workers)]
         self.batch_size = cfg.batch_size
         self._next = 0  # the worker that gets the next call's first shard
@@ -221,6 +259,12 @@ class RolloutPool:
     def receive_weights(self, version: int) -> list:
         """Futures of every worker's receive (the learners broadcast at the same time)."""
         return [w.receive_weights.remote(version) for w in self.workers]
+
+    def sleep(self, level: int) -> list[EngineMemory]:
+        return ray.get([w.sleep.remote(level) for w in self.workers])
+
+    def wake_up(self) -> None:
+        ray.get([w.wake_up.remote() for w in self.workers])
 
     def versions(self) -> list[int]:
         return ray.get([w.get_version.remote() for w in self.workers])

@@ -67,6 +67,15 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class EngineMemory:
+    """What an engine's sleep() released (colocated placement: the learner gets the device)."""
+
+    released_bytes: int  # weight bytes that left the engine's device (0: nothing to move them off)
+    resident_before: int  # the worker process's resident set size before sleep() (bytes)
+    resident_after: int  # ... and after it
+
+
+@dataclass(frozen=True)
 class VLLMOptions:
     """Engine settings (rollout.vllm_* in the config; see docs/config.md)."""
 

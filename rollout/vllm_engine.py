@@ -60,6 +60,12 @@ def _cpu_thread_env(threads: int) -> None:
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(max(1, allowed - threads)))
 
 
+def _gpu_free_bytes() -> int:
+    import torch
+
+    return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0
+
+
 class VLLMEngine:
     """One AsyncLLM on a private event-loop thread; the methods are synchronous and thread-safe."""
 
@@ -253,13 +259,18 @@ class VLLMEngine:
 
         self._call(self.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=init_info)))
 
-    def sleep(self, level: int = 1) -> None:
-        """Colocated on GPUs: offload (level 1) or drop (2) the weights and free the KV cache for
-        the learner's step; a no-op on CPU. Untested here (no GPU)."""
+    def sleep(self, level: int = 1) -> int:
+        """Colocated on GPUs (needs enable_sleep_mode): level 1 offloads the weights to host memory,
+        2 drops them (the next update refills them); both free the KV cache. Returns the device
+        bytes freed, read as the GPU's free memory (the engine core is another process).
+        Written against vLLM 0.32's AsyncLLM.sleep; untested here (no GPU)."""
+        free = _gpu_free_bytes()
         self._call(self.llm.sleep(level))
+        return _gpu_free_bytes() - free
 
     def wake_up(self) -> None:
-        """Before the next rollout; after level 2, sync the new weights once awake."""
+        """Weights and KV cache back on the GPU; after level 2 the weights are garbage until the
+        next update (rollout/pool.py refuses to generate before it)."""
         self._call(self.llm.wake_up())
 
     async def _apply_update(self, update_info, version: int) -> None:

@@ -95,6 +95,13 @@ class LearnerGroup:
         """Futures of every rank's send (collectives: the engines receive at the same time)."""
         return [a.send_weights.remote(version, layout) for a in self.actors]
 
+    def offload(self, keep_params: bool = False) -> list:
+        """Every rank's OffloadStats (colocated placement: the engine gets the device)."""
+        return gather([a.offload.remote(keep_params) for a in self.actors])
+
+    def reload(self) -> list:
+        return gather([a.reload.remote() for a in self.actors])
+
     def save_hf(self, path: str) -> str:
         return gather([a.save_hf.remote(path) for a in self.actors])[0]
 

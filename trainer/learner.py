@@ -31,6 +31,12 @@ MAX_METRICS = ("is_weight", "logprob_diff")
 
 
 @dataclass(frozen=True)
+class OffloadStats:
+    offloaded: tuple[str, ...]  # the DeepSpeed states off the device now (OffloadStateTypeEnum values)
+    freed_bytes: int  # device bytes released by this call (negative: taken back by a reload)
+
+
+@dataclass(frozen=True)
 class LearnerOptions:
     zero_stage: int = 2
     lr: float = 1e-4
@@ -319,6 +325,41 @@ class Learner:
         else:
             for _ in buckets:  # gather this rank's shards for each bucket (ZeRO-3)
                 pass
+
+    # ---- colocated placement: the device is handed to the engine between training phases ----
+
+    def offload(self, keep_params: bool = False) -> OffloadStats:
+        """Move this rank's optimizer states, gradients and fp32 master weights off the device
+        (and, unless `keep_params`, the model's own parameters and the reference model): the
+        engine generates on the memory this frees. DeepSpeed ZeRO-1/2's offload_states does the
+        moving (its ZeRO-3 version needs DeepSpeed's FusedAdam; cluster/config.py refuses that
+        stage when colocated). On a CPU-only rank the states are already in host memory: the
+        same calls run and move nothing."""
+        from deepspeed.runtime.zero.offload_config import OffloadStateTypeEnum as S
+
+        include = [S.optim_states, S.hp_params, S.lp_grads]
+        if not keep_params:
+            include.append(S.lp_params)
+        before = self._device_bytes()
+        on_gpu = self.engine.device.type == "cuda"
+        self.engine.offload_states(include=include, pin_memory=on_gpu)
+        if not keep_params and self.ref is not None and on_gpu:
+            self.ref.to("cpu")
+        return OffloadStats(tuple(sorted(s.value for s in self.engine.optimizer.offloaded_states)),
+                            before - self._device_bytes())
+
+    def reload(self) -> OffloadStats:
+        """Everything offload() moved comes back to the device, before the next training phase."""
+        before = self._device_bytes()
+        self.engine.reload_states()
+        if self.ref is not None and self.engine.device.type == "cuda":
+            self.ref.to(self.engine.device)
+        return OffloadStats(tuple(sorted(s.value for s in self.engine.optimizer.offloaded_states)),
+                            before - self._device_bytes())
+
+    def _device_bytes(self) -> int:
+        """Bytes this rank holds on its GPU (0 on CPU, where offloading frees nothing)."""
+        return torch.cuda.memory_allocated() if self.engine.device.type == "cuda" else 0
 
     def save_hf(self, path: str) -> Optional[str]:
         """A loadable Hugging Face checkpoint (weights, config, tokenizer) written by rank 0."""

@@ -23,14 +23,16 @@ from cluster.runtime import ray_session
 from cluster.weights import WeightSync
 from cluster.rl.scheduler import Scheduler
 from cluster.rl.streaming import Streaming
+from cluster.rl.timeslice import TimeSlice
 from rollout.data import Prompt, PromptSource
 from rollout.types import GenerationRequest, SamplingParams
 from rollout.transfer.buckets import WeightSyncError
 
 # Per step: gen_s / reward_s are the parts of the learner's wait spent until the last rollout
 # arrived / after it (with k = 0: the generation and reward stages); what overlaps training
-# is hidden and not counted. eval_s is outside the steps.
-TIMERS = ("gen_s", "reward_s", "train_s", "sync_s")
+# is hidden and not counted. switch_s: colocated placement handing the devices between the
+# engines and the learners (cluster/rl/timeslice.py). eval_s is outside the steps.
+TIMERS = ("gen_s", "reward_s", "train_s", "sync_s", "switch_s")
 
 
 class Controller:
@@ -46,6 +48,8 @@ class Controller:
         self.streaming = Streaming(self.scheduler, roles.rollout, roles.reward, a.group_size, self._requests,
                                    lambda step: self._sampling(cfg.rollout.temperature, step))
         self.experience = make_experience(cfg, roles.learners, roles.critic)
+        self.timeslice = TimeSlice(cfg.cluster.placement == "colocated", cfg.rollout.sleep_level, roles.learners,
+                                   roles.rollout)
         self.version = 0  # policy version: weight updates published to the rollout workers
         self.steps_done = 0
         self.next_group = 0
@@ -56,6 +60,7 @@ class Controller:
     def run(self, progress: Progress) -> dict:
         c = self.cfg.controller
         t_start = time.perf_counter()
+        self.timeslice.start()
         initial = self.evaluate()
         self._write_summary("running", t_start, initial, None)
         progress.start(c.steps, initial)
@@ -65,14 +70,15 @@ class Controller:
             if c.eval_every and step % c.eval_every == 0 and step < c.steps:
                 row["eval_accuracy"] = self.evaluate()
             if c.checkpoint_every and step % c.checkpoint_every == 0 and step < c.steps:
-                self.roles.learners.save_hf(str(self.run_dir.checkpoint_dir(step)))
+                self.timeslice.learners_resident(
+                    lambda: self.roles.learners.save_hf(str(self.run_dir.checkpoint_dir(step))))
             self.run_dir.log_metrics(row)
             progress.update(step, row)
             self._write_summary("running", t_start, initial, None)
         self.streaming.close()
         self.scheduler.close()  # every group still open ends (incomplete / unused) in the ledger
         final = self.evaluate()
-        self.roles.learners.save_hf(str(self.run_dir.final_dir))
+        self.timeslice.learners_resident(lambda: self.roles.learners.save_hf(str(self.run_dir.final_dir)))
         self.run_dir.log_metrics({"step": c.steps, "version": self.version, "eval_accuracy": final, "final": True})
         progress.finish(final)
         return self._write_summary("completed", t_start, initial, final)
@@ -82,13 +88,18 @@ class Controller:
         groups = self.streaming.next_batch(self.version, step - 1)
         staleness = [self.version - r.min_version for g in groups for r in g.rollouts]  # vs the trained policy
         t1 = time.perf_counter()
+        switch = self.timeslice.to_training()
         train_metrics, policy_moved = self.train(groups, step)
+        switch += self.timeslice.to_sync()
         t2 = time.perf_counter()
-        if policy_moved:
+        synced = policy_moved or self.timeslice.always_sync
+        if synced:
             self.sync_weights()
         t3 = time.perf_counter()
+        handover = self.timeslice.to_generation(synced)
         gen = min(max(self.streaming.last_rollout_at - t0, 0.0), t1 - t0)
-        row = self._step_row(step, groups, train_metrics, (gen, t1 - t0 - gen, t2 - t1, t3 - t2))
+        times = (gen, t1 - t0 - gen, t2 - t1 - switch, t3 - t2, switch + handover)
+        row = self._step_row(step, groups, train_metrics, times) | self.timeslice.take_row()
         return row | {"staleness_mean": float(np.mean(staleness)), "staleness_max": int(max(staleness))}
 
     def train(self, groups: list[Group], step: int) -> tuple[dict, bool]:

@@ -152,3 +152,20 @@ def test_gspo_gets_its_own_clip_range_and_aggregation(tmp_path):
 def test_top_p_below_one_is_refused_for_every_engine(tmp_path, engine):
     with pytest.raises(ConfigError, match=f"rollout.top_p=0.9 with rollout.engine '{engine}'"):
         load_config(write(tmp_path, MINIMAL), [f"rollout.engine={engine}", "rollout.top_p=0.9"])
+
+
+def test_colocated_placement_checks_what_can_time_slice(tmp_path):
+    recipe = write(tmp_path, MINIMAL)
+    ok = load_config(recipe, ["cluster.placement=colocated", "rollout.sleep_level=2"])
+    assert ok.rollout.sleep_level == 2 and ok.trainer.zero_stage == 2
+    for stage in (0, 3):
+        with pytest.raises(ConfigError, match=f"colocated' with trainer.zero_stage {stage}.*use trainer.zero_stage 1 or 2"):
+            load_config(recipe, ["cluster.placement=colocated", f"trainer.zero_stage={stage}"])
+    with pytest.raises(ConfigError, match="colocated' with rollout.engine 'vllm' on CPU"):
+        load_config(recipe, ["cluster.placement=colocated", "rollout.engine=vllm"])
+    gpus = ["cluster.placement=colocated", "rollout.engine=vllm", "cluster.gpus_per_engine=1",
+            "cluster.gpus_per_learner=1"]
+    assert load_config(recipe, gpus).cluster.gpus_per_engine == 1
+    with pytest.raises(ConfigError, match="rollout.sleep_level"):
+        load_config(recipe, ["rollout.sleep_level=3"])
+    assert load_config(recipe, ["trainer.zero_stage=3"]).trainer.zero_stage == 3  # disaggregated: any stage

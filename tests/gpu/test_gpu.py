@@ -147,3 +147,68 @@ def test_deepspeed_learner_bf16_on_nccl(tmp_path):
         group.shutdown()
     finally:
         ray.shutdown()
+
+
+@pytest.mark.parametrize("level", [1, 2])
+def test_hf_engine_sleep_frees_its_gpu_memory_and_wakes_to_the_same_samples(tmp_path, level):
+    """Colocated placement: asleep, the engine holds none of its weights on the GPU (level 1:
+    moved to host memory; level 2: dropped, then refilled by an update); awake it samples the
+    same tokens as before."""
+    from rollout.hf_engine import HFEngine
+    from rollout.types import GenerationRequest, SamplingParams
+    from trainer.bootstrap import save_random_model
+
+    engine = HFEngine(str(save_random_model(tmp_path / "m", llama(vocab=32000, hidden=256))), "float32", "cuda")
+    weights = {k: p.detach().clone() for k, p in engine.model.named_parameters()}
+    weight_bytes = sum(t.numel() * t.element_size() for t in weights.values())
+    reqs = [GenerationRequest(group_id=0, prompt_id=0, prompt="", prompt_ids=(1, 5, 7), answer="", num_samples=4)]
+    params = SamplingParams(temperature=1.0, max_new_tokens=12, seed=0)
+    before = [r.response_ids for r in engine.generate(reqs, params, 0)]
+    held = torch.cuda.memory_allocated()
+    assert engine.sleep(level) == weight_bytes
+    torch.cuda.empty_cache()
+    assert held - torch.cuda.memory_allocated() >= weight_bytes  # the clone above stays; the engine's went
+    engine.wake_up()
+    if level == 2:
+        engine.load_weights(weights)
+    assert [r.response_ids for r in engine.generate(reqs, params, 0)] == before
+
+
+def test_deepspeed_learner_offload_frees_the_gpu_and_reloads(tmp_path):
+    """Colocated placement: a bf16 ZeRO-2 rank's offload releases its optimizer states, master
+    weights and (unless kept for the sync) parameters; reload brings them back and it trains on."""
+    pytest.importorskip("deepspeed", reason="DeepSpeed is not installed on this GPU image")
+    ray = pytest.importorskip("ray", reason="Ray is not installed on this GPU image")
+    import numpy as np
+    from safetensors.torch import load_file
+
+    from trainer.bootstrap import save_random_model
+    from trainer.group import LearnerGroup
+    from trainer.learner import LearnerOptions
+    from trainer.types import LossSpec, TrainBatch
+
+    path = save_random_model(tmp_path / "m", llama(vocab=32000, hidden=256))
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        opts = LearnerOptions(zero_stage=2, lr=1e-3, micro_batch_size=4, dtype="bfloat16")
+        group = LearnerGroup(str(path), 1, opts, actor_options=[{"num_gpus": 1}])
+        rng = np.random.default_rng(0)
+        ids = rng.integers(4, 1000, size=(4, 24))
+        mask = np.zeros((4, 24), np.float32)
+        mask[:, 8:] = 1
+        batch = TrainBatch(ids, np.ones_like(ids), mask, mask / mask.sum(),
+                           advantages=rng.standard_normal((4, 24)).astype(np.float32) * mask,
+                           behaviour_logprobs=np.zeros((4, 24), np.float32))
+        group.train_step(batch, LossSpec(temperature=1.0))
+        [kept] = group.offload(keep_params=True)
+        [rest] = group.offload()
+        [back] = group.reload()
+        # fp32 master weights + Adam's two moments: 12 bytes per parameter; bf16 parameters: 2.
+        n = sum(t.numel() for t in load_file(str(path / "model.safetensors")).values())
+        assert kept.freed_bytes >= 12 * n and rest.freed_bytes >= 2 * n, (kept, rest, n)
+        assert back.offloaded == () and -back.freed_bytes >= 14 * n
+        stats = group.train_step(batch, LossSpec(temperature=1.0))
+        assert np.isfinite(stats["loss"]) and stats["grad_norm"] > 0
+        group.shutdown()
+    finally:
+        ray.shutdown()

@@ -154,3 +154,28 @@ def test_off_policy_step_reports_maxima_and_uses_the_proximal_logprobs(ray_sessi
     assert stats["logprob_diff_max"] == pytest.approx(diff.max(), rel=1e-4)
     assert stats["logprob_diff_max"] > stats["logprob_diff"] == pytest.approx(diff.mean(), rel=1e-4)
     assert "ratio_max" not in stats and "entropy_max" not in stats  # maxima only for MAX_METRICS
+
+
+def test_offload_between_steps_leaves_the_update_unchanged(ray_session, tiny_model):
+    """Colocated placement offloads the learners' states after each step and reloads them before
+    the next: two steps with that in between end on the same weights, bitwise, as two without."""
+    batch = make_batch(tiny_model, "token-mean")
+    opts = LearnerOptions(zero_stage=2, lr=LR, max_grad_norm=CLIP, micro_batch_size=4, grad_accum_steps=2)
+    weights = []
+    for offload in (False, True):
+        group = LearnerGroup(tiny_model, 2, opts)
+        try:
+            for _ in range(STEPS):
+                group.train_step(batch, SPEC)
+                if offload:
+                    kept = group.offload(keep_params=True)  # before the weight sync: params stay
+                    assert [s.offloaded for s in kept] == [("hp_params", "lp_grads", "optim_states")] * 2
+                    assert [s.offloaded for s in group.offload()] == [("hp_params", "lp_grads", "lp_params", "optim_states")] * 2
+                    assert [s.offloaded for s in group.reload()] == [()] * 2
+            layout = group.transfer_layout(2**18)
+            weights.append({n: t.numpy() for n, t in fetch_update(layout, group.export_weights(1, layout)).items()})
+        finally:
+            group.shutdown()
+    moved = max(np.abs(weights[0][n] - p.detach().numpy()).max() for n, p in load(tiny_model).named_parameters())
+    assert moved > 1e-3
+    assert all(np.array_equal(weights[0][n], weights[1][n]) for n in weights[0])
