@@ -236,7 +236,7 @@ class ClusterConfig(Section):
     cpus_per_reward_worker: float = Field(0, ge=0)
     # Extra Ray resources each actor of a role asks for, e.g. {learner: {a100: 1}}: pins
     # roles to node types declared with `ray start --resources`.
-    resources: dict[Literal["learner", "rollout", "reward", "critic"], dict[str, float]] = {}
+    resources: dict[Literal["learner", "rollout", "reward", "critic", "reward_model"], dict[str, float]] = {}
     # Placement groups not ready after this long are an error (resources held elsewhere).
     placement_timeout_s: float = Field(120, gt=0)
     # `tandem submit` (slurm, kuberay): the cluster to ask for. num_nodes null: enough

@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from cluster.config import Config, ConfigError
 
-ROLES = ("learner", "rollout", "reward", "critic")
+ROLES = ("learner", "rollout", "reward", "critic", "reward_model")
 
 
 class PlacementError(RuntimeError):
@@ -106,6 +106,10 @@ def role_demands(cfg: Config) -> dict[str, tuple[int, dict[str, float]]]:
         # PPO's value model: learner-shaped ranks of their own (empty when there is no critic).
         "critic": (cfg.critic.num_learners if cfg.critic.enabled else 0,
                    {"CPU": cfg.critic.threads_per_learner, "GPU": c.gpus_per_learner, **custom["critic"]}),
+        # The reward-model actor (reward.components names reward_model), on its own GPU with
+        # reward.reward_model_device cuda; like the reward workers it reserves no CPU.
+        "reward_model": (int("reward_model" in cfg.reward.weights()),
+                         {"GPU": int(cfg.reward.reward_model_device == "cuda"), **custom["reward_model"]}),
     }
 
 
@@ -118,7 +122,7 @@ def plan_for(demands: dict[str, tuple[int, dict[str, float]]], mode: str, strate
     """The plan for role demands (role -> (actors, resources per actor)); `tp` = GPUs per engine."""
     builder = _colocated if mode == "colocated" else _disaggregated
     groups, actors = builder(demands, tp, strategy)
-    for role in ("critic", "reward"):  # roles with a group of their own in either mode
+    for role in ("critic", "reward", "reward_model"):  # roles with a group of their own in either mode
         n, each = demands.get(role, (0, {}))
         if n and _clean(each):
             actors[role] = tuple(Slot(len(groups), i, _clean(each)) for i in range(n))
@@ -262,7 +266,7 @@ class Placement:
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         out = []
-        for slot in self.plan.actors[role]:
+        for slot in self.plan.actors.get(role, ()):
             res = dict(slot.resources)
             opts: dict[str, Any] = {"num_cpus": res.pop("CPU", 0), "num_gpus": res.pop("GPU", 0)}
             if res:

@@ -8,7 +8,9 @@ from typing import Optional
 from cluster.config import Config
 from cluster.placement import Placement, actor_nodes, build_plan, place
 from cluster.shapes import critic_options, learner_options
+from cluster.weights import resolve_weight_transfer
 from reward.pool import RewardPool
+from rollout.config import EngineSetup
 from rollout.pool import RolloutPool
 from trainer.group import LearnerGroup
 
@@ -49,10 +51,13 @@ def start_roles(cfg: Config, loopback: bool) -> Roles:
     started = []
     try:
         r = cfg.reward
-        started.append(RewardPool(r, actor_options=placement.options("reward")))
-        started.append(RolloutPool(cfg.model.path, cfg.rollout, cfg.model.dtype, max(1, cfg.cluster.gpus_per_engine),
-                                   seed=cfg.run.seed, actor_options=placement.options("rollout"),
-                                   sleep_mode=cfg.cluster.placement == "colocated"))
+        started.append(RewardPool(r, actor_options=placement.options("reward"),
+                                  model_options=placement.options("reward_model")))
+        setup = EngineSetup(tensor_parallel_size=max(1, cfg.cluster.gpus_per_engine), seed=cfg.run.seed,
+                            sleep_mode=cfg.cluster.placement == "colocated",
+                            collective=resolve_weight_transfer(cfg) == "collective")
+        started.append(RolloutPool(cfg.model.path, cfg.rollout, cfg.model.dtype, setup,
+                                   actor_options=placement.options("rollout")))
         started.append(LearnerGroup(cfg.model.path, cfg.trainer.num_learners, opts, cfg.trainer.threads_per_learner,
                                     loopback=loopback, actor_options=placement.options("learner")))
         if cfg.critic.enabled:

@@ -3,7 +3,8 @@
 
   object_store  learner rank 0 puts each bucket in Ray's object store; each engine fetches it
   collective    learner rank 0 broadcasts the buckets through a torch.distributed group of its
-                own with the engines (gloo on CPU, NCCL on GPUs)
+                own with the engines (gloo on CPU, NCCL on GPUs); an `hf` engine's rollout
+                worker joins it, a `vllm` engine's own worker process does (rollout/vllm_worker.py)
 
 Both move the same fingerprinted buckets in the training dtype (rollout/transfer/buckets.py),
 ZeRO-3 ranks gathering one bucket at a time.
@@ -26,12 +27,14 @@ def resolve_weight_transfer(cfg: Config) -> str:
     r, c = cfg.rollout, cfg.cluster
     learner_gpu, engine_gpu = c.gpus_per_learner > 0, c.gpus_per_engine > 0
     if r.weight_transfer == "auto":
-        return "collective" if r.engine == "hf" and learner_gpu and engine_gpu else "object_store"
+        # Colocated GPUs would take CUDA IPC, which is not built yet: the object store until then.
+        apart = c.placement == "disaggregated"
+        return "collective" if learner_gpu and engine_gpu and apart and c.gpus_per_engine == 1 else "object_store"
     if r.weight_transfer == "collective":
-        if r.engine != "hf":
-            raise ConfigError("rollout.weight_transfer 'collective' into the vllm engine is not wired yet (it "
-                              "receives through vLLM's weight-transfer API from the object store); use "
-                              "rollout.weight_transfer=object_store")
+        if r.engine == "vllm" and c.gpus_per_engine > 1:
+            raise ConfigError(f"rollout.weight_transfer 'collective' into a tensor-parallel vllm engine "
+                              f"(cluster.gpus_per_engine={c.gpus_per_engine}) is not built yet: each shard would "
+                              f"have to join the group; use rollout.weight_transfer=object_store")
         if learner_gpu != engine_gpu:
             raise ConfigError(f"rollout.weight_transfer 'collective' needs the learners and the engines on the same "
                               f"kind of device (cluster.gpus_per_learner={c.gpus_per_learner}, "

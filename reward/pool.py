@@ -107,8 +107,11 @@ class PoolMetrics:
 
 
 class RewardPool:
-    def __init__(self, spec: RewardConfig | None = None, actor_options: list[dict] | None = None, **settings):
-        """`spec` is the config's `reward` section; keyword settings build one (unknown names are refused)."""
+    def __init__(self, spec: RewardConfig | None = None, actor_options: list[dict] | None = None,
+                 model_options: list[dict] | None = None, **settings):
+        """`spec` is the config's `reward` section; keyword settings build one (unknown names are refused).
+        actor_options / model_options: Ray options (placement bundles) of the verifier workers / of the
+        reward-model actor (cluster/placement.py)."""
         spec = spec if spec is not None else RewardConfig(**settings)
         self.spec = spec
         _validate(spec)
@@ -116,7 +119,7 @@ class RewardPool:
         self._fingerprint = hashlib.sha256(json.dumps(
             [sorted(self.weights), spec.verifier_options, spec.reward_model_path, spec.judge_url, spec.judge_model],
             sort_keys=True, default=str).encode()).hexdigest()[:16]
-        self.lanes = self._make_lanes(actor_options or [])
+        self.lanes = self._make_lanes(actor_options or [], model_options or [])
         self._samples: dict[int, _Sample] = {}
         self._tickets: dict[int, list[int]] = {}
         self._inflight: dict = {}  # ObjectRef -> (lane, actor, sample ids, deadline)
@@ -127,7 +130,7 @@ class RewardPool:
         self._compute: collections.deque = collections.deque(maxlen=10_000)
         self.stats = PoolMetrics(workers=spec.num_workers, workers_peak=spec.num_workers)
 
-    def _make_lanes(self, options: list[dict]) -> dict[str, _Lane]:
+    def _make_lanes(self, options: list[dict], model_options: list[dict]) -> dict[str, _Lane]:
         s = self.spec
         lanes = {}
         if any(n not in MODEL_COMPONENTS for n in self.weights):
@@ -138,7 +141,7 @@ class RewardPool:
             from reward.reward_model import RewardModelWorker
             gpus = 1 if s.reward_model_device == "cuda" else 0
             lanes["reward_model"] = _Lane("reward_model", _actor_factory(RewardModelWorker, s, num_gpus=gpus), 1,
-                                          s.reward_model_batch_size, 1, [])
+                                          s.reward_model_batch_size, 1, model_options)
         if "judge" in self.weights:
             from reward.judge import JudgeWorker
             lanes["judge"] = _Lane("judge", _actor_factory(JudgeWorker, s), 1, s.judge_concurrency * 2, 1, [])

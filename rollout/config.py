@@ -5,6 +5,7 @@ here (`vllm_options`), so no mirror of its fields exists."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -37,8 +38,8 @@ class RolloutConfig(BaseModel):
     # finish on the weights they started with, the update applies before the next call.
     in_flight: Literal["interrupt", "finish"] = "interrupt"
     # How weights travel from the learners (cluster/weights.py, rollout/transfer/): auto =
-    # collective for `hf` engines when learners and engines both have GPUs (or both have none:
-    # object_store then, the tested CPU default), object_store otherwise.
+    # collective when learners and engines both have GPUs and are disaggregated (one GPU per
+    # engine); object_store otherwise (the tested CPU default; colocated until CUDA IPC exists).
     weight_transfer: Literal["auto", "object_store", "collective"] = "auto"
     weight_bucket_mb: int = Field(32, ge=1)  # collective: at most this much per broadcast (one tensor may exceed it)
     weight_transfer_timeout_s: float = Field(120.0, gt=0)  # collective: every rendezvous and broadcast
@@ -58,11 +59,20 @@ class RolloutConfig(BaseModel):
         return self
 
 
-def vllm_options(cfg: RolloutConfig, tensor_parallel_size: int = 1, seed: int = 0,
-                 sleep_mode: bool = False) -> VLLMOptions:
+@dataclass(frozen=True)
+class EngineSetup:
+    """What the run decides about each engine beyond the rollout section (cluster/roles.py)."""
+
+    tensor_parallel_size: int = 1  # GPUs per engine replica
+    seed: int = 0
+    sleep_mode: bool = False  # colocated placement: the engine sleeps while the learners train
+    collective: bool = False  # rollout.weight_transfer resolved to 'collective' (cluster/weights.py)
+
+
+def vllm_options(cfg: RolloutConfig, setup: EngineSetup = EngineSetup()) -> VLLMOptions:
     """The vllm engine's settings from the rollout section (rollout/vllm_engine.py reads them)."""
-    return VLLMOptions(tensor_parallel_size=tensor_parallel_size,
+    return VLLMOptions(tensor_parallel_size=setup.tensor_parallel_size,
                        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, kv_cache_gib=cfg.vllm_kv_cache_gib, max_model_len=cfg.vllm_max_model_len,
                        max_num_seqs=cfg.vllm_max_num_seqs, enforce_eager=cfg.vllm_enforce_eager,
-                       enable_prefix_caching=cfg.vllm_enable_prefix_caching, enable_sleep_mode=sleep_mode,
-                       seed=seed)
+                       enable_prefix_caching=cfg.vllm_enable_prefix_caching, enable_sleep_mode=setup.sleep_mode,
+                       seed=setup.seed, weight_transfer="tandem_collective" if setup.collective else "tandem_file")

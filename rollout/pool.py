@@ -17,15 +17,14 @@ from typing import Iterator, Optional
 
 import ray
 
-from rollout.config import RolloutConfig, vllm_options
-from rollout.devices import release_memory, resident_bytes
+from rollout.config import EngineSetup, RolloutConfig, vllm_options
+from rollout.devices import freeze_setup_objects, release_memory, resident_bytes
 from rollout.types import EngineError, EngineMemory, GenerationRequest, Rollout, SamplingParams
 from rollout.transfer.buckets import Layout, WeightSyncError
 from rollout.transfer.collective import TransferGroup
 from rollout.transfer.object_store import StoredUpdate, fetch_update
 
-def make_engine(cfg: RolloutConfig, model_path: str, dtype: str, tensor_parallel_size: int = 1, seed: int = 0,
-                sleep_mode: bool = False):
+def make_engine(cfg: RolloutConfig, model_path: str, dtype: str, setup: EngineSetup = EngineSetup()):
     """The engine named by rollout.engine, imported only when selected (vLLM is an optional extra)."""
     if cfg.engine == "hf":
         from rollout.devices import actor_device
@@ -35,21 +34,19 @@ def make_engine(cfg: RolloutConfig, model_path: str, dtype: str, tensor_parallel
     if cfg.engine == "vllm":
         from rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, dtype, cfg.threads_per_worker,
-                          vllm_options(cfg, tensor_parallel_size, seed, sleep_mode))
+        return VLLMEngine(model_path, dtype, cfg.threads_per_worker, vllm_options(cfg, setup))
     raise ValueError(f"rollout.engine '{cfg.engine}' is not an engine (valid: hf, vllm)")
 
 
 class RolloutWorker:
     """Ray actor body: owns one engine and the policy version of its weights."""
 
-    def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str, tensor_parallel_size: int = 1, seed: int = 0,
-                 sleep_mode: bool = False):
+    def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str, setup: EngineSetup = EngineSetup()):
         import torch
 
         torch.set_num_threads(cfg.threads_per_worker)
-        # sleep_mode: colocated placement (vLLM reserves what sleep()/wake_up() need at start-up).
-        self.engine = make_engine(cfg, model_path, dtype, tensor_parallel_size, seed, sleep_mode)
+        self.engine = make_engine(cfg, model_path, dtype, setup)
+        freeze_setup_objects()  # sleep() collects garbage: only what is newer than the engine
         # `hf` streams and swaps weights at its own decode steps; vLLM returns a call's rollouts
         # together and pauses/resumes in-flight requests itself when weights are loaded.
         self.engine_streams = hasattr(self.engine, "stream")
@@ -139,7 +136,10 @@ class RolloutWorker:
         """Join learner rank 0's weight-transfer group as engine `rank` (rollout/transfer/); gloo's
         traffic stays on loopback when the store is there (the embedded cluster)."""
         bind_host = host if host == "127.0.0.1" else ray.util.get_node_ip_address()
-        self.transfer = TransferGroup(host, port, rank, world_size, backend, timeout_s, bind_host)
+        if hasattr(self.engine, "open_collective"):  # vLLM: its own worker process joins the group
+            self.engine.open_collective(host, port, rank, world_size, backend, timeout_s, bind_host, layout)
+        else:
+            self.transfer = TransferGroup(host, port, rank, world_size, backend, timeout_s, bind_host)
         self.layout = layout
 
     @ray.method(concurrency_group="control")
@@ -149,7 +149,10 @@ class RolloutWorker:
         as update_weights does. Any failed check raises and leaves the old weights in place."""
         t0 = time.perf_counter()
         self._check_next(version)
-        self._stage(version, self.transfer.receive(self.layout, version, getattr(self.engine, "device", "cpu")))
+        if self.transfer is None:  # vLLM: received and checked inside its worker, loaded by _stage
+            self._stage(version, self.engine.receive_collective(version))
+        else:
+            self._stage(version, self.transfer.receive(self.layout, version, getattr(self.engine, "device", "cpu")))
         return time.perf_counter() - t0
 
     def _stage(self, version: int, weights: dict) -> None:
@@ -208,14 +211,14 @@ class RolloutWorker:
 class RolloutPool:
     """Driver-side handle on N rollout workers; requests are split evenly, order kept."""
 
-    def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str = "float32", tensor_parallel_size: int = 1,
-                 seed: int = 0, actor_options: list[dict] | None = None, sleep_mode: bool = False):
+    def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str = "float32", setup: EngineSetup = EngineSetup(),
+                 actor_options: list[dict] | None = None):
         # actor_options: per-worker Ray options (placement group bundle, resources) from cluster/placement.py.
         threads = cfg.threads_per_worker
         base = dict(num_cpus=threads, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
         extra = actor_options or [{} for _ in range(cfg.num_workers)]
         actor = ray.remote(concurrency_groups={"generate": 1, "control": 1})(RolloutWorker)
-        args = (model_path, cfg, dtype, tensor_parallel_size, seed, sleep_mode)
+        args = (model_path, cfg, dtype, setup)
         self.workers = [actor.options(**{**base, **extra[i]}).remote(*args) for i in range(cfg.num_workers)]
         self.batch_size = cfg.batch_size
         self._next = 0  # the worker that gets the next call's first shard

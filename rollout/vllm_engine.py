@@ -27,6 +27,7 @@ import itertools
 import os
 import tempfile
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -58,6 +59,13 @@ def _cpu_thread_env(threads: int) -> None:
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "auto")
     allowed = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(max(1, allowed - threads)))
+
+
+@dataclass(frozen=True)
+class ReceivedUpdate:
+    """An update received and checked inside vLLM's worker (`tandem_collective`), not yet loaded."""
+
+    version: int
 
 
 def _gpu_free_bytes() -> int:
@@ -217,13 +225,18 @@ class VLLMEngine:
 
     # ---- weights ---------------------------------------------------------------------------
 
-    def load_weights(self, arrays: dict) -> None:
-        """Load a verified update (torch tensors from rollout/transfer/, or numpy arrays) as the
-        next policy version, in the dtypes it came in.
+    def load_weights(self, arrays) -> None:
+        """Load a verified update (torch tensors from rollout/transfer/, or numpy arrays; or, with
+        `tandem_collective`, the ReceivedUpdate already inside vLLM's worker) as the next policy
+        version, in the dtypes it came in.
 
         In-flight samples are paused, not dropped: they continue with the new weights once
         the update is in and the caches are cleared.
         """
+        if isinstance(arrays, ReceivedUpdate):
+            self._call(self._apply_update({"version": arrays.version}, arrays.version))
+            self.version = arrays.version
+            return
         if self.options.weight_transfer != "tandem_file":
             raise EngineError(f"weight transfer '{self.options.weight_transfer}' receives weights from the "
                               "learner's own channel, not from the object store")
@@ -243,6 +256,27 @@ class VLLMEngine:
         finally:
             os.remove(path)
         self.version = version
+
+    # ---- `tandem_collective`: vLLM's worker is a member of the learners' transfer group ----
+
+    def open_collective(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float,
+                        bind_host: str, layout) -> None:
+        """Join learner rank 0's weight-transfer group (rollout/transfer/collective.py) from inside
+        vLLM's worker process; returns once the group has formed."""
+        self.init_native_transfer(dict(host=host, port=port, rank=rank, world_size=world_size, backend=backend,
+                                       timeout_s=timeout_s, bind_host=bind_host, layout=layout.to_rows()))
+
+    def receive_collective(self, version: int) -> "ReceivedUpdate":
+        """Receive and check update `version` inside vLLM's worker while learner rank 0
+        broadcasts it; load_weights(the returned handle) swaps it in. A failed check raises
+        WeightSyncError and leaves the model as it was."""
+        from rollout.transfer.buckets import WeightSyncError
+
+        try:
+            self._call(self.llm.collective_rpc("tandem_receive_update", kwargs={"version": version}))
+        except Exception as err:  # raised in vLLM's worker process: re-raised here as what it is
+            raise WeightSyncError(f"vLLM worker, weight update v{version}: {err}") from err
+        return ReceivedUpdate(version)
 
     def receive_native_update(self, update_info: dict, version: int) -> None:
         """One update through vLLM's own GPU backend (`nccl`: the learner broadcasts while this

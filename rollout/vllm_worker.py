@@ -13,8 +13,12 @@ vLLM's layerwise reload (`initialize_layerwise_reload` / `model.load_weights` /
 `finalize_layerwise_reload`), the supported way to load checkpoint-format weights
 into a model whose layers were post-processed at load time (on CPU, vLLM prepacks
 linear weights, which a plain `load_weights` would break). It is the transport for
-an engine on the same host as its rollout worker (CPU, or one GPU); across hosts
-use vLLM's `nccl` backend, colocated on GPUs its `ipc` backend.
+an engine on the same host as its rollout worker (CPU, or one GPU).
+
+`tandem_collective` (rollout.weight_transfer 'collective'): the vLLM worker itself joins
+learner rank 0's weight-transfer group (rollout/transfer/collective.py: gloo on CPU, NCCL
+on GPUs) and receives the fingerprinted buckets straight from the broadcast; no file, no
+hop through the rollout worker's process.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from vllm.distributed.weight_transfer.base import (
 from vllm.distributed.weight_transfer.factory import WeightTransferEngineFactory
 
 BACKEND = "tandem_file"
+COLLECTIVE = "tandem_collective"
 
 
 @dataclass
@@ -113,6 +118,69 @@ class FileWeightTransferEngine(WeightTransferEngine[FileInitInfo, FileUpdateInfo
         pass
 
 
+@dataclass
+class CollectiveInitInfo(WeightTransferInitInfo):
+    """Where learner rank 0's weight-transfer group is (rollout/transfer/collective.py)."""
+
+    host: str
+    port: int
+    rank: int
+    world_size: int
+    backend: str  # gloo | nccl
+    timeout_s: float
+    bind_host: str
+    layout: list  # rollout.transfer.buckets.Layout.to_rows()
+
+
+@dataclass
+class CollectiveUpdateInfo(WeightTransferUpdateInfo):
+    version: int
+
+
+class CollectiveWeightTransferEngine(FileWeightTransferEngine):
+    """`tandem_collective`: this vLLM worker is a member of the learners' weight-transfer group.
+    An update arrives in two moves, so that nothing touches the model before every bucket is in
+    and checked: `tandem_receive_update` (an RPC) receives and checks update v while learner
+    rank 0 broadcasts it and keeps it; vLLM's update_weights({"version": v}) then loads what was
+    kept through layerwise reload, as `tandem_file` does."""
+
+    init_info_cls = CollectiveInitInfo
+    update_info_cls = CollectiveUpdateInfo
+
+    def init_transfer_engine(self, init_info: CollectiveInitInfo) -> None:
+        from rollout.transfer.buckets import Layout
+        from rollout.transfer.collective import TransferGroup
+
+        i = init_info
+        self.layout = Layout.from_rows(i.layout)
+        self.group = TransferGroup(i.host, i.port, i.rank, i.world_size, i.backend, i.timeout_s, i.bind_host)
+        self.received: tuple[int, dict[str, torch.Tensor]] | None = None
+
+    def receive(self, version: int) -> int:
+        device = next(self.model.parameters()).device
+        self.received = None
+        self.received = (version, self.group.receive(self.layout, version, device))
+        return len(self.received[1])
+
+    def update_weights(self, update_info: dict) -> None:
+        self.receive_weights(self.parse_update_info(update_info))
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+
+    def receive_weights(self, update_info: CollectiveUpdateInfo) -> None:
+        if self.received is None or self.received[0] != update_info.version:
+            have = None if self.received is None else self.received[0]
+            raise ValueError(f"load of weight update v{update_info.version}: the update received is v{have}")
+        arrays = self.received[1]
+        self.received = None
+        self.model.load_weights(arrays.items())
+        self._load_tied_head(arrays)
+
+    def shutdown(self) -> None:
+        if getattr(self, "group", None) is not None:
+            self.group.close()
+
+
 class TandemWorkerExtension:
     """Mixed into vLLM's worker class (vLLM's `worker_extension_cls`); callable via collective_rpc."""
 
@@ -120,8 +188,13 @@ class TandemWorkerExtension:
         """Verify an update's file against its manifest before anything touches the model."""
         return len(read_checked(FileUpdateInfo(**update_info)))
 
+    def tandem_receive_update(self, version: int) -> int:
+        """`tandem_collective`: receive and check update `version` from the learners' broadcast."""
+        return self.weight_transfer_engine.receive(version)
 
-try:
-    WeightTransferEngineFactory.register_engine(BACKEND, FileWeightTransferEngine)
-except ValueError:  # already registered: this module was imported before in this process
-    pass
+
+for _name, _engine in ((BACKEND, FileWeightTransferEngine), (COLLECTIVE, CollectiveWeightTransferEngine)):
+    try:
+        WeightTransferEngineFactory.register_engine(_name, _engine)
+    except ValueError:  # already registered: this module was imported before in this process
+        pass

@@ -18,6 +18,7 @@ import numpy as np
 import ray
 import torch
 
+from rollout.devices import freeze_setup_objects
 from rollout.transfer.buckets import Layout, TensorSpec, pack, plan_layout
 from rollout.transfer.collective import TransferGroup
 from rollout.transfer.object_store import StoredUpdate, put_packed
@@ -158,6 +159,7 @@ class Learner:
         if opts.model_kind == "policy" and opts.logprob_chunk_tokens > 0:
             self.engine.eval()
             check_chunked_head(self.engine, model.config.vocab_size, opts.logprob_chunk_tokens)
+        freeze_setup_objects()
         return rank
 
     def _logprobs(self, model, t: dict[str, torch.Tensor], temperature: float, entropy_grad: bool = False):

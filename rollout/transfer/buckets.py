@@ -55,6 +55,15 @@ class Layout:
     def buffer_bytes(self, index: int) -> int:
         return HEADER_BYTES + self.payload_bytes[index]
 
+    def to_rows(self) -> list:
+        """Plain lists (for a channel that carries no Python objects, e.g. vLLM's engine RPC)."""
+        return [[[t.name, list(t.shape), t.dtype, t.offset] for t in b] for b in self.buckets], list(self.payload_bytes)
+
+    @classmethod
+    def from_rows(cls, rows) -> "Layout":
+        buckets, payload = rows
+        return cls(tuple(tuple(TensorSpec(n, tuple(s), d, o) for n, s, d, o in b) for b in buckets), tuple(payload))
+
 
 def _align8(n: int) -> int:
     return (n + 7) // 8 * 8

@@ -94,10 +94,27 @@ def test_critic_has_a_group_of_its_own(tmp_path):
     assert "critic" not in plan().actors
 
 
+def test_a_reward_model_on_cuda_gets_a_gpu_in_the_plan():
+    """The reward-model actor's GPU is reserved with the rest, so a cluster without one fails the
+    fit check at once instead of leaving the actor pending in Ray's queue."""
+    rm = ["reward.components={reward_model: 1.0}", "reward.reward_model_path=/models/rm"]
+    p = plan(*rm, "reward.reward_model_device=cuda", "cluster.resources={reward_model: {rm_node: 1}}")
+    assert p.groups[-1].name == "reward_model" and p.groups[-1].bundles == ({"GPU": 1.0, "rm_node": 1.0},)
+    assert [(s.group, s.resources) for s in p.actors["reward_model"]] == [(len(p.groups) - 1,
+                                                                         {"GPU": 1.0, "rm_node": 1.0})]
+    assert p.totals()["GPU"] == 1 and "reward_model 1 actor(s), asking {GPU: 1" in p.describe()
+    with pytest.raises(PlacementError, match=r"group reward_model bundle 0 \{GPU: 1, rm_node: 1\} fits on no node"):
+        check_fit(p, CPU_NODES)
+    on_cpu = plan(*rm)
+    assert [s.group for s in on_cpu.actors["reward_model"]] == [-1] and "GPU" not in on_cpu.totals()
+    assert "reward_model" not in plan().actors  # no reward model, no actor
+
+
 def test_bad_placement_fields_are_named(tmp_path):
     with pytest.raises(ConfigError, match=r"cluster.gpus_per_engine=2.*'hf' engine"):
         plan("cluster.gpus_per_engine=2")
-    with pytest.raises(ConfigError, match=r"cluster.resources.judge.*'learner', 'rollout', 'reward' or 'critic'"):
+    with pytest.raises(ConfigError, match=r"cluster.resources.judge.*'learner', 'rollout', 'reward', 'critic' or "
+                                          r"'reward_model'"):
         plan("cluster.resources={judge: {x: 1}}")
     with pytest.raises(ConfigError, match=r"unknown key 'cluster.placment': did you mean 'placement'"):
         plan("cluster.placment=colocated")

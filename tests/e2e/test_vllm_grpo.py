@@ -14,12 +14,17 @@ pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
                                        "(make test-vllm, part of make test)")
 
 
-def test_grpo_steps_with_the_vllm_engine(ray_session, tmp_path):
+@pytest.mark.parametrize("transfer", ["object_store", "collective"])
+def test_grpo_steps_with_the_vllm_engine(ray_session, tmp_path, transfer):
+    """object_store: the rollout worker checks each update and hands it to vLLM's worker in a
+    file; collective: vLLM's worker joins the learners' gloo group and receives the broadcast."""
     cfg = config(tmp_path, "rollout.engine=vllm", "controller.steps=3", "controller.eval_every=0",
-                 "run.name=vllm", "trainer.num_learners=1", "trainer.zero_stage=0")
+                 "run.name=vllm", "trainer.num_learners=1", "trainer.zero_stage=0",
+                 f"rollout.weight_transfer={transfer}")
     summary = run(cfg, log=lambda *_: None).record
     assert summary["status"] == "completed" and summary["steps"] == 3 and summary["samples"] == 3 * 8 * 4
     assert summary["weight_sync"]["count"] == 3 and summary["weight_sync"]["checksum_failures"] == 0
+    assert summary["weight_sync"]["transfer"] == transfer
     assert summary["staleness"]["max_seen"] == 0 and summary["staleness"]["dropped"] == 0
     rows = [json.loads(line) for line in (tmp_path / "runs" / "vllm" / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if not r.get("final")]

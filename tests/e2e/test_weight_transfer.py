@@ -38,7 +38,8 @@ def test_collective_transfer_trains_exactly_as_the_object_store(ray_session, tmp
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["rollout.engine=vllm"], "'collective' into the vllm engine is not wired yet"),
+    (["rollout.engine=vllm", "cluster.gpus_per_engine=2", "cluster.gpus_per_learner=1"],
+     "'collective' into a tensor-parallel vllm engine"),
     (["cluster.gpus_per_learner=1"], "needs the learners and the engines on the same kind of device"),
 ])
 def test_a_transfer_that_cannot_run_is_refused_before_anything_starts(tmp_path, overrides, message):

@@ -6,7 +6,7 @@ unfilled engine refuses to generate, and a sleeping one refuses updates."""
 import pytest
 import torch
 
-from rollout.config import RolloutConfig
+from rollout.config import EngineSetup, RolloutConfig
 from rollout.pool import RolloutPool
 from rollout.transfer.buckets import TensorSpec, WeightSyncError, plan_layout
 from rollout.transfer.object_store import store_update
@@ -48,7 +48,7 @@ def update(weights, version):
 def test_level_2_frees_the_weights_and_the_next_update_refills_them(ray_session, model):
     path, weights = model
     layout, refill = update(weights, 1)
-    pool = RolloutPool(path, RolloutConfig(num_workers=1), sleep_mode=True)
+    pool = RolloutPool(path, RolloutConfig(num_workers=1), setup=EngineSetup(sleep_mode=True))
     try:
         pool.set_layout(layout)
         before = tokens(pool.generate(requests(), PARAMS))
@@ -73,7 +73,7 @@ def test_level_2_frees_the_weights_and_the_next_update_refills_them(ray_session,
 
 def test_level_1_keeps_the_weights_on_a_cpu_engine(ray_session, model):
     path, _ = model
-    pool = RolloutPool(path, RolloutConfig(num_workers=1), sleep_mode=True)
+    pool = RolloutPool(path, RolloutConfig(num_workers=1), setup=EngineSetup(sleep_mode=True))
     try:
         before = tokens(pool.generate(requests(), PARAMS))
         [memory] = pool.sleep(1)

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from cluster.config import ConfigError
-from rollout.config import RolloutConfig, vllm_options
+from rollout.config import EngineSetup, RolloutConfig, vllm_options
 from rollout.types import EngineError, SamplingParams, VLLMOptions, sample_seed
 from tests.rollout.requests import request
 
@@ -40,9 +40,10 @@ def test_import_cluster_does_not_import_vllm():
 
 def test_vllm_config_fields_and_top_p_rule():
     cfg = RolloutConfig(engine="vllm", vllm_kv_cache_gib=0.5, vllm_max_model_len=256)
-    assert vllm_options(cfg, tensor_parallel_size=2, seed=3) == VLLMOptions(
+    assert vllm_options(cfg, EngineSetup(tensor_parallel_size=2, seed=3, collective=True)) == VLLMOptions(
         tensor_parallel_size=2, gpu_memory_utilization=0.85, kv_cache_gib=0.5, max_model_len=256, max_num_seqs=256,
-        enforce_eager=None, enable_prefix_caching=True, seed=3)
+        enforce_eager=None, enable_prefix_caching=True, seed=3, weight_transfer="tandem_collective")
+    assert vllm_options(cfg, EngineSetup(sleep_mode=True)).enable_sleep_mode
     for engine in ("vllm", "hf"):  # neither engine's logprobs would be the learner's under top-p
         with pytest.raises(ValueError, match=f"rollout.top_p=0.9 with rollout.engine '{engine}'"):
             RolloutConfig(engine=engine, top_p=0.9)
