@@ -6,7 +6,10 @@
                 own with the engines (gloo on CPU, NCCL on GPUs); an `hf` engine's rollout
                 worker joins it, a `vllm` engine's own worker process does (rollout/vllm_worker.py)
 
-Both move the same fingerprinted buckets in the training dtype (rollout/transfer/buckets.py),
+  ipc           colocated on GPUs: learner rank k hands the engine on its GPU CUDA IPC handles
+                on its packed buckets (GPU only, untested on CPU)
+
+All move the same fingerprinted buckets in the training dtype (rollout/transfer/buckets.py),
 ZeRO-3 ranks gathering one bucket at a time.
 
 Either way an update is version = previous + 1, verified by every engine before the swap, and
@@ -27,20 +30,43 @@ def resolve_weight_transfer(cfg: Config) -> str:
     r, c = cfg.rollout, cfg.cluster
     learner_gpu, engine_gpu = c.gpus_per_learner > 0, c.gpus_per_engine > 0
     if r.weight_transfer == "auto":
-        # Colocated GPUs would take CUDA IPC, which is not built yet: the object store until then.
-        apart = c.placement == "disaggregated"
-        return "collective" if learner_gpu and engine_gpu and apart and c.gpus_per_engine == 1 else "object_store"
+        if not (learner_gpu and engine_gpu and c.gpus_per_engine == 1):
+            return "object_store"
+        if c.placement == "disaggregated":
+            return "collective"
+        return "ipc" if _ipc_problem(cfg) is None else "object_store"
+    if r.weight_transfer == "ipc":
+        problem = _ipc_problem(cfg)
+        if problem:
+            raise ConfigError(f"rollout.weight_transfer 'ipc' {problem}; use rollout.weight_transfer=object_store"
+                              + (" or collective" if c.placement == "disaggregated" else ""))
     if r.weight_transfer == "collective":
         if r.engine == "vllm" and c.gpus_per_engine > 1:
             raise ConfigError(f"rollout.weight_transfer 'collective' into a tensor-parallel vllm engine "
                               f"(cluster.gpus_per_engine={c.gpus_per_engine}) is not built yet: each shard would "
                               f"have to join the group; use rollout.weight_transfer=object_store")
+        if learner_gpu and c.placement == "colocated":
+            raise ConfigError("rollout.weight_transfer 'collective' with colocated GPUs: NCCL cannot join two "
+                              "processes on one GPU; use rollout.weight_transfer=ipc (or auto)")
         if learner_gpu != engine_gpu:
             raise ConfigError(f"rollout.weight_transfer 'collective' needs the learners and the engines on the same "
                               f"kind of device (cluster.gpus_per_learner={c.gpus_per_learner}, "
                               f"cluster.gpus_per_engine={c.gpus_per_engine}): NCCL joins GPUs, gloo CPUs; use "
                               f"rollout.weight_transfer=object_store")
     return r.weight_transfer
+
+
+def _ipc_problem(cfg: Config):
+    """Why CUDA IPC cannot carry this recipe's updates (None: it can)."""
+    r, c, t = cfg.rollout, cfg.cluster, cfg.trainer
+    if c.placement != "colocated" or not (c.gpus_per_learner and c.gpus_per_engine):
+        return "needs learners and engines on shared GPUs (cluster.placement 'colocated' with GPUs)"
+    if r.engine != "hf":
+        return "into the vllm engine is not built yet"
+    if c.gpus_per_engine > 1 or r.num_workers > t.num_learners:
+        return (f"needs a learner rank on every engine's GPU (rollout.num_workers={r.num_workers}, "
+                f"trainer.num_learners={t.num_learners}, cluster.gpus_per_engine={c.gpus_per_engine})")
+    return None
 
 
 class WeightSync:
@@ -64,6 +90,12 @@ class WeightSync:
         """Publish `version`; raises WeightSyncError (old weights kept) when a check fails."""
         if self.kind == "object_store":
             self.rollout.update_weights(self.learners.export_weights(version, self.layout))
+        elif self.kind == "ipc":
+            handles = self.learners.export_ipc(version, self.layout)
+            try:
+                self.rollout.receive_ipc(version, handles)
+            finally:
+                self.learners.release_ipc()
         else:
             gather(self.learners.send_weights(version, self.layout) + self.rollout.receive_weights(version))
 

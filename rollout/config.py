@@ -39,8 +39,8 @@ class RolloutConfig(BaseModel):
     in_flight: Literal["interrupt", "finish"] = "interrupt"
     # How weights travel from the learners (cluster/weights.py, rollout/transfer/): auto =
     # collective when learners and engines both have GPUs and are disaggregated (one GPU per
-    # engine); object_store otherwise (the tested CPU default; colocated until CUDA IPC exists).
-    weight_transfer: Literal["auto", "object_store", "collective"] = "auto"
+    # engine), ipc when colocated on GPUs, object_store otherwise (the tested CPU default).
+    weight_transfer: Literal["auto", "object_store", "collective", "ipc"] = "auto"
     weight_bucket_mb: int = Field(32, ge=1)  # collective: at most this much per broadcast (one tensor may exceed it)
     weight_transfer_timeout_s: float = Field(120.0, gt=0)  # collective: every rendezvous and broadcast
     # cluster.placement 'colocated': what the engine releases while the learners train (vLLM's

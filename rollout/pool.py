@@ -20,7 +20,7 @@ import ray
 from rollout.config import EngineSetup, RolloutConfig, vllm_options
 from rollout.devices import freeze_setup_objects, release_memory, resident_bytes
 from rollout.types import EngineError, EngineMemory, GenerationRequest, Rollout, SamplingParams
-from rollout.transfer.buckets import Layout, WeightSyncError
+from rollout.transfer.buckets import Layout, WeightSyncError, unpack
 from rollout.transfer.collective import TransferGroup
 from rollout.transfer.object_store import StoredUpdate, fetch_update
 
@@ -155,6 +155,29 @@ class RolloutWorker:
             self._stage(version, self.transfer.receive(self.layout, version, getattr(self.engine, "device", "cpu")))
         return time.perf_counter() - t0
 
+    @ray.method(concurrency_group="control")
+    def receive_ipc(self, version: int, buckets: tuple) -> float:
+        """`ipc`: open the learner's buckets on this GPU (rollout/transfer/ipc.py), check each,
+        and copy the tensors into the engine at once: the learner frees them when this returns,
+        so an update cannot wait for a safe point (colocated placement syncs with the engine idle)."""
+        from rollout.transfer.ipc import open_shared
+
+        t0 = time.perf_counter()
+        self._check_next(version)
+        if len(buckets) != len(self.layout.buckets):
+            raise WeightSyncError(f"weight update v{version}: {len(buckets)} buckets, the layout has "
+                                  f"{len(self.layout.buckets)}")
+        tensors: dict = {}
+        for index, bucket in enumerate(buckets):
+            tensors.update(unpack(self.layout, index, open_shared(bucket), version))
+        with self._cond:
+            if self._generating:
+                raise WeightSyncError(f"weight update v{version} over 'ipc' reached an engine that is generating")
+            self.latest = version
+            self._pending = (version, tensors)
+            self._apply_pending()
+        return time.perf_counter() - t0
+
     def _stage(self, version: int, weights: dict) -> None:
         """A verified update: load it now if idle; mid-call at the next decode step (`interrupt`;
         returns once swapped); or when the in-flight call ends (`finish`; returns at once)."""
@@ -258,6 +281,10 @@ class RolloutPool:
         world_size = len(self.workers) + 1
         return [w.open_transfer.remote(host, port, i + 1, world_size, backend, timeout_s, layout)
                 for i, w in enumerate(self.workers)]
+
+    def receive_ipc(self, version: int, handles: list[tuple]) -> None:
+        """`ipc`: engine k opens learner rank k's handles (the two share bundle k and its GPU)."""
+        ray.get([w.receive_ipc.remote(version, h) for w, h in zip(self.workers, handles)])
 
     def receive_weights(self, version: int) -> list:
         """Futures of every worker's receive (the learners broadcast at the same time)."""

@@ -102,6 +102,13 @@ class LearnerGroup:
     def reload(self) -> list:
         return gather([a.reload.remote() for a in self.actors])
 
+    def export_ipc(self, version: int, layout) -> list[tuple]:
+        """Every rank's CUDA IPC handles on its packed update (rollout/transfer/ipc.py), rank order."""
+        return gather([a.export_ipc.remote(version, layout) for a in self.actors])
+
+    def release_ipc(self) -> None:
+        gather([a.release_ipc.remote() for a in self.actors])
+
     def save_hf(self, path: str) -> str:
         return gather([a.save_hf.remote(path) for a in self.actors])[0]
 

@@ -285,10 +285,11 @@ class Learner:
                 return None
             return {name: p.detach().to("cpu", torch.float32).numpy().copy() for name, p in params}
 
-    def _packed_buckets(self, version: int, layout: Layout) -> Iterator[tuple[int, Optional[torch.Tensor]]]:
+    def _packed_buckets(self, version: int, layout: Layout,
+                        every_rank: bool = False) -> Iterator[tuple[int, Optional[torch.Tensor]]]:
         """(index, packed bucket) in layout order; every rank must iterate to the end (ZeRO-3
-        gathers each bucket's parameters, and only those, across ranks). Rank 0 packs each
-        bucket in the training dtype on its device; the other ranks get None."""
+        gathers each bucket's parameters, and only those, across ranks). Rank 0 (every rank with
+        `every_rank`) packs each bucket in the training dtype on its device; the others get None."""
         import deepspeed
 
         params = dict(self.engine.module.named_parameters())
@@ -296,7 +297,7 @@ class Learner:
             with deepspeed.zero.GatheredParameters([params[s.name] for s in bucket], enabled=self.opts.zero_stage == 3):
                 # The packed copy outlives the gathered parameters.
                 buffer = pack(layout, index, {s.name: params[s.name].data for s in bucket}, version) \
-                    if self.rank == 0 else None
+                    if self.rank == 0 or every_rank else None
             yield index, buffer
 
     def export_weights(self, version: int, layout: Layout) -> Optional[StoredUpdate]:
@@ -317,6 +318,19 @@ class Learner:
         gather their shards for it during send_weights."""
         if self.rank == 0:
             self.transfer = TransferGroup(host, port, 0, world_size, backend, timeout_s, bind_host=host)
+
+    def export_ipc(self, version: int, layout: Layout) -> tuple:
+        """`ipc` (colocated on GPUs, ZeRO-1/2: every rank holds the whole model): this rank's
+        update packed on its GPU, as CUDA IPC handles for the engine on the same GPU; the packed
+        copy lives until release_ipc()."""
+        from rollout.transfer.ipc import share
+
+        self._shared = [buffer for _, buffer in self._packed_buckets(version, layout, every_rank=True)]
+        return tuple(share(buffer) for buffer in self._shared)
+
+    def release_ipc(self) -> None:
+        self._shared = []
+        torch.cuda.ipc_collect()  # memory the engine mapped goes back once it has let go
 
     def send_weights(self, version: int, layout: Layout) -> None:
         """All ranks: rank 0 broadcasts each packed bucket to the engines, packing the next one

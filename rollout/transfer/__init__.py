@@ -12,4 +12,6 @@ version or a bucket out of order (buckets.py). The carriers:
                 bounded by rollout.weight_transfer_timeout_s (collective.py)
   object_store  learner rank 0 puts each bucket in Ray's object store once; each engine fetches
                 it (object_store.py)
+  ipc           colocated on GPUs: learner rank k hands the engine on its GPU CUDA IPC handles
+                on its packed buckets (ipc.py)
 """

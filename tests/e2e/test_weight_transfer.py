@@ -37,10 +37,41 @@ def test_collective_transfer_trains_exactly_as_the_object_store(ray_session, tmp
     assert coll["weight_sync"]["bytes_per_update"] == model_bytes > 2**20  # more than one 1 MB bucket
 
 
+GPUS = ["cluster.gpus_per_learner=1", "cluster.gpus_per_engine=1"]
+
+
+@pytest.mark.parametrize("overrides, carrier", [
+    ([], "object_store"),  # CPU
+    (GPUS, "collective"),  # disaggregated GPUs
+    (GPUS + ["cluster.placement=colocated"], "ipc"),  # learner rank k and engine k on one GPU
+    (GPUS + ["cluster.placement=colocated", "trainer.num_learners=1", "rollout.num_workers=2"],
+     "object_store"),  # engine 1 has no learner on its GPU
+    (GPUS + ["rollout.engine=vllm", "cluster.gpus_per_engine=2"], "object_store"),  # tensor-parallel vLLM
+])
+def test_auto_picks_the_carrier_the_placement_allows(tmp_path, overrides, carrier):
+    from cluster.weights import resolve_weight_transfer
+
+    assert resolve_weight_transfer(config(tmp_path, *overrides)) == carrier
+
+
+def test_carriers_that_cannot_join_are_refused_naming_what_to_use(tmp_path):
+    from cluster.weights import resolve_weight_transfer
+
+    colocated = GPUS + ["cluster.placement=colocated"]
+    with pytest.raises(ConfigError, match="'collective' with colocated GPUs: NCCL cannot join.*"
+                                          "use rollout.weight_transfer=ipc"):
+        resolve_weight_transfer(config(tmp_path, *colocated, "rollout.weight_transfer=collective"))
+    with pytest.raises(ConfigError, match=r"'ipc' needs a learner rank on every engine's GPU \(rollout.num_workers=3"):
+        resolve_weight_transfer(config(tmp_path, *colocated, "rollout.weight_transfer=ipc", "rollout.num_workers=3"))
+    with pytest.raises(ConfigError, match="'ipc' into the vllm engine is not built yet"):
+        resolve_weight_transfer(config(tmp_path, *colocated, "rollout.weight_transfer=ipc", "rollout.engine=vllm"))
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["rollout.engine=vllm", "cluster.gpus_per_engine=2", "cluster.gpus_per_learner=1"],
      "'collective' into a tensor-parallel vllm engine"),
     (["cluster.gpus_per_learner=1"], "needs the learners and the engines on the same kind of device"),
+    (["rollout.weight_transfer=ipc"], "'ipc' needs learners and engines on shared GPUs"),
 ])
 def test_a_transfer_that_cannot_run_is_refused_before_anything_starts(tmp_path, overrides, message):
     cfg = config(tmp_path, "rollout.weight_transfer=collective", *overrides)

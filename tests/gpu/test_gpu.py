@@ -212,3 +212,33 @@ def test_deepspeed_learner_offload_frees_the_gpu_and_reloads(tmp_path):
         group.shutdown()
     finally:
         ray.shutdown()
+
+
+def _open_and_check(layout, shared, version):
+    """In another process on the same GPU: open the buckets, check them, copy the tensors out."""
+    from rollout.transfer.buckets import unpack
+    from rollout.transfer.ipc import open_shared
+
+    out = {}
+    for index, bucket in enumerate(shared):
+        out.update({k: t.cpu() for k, t in unpack(layout, index, open_shared(bucket), version).items()})
+    return out
+
+
+def test_ipc_hands_packed_buckets_to_another_process_on_the_gpu():
+    """rollout.weight_transfer 'ipc': a process on the same GPU maps the sender's packed bf16
+    buckets, gets the exact tensors, and refuses a bucket changed after it was fingerprinted."""
+    from rollout.transfer.ipc import share
+
+    params = {f"w{i}": torch.randn(256, 512, device="cuda").to(torch.bfloat16) for i in range(6)}
+    layout = plan_layout([TensorSpec(k, tuple(v.shape), "bfloat16") for k, v in params.items()], 2**19)
+    buffers = [pack(layout, i, params, 3) for i in range(len(layout.buckets))]
+    shared = [share(b) for b in buffers]
+    ctx = torch.multiprocessing.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        got = pool.apply(_open_and_check, (layout, shared, 3))
+    assert len(layout.buckets) == 3 and all(torch.equal(got[k], v.cpu()) for k, v in params.items())
+    buffers[2][HEADER_BYTES + 7] ^= 1  # the receiver maps the same memory: it sees the flipped bit
+    torch.cuda.synchronize()
+    with ctx.Pool(1) as pool, pytest.raises(WeightSyncError, match="bucket 2/3: fingerprint mismatch"):
+        pool.apply(_open_and_check, (layout, shared, 3))
