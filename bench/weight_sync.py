@@ -5,7 +5,8 @@ Ray on 127.0.0.1), and the time a sync adds to a quickstart step with each carri
   object_store  rank 0 puts each fingerprinted bucket in the object store; the engine fetches and
                 checks it (rollout/transfer/object_store.py)
   collective    the same buckets broadcast over a gloo group (rollout/transfer/collective.py)
-  memcpy        one torch copy_ of the same bytes inside the receiving actor, one thread
+  memcpy        one torch copy_ of the same bytes between two existing buffers inside the
+                receiving actor, one thread
 
     .venv/bin/python bench/weight_sync.py [--sizes 10 100 500] [--repeats 3] [--steps 20]
 
@@ -63,12 +64,25 @@ class Sender:
         from rollout.transfer.collective import TransferGroup
 
         self.group = TransferGroup("127.0.0.1", port, 0, 2, "gloo", 300, "127.0.0.1")
+        from rollout.transfer.buckets import PackRing
+
+        self.ring = PackRing()  # as the learner packs (trainer/learner.py _packed_buckets)
 
     def send_collective(self, version: int) -> None:
         from rollout.transfer.buckets import pack
 
-        packed = ((i, pack(self.layout, i, self.tensors, version)) for i in range(len(self.layout.buckets)))
+        packed = ((i, pack(self.layout, i, self.tensors, version, self.ring.out(self.layout, i, "cpu")))
+                  for i in range(len(self.layout.buckets)))
         self.group.send(packed, self.layout, version)  # as trainer/learner.py send_weights
+
+    def send_raw(self) -> None:
+        import torch
+
+        if getattr(self, "raw_buffers", None) is None:
+            self.raw_buffers = [torch.ones(self.layout.buffer_bytes(i), dtype=torch.uint8)
+                                for i in range(len(self.layout.buckets))]
+        for handle in [self.group.start(b, "raw") for b in self.raw_buffers]:
+            self.group.wait(handle)
 
     def send_object_store(self, version: int):
         from rollout.transfer.object_store import store_update
@@ -98,14 +112,31 @@ class Receiver:
         got = fetch_update(self.layout, update)
         return sum(t.numel() * t.element_size() for t in got.values())
 
-    def memcpy(self) -> float:
+    def memcpy(self) -> tuple[float, float]:
+        """Seconds of one copy_ of the update's bytes (a) between two buffers that already exist
+        (their pages touched by an untimed first copy), as the carriers' steady state has them,
+        and (b) into a fresh buffer, which pays the first touch of every page."""
         import torch
 
-        src = torch.empty(self.layout.total_bytes, dtype=torch.uint8).fill_(1)
-        dst = torch.empty_like(src)
+        if getattr(self, "copy_buffers", None) is None:
+            src = torch.empty(self.layout.total_bytes, dtype=torch.uint8).fill_(1)
+            self.copy_buffers = (src, torch.empty_like(src).copy_(src))
+        src, dst = self.copy_buffers
         t0 = time.perf_counter()
         dst.copy_(src)
-        return time.perf_counter() - t0
+        t1 = time.perf_counter()
+        torch.empty_like(src).copy_(src)
+        return t1 - t0, time.perf_counter() - t1
+
+    def receive_raw(self) -> None:
+        """The transport alone: every bucket's bytes broadcast into existing buffers, no check."""
+        import torch
+
+        if getattr(self, "raw_buffers", None) is None:
+            self.raw_buffers = [torch.zeros(self.layout.buffer_bytes(i), dtype=torch.uint8)
+                                for i in range(len(self.layout.buckets))]
+        for handle in [self.group.start(b, "raw") for b in self.raw_buffers]:
+            self.group.wait(handle)
 
 
 def measure(n_params: int, repeats: int) -> dict:
@@ -117,7 +148,7 @@ def measure(n_params: int, repeats: int) -> dict:
     receiver = ray.remote(Receiver).options(**remote).remote(layout)
     port = ray.get(sender.port.remote())
     ray.get([sender.open.remote(port), receiver.open.remote(port)])
-    times = {"collective": [], "object_store": [], "memcpy": []}
+    times = {"collective": [], "object_store": [], "gloo_raw": [], "memcpy": [], "memcpy_fresh": []}
     for version in range(1, repeats + 2):  # the first round warms both paths up and is not counted
         t0 = time.perf_counter()
         _, got = ray.get([sender.send_collective.remote(version), receiver.receive_collective.remote(version)])
@@ -127,18 +158,23 @@ def measure(n_params: int, repeats: int) -> dict:
         t2 = time.perf_counter()
         del update
         assert got == got2 == layout.total_bytes
-        copy = ray.get(receiver.memcpy.remote())
+        ray.get([sender.send_raw.remote(), receiver.receive_raw.remote()])
+        t3 = time.perf_counter()
+        copy, fresh = ray.get(receiver.memcpy.remote())
         if version > 1:
             times["collective"].append(t1 - t0)
             times["object_store"].append(t2 - t1)
+            times["gloo_raw"].append(t3 - t2)
             times["memcpy"].append(copy)
+            times["memcpy_fresh"].append(fresh)
     ray.kill(sender)
     ray.kill(receiver)
     nbytes = layout.total_bytes
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"params": n_params, "bytes": nbytes, "buckets": len(layout.buckets), "seconds": med,
             "gb_per_s": {k: nbytes / v / 1e9 for k, v in med.items()},
-            "vs_memcpy": {k: med["memcpy"] / med[k] for k in ("collective", "object_store")}}
+            "vs_memcpy": {k: med["memcpy"] / med[k] for k in ("collective", "object_store", "gloo_raw")},
+            "vs_memcpy_fresh": {k: med["memcpy_fresh"] / med[k] for k in ("collective", "object_store", "gloo_raw")}}
 
 
 def step_latency(steps: int) -> dict:
@@ -185,13 +221,19 @@ def main() -> None:
     (RESULTS / "weight_sync.json").write_text(json.dumps({"meta": meta, "sizes": rows, "quickstart": latency},
                                                          indent=2))
     lines = [f"`{command}` ({meta['machine']}, {meta['date']}). One fp32 update between two Ray actors "
-             f"(one torch thread each), median of {args.repeats}; buckets of {BUCKET_MB} MB.", "",
-             "| parameters | bytes | memcpy GB/s | collective GB/s | vs memcpy | object store GB/s | vs memcpy |",
-             "|---|---|---|---|---|---|---|"]
+             f"(one torch thread each), median of {args.repeats}; buckets of {BUCKET_MB} MB. memcpy: one thread "
+             f"copying the same bytes between two existing buffers (warm: the carriers reuse theirs) or into a fresh "
+             f"one (every page touched for the first time). gloo raw: the same buckets broadcast into existing "
+             f"buffers with nothing packed or checked, the transport's own ceiling.", "",
+             "| parameters | bytes | memcpy warm / fresh GB/s | gloo raw GB/s | collective GB/s | vs warm / fresh "
+             "memcpy / gloo raw | object store GB/s | vs warm / fresh memcpy |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        g, v = r["gb_per_s"], r["vs_memcpy"]
-        lines.append(f"| {r['params'] / 1e6:.0f}M | {r['bytes'] / 2**20:,.0f} MiB | {g['memcpy']:.2f} | "
-                     f"{g['collective']:.2f} | {v['collective']:.0%} | {g['object_store']:.2f} | {v['object_store']:.0%} |")
+        g, v, f = r["gb_per_s"], r["vs_memcpy"], r["vs_memcpy_fresh"]
+        lines.append(f"| {r['params'] / 1e6:.0f}M | {r['bytes'] / 2**20:,.0f} MiB | {g['memcpy']:.2f} / "
+                     f"{g['memcpy_fresh']:.2f} | {g['gloo_raw']:.2f} | {g['collective']:.2f} | {v['collective']:.0%} / "
+                     f"{f['collective']:.0%} / {g['collective'] / g['gloo_raw']:.0%} | {g['object_store']:.2f} | "
+                     f"{v['object_store']:.0%} / {f['object_store']:.0%} |")
     if latency:
         lines += ["", f"The quickstart ({args.steps} steps, 0.53M parameters, 2 learners, 1 engine): time a sync adds "
                   "to a step.", "", "| carrier | sync s | step s | sync share | bytes per update |", "|---|---|---|---|---|"]

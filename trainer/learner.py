@@ -19,7 +19,7 @@ import ray
 import torch
 
 from rollout.devices import freeze_setup_objects
-from rollout.transfer.buckets import Layout, TensorSpec, pack, plan_layout
+from rollout.transfer.buckets import Layout, PackRing, TensorSpec, pack, plan_layout
 from rollout.transfer.collective import TransferGroup
 from rollout.transfer.object_store import StoredUpdate, put_packed
 from trainer.logprobs import shift_to_tokens, check_chunked_head, token_logprobs
@@ -124,6 +124,7 @@ class Learner:
         self.model_path = model_path
         self.engine = None
         self.transfer: Optional[TransferGroup] = None  # rank 0, with rollout.weight_transfer 'collective'
+        self.ring = PackRing()  # rank 0's pack buffers for the weight sync
 
     def address(self) -> tuple[str, int]:
         """This node's IP and a free port, for rank 0 to host the rendezvous."""
@@ -293,11 +294,15 @@ class Learner:
         import deepspeed
 
         params = dict(self.engine.module.named_parameters())
+        device = next(iter(params.values())).device
         for index, bucket in enumerate(layout.buckets):
             with deepspeed.zero.GatheredParameters([params[s.name] for s in bucket], enabled=self.opts.zero_stage == 3):
-                # The packed copy outlives the gathered parameters.
-                buffer = pack(layout, index, {s.name: params[s.name].data for s in bucket}, version) \
-                    if self.rank == 0 or every_rank else None
+                # The packed copy outlives the gathered parameters. `every_rank` (ipc) keeps every
+                # bucket until the engine has copied it: fresh buffers, not the ring's two.
+                buffer = None
+                if every_rank or self.rank == 0:
+                    out = None if every_rank else self.ring.out(layout, index, device)
+                    buffer = pack(layout, index, {s.name: params[s.name].data for s in bucket}, version, out)
             yield index, buffer
 
     def export_weights(self, version: int, layout: Layout) -> Optional[StoredUpdate]:

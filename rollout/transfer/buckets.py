@@ -104,12 +104,16 @@ def fingerprint(payload: torch.Tensor) -> int:
     return int(total)
 
 
-def pack(layout: Layout, index: int, tensors: dict[str, torch.Tensor], version: int) -> torch.Tensor:
+def pack(layout: Layout, index: int, tensors: dict[str, torch.Tensor], version: int,
+         out: torch.Tensor | None = None) -> torch.Tensor:
     """Bucket `index` of `tensors` (by name, in their training dtype) as one uint8 buffer on their
-    device: header, then each tensor's bytes at its offset."""
+    device: header, then each tensor's bytes at its offset. `out`: a uint8 buffer of at least
+    that size to pack into (its first buffer_bytes(index) are the bucket; alignment gaps keep
+    what was there, which the fingerprint covers like any other byte)."""
     specs = layout.buckets[index]
     device = tensors[specs[0].name].device
-    buf = torch.zeros(layout.buffer_bytes(index), dtype=torch.uint8, device=device)
+    size = layout.buffer_bytes(index)
+    buf = torch.zeros(size, dtype=torch.uint8, device=device) if out is None else out[:size]
     payload = buf[HEADER_BYTES:]
     for spec in specs:
         t = tensors[spec.name]
@@ -120,6 +124,22 @@ def pack(layout: Layout, index: int, tensors: dict[str, torch.Tensor], version: 
     header = torch.tensor([MAGIC, version, index, fingerprint(payload)], dtype=torch.int64)
     buf[:HEADER_BYTES].copy_(header.view(torch.uint8))
     return buf
+
+
+class PackRing:
+    """Two pack buffers reused across buckets and updates, for senders that hold at most two
+    packed buckets at a time (the object store copies each at once; collective.send keeps one
+    travelling while the next is packed). On the host, fresh buffers would cost a page fault
+    per 4 KB of every bucket."""
+
+    def __init__(self):
+        self.buffers: list[torch.Tensor] = []
+
+    def out(self, layout: Layout, index: int, device) -> torch.Tensor:
+        largest = max(layout.buffer_bytes(i) for i in range(len(layout.buckets)))
+        if not self.buffers or self.buffers[0].numel() < largest or self.buffers[0].device != torch.device(device):
+            self.buffers = [torch.zeros(largest, dtype=torch.uint8, device=device) for _ in range(2)]
+        return self.buffers[index % 2]
 
 
 def unpack(layout: Layout, index: int, buffer: torch.Tensor, version: int) -> dict[str, torch.Tensor]:

@@ -117,6 +117,20 @@ MEMBER = textwrap.dedent("""
         sys.exit(0)  # joins the group, then is gone before the update
     got = {{}}
     t0 = time.time()
+    if mode == "updates":  # three updates through the sender's two pack buffers, the engine's two landing sets
+        from rollout.transfer.buckets import PackRing
+        ring, kept = PackRing(), []
+        for v in (1, 2, 3):
+            w = {{n: x * v for n, x in t.items()}}
+            if rank == 0:
+                g.send(((i, pack(lay, i, w, v, ring.out(lay, i, "cpu"))) for i in range(len(lay.buckets))), lay, v)
+            else:
+                kept.append(g.receive(lay, v, "cpu"))
+                assert all(torch.equal(kept[-1][n], x) for n, x in w.items()), v
+                if v == 2:  # update 1's tensors are still intact while update 2 is held
+                    assert all(torch.equal(kept[0][n], x) for n, x in t.items())
+        print("OK", len(ring.buffers) == 2 if rank == 0 else kept[0]["w"].data_ptr() == kept[2]["w"].data_ptr())
+        sys.exit(0)
     try:
         for i in range(len(lay.buckets)):
             buf = pack(lay, i, t, 1) if rank == 0 else torch.empty(lay.buffer_bytes(i), dtype=torch.uint8)
@@ -148,6 +162,12 @@ def members(world: int, mode: str, ranks=None) -> list[str]:
 
 def test_collective_group_broadcasts_every_bucket_exactly():
     assert members(3, "ok") == ["OK True"] * 3
+
+
+def test_successive_updates_reuse_the_pack_and_landing_buffers_exactly():
+    """The sender packs into two reused buffers; each engine lands update v where update v - 2
+    landed (host memory): every update arrives exact, and update v - 1 stays intact meanwhile."""
+    assert members(3, "updates") == ["OK True"] * 3
 
 
 def test_a_missing_peer_is_an_error_naming_the_backend_and_ranks_not_a_hang():
