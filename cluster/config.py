@@ -215,6 +215,7 @@ class ControllerConfig(Section):
     eval_prompts: int = Field(256, ge=1)
     eval_temperature: float = Field(0.0, ge=0)
     checkpoint_every: int = Field(0, ge=0)
+    keep_checkpoints: int = Field(3, ge=0)  # the newest N complete checkpoints are kept (0: all)
     progress: bool = True
 
 

@@ -2,6 +2,8 @@
 
 Written append-only and flushed per step, so a failing run keeps everything
 it wrote; an existing directory is never reused (a numbered sibling is made).
+A checkpoint is written into a temporary sibling and renamed into place once complete,
+so a crash mid-save never leaves a partial checkpoint where a complete one is expected.
 """
 
 from __future__ import annotations
@@ -9,9 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from cluster.config import Config, config_to_yaml
 
@@ -25,6 +28,9 @@ def _clean(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_clean(v) for v in value]
     return value
+
+
+COMPLETE = "COMPLETE"  # the marker of a checkpoint written to the end
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,37 @@ class RunDir:
 
     def checkpoint_dir(self, step: int) -> Path:
         return self.path / "checkpoints" / f"step_{step:06d}"
+
+    def save_checkpoint(self, step: int, write: Callable[[Path], None], keep: int) -> Path:
+        """Step `step`'s checkpoint: `write(directory)` fills a temporary directory, a marker
+        (COMPLETE) is added, then it is renamed into place. A crash mid-save leaves at most a
+        `.tmp` directory, which latest_checkpoint() ignores and the next save of that step
+        removes. Keeps the newest `keep` complete checkpoints (0: all)."""
+        final = self.checkpoint_dir(step)
+        tmp = final.with_name(final.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        write(tmp)
+        with (tmp / COMPLETE).open("w") as fh:
+            fh.write(json.dumps({"step": step}) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+        if keep:
+            for old in self.checkpoints()[:-keep]:
+                shutil.rmtree(old)
+        return final
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first."""
+        root = self.path / "checkpoints"
+        found = root.glob("step_*") if root.is_dir() else []
+        return sorted(p for p in found if p.suffix != ".tmp" and (p / COMPLETE).is_file())
+
+    def latest_checkpoint(self) -> Optional[Path]:
+        done = self.checkpoints()
+        return done[-1] if done else None
 
     @property
     def final_dir(self) -> Path:

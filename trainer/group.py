@@ -109,6 +109,13 @@ class LearnerGroup:
     def release_ipc(self) -> None:
         gather([a.release_ipc.remote() for a in self.actors])
 
+    def save_state(self, path: str) -> None:
+        """Every rank's full training state under `path` (trainer/learner.py save_state)."""
+        gather([a.save_state.remote(path) for a in self.actors])
+
+    def load_state(self, path: str) -> None:
+        gather([a.load_state.remote(path) for a in self.actors])
+
     def save_hf(self, path: str) -> str:
         return gather([a.save_hf.remote(path) for a in self.actors])[0]
 

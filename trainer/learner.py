@@ -382,6 +382,27 @@ class Learner:
         """Bytes this rank holds on its GPU (0 on CPU, where offloading frees nothing)."""
         return torch.cuda.memory_allocated() if self.engine.device.type == "cuda" else 0
 
+    # ---- full-state checkpoints (resume) ----------------------------------------------------
+
+    def save_state(self, path: str) -> None:
+        """All ranks: this rank's DeepSpeed state (weights, optimizer moments and step, ZeRO
+        partitions) and its random-number generators, under `path` (shared by the ranks)."""
+        self.engine.save_checkpoint(path, tag="state")
+        rng = {"torch": torch.get_rng_state(),
+               "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+        torch.save(rng, os.path.join(path, "state", f"rng_rank{self.rank}.pt"))
+
+    def load_state(self, path: str) -> None:
+        """All ranks: what save_state wrote, so that the next step is the one that would have come."""
+        loaded, _ = self.engine.load_checkpoint(path, tag="state", load_optimizer_states=True,
+                                                load_lr_scheduler_states=True)
+        if loaded is None:
+            raise FileNotFoundError(f"no learner state under {path} (rank {self.rank})")
+        rng = torch.load(os.path.join(path, "state", f"rng_rank{self.rank}.pt"), weights_only=False)
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None:
+            torch.cuda.set_rng_state_all(rng["cuda"])
+
     def save_hf(self, path: str) -> Optional[str]:
         """A loadable Hugging Face checkpoint (weights, config, tokenizer) written by rank 0."""
         from transformers import AutoTokenizer

@@ -70,8 +70,7 @@ class Controller:
             if c.eval_every and step % c.eval_every == 0 and step < c.steps:
                 row["eval_accuracy"] = self.evaluate()
             if c.checkpoint_every and step % c.checkpoint_every == 0 and step < c.steps:
-                self.timeslice.learners_resident(
-                    lambda: self.roles.learners.save_hf(str(self.run_dir.checkpoint_dir(step))))
+                row["checkpoint_s"] = self.checkpoint(step)
             self.run_dir.log_metrics(row)
             progress.update(step, row)
             self._write_summary("running", t_start, initial, None)
@@ -137,6 +136,21 @@ class Controller:
             self.totals["sync_failures"] += 1
             raise
         self.totals["syncs"] += 1
+
+    def checkpoint(self, step: int) -> float:
+        """The policy as a Hugging Face checkpoint, and beside it the learners' (and critic's) full
+        DeepSpeed state, written atomically (cluster/rundir.py). Returns the seconds it took."""
+        t0 = time.perf_counter()
+
+        def write(path) -> None:
+            self.roles.learners.save_hf(str(path))
+            self.roles.learners.save_state(str(path / "policy"))
+            if self.roles.critic is not None:
+                self.roles.critic.save_state(str(path / "critic"))
+
+        self.timeslice.learners_resident(
+            lambda: self.run_dir.save_checkpoint(step, write, self.cfg.controller.keep_checkpoints))
+        return time.perf_counter() - t0
 
     def evaluate(self) -> float:
         """Held-out accuracy (greedy unless controller.eval_temperature > 0) of the latest policy."""

@@ -78,6 +78,11 @@ def test_few_grpo_steps(ray_session, tmp_path):
         logits = [m(ids).logits for m in (start, step2, final)]
     assert (logits[0] - logits[1]).abs().max() > 1e-4 and (logits[1] - logits[2]).abs().max() > 1e-4
     assert load_config(run_dir / "config.yaml") == cfg  # the saved recipe is the resolved config
+    # Beside the Hugging Face export: both ranks' DeepSpeed state (ZeRO optimizer shards, RNG), complete.
+    state = run_dir / "checkpoints" / "step_000002" / "policy" / "state"
+    assert (run_dir / "checkpoints" / "step_000002" / "COMPLETE").is_file()
+    assert sorted(p.name for p in state.glob("rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]
+    assert len(list(state.glob("*optim_states.pt"))) == 2 and rows[1]["checkpoint_s"] > 0
 
 
 def test_evaluation_does_not_change_training(ray_session, tmp_path):

@@ -1,0 +1,43 @@
+"""Checkpoints are written atomically: complete ones only are found, an interrupted save is
+ignored and cleaned up by the next save of that step, and only the newest N are kept."""
+
+import pytest
+
+from cluster.rundir import COMPLETE, RunDir
+
+
+def write(tag):
+    def fill(path):
+        (path / "weights.bin").write_text(tag)
+    return fill
+
+
+def test_only_complete_checkpoints_count_and_the_newest_are_kept(tmp_path):
+    run = RunDir(tmp_path)
+    assert run.latest_checkpoint() is None
+    for step in (2, 4, 6):
+        assert run.save_checkpoint(step, write(f"v{step}"), keep=2) == run.checkpoint_dir(step)
+    assert [p.name for p in run.checkpoints()] == ["step_000004", "step_000006"]  # step 2 deleted
+    assert (run.latest_checkpoint() / "weights.bin").read_text() == "v6"
+    assert (run.latest_checkpoint() / COMPLETE).read_text().strip() == '{"step": 6}'
+
+
+def test_a_save_interrupted_midway_leaves_the_last_good_checkpoint_as_the_latest(tmp_path):
+    run = RunDir(tmp_path)
+    run.save_checkpoint(2, write("good"), keep=0)
+
+    def crash(path):
+        (path / "weights.bin").write_text("half")
+        raise KeyboardInterrupt("killed while saving")
+
+    with pytest.raises(KeyboardInterrupt):
+        run.save_checkpoint(4, crash, keep=0)
+    assert (tmp_path / "checkpoints" / "step_000004.tmp").is_dir()  # the partial write, under its temporary name
+    assert not run.checkpoint_dir(4).exists()
+    assert run.latest_checkpoint() == run.checkpoint_dir(2)
+    # A directory with the final name but no marker (e.g. copied by hand, half-way) is not complete either.
+    run.checkpoint_dir(6).mkdir()
+    assert run.latest_checkpoint() == run.checkpoint_dir(2)
+    run.save_checkpoint(4, write("again"), keep=0)  # the retry replaces the partial one
+    assert not (tmp_path / "checkpoints" / "step_000004.tmp").exists()
+    assert (run.latest_checkpoint() / "weights.bin").read_text() == "again"
