@@ -115,6 +115,8 @@ class AlgorithmConfig(Section):
     rm_margin: float = 0.0  # bradley_terry margin when the data has no margin column
     # Off-policy correction (decoupled_ppo, tis): importance weights are truncated at this cap.
     is_cap: float = Field(2.0, gt=0)
+    # icepop / seq_mis: weights (token / sequence geometric mean) outside [low, high] are masked out.
+    is_band: tuple[float, float] = (0.5, 2.0)
     # DAPO dynamic sampling: drop groups whose rewards all tie and generate replacements; a step
     # that drops more than dynamic_sampling_limit x prompts_per_step groups fails.
     dynamic_sampling: bool = False
@@ -155,6 +157,10 @@ class AlgorithmConfig(Section):
                 raise ValueError(f"algorithm.{name}={value} with loss 'gspo': a per-sequence ratio almost never "
                                  "leaves [1 - 0.01, 1 + 0.01], so this would not clip; GSPO's defaults are clip_eps "
                                  "3e-4, clip_eps_high 4e-4 (leave them unset)")
+        low, high = self.is_band
+        if not 0 < low < 1 < high:
+            raise ValueError(f"algorithm.is_band={list(self.is_band)}: the band of accepted importance weights must "
+                             "hold 1 (an on-policy token), as [low, high] with 0 < low < 1 < high")
         return self
 
 

@@ -182,7 +182,7 @@ def decoupled_ppo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str
     # The trust region is around the proximal policy (the learner's own at the step's start), not
     # around the stale engine that sampled; the importance weight carries the off-policy correction.
     # One update per step: the proximal policy is the current one, so logprobs.detach() is exact.
-    prox = x.logprobs.detach() if x.proximal_logprobs is None else x.proximal_logprobs
+    prox = _proximal(x)
     objective, metrics = _clipped_surrogate(torch.exp(x.logprobs - prox), x.advantages, spec)
     weight = _importance_weights(prox, x, spec, metrics)
     return _regularise(-weight * objective, x, spec, metrics), metrics
@@ -196,6 +196,70 @@ def tis(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Te
     metrics: dict[str, torch.Tensor] = {}
     weight = _importance_weights(x.logprobs, x, spec, metrics)
     # Value w A, gradient w A grad(logp): the REINFORCE / GRPO gradient, reweighted to the current policy.
+    per_token = -weight * x.advantages * torch.exp(x.logprobs - x.logprobs.detach())
+    return _regularise(per_token, x, spec, metrics), metrics
+
+
+def _proximal(x: LossInputs) -> torch.Tensor:
+    """The learner's policy at the step's start: sent with several updates per batch, else the
+    current one (one update per step: logprobs.detach() is exact)."""
+    return x.logprobs.detach() if x.proximal_logprobs is None else x.proximal_logprobs
+
+
+def _masked_weights(log_w: torch.Tensor, x: LossInputs, spec: LossSpec, metrics: dict,
+                    sequence: bool) -> torch.Tensor:
+    """Detached importance weights pi_prox / pi_behaviour with the band rule: a token whose weight
+    (or, with `sequence`, a sequence whose geometric-mean weight) leaves [low, high] is masked
+    out, not truncated, so a token the engine and the learner disagree on teaches nothing."""
+    low, high = spec.is_band
+    weight = torch.exp(log_w.detach())
+    if sequence:
+        lengths = x.mask.sum(dim=1, keepdim=True).clamp(min=1.0)
+        geo = torch.exp((log_w.detach() * x.mask).sum(dim=1, keepdim=True) / lengths)
+        keep = ((geo >= low) & (geo <= high)).to(weight.dtype).expand_as(weight)
+        weight = torch.clamp(weight, max=spec.is_cap)  # inside a kept sequence, truncated as in tis
+    else:
+        keep = ((weight >= low) & (weight <= high)).to(weight.dtype)
+    metrics["is_weight"] = torch.exp(log_w.detach())
+    metrics["is_masked"] = 1.0 - keep
+    return weight * keep
+
+
+@LOSSES.register("icepop", "PPO clipped to the proximal policy, times pi_prox / pi_behaviour where that token "
+                 "weight lies in algorithm.is_band, and 0 (token masked) where it does not",
+                 paper="Ling Team 2025, Every Step Evolves: Scaling Reinforcement Learning for Trillion-Scale "
+                       "Thinking Model (IcePop)",
+                 options=LossSpec, traits=LossKind("policy", off_policy=True, proximal=True))
+def icepop(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    prox = _proximal(x)
+    objective, metrics = _clipped_surrogate(torch.exp(x.logprobs - prox), x.advantages, spec)
+    weight = _masked_weights(prox - x.behaviour_logprobs, x, spec, metrics, sequence=False)
+    return _regularise(-weight * objective, x, spec, metrics), metrics
+
+
+@LOSSES.register("seq_mis", "sequence-level masked importance sampling: decoupled PPO whose whole sequence is "
+                 "dropped when its geometric-mean weight pi_prox / pi_behaviour leaves algorithm.is_band",
+                 paper="Liu et al. 2025, When Speed Kills Stability: Demystifying RL Collapse from the "
+                       "Training-Inference Mismatch (sequence-level masked IS)",
+                 options=LossSpec, traits=LossKind("policy", off_policy=True, proximal=True))
+def seq_mis(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    prox = _proximal(x)
+    objective, metrics = _clipped_surrogate(torch.exp(x.logprobs - prox), x.advantages, spec)
+    weight = _masked_weights(prox - x.behaviour_logprobs, x, spec, metrics, sequence=True)
+    return _regularise(-weight * objective, x, spec, metrics), metrics
+
+
+@LOSSES.register("cispo", "CISPO: the policy gradient of every token, weighted by its PPO ratio clipped to "
+                 "[1 - clip_eps, 1 + clip_eps_high] and detached (no token loses its gradient)",
+                 paper="MiniMax 2025, MiniMax-M1: Scaling Test-Time Compute Efficiently with Lightning Attention "
+                       "(CISPO)",
+                 options=LossSpec, traits=POLICY)
+def cispo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    high = spec.clip_eps if spec.clip_eps_high is None else spec.clip_eps_high
+    ratio = torch.exp(x.logprobs.detach() - _old_logprobs(x))
+    weight = torch.clamp(ratio, 1.0 - spec.clip_eps, 1.0 + high)
+    metrics = {"clip_frac": (weight != ratio).float(), "ratio": ratio}
+    # Value w A, gradient w A grad(logp): REINFORCE reweighted by the clipped, detached ratio.
     per_token = -weight * x.advantages * torch.exp(x.logprobs - x.logprobs.detach())
     return _regularise(per_token, x, spec, metrics), metrics
 

@@ -22,7 +22,10 @@ class LossSpec:
     entropy_coef: float = 0.0  # entropy bonus
     value_clip: float = 0.2  # critic losses
     temperature: float = 1.0  # logits are divided by it, as the engine did when sampling
-    is_cap: float = 2.0  # off-policy losses (decoupled_ppo, tis): truncation cap C of importance weights
+    is_cap: float = 2.0  # off-policy losses (decoupled_ppo, tis, seq_mis): truncation cap C of importance weights
+    # icepop / seq_mis: importance weights (token, or a sequence's geometric mean) outside [low, high]
+    # are masked out of the loss instead of truncated.
+    is_band: tuple[float, float] = (0.5, 2.0)
     # Preference losses (trainer/losses.py: dpo, cdpo, ipo, simpo, orpo, bradley_terry).
     beta: float = 0.1  # DPO/IPO/cDPO: strength of the KL anchor; SimPO: reward scale
     label_smoothing: float = 0.0  # cDPO: assumed probability that a pair's label is flipped

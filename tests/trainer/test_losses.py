@@ -164,7 +164,7 @@ def loss_and_grad(name, x, spec):
 
 
 def test_off_policy_losses_are_registered_as_such():
-    assert LOSSES.names(lambda e: e.traits.off_policy) == ["decoupled_ppo", "tis"]
+    assert LOSSES.names(lambda e: e.traits.off_policy) == ["decoupled_ppo", "icepop", "seq_mis", "tis"]
     assert LossSpec().is_cap == 2.0
 
 
@@ -299,6 +299,71 @@ def test_loss_kinds_are_declared_at_registration():
     assert losses_that("preference") == ["cdpo", "dpo", "ipo", "orpo", "simpo"]
     assert LOSSES.names(lambda e: e.traits.needs_reference) == ["cdpo", "dpo", "ipo"]
     assert losses_that("critic") == ["value_clip"] and losses_that("reward_model") == ["bradley_terry"]
-    assert LOSSES.names(lambda e: e.traits.proximal) == ["decoupled_ppo", "gspo", "ppo_clip"]
+    assert LOSSES.names(lambda e: e.traits.proximal) == ["cispo", "decoupled_ppo", "gspo", "icepop", "ppo_clip",
+                                                         "seq_mis"]
     assert loss_kind("tis").off_policy and not loss_kind("tis").proximal
     assert "equals tis" in LOSSES.entry("decoupled_ppo").description
+
+
+# ---- mismatch corrections: masked importance sampling (icepop, seq_mis) and cispo ----
+
+def test_icepop_masks_tokens_whose_weight_leaves_the_band():
+    prox = [-1.0] * 4
+    behaviour = [-1.2, -2.5, -0.2, -1.0]  # w = e^0.2 (in), e^1.5 = 4.48 (above 2), e^-0.8 = 0.45 (below 0.5), 1
+    logp = [-1.0 + 0.1, -1.0 + 0.1, -1.0 + 0.1, -1.0 - 0.5]  # ratio to prox: 1.105, 1.105, 1.105, 0.607
+    adv = [1.0, 1.0, -1.0, 1.0]
+    loss, grad, m = loss_and_grad("icepop", off_policy_inputs(logp, behaviour, adv, prox), LossSpec(clip_eps=0.2))
+    w_t = np.array([e(0.2), 0.0, 0.0, 1.0])  # the out-of-band tokens are masked, not truncated (tis would keep 2)
+    objective = np.array([e(0.1), e(0.1), -e(0.1), e(-0.5)])
+    np.testing.assert_allclose(loss, -w_t * objective, rtol=1e-12)
+    np.testing.assert_allclose(grad, -w_t * objective, rtol=1e-12)  # d(r)/d(logp) = r inside the clip range
+    assert grad[1] == 0.0 and grad[2] == 0.0
+    np.testing.assert_array_equal(m["is_masked"][0].numpy(), [0, 1, 1, 0])
+    np.testing.assert_allclose(m["is_weight"][0].numpy(), [e(0.2), e(1.5), e(-0.8), 1.0], rtol=1e-12)
+    # A wider band lets token 1 through with its full weight.
+    wide, _, _ = loss_and_grad("icepop", off_policy_inputs(logp, behaviour, adv, prox),
+                               LossSpec(clip_eps=0.2, is_band=(0.1, 5.0)))
+    np.testing.assert_allclose(wide[1], -e(1.5) * e(0.1), rtol=1e-12)
+
+
+def test_seq_mis_drops_a_whole_sequence_by_its_geometric_mean_weight():
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    # Row 0: log weights 0.3 and 1.5 -> geometric mean e^0.9 = 2.46 > 2: the whole row is dropped, although
+    # its first token alone would pass. Row 1: 0.3 and -0.3 -> mean e^0 = 1: kept, each token truncated at
+    # is_cap as in tis (e^0.3 stays). The third column is padding (mask 0) and does not count in the mean.
+    behaviour = t([[-1.3, -2.5, -9.0], [-1.3, -0.7, -9.0]])
+    prox = t([[-1.0, -1.0, -1.0], [-1.0, -1.0, -1.0]])
+    logp = prox.clone().requires_grad_(True)
+    adv = t([[1.0, 1.0, 1.0], [2.0, -1.0, 1.0]])
+    x = LossInputs(mask=t([[1, 1, 0], [1, 1, 0]]), logprobs=logp, behaviour_logprobs=behaviour, advantages=adv,
+                   proximal_logprobs=prox)
+    loss, m = LOSSES.get("seq_mis")(x, LossSpec(is_cap=2.0))
+    np.testing.assert_allclose((loss * x.mask).detach().numpy(), [[0.0, 0.0, 0.0], [-2.0 * e(0.3), e(-0.3), 0.0]],
+                               rtol=1e-12)
+    np.testing.assert_array_equal(m["is_masked"].numpy(), [[1, 1, 1], [0, 0, 0]])
+    (grad,) = torch.autograd.grad((loss * x.mask).sum(), logp)
+    np.testing.assert_allclose(grad.numpy(), [[0.0, 0.0, 0.0], [-2.0 * e(0.3), e(-0.3), 0.0]], rtol=1e-12)
+
+
+def test_cispo_keeps_every_tokens_gradient_with_a_clipped_weight():
+    old = [-1.0] * 4
+    logp = [-1.0 + 0.5, -1.0 - 0.5, -1.0 + 0.1, -1.0 + 0.5]  # ratio 1.649, 0.607, 1.105, 1.649
+    adv = [1.0, -1.0, 2.0, -1.0]
+    loss, grad, m = loss_and_grad("cispo", off_policy_inputs(logp, old, adv), LossSpec(clip_eps=0.2, clip_eps_high=0.3))
+    w_t = np.array([1.3, 0.8, e(0.1), 1.3])
+    np.testing.assert_allclose(loss, -w_t * np.array(adv), rtol=1e-12)
+    # Unlike ppo_clip, token 0 (A > 0, ratio above the range) and token 1 (A < 0, below it) keep a gradient.
+    np.testing.assert_allclose(grad, -w_t * np.array(adv), rtol=1e-12)
+    _, ppo_grad, _ = loss_and_grad("ppo_clip", off_policy_inputs(logp, old, adv), LossSpec(clip_eps=0.2, clip_eps_high=0.3))
+    assert ppo_grad[0] == 0.0 and ppo_grad[1] == 0.0 and grad[0] != 0.0 and grad[1] != 0.0
+    np.testing.assert_array_equal(m["clip_frac"][0].numpy(), [1, 1, 0, 1])
+
+
+def test_is_band_must_hold_one(tmp_path):
+    from cluster.config import ConfigError, load_config
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model: {path: /m}\ndata: {train_path: a, eval_path: b}\n")
+    assert load_config(recipe, ["algorithm.loss=icepop", "algorithm.is_band=[0.2, 5]"]).algorithm.is_band == (0.2, 5.0)
+    with pytest.raises(ConfigError, match=r"algorithm.is_band=\[1.2, 5.0\]: the band .* must hold 1"):
+        load_config(recipe, ["algorithm.is_band=[1.2, 5]"])
