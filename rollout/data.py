@@ -79,6 +79,21 @@ class PromptSource:
         self._order: list[int] = []
         self.epoch = 0
 
+    def state(self) -> dict:
+        """Where the passes stand (JSON-able, for a checkpoint): restored, the source deals the
+        same prompts next as this one would."""
+        version, internal, gauss = self._rng.getstate()
+        return {"prompts": len(self._prompts), "epoch": self.epoch, "order": list(self._order),
+                "rng": [version, list(internal), gauss]}
+
+    def restore(self, state: dict) -> None:
+        if state["prompts"] != len(self._prompts):
+            raise DataError(f"the checkpoint's prompt source dealt from {state['prompts']} prompts; the dataset now "
+                            f"has {len(self._prompts)}: resuming would train on other prompts")
+        version, internal, gauss = state["rng"]
+        self._rng.setstate((version, tuple(internal), gauss))
+        self._order, self.epoch = list(state["order"]), state["epoch"]
+
     def next_batch(self, n: int) -> list[Prompt]:
         batch = []
         while len(batch) < n:

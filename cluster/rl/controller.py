@@ -8,6 +8,7 @@ the synchronous order; with k > 0 generation, rewards and training overlap."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -51,6 +52,7 @@ class Controller:
         self.timeslice = TimeSlice(cfg.cluster.placement == "colocated", cfg.rollout.sleep_level, roles.learners,
                                    roles.rollout)
         self.version = 0  # policy version: weight updates published to the rollout workers
+        self.initial_accuracy: float | None = None
         self.steps_done = 0
         self.next_group = 0
         self.totals = {k: 0.0 for k in TIMERS} | {"samples": 0, "tokens": 0, "syncs": 0, "sync_failures": 0,
@@ -61,7 +63,7 @@ class Controller:
         c = self.cfg.controller
         t_start = time.perf_counter()
         self.timeslice.start()
-        initial = self.evaluate()
+        initial = self.initial_accuracy = self.evaluate()
         self._write_summary("running", t_start, initial, None)
         progress.start(c.steps, initial)
         for step in range(1, c.steps + 1):
@@ -143,6 +145,7 @@ class Controller:
         t0 = time.perf_counter()
 
         def write(path) -> None:
+            (path / "controller.json").write_text(json.dumps(self.state(step)) + "\n")
             self.roles.learners.save_hf(str(path))
             self.roles.learners.save_state(str(path / "policy"))
             if self.roles.critic is not None:
@@ -151,6 +154,15 @@ class Controller:
         self.timeslice.learners_resident(
             lambda: self.run_dir.save_checkpoint(step, write, self.cfg.controller.keep_checkpoints))
         return time.perf_counter() - t0
+
+    def state(self, step: int) -> dict:
+        """What the loop itself carries from one step to the next (JSON, in every checkpoint): the
+        policy version, the group ids and prompts dealt so far, the ledger, the staleness counts,
+        the adaptive KL coefficient and the running totals."""
+        return {"step": step, "version": self.version, "next_group": self.next_group,
+                "initial_accuracy": self.initial_accuracy, "kl_coef": self.experience.kl.coef,
+                "totals": self.totals, "source": self.source.state(), "scheduler": self.scheduler.state(),
+                "gate": self.gate.summary()}
 
     def evaluate(self) -> float:
         """Held-out accuracy (greedy unless controller.eval_temperature > 0) of the latest policy."""

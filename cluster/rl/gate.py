@@ -59,6 +59,14 @@ class StalenessGate:
         self.histogram[staleness] += 1
         self.max_seen = max(self.max_seen, staleness)
 
+    def restore(self, summary: dict) -> None:
+        """The counts of a summary() taken at a checkpoint."""
+        if summary["max_allowed"] != self.max_staleness:
+            raise ValueError(f"the checkpoint's staleness bound is {summary['max_allowed']}, this run's "
+                             f"{self.max_staleness}")
+        self.histogram = Counter({int(k): v for k, v in summary["histogram"].items()})
+        self.dropped, self.max_seen = summary["dropped"], summary["max_seen"]
+
     def summary(self) -> dict:
         return {"max_allowed": self.max_staleness, "max_seen": self.max_seen, "dropped": self.dropped,
                 "histogram": {str(k): v for k, v in sorted(self.histogram.items())}}

@@ -47,6 +47,7 @@ class Outcome(str, Enum):
     STALE = "dropped:stale"  # complete, but more than k versions old when judged (replaced)
     INCOMPLETE = "dropped:incomplete"  # the run ended before every member was scored
     UNUSED = "dropped:unused"  # complete and fresh; the run ended before a step needed it
+    INTERRUPTED = "dropped:interrupted"  # open at the checkpoint a run resumed from (replaced)
 
 
 @dataclass
@@ -207,6 +208,27 @@ class Scheduler:
         """Groups issued, still open, and ended by outcome (every outcome listed, zeros too)."""
         return {"issued": len(self.ledger) + len(self._open), "open": len(self._open),
                 **{o.value: self._counts[o] for o in Outcome}}
+
+    # ---- checkpoints ----
+
+    def state(self) -> dict:
+        """The bookkeeping at a step boundary (JSON-able). Open groups are listed by id only:
+        their samples are not kept, so a restored scheduler ends them as dropped:interrupted and
+        owes their replacements (new group ids: no sample is trained twice)."""
+        return {"started_steps": self.started_steps, "owed": self.owed, "version": self._version,
+                "filtered_this_step": self._filtered_this_step, "open": sorted(self._open),
+                "ledger": {str(gid): outcome.value for gid, outcome in self.ledger.items()}}
+
+    def restore(self, state: dict) -> None:
+        if self.ledger or self._open:
+            raise LedgerError("restore() on a scheduler that has issued groups already")
+        self.started_steps, self.owed = state["started_steps"], state["owed"]
+        self._version, self._filtered_this_step = state["version"], state["filtered_this_step"]
+        self.ledger = {int(gid): Outcome(value) for gid, value in state["ledger"].items()}
+        for gid in state["open"]:
+            self.ledger[gid] = Outcome.INTERRUPTED
+            self.owed += 1
+        self._counts = Counter(self.ledger.values())
 
     def in_flight(self) -> int:
         """Groups dispatched and not yet complete."""

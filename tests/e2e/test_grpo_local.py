@@ -41,7 +41,8 @@ def test_few_grpo_steps(ray_session, tmp_path):
     assert summary["staleness"] == {"max_allowed": 0, "max_seen": 0, "dropped": 0, "histogram": {"0": 96}}
     assert summary["weight_sync"]["count"] == 3 and summary["weight_sync"]["checksum_failures"] == 0
     assert summary["groups"] == {"issued": 24, "open": 0, "trained": 24, "filtered:tied": 0, "dropped:stale": 0,
-                                 "dropped:incomplete": 0, "dropped:unused": 0}  # the ledger: each group once
+                                 "dropped:incomplete": 0, "dropped:unused": 0,
+                                 "dropped:interrupted": 0}  # the ledger: each group once
     # The reported held-out accuracy is that of the saved final policy (engine and checkpoint agree).
     from rollout.data import load_prompts
     from trainer.bootstrap import greedy_accuracy
@@ -83,6 +84,12 @@ def test_few_grpo_steps(ray_session, tmp_path):
     assert (run_dir / "checkpoints" / "step_000002" / "COMPLETE").is_file()
     assert sorted(p.name for p in state.glob("rng_rank*.pt")) == ["rng_rank0.pt", "rng_rank1.pt"]
     assert len(list(state.glob("*optim_states.pt"))) == 2 and rows[1]["checkpoint_s"] > 0
+    # ... and the loop's own state after step 2: 2 x 8 groups dealt and trained, 64 samples admitted.
+    loop = json.loads((run_dir / "checkpoints" / "step_000002" / "controller.json").read_text())
+    assert (loop["step"], loop["version"], loop["next_group"]) == (2, 2, 16)
+    assert loop["scheduler"]["ledger"] == {str(g): "trained" for g in range(1, 17)} and loop["scheduler"]["open"] == []
+    assert loop["gate"]["histogram"] == {"0": 64} and loop["initial_accuracy"] == summary["eval"]["initial_accuracy"]
+    assert loop["totals"]["samples"] == 64 and len(loop["source"]["order"]) == 400 - 16
 
 
 def test_evaluation_does_not_change_training(ray_session, tmp_path):

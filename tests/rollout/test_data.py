@@ -39,3 +39,20 @@ def test_prompt_source_covers_each_epoch_once(tmp_path):
     assert sorted(first) == list(range(10)) and src.epoch == 1
     again = PromptSource(load_prompts(f), seed=3)
     assert [p.id for p in again.next_batch(10)] == first  # reproducible from the seed
+
+
+def test_a_restored_prompt_source_deals_what_the_original_would():
+    import json
+
+    from rollout.data import DataError, Prompt, PromptSource
+
+    prompts = [Prompt(id=i, text=str(i), answer=str(i)) for i in range(7)]
+    a = PromptSource(prompts, seed=3)
+    a.next_batch(5)  # part of the first pass
+    state = json.loads(json.dumps(a.state()))
+    b = PromptSource(prompts, seed=99)  # another seed: everything comes from the state
+    b.restore(state)
+    assert [p.id for p in b.next_batch(20)] == [p.id for p in a.next_batch(20)]  # across two more passes
+    assert b.epoch == a.epoch == 4
+    with pytest.raises(DataError, match="dealt from 7 prompts; the dataset now has 6"):
+        PromptSource(prompts[:6], seed=3).restore(state)

@@ -125,9 +125,9 @@ def test_the_ledger_records_each_outcome_once():
     score(s, 4, [2], [0.0, 1.0])  # complete, never taken
     s.scored(rollout(5, 0, [2]), RewardResult(group_id=5, sample_index=0, reward=1.0, correct=True, format_ok=True))
     assert s.summary() == {"issued": 5, "open": 2, "trained": 1, "filtered:tied": 1, "dropped:stale": 1,
-                           "dropped:incomplete": 0, "dropped:unused": 0}
+                           "dropped:incomplete": 0, "dropped:unused": 0, "dropped:interrupted": 0}
     assert s.close() == {"issued": 5, "open": 0, "trained": 1, "filtered:tied": 1, "dropped:stale": 1,
-                         "dropped:incomplete": 1, "dropped:unused": 1}
+                         "dropped:incomplete": 1, "dropped:unused": 1, "dropped:interrupted": 0}
     assert s.ledger == {1: Outcome.TIED, 2: Outcome.TRAINED, 3: Outcome.STALE, 4: Outcome.UNUSED,
                         5: Outcome.INCOMPLETE}
     assert (s.filtered, s.stale_groups) == (1, 1)
@@ -167,3 +167,40 @@ def test_a_sample_scored_twice_while_its_group_assembles_is_an_error():
 def test_the_gate_and_the_scheduler_agree_on_the_bound():
     with pytest.raises(ValueError, match="max_staleness 1"):
         Scheduler(4, 2, 2, 2, StalenessGate(1, 2))
+
+
+def test_a_restored_scheduler_continues_the_ledger_and_replaces_what_was_open():
+    """A checkpoint's state: the ledger and counters carry over through JSON; groups open at the
+    checkpoint (samples not kept) end as dropped:interrupted and are owed as replacements."""
+    import json
+
+    s = scheduler(1, per_step=1, dynamic_sampling=True)
+    assert s.steps_to_start(0) == [1, 2]
+    for gid in range(1, 5):
+        s.expect(gid)
+    score(s, 1, [0], [1.0, 1.0])  # tied: filtered and owed
+    score(s, 2, [0], [0.0, 1.0])
+    assert [g.group_id for g in s.take(0)] == [2]
+    score(s, 3, [0], [1.0, 0.0])  # complete, waiting: open at the checkpoint
+    state = json.loads(json.dumps(s.state()))
+    r = scheduler(1, per_step=1, dynamic_sampling=True)
+    r.restore(state)
+    assert r.summary() == {"issued": 4, "open": 0, "trained": 1, "filtered:tied": 1, "dropped:stale": 0,
+                           "dropped:incomplete": 0, "dropped:unused": 0, "dropped:interrupted": 2}
+    assert r.take_owed() == 3 and r.steps_to_start(1) == [3]  # the tied one's and the two open ones' replacements
+    with pytest.raises(LedgerError, match="issued twice"):
+        r.expect(3)  # an interrupted group id is never reused
+    r.expect(5)
+    with pytest.raises(LedgerError, match="has issued groups already"):
+        r.restore(state)
+
+
+def test_a_restored_gate_keeps_its_counts():
+    g = StalenessGate(1, 2)
+    g.admit([rollout(1, 0, [0]), rollout(1, 1, [0])], [RewardResult(group_id=1, sample_index=k, reward=0.0,
+                                                                    correct=False, format_ok=True) for k in (0, 1)], 1)
+    r = StalenessGate(1, 2)
+    r.restore(g.summary())
+    assert r.summary() == g.summary() == {"max_allowed": 1, "max_seen": 1, "dropped": 0, "histogram": {"1": 2}}
+    with pytest.raises(ValueError, match="staleness bound is 1, this run's 2"):
+        StalenessGate(2, 2).restore(g.summary())
