@@ -42,7 +42,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return _dry_run(cfg)
         from cluster.run import run
 
-        summary = run(cfg)
+        summary = run(cfg, resume=args.resume)
     except (ConfigError, DataError, EngineError, PlacementError) as exc:
         print(f"tandem: error: {exc}", file=sys.stderr)
         return 2
@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     run.add_argument("--dry-run", action="store_true",
                      help="print the placement plan (actors, bundles, placement groups, totals) and exit")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run directory run.output_dir/run.name from its latest complete checkpoint")
     run.set_defaults(fn=_cmd_run)
     add_job_commands(sub)
     algos = sub.add_parser("algorithms", help="list registered advantage estimators, losses, KL estimators, verifiers")

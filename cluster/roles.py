@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
 
 from cluster.config import Config
@@ -43,9 +44,10 @@ class Roles:
         return nodes
 
 
-def start_roles(cfg: Config, loopback: bool) -> Roles:
+def start_roles(cfg: Config, loopback: bool, checkpoint: Optional[Path] = None, version: int = 0) -> Roles:
     """Reserve the placement plan's bundles (a plan the cluster cannot hold fails here, before
-    any actor starts), then start each role's actors in their bundles."""
+    any actor starts), then start each role's actors in their bundles. `checkpoint` (resume):
+    the engines load its weights as policy `version`, the learners and the critic its state."""
     opts = learner_options(cfg)
     placement = place(build_plan(cfg), cfg.cluster.placement_timeout_s)
     started = []
@@ -55,8 +57,8 @@ def start_roles(cfg: Config, loopback: bool) -> Roles:
                                   model_options=placement.options("reward_model")))
         setup = EngineSetup(tensor_parallel_size=max(1, cfg.cluster.gpus_per_engine), seed=cfg.run.seed,
                             sleep_mode=cfg.cluster.placement == "colocated",
-                            collective=resolve_weight_transfer(cfg) == "collective")
-        started.append(RolloutPool(cfg.model.path, cfg.rollout, cfg.model.dtype, setup,
+                            collective=resolve_weight_transfer(cfg) == "collective", version=version)
+        started.append(RolloutPool(str(checkpoint or cfg.model.path), cfg.rollout, cfg.model.dtype, setup,
                                    actor_options=placement.options("rollout")))
         started.append(LearnerGroup(cfg.model.path, cfg.trainer.num_learners, opts, cfg.trainer.threads_per_learner,
                                     loopback=loopback, actor_options=placement.options("learner")))
@@ -71,4 +73,13 @@ def start_roles(cfg: Config, loopback: bool) -> Roles:
         placement.remove()
         raise
     critic = started[3] if cfg.critic.enabled else None
-    return Roles(started[1], started[0], started[2], placement, critic)
+    roles = Roles(started[1], started[0], started[2], placement, critic)
+    if checkpoint is not None:
+        try:
+            roles.learners.load_state(str(checkpoint / "policy"))
+            if critic is not None:
+                critic.load_state(str(checkpoint / "critic"))
+        except BaseException:
+            roles.shutdown()
+            raise
+    return roles

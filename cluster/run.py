@@ -24,18 +24,21 @@ from cluster.weights import resolve_weight_transfer
 from rollout.data import Prompt, load_prompts, render_prompts
 
 
-def run(cfg: Config, log=print) -> RunSummary:
-    """Run one recipe; the run directory survives any failure with what was written."""
+def run(cfg: Config, log=print, resume: bool = False) -> RunSummary:
+    """Run one recipe; the run directory survives any failure with what was written. `resume`:
+    continue run.output_dir/run.name from its latest complete checkpoint (RL runs)."""
     learner_options(cfg)  # batch-shape errors surface before anything starts
     if cfg.run.mode == "rl":
         resolve_weight_transfer(cfg)  # a weight transfer that cannot run here, too
     prepare_model(cfg, log)
     inputs = prepare_inputs(cfg) if cfg.run.mode == "rl" else load_offline_data(cfg)
-    run_dir = RunDir.create(cfg)
-    log(f"run directory: {run_dir.path}")
+    if resume and cfg.run.mode != "rl":
+        raise ConfigError(f"--resume continues RL runs; run.mode '{cfg.run.mode}' has no checkpoints to resume from")
+    run_dir, checkpoint = RunDir.resume(cfg) if resume else (RunDir.create(cfg), None)
+    log(f"run directory: {run_dir.path}" + (f" (resuming from {checkpoint.name})" if checkpoint else ""))
     with failed_summary(run_dir):
         if cfg.run.mode == "rl":
-            return run_rl(cfg, *inputs, run_dir, log)
+            return run_rl(cfg, *inputs, run_dir, log, checkpoint)
         return run_offline(cfg, inputs, run_dir, log)
 
 

@@ -33,6 +33,16 @@ def _clean(value: Any) -> Any:
 COMPLETE = "COMPLETE"  # the marker of a checkpoint written to the end
 
 
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
 @dataclass(frozen=True)
 class RunSummary:
     """What a finished run returns (and the CLI prints): `record` is what summary.json holds."""
@@ -64,6 +74,36 @@ class RunDir:
         run = cls(path)
         (path / "config.yaml").write_text(config_to_yaml(cfg))
         return run
+
+    @classmethod
+    def resume(cls, cfg: Config) -> tuple["RunDir", Path]:
+        """The existing run directory of `cfg` and its latest complete checkpoint, after checking
+        that the recipe is the one it ran (controller.steps may change: a run can be extended).
+        metrics.jsonl is cut back to the checkpoint's step: the steps after it run again."""
+        from cluster.config import ConfigError, load_config
+
+        path = Path(cfg.run.output_dir) / cfg.run.name
+        if not (path / "config.yaml").is_file():
+            raise ConfigError(f"--resume: no run directory at {path} (run.output_dir / run.name)")
+        run = cls(path)
+        checkpoint = run.latest_checkpoint()
+        if checkpoint is None:
+            raise ConfigError(f"--resume: {path} has no complete checkpoint (set controller.checkpoint_every)")
+        before = _flatten(load_config(path / "config.yaml").model_dump(mode="json"))
+        now = _flatten(cfg.model_dump(mode="json"))
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k) and k != "controller.steps")
+        if changed:
+            raise ConfigError(f"--resume: the recipe differs from the one {path} ran in {', '.join(changed)}; resuming "
+                              "would not continue that run (only controller.steps may change)")
+        step = json.loads((checkpoint / COMPLETE).read_text())["step"]
+        if run.metrics_path.is_file():
+            rows = [line for line in run.metrics_path.read_text().splitlines()
+                    if json.loads(line)["step"] <= step and not json.loads(line).get("final")]
+            tmp = run.metrics_path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in rows))
+            tmp.replace(run.metrics_path)
+        (path / "config.yaml").write_text(config_to_yaml(cfg))
+        return run, checkpoint
 
     def log_metrics(self, row: dict) -> None:
         with self.metrics_path.open("a") as fh:

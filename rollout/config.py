@@ -67,6 +67,7 @@ class EngineSetup:
     seed: int = 0
     sleep_mode: bool = False  # colocated placement: the engine sleeps while the learners train
     collective: bool = False  # rollout.weight_transfer resolved to 'collective' (cluster/weights.py)
+    version: int = 0  # the policy version of the weights the engine starts from (a resumed run's)
 
 
 def vllm_options(cfg: RolloutConfig, setup: EngineSetup = EngineSetup()) -> VLLMOptions:
@@ -75,4 +76,5 @@ def vllm_options(cfg: RolloutConfig, setup: EngineSetup = EngineSetup()) -> VLLM
                        gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, kv_cache_gib=cfg.vllm_kv_cache_gib, max_model_len=cfg.vllm_max_model_len,
                        max_num_seqs=cfg.vllm_max_num_seqs, enforce_eager=cfg.vllm_enforce_eager,
                        enable_prefix_caching=cfg.vllm_enable_prefix_caching, enable_sleep_mode=setup.sleep_mode,
-                       seed=setup.seed, weight_transfer="tandem_collective" if setup.collective else "tandem_file")
+                       seed=setup.seed, weight_transfer="tandem_collective" if setup.collective else "tandem_file",
+                       weight_version=setup.version)

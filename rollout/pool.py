@@ -51,8 +51,8 @@ class RolloutWorker:
         # together and pauses/resumes in-flight requests itself when weights are loaded.
         self.engine_streams = hasattr(self.engine, "stream")
         self.in_flight = cfg.in_flight
-        self.version = 0  # the version of the weights in the engine
-        self.latest = 0  # the newest verified update received (== version unless one waits)
+        self.version = setup.version  # the version of the weights in the engine
+        self.latest = setup.version  # the newest verified update received (== version unless one waits)
         self._pending: Optional[tuple[int, dict]] = None  # verified, waiting for a safe point
         self._generating = False
         self._cond = threading.Condition()

@@ -92,3 +92,4 @@ class VLLMOptions:
     # `nccl` / `ipc`: vLLM's GPU backends, fed by the learner through vLLM's trainer-side
     # engines (untested here: no GPU in CI).
     weight_transfer: str = "tandem_file"
+    weight_version: int = 0  # the policy version of the weights it starts from (a resumed run's)

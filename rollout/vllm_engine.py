@@ -88,7 +88,7 @@ class VLLMEngine:
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.eos_id = self.tokenizer.eos_token_id
-        self.version = 0
+        self.version = self.options.weight_version
         self._ids = itertools.count()
         self._inflight: dict[int, dict[str, int]] = {}  # group_id -> {request id: tokens so far}
         self._aborted: set[str] = set()
@@ -128,7 +128,7 @@ class VLLMEngine:
         llm = AsyncLLM.from_engine_args(args)
         if o.weight_transfer == "tandem_file":  # GPU backends rendezvous later: init_native_transfer()
             await llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info={}))
-        await llm.update_weight_version("0")
+        await llm.update_weight_version(str(o.weight_version))
         return llm
 
     async def _shutdown(self) -> None:

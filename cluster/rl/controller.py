@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -63,10 +64,12 @@ class Controller:
         c = self.cfg.controller
         t_start = time.perf_counter()
         self.timeslice.start()
-        initial = self.initial_accuracy = self.evaluate()
+        if self.steps_done == 0:
+            self.initial_accuracy = self.evaluate()
+        initial = self.initial_accuracy
         self._write_summary("running", t_start, initial, None)
         progress.start(c.steps, initial)
-        for step in range(1, c.steps + 1):
+        for step in range(self.steps_done + 1, c.steps + 1):
             row = self.step(step)
             self.steps_done = step
             if c.eval_every and step % c.eval_every == 0 and step < c.steps:
@@ -164,6 +167,16 @@ class Controller:
                 "totals": self.totals, "source": self.source.state(), "scheduler": self.scheduler.state(),
                 "gate": self.gate.summary()}
 
+    def restore(self, state: dict) -> None:
+        """Continue after the checkpoint that wrote `state` (its engines and learners are loaded
+        by start_roles): the next step is the one the interrupted run would have taken."""
+        self.version, self.next_group, self.steps_done = state["version"], state["next_group"], state["step"]
+        self.initial_accuracy, self.experience.kl.coef = state["initial_accuracy"], state["kl_coef"]
+        self.totals = dict(state["totals"])
+        self.source.restore(state["source"])
+        self.scheduler.restore(state["scheduler"])
+        self.gate.restore(state["gate"])
+
     def evaluate(self) -> float:
         """Held-out accuracy (greedy unless controller.eval_temperature > 0) of the latest policy."""
         t0 = time.perf_counter()
@@ -241,13 +254,20 @@ class Controller:
         return self.summary
 
 
-def run_rl(cfg: Config, train: list[Prompt], evals: list[Prompt], run_dir: RunDir, log=print) -> RunSummary:
-    """Start the roles on the embedded or given Ray cluster, run the loop, stop the roles."""
+def run_rl(cfg: Config, train: list[Prompt], evals: list[Prompt], run_dir: RunDir, log=print,
+           checkpoint: Path | None = None) -> RunSummary:
+    """Start the roles on the embedded or given Ray cluster, run the loop, stop the roles.
+    `checkpoint`: resume from it (the engines start from its weights, the learners and the loop
+    from its state)."""
+    state = json.loads((checkpoint / "controller.json").read_text()) if checkpoint else None
     with ray_session(cfg.cluster, cpus_needed(cfg)) as loopback:
-        roles = start_roles(cfg, loopback)
+        roles = start_roles(cfg, loopback, checkpoint, state["version"] if state else 0)
         try:
             weights = WeightSync(cfg, roles.learners, roles.rollout, loopback)
-            record = Controller(cfg, roles, run_dir, train, evals, weights).run(Progress(cfg.controller.progress, log))
+            controller = Controller(cfg, roles, run_dir, train, evals, weights)
+            if state:
+                controller.restore(state)
+            record = controller.run(Progress(cfg.controller.progress, log))
         finally:
             roles.shutdown()
     ev, tp = record["eval"], record["throughput"]

@@ -1,0 +1,93 @@
+"""Resume: a synchronous run killed with SIGKILL mid-way and resumed with --resume ends on
+bitwise the same weights, with the same per-step metrics, as the run that was never stopped."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from cluster.config import ConfigError, config_to_yaml
+from cluster.run import run
+from tests.e2e.checkpoints import same_weights
+from tests.e2e.test_grpo_local import config
+
+ROOT = Path(__file__).resolve().parents[2]
+STEPS = 8
+KEYS = ("reward_mean", "loss", "grad_norm", "entropy", "clip_frac", "response_len", "version", "staleness_max")
+
+
+def rows(path):
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the run's process and everything it started (its Ray), nothing else."""
+    family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    for p in family:
+        try:
+            p.send_signal(signal.SIGKILL)
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait(timeout=30)
+    psutil.wait_procs(family, timeout=30)
+
+
+def test_a_run_killed_mid_way_resumes_to_the_same_weights_and_metrics(ray_session, tmp_path):
+    common = (f"controller.steps={STEPS}", "controller.checkpoint_every=2", "controller.keep_checkpoints=2",
+              "controller.eval_every=4")
+    straight = run(config(tmp_path, *common, "run.name=straight"), log=lambda *_: None).record
+
+    cfg = config(tmp_path, *common, "run.name=killed")
+    recipe = tmp_path / "killed.yaml"
+    recipe.write_text(config_to_yaml(cfg))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "run", str(recipe)], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run_dir = tmp_path / "runs" / "killed"
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # kill once step 3 is logged: a checkpoint exists, the run is not over
+            if (run_dir / "metrics.jsonl").is_file() and any(r["step"] >= 3 for r in rows(run_dir)):
+                break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.02)
+        else:
+            pytest.fail("the run logged no third step within 240 s")
+    finally:
+        kill_tree(proc)
+    logged = [r["step"] for r in rows(run_dir)]
+    assert max(logged) < STEPS and (run_dir / "summary.json").is_file()
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "running"  # killed: no word from it
+    resumed_from = sorted(p.name for p in (run_dir / "checkpoints").iterdir() if not p.name.endswith(".tmp"))[-1]
+
+    resumed = run(cfg, log=lambda *_: None, resume=True).record
+    assert resumed["status"] == "completed" and resumed["steps"] == STEPS
+    got, want = rows(run_dir), rows(tmp_path / "runs" / "straight")
+    assert [r["step"] for r in got] == list(range(1, STEPS + 1)) + [STEPS]  # each step once, then the final row
+    for g, w in zip(got, want, strict=True):
+        for key in KEYS:
+            assert g.get(key) == w.get(key), (g["step"], key)  # bitwise: floats round-trip through JSON
+        assert g.get("eval_accuracy") == w.get("eval_accuracy")
+    assert same_weights(run_dir / "final", tmp_path / "runs" / "straight" / "final")
+    assert resumed["eval"] == straight["eval"] and resumed["groups"] == straight["groups"]
+    assert resumed["staleness"] == straight["staleness"]
+    assert int(resumed_from.removeprefix("step_")) in (2, 4, 6)  # it did resume from a checkpoint mid-run
+
+
+def test_resume_refuses_a_changed_recipe_or_a_run_without_checkpoints(ray_session, tmp_path):
+    plain = ("controller.steps=2", "controller.eval_every=0", "controller.eval_prompts=8")
+    run(config(tmp_path, *plain, "run.name=bare"), log=lambda *_: None)
+    with pytest.raises(ConfigError, match="has no complete checkpoint"):
+        run(config(tmp_path, *plain, "run.name=bare"), log=lambda *_: None, resume=True)
+    kept = (*plain, "run.name=kept", "controller.checkpoint_every=1")
+    run(config(tmp_path, *kept), log=lambda *_: None)
+    with pytest.raises(ConfigError, match=r"differs from the one .* ran in algorithm.clip_eps, trainer.lr"):
+        run(config(tmp_path, *kept, "trainer.lr=1e-3", "algorithm.clip_eps=0.3"), log=lambda *_: None, resume=True)
+    with pytest.raises(ConfigError, match="no run directory"):
+        run(config(tmp_path, "run.name=never"), log=lambda *_: None, resume=True)
