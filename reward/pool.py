@@ -199,6 +199,13 @@ class RewardPool:
         """Samples submitted and not yet scored (collected or not)."""
         return sum(1 for x in self._samples.values() if x.lanes)
 
+    def state(self) -> dict:
+        """What a resumed run must carry over (JSON): the running normalisation's statistics."""
+        return {"norm": [self._norm.count, self._norm.mean, self._norm.m2]}
+
+    def restore(self, state: dict) -> None:
+        self._norm.count, self._norm.mean, self._norm.m2 = state["norm"]
+
     def metrics(self) -> PoolMetrics:
         m = self.stats
         if self._latency:

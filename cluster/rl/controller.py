@@ -165,7 +165,7 @@ class Controller:
         return {"step": step, "version": self.version, "next_group": self.next_group,
                 "initial_accuracy": self.initial_accuracy, "kl_coef": self.experience.kl.coef,
                 "totals": self.totals, "source": self.source.state(), "scheduler": self.scheduler.state(),
-                "gate": self.gate.summary()}
+                "gate": self.gate.summary(), "reward": self.roles.reward.state()}
 
     def restore(self, state: dict) -> None:
         """Continue after the checkpoint that wrote `state` (its engines and learners are loaded
@@ -176,6 +176,7 @@ class Controller:
         self.source.restore(state["source"])
         self.scheduler.restore(state["scheduler"])
         self.gate.restore(state["gate"])
+        self.roles.reward.restore(state["reward"])
 
     def evaluate(self) -> float:
         """Held-out accuracy (greedy unless controller.eval_temperature > 0) of the latest policy."""

@@ -3,6 +3,7 @@ autoscaling, composition and shaping."""
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -126,6 +127,12 @@ def test_running_normalisation(pools):
     pool = pools(normalize="running", cache_size=0)
     res = pool.score(rollouts(["12", "12", "x", "x"]))  # raw 1.1, 1.1, 0, 0: mean .55, std .55
     assert [r.reward for r in res] == pytest.approx([1, 1, -1, -1], abs=1e-6)
+    # A resumed run's pool continues the same statistics (JSON round trip), not fresh ones.
+    resumed, fresh = pools(normalize="running", cache_size=0), pools(normalize="running", cache_size=0)
+    resumed.restore(json.loads(json.dumps(pool.state())))
+    later = rollouts(["12", "x", "x", "x"])
+    expected = [r.reward for r in pool.score(later)]
+    assert [r.reward for r in resumed.score(later)] == expected != [r.reward for r in fresh.score(later)]
 
 
 @pytest.mark.parametrize("kw, message", [
