@@ -1,9 +1,15 @@
 """Checkpoints are written atomically: complete ones only are found, an interrupted save is
 ignored and cleaned up by the next save of that step, and only the newest N are kept."""
 
+import json
+from pathlib import Path
+
 import pytest
 
+from cluster.config import ConfigError, load_config
 from cluster.rundir import COMPLETE, RunDir
+
+QUICKSTART = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
 
 
 def write(tag):
@@ -41,3 +47,25 @@ def test_a_save_interrupted_midway_leaves_the_last_good_checkpoint_as_the_latest
     run.save_checkpoint(4, write("again"), keep=0)  # the retry replaces the partial one
     assert not (tmp_path / "checkpoints" / "step_000004.tmp").exists()
     assert (run.latest_checkpoint() / "weights.bin").read_text() == "again"
+
+
+def test_resume_refuses_a_changed_recipe_or_a_run_without_checkpoints(tmp_path):
+    def cfg(*extra):
+        return load_config(QUICKSTART, [f"run.output_dir={tmp_path}", "run.name=mine", *extra])
+
+    with pytest.raises(ConfigError, match="no run directory"):
+        RunDir.resume(cfg())
+    run = RunDir.create(cfg())
+    with pytest.raises(ConfigError, match="has no complete checkpoint"):
+        RunDir.resume(cfg())
+    run.save_checkpoint(2, lambda path: None, keep=0)
+    with pytest.raises(ConfigError, match=r"differs from the one .* ran in algorithm.clip_eps, trainer.lr; .*only "
+                                          r"controller.steps may change"):
+        RunDir.resume(cfg("trainer.lr=1e-3", "algorithm.clip_eps=0.3"))
+    for step in (1, 2, 3):
+        run.log_metrics({"step": step})
+    run.log_metrics({"step": 3, "final": True})
+    resumed, checkpoint = RunDir.resume(cfg("controller.steps=800"))  # a longer run is the same run
+    assert checkpoint == run.checkpoint_dir(2) and resumed.path == run.path
+    assert [json.loads(line) for line in run.metrics_path.read_text().splitlines()] == [{"step": 1}, {"step": 2}]
+    assert load_config(run.path / "config.yaml").controller.steps == 800

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cluster.config import ConfigError, config_to_yaml
+from cluster.config import config_to_yaml
 from cluster.run import run
 from tests.e2e.checkpoints import same_weights
 from tests.e2e.test_grpo_local import config
@@ -80,14 +80,22 @@ def test_a_run_killed_mid_way_resumes_to_the_same_weights_and_metrics(ray_sessio
     assert int(resumed_from.removeprefix("step_")) in (2, 4, 6)  # it did resume from a checkpoint mid-run
 
 
-def test_resume_refuses_a_changed_recipe_or_a_run_without_checkpoints(ray_session, tmp_path):
-    plain = ("controller.steps=2", "controller.eval_every=0", "controller.eval_prompts=8")
-    run(config(tmp_path, *plain, "run.name=bare"), log=lambda *_: None)
-    with pytest.raises(ConfigError, match="has no complete checkpoint"):
-        run(config(tmp_path, *plain, "run.name=bare"), log=lambda *_: None, resume=True)
-    kept = (*plain, "run.name=kept", "controller.checkpoint_every=1")
-    run(config(tmp_path, *kept), log=lambda *_: None)
-    with pytest.raises(ConfigError, match=r"differs from the one .* ran in algorithm.clip_eps, trainer.lr"):
-        run(config(tmp_path, *kept, "trainer.lr=1e-3", "algorithm.clip_eps=0.3"), log=lambda *_: None, resume=True)
-    with pytest.raises(ConfigError, match="no run directory"):
-        run(config(tmp_path, "run.name=never"), log=lambda *_: None, resume=True)
+def test_an_asynchronous_run_resumes_within_its_staleness_bound_and_loses_no_group(ray_session, tmp_path):
+    """k = 1: at step 2's checkpoint the groups of step 3 are in flight. Extended from 4 to 6
+    steps, the run resumes there: those groups end as dropped:interrupted (their samples were not
+    kept) and are replaced by new ones; every group ends exactly once, none is trained twice."""
+    common = ("controller.max_staleness=1", "algorithm.loss=decoupled_ppo", "controller.checkpoint_every=2",
+              "controller.eval_every=0", "run.name=async")
+    run(config(tmp_path, "controller.steps=4", *common), log=lambda *_: None)
+    run_dir = tmp_path / "runs" / "async"
+    loop = json.loads((run_dir / "checkpoints" / "step_000002" / "controller.json").read_text())
+    open_at_checkpoint = len(loop["scheduler"]["open"])
+    assert open_at_checkpoint > 0  # generation had run ahead into step 3
+
+    summary = run(config(tmp_path, "controller.steps=6", *common), log=lambda *_: None, resume=True).record
+    g = summary["groups"]
+    assert summary["status"] == "completed" and summary["steps"] == 6
+    assert g["trained"] == 6 * 8 and g["dropped:interrupted"] == open_at_checkpoint and g["open"] == 0
+    assert g["issued"] == sum(v for k, v in g.items() if k not in ("issued", "open"))  # each group ended once
+    assert summary["staleness"]["max_seen"] <= 1 and summary["samples"] == 6 * 32
+    assert [r["step"] for r in rows(run_dir) if not r.get("final")] == [1, 2, 3, 4, 5, 6]
