@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 
 from cluster.config import ConfigError, load_config
@@ -42,12 +43,17 @@ def _cmd_run(args: argparse.Namespace) -> int:
             return _dry_run(cfg)
         from cluster.run import run
 
+        signal.signal(signal.SIGTERM, _interrupt)  # schedulers stop jobs with SIGTERM, then SIGKILL
         summary = run(cfg, resume=args.resume)
     except (ConfigError, DataError, EngineError, PlacementError) as exc:
         print(f"tandem: error: {exc}", file=sys.stderr)
         return 2
     print(f"\nrun directory: {summary.run_dir}\n{summary.headline}")
     return 0
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _dry_run(cfg) -> int:

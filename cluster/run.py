@@ -74,11 +74,19 @@ def prepare_inputs(cfg: Config) -> tuple[list[Prompt], list[Prompt]]:
 
 @contextmanager
 def failed_summary(run_dir: RunDir) -> Iterator[None]:
-    """On any failure: the last summary the run wrote, marked failed with the error, then re-raise."""
+    """On any failure: the last summary the run wrote, marked failed with the error, then
+    re-raise. Stopped from outside (Ctrl-C, or SIGTERM, which the CLI turns into the same
+    KeyboardInterrupt: what schedulers send before SIGKILL) it is marked interrupted instead,
+    with how to continue; a SIGKILL leaves "running", and --resume works the same."""
     try:
         yield
     except BaseException as exc:
         summary = run_dir.read_summary() or {"run_dir": str(run_dir.path)}
+        if isinstance(exc, KeyboardInterrupt):
+            summary.update(status="interrupted", resume=f"the same tandem run command with --resume continues "
+                                                         f"{run_dir.path} from its latest complete checkpoint")
+            run_dir.write_summary(summary)
+            raise
         summary.update(status="failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc(limit=20))
         run_dir.write_summary(summary)
         raise

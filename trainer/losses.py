@@ -181,11 +181,15 @@ def _importance_weights(target: torch.Tensor, x: LossInputs, spec: LossSpec, met
 def decoupled_ppo(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     # The trust region is around the proximal policy (the learner's own at the step's start), not
     # around the stale engine that sampled; the importance weight carries the off-policy correction.
-    # One update per step: the proximal policy is the current one, so logprobs.detach() is exact.
+    return _decoupled(x, spec, lambda prox, metrics: _importance_weights(prox, x, spec, metrics))
+
+
+def _decoupled(x: LossInputs, spec: LossSpec, weights) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO clipped to the proximal policy, times the detached importance weights that
+    `weights(prox, metrics)` gives (truncated, or masked by a band)."""
     prox = _proximal(x)
     objective, metrics = _clipped_surrogate(torch.exp(x.logprobs - prox), x.advantages, spec)
-    weight = _importance_weights(prox, x, spec, metrics)
-    return _regularise(-weight * objective, x, spec, metrics), metrics
+    return _regularise(-weights(prox, metrics) * objective, x, spec, metrics), metrics
 
 
 @LOSSES.register("tis", "truncated importance sampling: policy gradient weighted by min(pi / pi_behaviour, is_cap)",
@@ -231,10 +235,7 @@ def _masked_weights(log_w: torch.Tensor, x: LossInputs, spec: LossSpec, metrics:
                        "Thinking Model (IcePop)",
                  options=LossSpec, traits=LossKind("policy", off_policy=True, proximal=True))
 def icepop(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    prox = _proximal(x)
-    objective, metrics = _clipped_surrogate(torch.exp(x.logprobs - prox), x.advantages, spec)
-    weight = _masked_weights(prox - x.behaviour_logprobs, x, spec, metrics, sequence=False)
-    return _regularise(-weight * objective, x, spec, metrics), metrics
+    return _decoupled(x, spec, lambda prox, m: _masked_weights(prox - x.behaviour_logprobs, x, spec, m, sequence=False))
 
 
 @LOSSES.register("seq_mis", "sequence-level masked importance sampling: decoupled PPO whose whole sequence is "
@@ -243,10 +244,7 @@ def icepop(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch
                        "Training-Inference Mismatch (sequence-level masked IS)",
                  options=LossSpec, traits=LossKind("policy", off_policy=True, proximal=True))
 def seq_mis(x: LossInputs, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    prox = _proximal(x)
-    objective, metrics = _clipped_surrogate(torch.exp(x.logprobs - prox), x.advantages, spec)
-    weight = _masked_weights(prox - x.behaviour_logprobs, x, spec, metrics, sequence=True)
-    return _regularise(-weight * objective, x, spec, metrics), metrics
+    return _decoupled(x, spec, lambda prox, m: _masked_weights(prox - x.behaviour_logprobs, x, spec, m, sequence=True))
 
 
 @LOSSES.register("cispo", "CISPO: the policy gradient of every token, weighted by its PPO ratio clipped to "

@@ -69,3 +69,27 @@ def test_resume_refuses_a_changed_recipe_or_a_run_without_checkpoints(tmp_path):
     assert checkpoint == run.checkpoint_dir(2) and resumed.path == run.path
     assert [json.loads(line) for line in run.metrics_path.read_text().splitlines()] == [{"step": 1}, {"step": 2}]
     assert load_config(run.path / "config.yaml").controller.steps == 800
+
+
+def test_a_run_stopped_from_outside_is_marked_interrupted_with_how_to_resume(tmp_path):
+    import os
+    import signal
+    import time
+
+    from cluster import cli
+    from cluster.run import failed_summary
+
+    run = RunDir.create(load_config(QUICKSTART, [f"run.output_dir={tmp_path}"]))
+    run.write_summary({"status": "running", "steps": 3})
+    before = signal.signal(signal.SIGTERM, cli._interrupt)  # what `tandem run` installs
+    try:
+        with pytest.raises(KeyboardInterrupt, match="signal 15"), failed_summary(run):
+            os.kill(os.getpid(), signal.SIGTERM)  # a scheduler stopping the job
+            time.sleep(5)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    summary = run.read_summary()
+    assert summary["status"] == "interrupted" and summary["steps"] == 3 and "--resume" in summary["resume"]
+    with pytest.raises(ValueError), failed_summary(run):
+        raise ValueError("boom")
+    assert run.read_summary()["status"] == "failed" and run.read_summary()["error"] == "ValueError: boom"
