@@ -44,6 +44,18 @@ def state_dict(n_params: int):
     return {f"model.layers.{i}.weight": torch.randn(per, generator=g) for i in range(16)}
 
 
+def raw_broadcast(member) -> None:
+    """The transport alone: every bucket's bytes broadcast (rank 0 to rank 1) between buffers that
+    already exist, nothing packed or checked. Sender and receiver each call it."""
+    import torch
+
+    if getattr(member, "raw_buffers", None) is None:
+        member.raw_buffers = [torch.zeros(member.layout.buffer_bytes(i), dtype=torch.uint8)
+                              for i in range(len(member.layout.buckets))]
+    for handle in [member.group.start(b, "raw") for b in member.raw_buffers]:
+        member.group.wait(handle)
+
+
 class Sender:
     def __init__(self, n_params: int):
         import torch
@@ -76,13 +88,7 @@ class Sender:
         self.group.send(packed, self.layout, version)  # as trainer/learner.py send_weights
 
     def send_raw(self) -> None:
-        import torch
-
-        if getattr(self, "raw_buffers", None) is None:
-            self.raw_buffers = [torch.ones(self.layout.buffer_bytes(i), dtype=torch.uint8)
-                                for i in range(len(self.layout.buckets))]
-        for handle in [self.group.start(b, "raw") for b in self.raw_buffers]:
-            self.group.wait(handle)
+        raw_broadcast(self)
 
     def send_object_store(self, version: int):
         from rollout.transfer.object_store import store_update
@@ -129,14 +135,7 @@ class Receiver:
         return t1 - t0, time.perf_counter() - t1
 
     def receive_raw(self) -> None:
-        """The transport alone: every bucket's bytes broadcast into existing buffers, no check."""
-        import torch
-
-        if getattr(self, "raw_buffers", None) is None:
-            self.raw_buffers = [torch.zeros(self.layout.buffer_bytes(i), dtype=torch.uint8)
-                                for i in range(len(self.layout.buckets))]
-        for handle in [self.group.start(b, "raw") for b in self.raw_buffers]:
-            self.group.wait(handle)
+        raw_broadcast(self)
 
 
 def measure(n_params: int, repeats: int) -> dict:

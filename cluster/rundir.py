@@ -97,10 +97,10 @@ class RunDir:
                               "would not continue that run (only controller.steps may change)")
         step = json.loads((checkpoint / COMPLETE).read_text())["step"]
         if run.metrics_path.is_file():
-            rows = [line for line in run.metrics_path.read_text().splitlines()
-                    if json.loads(line)["step"] <= step and not json.loads(line).get("final")]
+            kept = [line for line in run.metrics_path.read_text().splitlines()
+                    if (row := json.loads(line))["step"] <= step and not row.get("final")]
             tmp = run.metrics_path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in rows))
+            tmp.write_text("".join(line + "\n" for line in kept))
             tmp.replace(run.metrics_path)
         (path / "config.yaml").write_text(config_to_yaml(cfg))
         return run, checkpoint

@@ -69,8 +69,6 @@ class ReceivedUpdate:
 
 
 def _gpu_free_bytes() -> int:
-    import torch
-
     return torch.cuda.mem_get_info()[0] if torch.cuda.is_available() else 0
 
 
