@@ -246,6 +246,9 @@ class ClusterConfig(Section):
     resources: dict[Literal["learner", "rollout", "reward", "critic", "reward_model"], dict[str, float]] = {}
     # Placement groups not ready after this long are an error (resources held elsewhere).
     placement_timeout_s: float = Field(120, gt=0)
+    # Rollout and reward workers that die (killed, OOM, node lost) are replaced and their
+    # unfinished work re-issued, at most this many times per role in a run; 0: a death ends it.
+    max_actor_restarts: int = Field(3, ge=0)
     # `tandem submit` (slurm, kuberay): the cluster to ask for. num_nodes null: enough
     # nodes of gpus_per_node GPUs for the plan (1 on CPU).
     num_nodes: Optional[int] = Field(None, ge=1)

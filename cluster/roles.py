@@ -53,13 +53,14 @@ def start_roles(cfg: Config, loopback: bool, checkpoint: Optional[Path] = None, 
     started = []
     try:
         r = cfg.reward
+        restarts = cfg.cluster.max_actor_restarts
         started.append(RewardPool(r, actor_options=placement.options("reward"),
-                                  model_options=placement.options("reward_model")))
+                                  model_options=placement.options("reward_model"), max_restarts=restarts))
         setup = EngineSetup(tensor_parallel_size=max(1, cfg.cluster.gpus_per_engine), seed=cfg.run.seed,
                             sleep_mode=cfg.cluster.placement == "colocated",
                             collective=resolve_weight_transfer(cfg) == "collective", version=version)
         started.append(RolloutPool(str(checkpoint or cfg.model.path), cfg.rollout, cfg.model.dtype, setup,
-                                   actor_options=placement.options("rollout")))
+                                   actor_options=placement.options("rollout"), max_restarts=restarts))
         started.append(LearnerGroup(cfg.model.path, cfg.trainer.num_learners, opts, cfg.trainer.threads_per_learner,
                                     loopback=loopback, actor_options=placement.options("learner")))
         if cfg.critic.enabled:

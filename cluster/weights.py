@@ -78,6 +78,11 @@ class WeightSync:
         r = cfg.rollout
         self.layout = learners.transfer_layout(r.weight_bucket_mb * 2**20)
         rollout.set_layout(self.layout)
+        if self.kind != "collective":  # a restarted engine gets the current weights through the object store
+            rollout.refill = lambda version: learners.export_weights(version, self.layout)
+        else:
+            rollout.refill_problem = ("rollout.weight_transfer 'collective' cannot take a new engine into its group "
+                                      "yet (the group would have to be formed again); object_store can")
         if self.kind == "collective":
             ip, port = ray.get(learners.actors[0].address.remote())
             host = "127.0.0.1" if loopback else ip
@@ -98,6 +103,7 @@ class WeightSync:
                 self.learners.release_ipc()
         else:
             gather(self.learners.send_weights(version, self.layout) + self.rollout.receive_weights(version))
+        self.rollout.version = version
 
     @property
     def bytes_per_update(self) -> int:

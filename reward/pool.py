@@ -93,7 +93,9 @@ class PoolMetrics:
     timeouts: int = 0  # sample timeouts, retried or not
     errors: int = 0  # samples that ended with a failure (fallback score)
     retries: int = 0
-    worker_restarts: int = 0
+    worker_restarts: int = 0  # every replacement: faults and deliberate recycling (a tainted sandbox)
+    fault_restarts: int = 0  # workers replaced because they died, failed or wedged (the budget counts these)
+    reissued: int = 0  # samples sent again because their worker died, failed or wedged
     workers: int = 0
     workers_peak: int = 0
     latency_p50_s: float = 0.0  # submit -> result, per sample
@@ -106,12 +108,18 @@ class PoolMetrics:
         return asdict(self)
 
 
+class RewardPoolError(RuntimeError):
+    """The pool cannot go on: its workers keep failing past the restart budget."""
+
+
 class RewardPool:
     def __init__(self, spec: RewardConfig | None = None, actor_options: list[dict] | None = None,
-                 model_options: list[dict] | None = None, **settings):
+                 model_options: list[dict] | None = None, max_restarts: int | None = None, **settings):
         """`spec` is the config's `reward` section; keyword settings build one (unknown names are refused).
         actor_options / model_options: Ray options (placement bundles) of the verifier workers / of the
-        reward-model actor (cluster/placement.py)."""
+        reward-model actor (cluster/placement.py). max_restarts: workers replaced after a fault, at
+        most, before the pool raises RewardPoolError (cluster.max_actor_restarts; None: no limit)."""
+        self.max_restarts = max_restarts
         spec = spec if spec is not None else RewardConfig(**settings)
         self.spec = spec
         _validate(spec)
@@ -266,7 +274,7 @@ class RewardPool:
         for ref, (lane, actor, ids, deadline) in list(self._inflight.items()):
             if now > deadline:  # the actor is wedged or gone: replace it, retry its samples
                 del self._inflight[ref]
-                self._restart(lane, actor)
+                self._restart(lane, actor, "no answer by its deadline")
                 self._retry(lane, ids, f"timeout: {lane.name} worker gave no answer by its deadline")
 
     def _dispatch(self, lane: _Lane) -> None:
@@ -301,7 +309,7 @@ class RewardPool:
         try:
             reply: WorkerReply = ray.get(ref)
         except (ray.exceptions.RayActorError, ray.exceptions.RayTaskError) as exc:
-            self._restart(lane, actor)
+            self._restart(lane, actor, f"{type(exc).__name__}")
             self._retry(lane, ids, f"error: {lane.name} worker lost: {type(exc).__name__}")
             return
         timed_out = []
@@ -326,6 +334,7 @@ class RewardPool:
                 sample.attempts += 1
                 sample.isolate = sample.isolate or "worker" in reason
                 self.stats.retries += 1
+                self.stats.reissued += "worker" in reason
                 lane.queue.appendleft(sid)
             else:
                 self._finish_lane(sid, lane.name, (), reason)
@@ -351,7 +360,14 @@ class RewardPool:
         while len(self._cache) > self.spec.cache_size:
             self._cache.popitem(last=False)
 
-    def _restart(self, lane: _Lane, actor: _Actor) -> None:
+    def _restart(self, lane: _Lane, actor: _Actor, fault: str | None = None) -> None:
+        """Replace `actor` (`fault`: why it failed; None: a deliberate recycle) and requeue its calls."""
+        if fault is not None and actor in lane.actors:
+            if self.max_restarts is not None and self.stats.fault_restarts >= self.max_restarts:
+                raise RewardPoolError(f"a {lane.name} worker failed ({fault}) and the restart budget is spent "
+                                      f"({self.stats.fault_restarts} restarts, cluster.max_actor_restarts="
+                                      f"{self.max_restarts}); the worker's log (Ray's logs directory) says why")
+            self.stats.fault_restarts += 1
         if actor in lane.actors:
             lane.replace(actor)
             self.stats.worker_restarts += 1
@@ -359,6 +375,7 @@ class RewardPool:
             if a2 is actor:  # calls queued on the killed actor: requeue without counting a try
                 del self._inflight[ref]
                 lane.queue.extendleft(reversed(ids))
+                self.stats.reissued += len(ids) if fault is not None else 0
 
     def _autoscale(self) -> None:
         lane = self.lanes.get("verifier")

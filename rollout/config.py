@@ -68,6 +68,9 @@ class EngineSetup:
     sleep_mode: bool = False  # colocated placement: the engine sleeps while the learners train
     collective: bool = False  # rollout.weight_transfer resolved to 'collective' (cluster/weights.py)
     version: int = 0  # the policy version of the weights the engine starts from (a resumed run's)
+    # A restarted worker (rollout/pool.py): its weights from disk are not the run's; it serves
+    # only after a verified full update of `version` itself (not version + 1) has loaded.
+    awaiting: bool = False
 
 
 def vllm_options(cfg: RolloutConfig, setup: EngineSetup = EngineSetup()) -> VLLMOptions:

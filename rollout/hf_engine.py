@@ -66,7 +66,7 @@ class HFEngine:
                batch_size: int = 256) -> Iterator[list[Rollout]]:
         """Rollouts as they finish. `safe_point()` is called before every decode step and returns
         the policy version of the weights loaded now (the caller may swap weights inside it)."""
-        flat = [(req, k) for req in requests for k in range(req.num_samples)]
+        flat = [(req, k) for req in requests for k in req.indices()]
         for start in range(0, len(flat), batch_size):
             yield from self._decode(flat[start : start + batch_size], params, safe_point)
 
@@ -181,8 +181,9 @@ class HFEngine:
                     torch.empty(self._shapes[name], dtype=p.dtype, device=self.device)
         self.asleep = 0
 
-    def load_weights(self, arrays: dict[str, np.ndarray]) -> None:
-        """Copy every named parameter; the name sets must match exactly."""
+    def load_weights(self, arrays: dict[str, np.ndarray], version: int | None = None) -> None:
+        """Copy every named parameter; the name sets must match exactly. (Versions are kept by
+        the rollout worker, which passes `version` to every engine alike.)"""
         params = dict(self.model.named_parameters())
         missing, extra = set(params) - set(arrays), set(arrays) - set(params)
         if missing or extra:

@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Iterator, Optional
+from dataclasses import dataclass, replace
+from typing import Callable, Iterator, Optional
 
 import ray
 
@@ -60,7 +61,9 @@ class RolloutWorker:
         self.transfer: Optional[TransferGroup] = None  # rollout.weight_transfer 'collective'
         self.layout: Optional[Layout] = None
         self.asleep = 0  # colocated placement: the sleep level while the learners train, else 0
-        self.needs_weights = False  # woke from a level-2 sleep: no weights until the next update
+        # No usable weights until an update loads: woke from a level-2 sleep, or restarted
+        # (awaiting: the update it waits for is `version` itself, the run's current weights).
+        self.needs_weights = self.awaiting = setup.awaiting
 
     # ---- generation (concurrency group "generate": one call at a time) ----
 
@@ -77,7 +80,7 @@ class RolloutWorker:
             if self.asleep or self.needs_weights:
                 raise EngineError("rollout worker asked to generate " + (
                     "while asleep (colocated placement): wake_up() first" if self.asleep else
-                    "after waking from a level-2 sleep, before a weight update refilled its weights"))
+                    "before a weight update filled its weights (after a level-2 sleep or a restart)"))
             self._generating = True
         try:
             if self.engine_streams:
@@ -102,8 +105,8 @@ class RolloutWorker:
         if self._pending is None:
             return False
         version, arrays = self._pending
-        self.engine.load_weights(arrays)
-        self.version, self._pending, self.needs_weights = version, None, False
+        self.engine.load_weights(arrays, version)
+        self.version, self._pending, self.needs_weights, self.awaiting = version, None, False, False
         return True
 
     # ---- control (concurrency group "control": runs while a generation call is in flight) ----
@@ -127,8 +130,10 @@ class RolloutWorker:
         if self.asleep:
             raise WeightSyncError(f"weight update {version} reached a sleeping engine (colocated placement "
                                   "wakes it before the sync)")
-        if version != self.latest + 1:
-            raise WeightSyncError(f"weight update has version {version}, receiver expected {self.latest + 1}")
+        want = self.latest if self.awaiting else self.latest + 1
+        if version != want:
+            raise WeightSyncError(f"weight update has version {version}, receiver expected {want}"
+                                  + (" (a restarted worker takes the run's current weights)" if self.awaiting else ""))
 
     @ray.method(concurrency_group="control")
     def open_transfer(self, host: str, port: int, rank: int, world_size: int, backend: str, timeout_s: float,
@@ -231,50 +236,128 @@ class RolloutWorker:
         return os.getpid()
 
 
+@dataclass(frozen=True, eq=False)
+class Shard:
+    """One streaming generation call: which worker runs which requests (pool.stream)."""
+
+    stream: object  # ray ObjectRefGenerator: lists of rollouts as they finish
+    worker: int  # index into RolloutPool.workers
+    handle: object  # the actor it went to (a replaced worker's other calls fail too: one restart for all)
+    requests: tuple[GenerationRequest, ...]
+    params: SamplingParams
+
+
 class RolloutPool:
-    """Driver-side handle on N rollout workers; requests are split evenly, order kept."""
+    """Driver-side handle on N rollout workers; requests are split evenly, order kept.
+
+    A worker that dies (killed, OOM, node lost) is replaced, at most `max_restarts` times in
+    a run (cluster.max_actor_restarts): the new one starts from the model on disk, loads the
+    run's current weights (`refill`, checked like any update) before it serves, and the dead
+    one's unfinished samples are generated again, with the same seeds (`recover`)."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str = "float32", setup: EngineSetup = EngineSetup(),
-                 actor_options: list[dict] | None = None):
+                 actor_options: list[dict] | None = None, max_restarts: int = 0):
         # actor_options: per-worker Ray options (placement group bundle, resources) from cluster/placement.py.
         threads = cfg.threads_per_worker
         base = dict(num_cpus=threads, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
         extra = actor_options or [{} for _ in range(cfg.num_workers)]
-        actor = ray.remote(concurrency_groups={"generate": 1, "control": 1})(RolloutWorker)
-        args = (model_path, cfg, dtype, setup)
-        self.workers = [actor.options(**{**base, **extra[i]}).remote(*args) for i in range(cfg.num_workers)]
+        self._actor = ray.remote(concurrency_groups={"generate": 1, "control": 1})(RolloutWorker)
+        self._options = [{**base, **extra[i]} for i in range(cfg.num_workers)]
+        self._args = (model_path, cfg, dtype)
+        self.setup = setup
+        self.workers = [self._actor.options(**o).remote(*self._args, setup) for o in self._options]
         self.batch_size = cfg.batch_size
         self._next = 0  # the worker that gets the next call's first shard
+        self.version = setup.version  # the newest update every worker has verified (cluster/weights.py)
+        self.layout: Optional[Layout] = None
+        # The run's current weights as an object-store update, for a restarted worker (set by
+        # cluster/weights.py; None where the carrier cannot bring a new worker in).
+        self.refill: Optional[Callable[[int], StoredUpdate]] = None
+        self.refill_problem = "no weight source was given to the pool"
+        self.max_restarts = max_restarts
+        self.restarts = 0  # workers replaced after they died
+        self.reissued = 0  # samples generated again because their worker died
         ray.get([w.get_version.remote() for w in self.workers])  # surface start-up errors here
 
-    def _shards(self, requests: list[GenerationRequest], params: SamplingParams):
+    def _shards(self, requests: list[GenerationRequest]) -> list[tuple[int, tuple[GenerationRequest, ...]]]:
         """Shard i of a call goes to the workers in turn, so small calls (replacement groups) do
         not all land on the first worker. Seeds are per sample (rollout/types.py: sample_seed),
         so the rollouts do not depend on which worker (all hold the same weights) runs them."""
         n = len(self.workers)
-        shards = [requests[i::n] for i in range(n) if requests[i::n]]
+        shards = [tuple(requests[i::n]) for i in range(n) if requests[i::n]]
         first, self._next = self._next, (self._next + len(shards)) % n
-        for i, shard in enumerate(shards):
-            yield self.workers[(first + i) % n], shard, params
+        return [((first + i) % n, shard) for i, shard in enumerate(shards)]
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[Rollout]:
-        futures = [w.generate.remote(shard, p, self.batch_size) for w, shard, p in self._shards(requests, params)]
-        rollouts = [r for part in ray.get(futures) for r in part]
+        calls = {self.workers[w].generate.remote(list(shard), params, self.batch_size): (w, shard)
+                 for w, shard in self._shards(requests)}
+        rollouts = []
+        while calls:
+            (done,), _ = ray.wait(list(calls), num_returns=1)
+            w, shard = calls.pop(done)
+            try:
+                rollouts += ray.get(done)
+            except ray.exceptions.RayActorError as err:  # the whole shard again, on its replacement
+                self.restart(w, f"{type(err).__name__} during a generation call")
+                self.reissued += sum(len(r.indices()) for r in shard)
+                calls[self.workers[w].generate.remote(list(shard), params, self.batch_size)] = (w, shard)
         order = {req.group_id: i for i, req in enumerate(requests)}
         return sorted(rollouts, key=lambda r: (order[r.group_id], r.sample_index))
 
-    def stream(self, requests: list[GenerationRequest], params: SamplingParams) -> list:
-        """The same split and seeds as generate(), as one streaming generator per worker shard:
-        each yields lists of rollouts as they finish."""
-        return [w.stream.options(num_returns="streaming").remote(shard, p, self.batch_size)
-                for w, shard, p in self._shards(requests, params)]
+    def stream(self, requests: list[GenerationRequest], params: SamplingParams) -> list[Shard]:
+        """The same split and seeds as generate(), as one streaming call per worker shard: each
+        yields lists of rollouts as they finish."""
+        return [Shard(self.workers[w].stream.options(num_returns="streaming").remote(list(shard), params,
+                                                                                   self.batch_size),
+                      w, self.workers[w], shard, params) for w, shard in self._shards(requests)]
+
+    def recover(self, shard: Shard, arrived: Callable[[int], set], cause: str) -> list[Shard]:
+        """`shard`'s worker died: replace it, and stream again the samples that never arrived
+        (`arrived(group_id)`: the sample indices of that group received so far)."""
+        if self.workers[shard.worker] is shard.handle:  # else: replaced already, for another of its calls
+            self.restart(shard.worker, cause)
+        missing = []
+        for req in shard.requests:
+            todo = tuple(k for k in req.indices() if k not in arrived(req.group_id))
+            if todo:
+                missing.append(replace(req, sample_indices=todo))
+        self.reissued += sum(len(r.sample_indices) for r in missing)
+        return self.stream(missing, shard.params) if missing else []
+
+    def restart(self, i: int, cause: str, update: Optional[StoredUpdate] = None) -> None:
+        """Replace dead worker i by a fresh one holding the run's weights: `update` if given (a
+        sync in progress), else the current version from `refill`. Raises EngineError once the
+        restart budget is spent or when no weights can reach a new worker."""
+        if self.restarts >= self.max_restarts:
+            raise EngineError(f"rollout worker {i} died ({cause}) and the restart budget is spent "
+                              f"({self.restarts} restarts, cluster.max_actor_restarts={self.max_restarts}); "
+                              "the worker's log (Ray's logs directory) says why it died")
+        if update is None and self.refill is None:
+            raise EngineError(f"rollout worker {i} died ({cause}) and cannot be restarted: {self.refill_problem}")
+        self.restarts += 1
+        ray.kill(self.workers[i], no_restart=True)
+        version = self.version if update is None else update.version
+        new = self._actor.options(**self._options[i]).remote(*self._args, replace(self.setup, version=version,
+                                                                                  awaiting=True))
+        if self.layout is not None:
+            ray.get(new.set_layout.remote(self.layout))
+        ray.get(new.update_weights.remote(update or self.refill(version)))  # verified before it serves
+        self.workers[i] = new
 
     def set_layout(self, layout: Layout) -> None:
         self.layout = layout  # the buckets updates travel in, for the sender's side too
         ray.get([w.set_layout.remote(layout) for w in self.workers])
 
     def update_weights(self, update: StoredUpdate) -> list[float]:
-        return ray.get([w.update_weights.remote(update) for w in self.workers])
+        """Every worker fetches and checks `update`; one that died is replaced by one holding it."""
+        times = []
+        for i, future in enumerate([w.update_weights.remote(update) for w in self.workers]):
+            try:
+                times.append(ray.get(future))
+            except ray.exceptions.RayActorError as err:
+                self.restart(i, f"{type(err).__name__} during weight update v{update.version}", update)
+        self.version = update.version
+        return times
 
     def open_transfer(self, host: str, port: int, backend: str, timeout_s: float, layout: Layout) -> list:
         """Futures: worker i joins the weight-transfer group as rank i + 1 (rank 0: the sender)."""

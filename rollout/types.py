@@ -36,6 +36,12 @@ class GenerationRequest:
     prompt_ids: tuple[int, ...]  # [P] what the engine generates after (the controller rendered it)
     answer: str
     num_samples: int  # group size: responses sampled for this prompt
+    # Which of the group's samples to generate; () = all of 0 .. num_samples - 1. A re-issue
+    # after a worker died asks only for the samples that never came back (same seeds).
+    sample_indices: tuple[int, ...] = ()
+
+    def indices(self) -> tuple[int, ...]:
+        return self.sample_indices or tuple(range(self.num_samples))
 
 
 @dataclass(frozen=True, kw_only=True)

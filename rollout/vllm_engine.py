@@ -145,7 +145,7 @@ class VLLMEngine:
 
     async def _generate_all(self, requests, params, batch_size):
         gate = asyncio.Semaphore(batch_size)
-        jobs = [self._generate_one(req, k, params, gate) for req in requests for k in range(req.num_samples)]
+        jobs = [self._generate_one(req, k, params, gate) for req in requests for k in req.indices()]
         return [r for r in await asyncio.gather(*jobs) if r is not None]
 
     def _sampling_params(self, params: SamplingParams, seed: int):
@@ -223,10 +223,11 @@ class VLLMEngine:
 
     # ---- weights ---------------------------------------------------------------------------
 
-    def load_weights(self, arrays) -> None:
+    def load_weights(self, arrays, version: int | None = None) -> None:
         """Load a verified update (torch tensors from rollout/transfer/, or numpy arrays; or, with
-        `tandem_collective`, the ReceivedUpdate already inside vLLM's worker) as the next policy
-        version, in the dtypes it came in.
+        `tandem_collective`, the ReceivedUpdate already inside vLLM's worker) as policy `version`
+        (None: the next one; a restarted worker's first update is the version it was started as),
+        in the dtypes it came in.
 
         In-flight samples are paused, not dropped: they continue with the new weights once
         the update is in and the caches are cleared.
@@ -242,7 +243,7 @@ class VLLMEngine:
 
         from rollout.vllm_worker import tensor_digest
 
-        version = self.version + 1
+        version = self.version + 1 if version is None else version
         tensors = {name: torch.as_tensor(a).contiguous() for name, a in arrays.items()}
         # One file per update, removed right after (a worker killed by ray.kill leaves nothing behind).
         fd, path = tempfile.mkstemp(prefix=f"tandem-vllm-v{version}-", suffix=".safetensors", dir=SHM)

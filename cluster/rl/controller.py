@@ -59,6 +59,8 @@ class Controller:
         self.totals = {k: 0.0 for k in TIMERS} | {"samples": 0, "tokens": 0, "syncs": 0, "sync_failures": 0,
                                                    "reward_failures": 0, "eval_s": 0.0}
         self.summary: dict = {}
+        self.faults_before = {"restarts": {"rollout": 0, "reward": 0}, "reissued": {"rollout": 0, "reward": 0},
+                              "lost": 0, "duplicated": 0}  # counted before the checkpoint a run resumed from
 
     def run(self, progress: Progress) -> dict:
         c = self.cfg.controller
@@ -165,7 +167,7 @@ class Controller:
         return {"step": step, "version": self.version, "next_group": self.next_group,
                 "initial_accuracy": self.initial_accuracy, "kl_coef": self.experience.kl.coef,
                 "totals": self.totals, "source": self.source.state(), "scheduler": self.scheduler.state(),
-                "gate": self.gate.summary(), "reward": self.roles.reward.state()}
+                "gate": self.gate.summary(), "reward": self.roles.reward.state(), "faults": self.faults()}
 
     def restore(self, state: dict) -> None:
         """Continue after the checkpoint that wrote `state` (its engines and learners are loaded
@@ -177,6 +179,17 @@ class Controller:
         self.scheduler.restore(state["scheduler"])
         self.gate.restore(state["gate"])
         self.roles.reward.restore(state["reward"])
+        self.faults_before = state["faults"]
+
+    def faults(self) -> dict:
+        """Workers replaced after they died (per role), samples generated or scored again because
+        of it, and what the arrival checks counted lost or duplicated (cluster/rl/streaming.py)."""
+        pool, reward, before = self.roles.rollout, self.roles.reward.metrics(), self.faults_before
+        return {"restarts": {"rollout": before["restarts"]["rollout"] + pool.restarts,
+                             "reward": before["restarts"]["reward"] + reward.fault_restarts},
+                "reissued": {"rollout": before["reissued"]["rollout"] + pool.reissued,
+                             "reward": before["reissued"]["reward"] + reward.reissued},
+                "lost": before["lost"] + self.streaming.lost, "duplicated": before["duplicated"] + self.streaming.duplicated}
 
     def evaluate(self) -> float:
         """Held-out accuracy (greedy unless controller.eval_temperature > 0) of the latest policy."""
@@ -248,6 +261,7 @@ class Controller:
                             # updates that landed while a generation call was running (partial rollouts)
                             "swaps_in_flight": sum(w["swaps_in_flight"] for w in self.roles.rollout.stats())},
             "rewards": {"failures": int(t["reward_failures"]), **self.roles.reward.metrics().to_dict()},
+            "faults": self.faults(),
             "throughput": {"samples_per_s": t["samples"] / busy, "tokens_per_s": t["tokens"] / busy,
                            **{k: t[k] for k in TIMERS}},
         }

@@ -5,6 +5,11 @@ to the reward pool as soon as all its members are generated (group-level reward 
 e.g. PAR's group mean, needs the whole group); scored groups are assembled by the
 Scheduler; `next_batch` returns as soon as P complete groups are there. One `ray.wait`
 covers the generation streams and the reward calls, so nothing is polled in a busy loop.
+
+A stream whose worker died is recovered (rollout/pool.py: the worker is replaced and the
+samples that had not arrived are generated again, same seeds). Every sample's arrival is
+checked: one that comes twice is counted (`duplicated`) and discarded; one that a stream
+finished without delivering is counted (`lost`). Both feed summary.json's `faults`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import ray
 from cluster.rl.gate import Group
 from cluster.rl.scheduler import Scheduler
 from reward.pool import RewardPool
-from rollout.pool import RolloutPool
+from rollout.pool import RolloutPool, Shard
 from rollout.types import GenerationRequest, Rollout, SamplingParams
 
 WAIT_S = 1.0  # the longest single wait: reward deadlines are checked at least this often
@@ -30,8 +35,11 @@ class Streaming:
         self.scheduler, self.rollout, self.reward = scheduler, rollout, reward
         self.group_size = group_size
         self.make_requests, self.sampling = make_requests, sampling
-        self.streams: list = []
-        self.generated: dict[int, list[Rollout]] = {}  # group id -> members generated so far
+        self.streams: list[Shard] = []
+        self.generated: dict[int, dict[int, Rollout]] = {}  # group id -> sample index -> rollout, until complete
+        self.complete: set[int] = set()  # groups whose every member arrived
+        self.lost = 0  # samples a stream ended without (never re-issued)
+        self.duplicated = 0  # samples that arrived a second time (discarded)
         self.tickets: dict[int, list[Rollout]] = {}  # reward ticket -> its group's rollouts
         self.replacements = 0
         self.last_rollout_at = 0.0  # perf_counter of the latest rollout to arrive
@@ -63,34 +71,46 @@ class Streaming:
             self._wait()
 
     def _wait(self) -> None:
-        waitables = self.streams + self.reward.pending_refs()
+        waitables = [s.stream for s in self.streams] + self.reward.pending_refs()
         if not waitables and not self.tickets:
             raise RuntimeError("controller stalled: no generation or reward work in flight and no batch ready "
                                f"({len(self.scheduler.ready)} groups ready, {self.scheduler.in_flight()} expected)")
         ready, _ = ray.wait(waitables, num_returns=1, timeout=WAIT_S) if waitables else ([], [])
-        for stream in [w for w in ready if w in self.streams]:
-            self._drain(stream)
+        for shard in [s for s in self.streams if s.stream in ready]:
+            self._drain(shard)
         self.reward.pump(0.0)
         for ticket in [t for t in self.tickets if self.reward.ready(t)]:
             rollouts = self.tickets.pop(ticket)
             for rollout, reward in zip(rollouts, self.reward.collect(ticket), strict=True):
                 self.scheduler.scored(rollout, reward)
 
-    def _drain(self, stream) -> None:
+    def _drain(self, shard: Shard) -> None:
         try:
-            ref = next(stream)
+            rollouts: list[Rollout] = ray.get(next(shard.stream))  # a failed generation call raises here
         except StopIteration:
-            self.streams.remove(stream)
+            self.streams.remove(shard)
+            self.lost += sum(k not in self._arrived(req.group_id) for req in shard.requests for k in req.indices())
             return
-        rollouts: list[Rollout] = ray.get(ref)  # a failed generation call raises here
+        except ray.exceptions.RayActorError as err:  # its worker died: replaced, the rest generated again
+            self.streams.remove(shard)
+            self.streams += self.rollout.recover(shard, self._arrived, f"{type(err).__name__} while generating")
+            return
         self.last_rollout_at = time.perf_counter()
         for r in rollouts:
-            members = self.generated.setdefault(r.group_id, [])
-            members.append(r)
+            if r.group_id in self.complete or r.sample_index in self.generated.get(r.group_id, {}):
+                self.duplicated += 1
+                continue
+            members = self.generated.setdefault(r.group_id, {})
+            members[r.sample_index] = r
             if len(members) == self.group_size:
                 del self.generated[r.group_id]
-                members.sort(key=lambda m: m.sample_index)
-                self.tickets[self.reward.submit(members)] = members
+                self.complete.add(r.group_id)
+                group = [members[k] for k in sorted(members)]
+                self.tickets[self.reward.submit(group)] = group
+
+    def _arrived(self, group_id: int) -> set[int]:
+        """The sample indices of this group that have arrived."""
+        return set(range(self.group_size)) if group_id in self.complete else set(self.generated.get(group_id, ()))
 
     def close(self) -> None:
         """Forget what is still generating (the run is over): only replacement groups can be in

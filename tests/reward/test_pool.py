@@ -9,7 +9,7 @@ import math
 import pytest
 
 from reward import shaping
-from reward.pool import RewardPool
+from reward.pool import RewardPool, RewardPoolError
 from rollout.types import Rollout
 
 PLUGINS = ["tests.reward.plugin_verifiers"]
@@ -89,7 +89,19 @@ def test_lost_worker_is_replaced_and_other_samples_survive(pools):
     res = pool.score(rollouts(["a", "die", "b", "c"]))
     assert [r.reward for r in res] == [1.0, -3.0, 1.0, 1.0]
     assert "worker lost" in res[1].failure and res[1].attempts == 2
-    assert pool.metrics().worker_restarts >= 2
+    m = pool.metrics()
+    assert m.worker_restarts >= 2 and m.fault_restarts == 2  # the crash, and the crash of its retry
+    assert m.reissued >= 1  # "die" once (calls queued behind it on the dead actor count too)
+
+
+def test_faults_past_the_restart_budget_stop_the_pool(pools):
+    pool = pools(verifier="test_crash", format_weight=0.0, max_retries=1, batch_size=1, plugins=PLUGINS,
+                 max_restarts=1)
+    assert pool.score(rollouts(["a"]))[0].reward == 1.0
+    with pytest.raises(RewardPoolError, match=r"verifier worker failed .* budget is spent \(1 restarts, "
+                                              r"cluster.max_actor_restarts=1\)"):
+        pool.score(rollouts(["die"]))  # crashes its worker, then the fresh one its retry went to
+    assert pool.metrics().fault_restarts == 1
 
 
 def test_autoscaling_and_backpressure(pools):

@@ -61,7 +61,7 @@ def test_level_2_frees_the_weights_and_the_next_update_refills_them(ray_session,
         with pytest.raises(WeightSyncError, match="weight update 1 reached a sleeping engine"):
             pool.update_weights(refill)
         pool.wake_up()
-        with pytest.raises(EngineError, match="before a weight update refilled its weights"):
+        with pytest.raises(EngineError, match="before a weight update filled its weights"):
             pool.generate(requests(), PARAMS)
         pool.update_weights(refill)
         after = pool.generate(requests(), PARAMS)

@@ -1,12 +1,15 @@
 """Engine vs learner on real actors: logprobs agree (fp32), weight sync is checked and takes effect."""
 
+import os
+import signal
+
 import numpy as np
 import pytest
 import ray
 
 from rollout.config import RolloutConfig
 from rollout.pool import RolloutPool
-from rollout.types import SamplingParams
+from rollout.types import EngineError, SamplingParams
 from rollout.transfer.buckets import HEADER_BYTES, WeightSyncError
 from rollout.transfer.object_store import StoredUpdate
 from trainer.batches import build_batch
@@ -100,3 +103,57 @@ def test_corrupted_transfer_is_rejected_and_weights_kept(actors):
         pool.update_weights(StoredUpdate(before + 1, (good.refs[0], *good.refs[:1], *good.refs[2:])))
     pool.update_weights(good)  # the intact update still applies afterwards
     assert pool.versions() == [before + 1, before + 1]
+
+
+def _kill(pool, i):
+    os.kill(ray.get(pool.workers[i].pid.remote()), signal.SIGKILL)
+
+
+def test_a_dead_worker_is_replaced_with_the_current_weights_and_its_samples_generated_again(actors):
+    """Runs last in this module (it spends the pool's restart budget). The learners train past
+    the weights on disk first, so a replacement that served before loading the current weights
+    would show it in its logprobs."""
+    pool, learners = actors
+    pool.refill, pool.max_restarts = (lambda v: learners.export_weights(v, pool.layout)), 3
+    rollouts, batch, _ = engine_vs_learner(pool, learners, seed=20)
+    learners.train_step(batch, LossSpec(temperature=TEMP))
+    version = pool.versions()[0] + 1
+    pool.update_weights(learners.export_weights(version, pool.layout))
+    before = sample(pool, 21)
+
+    _kill(pool, 0)  # a generation call: worker 0's shard (4 groups of 4) again, on its replacement
+    assert sample(pool, 21) == before  # same seeds, same (current) weights: same rollouts, logprobs included
+    assert (pool.restarts, pool.reissued) == (1, 16) and pool.versions() == [version, version]
+    _, _, diff = engine_vs_learner(pool, learners, seed=22)
+    assert diff < 1e-5, f"a replaced worker's logprobs differ from the learner's by {diff}"
+
+    _kill(pool, 1)  # a weight update: the replacement is started holding it
+    learners.train_step(batch, LossSpec(temperature=TEMP))
+    pool.update_weights(learners.export_weights(version + 1, pool.layout))
+    assert pool.restarts == 2 and pool.versions() == [version + 1, version + 1]
+    _, _, diff = engine_vs_learner(pool, learners, seed=22)
+    assert diff < 1e-5, f"a worker replaced during an update differs from the learner by {diff}"
+
+    # A stream: its worker died after two samples of group 0 had arrived; only the rest is redone.
+    reqs = [request(g, f"{g}+{2 * g}=", str(3 * g), 4) for g in range(4)]
+    params = SamplingParams(temperature=TEMP, max_new_tokens=6, seed=24)
+    want = {(r.group_id, r.sample_index): r for r in pool.generate(reqs, params)}
+    _kill(pool, 0)
+    (shard,) = [s for s in pool.stream(reqs, params) if s.worker == 0]
+    with pytest.raises(ray.exceptions.RayActorError):
+        ray.get(next(shard.stream))
+    redo = pool.recover(shard, lambda gid: {0, 1} if gid == shard.requests[0].group_id else set(), "test")
+    got = [r for s in redo for part in s.stream for r in ray.get(part)]
+    assert pool.restarts == 3 and pool.reissued == 16 + 8 - 2
+    assert sorted((r.group_id, r.sample_index) for r in got) == sorted(
+        (req.group_id, k) for req in shard.requests for k in range(4) if (req is not shard.requests[0] or k >= 2))
+    # The same tokens (per-sample seeds); a batch of 14 rows instead of 16 rounds a logprob
+    # differently now and then (2.4e-7 seen), so those agree to fp32 rounding, not bitwise.
+    for r in got:
+        w = want[(r.group_id, r.sample_index)]
+        assert (r.response_ids, r.versions, r.seed) == (w.response_ids, w.versions, w.seed)
+        assert np.allclose(r.logprobs, w.logprobs, rtol=0, atol=1e-6)
+
+    _kill(pool, 1)
+    with pytest.raises(EngineError, match="restart budget is spent .*cluster.max_actor_restarts=3"):
+        sample(pool, 23)

@@ -117,10 +117,10 @@ def update_from(pool, tiny_model, version, seed):
 
 def stream_with_update(pool, update):
     """Start a long generation call, send the update once the first rollouts are back."""
-    (stream,) = pool.stream(requests(24, samples=1), SamplingParams(temperature=TEMP, max_new_tokens=24, seed=3))
-    first = ray.get(next(stream))
+    (shard,) = pool.stream(requests(24, samples=1), SamplingParams(temperature=TEMP, max_new_tokens=24, seed=3))
+    first = ray.get(next(shard.stream))
     pool.update_weights(update)
-    rest = [r for ref in stream for r in ray.get(ref)]
+    rest = [r for ref in shard.stream for r in ray.get(ref)]
     return first, rest
 
 
