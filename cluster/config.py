@@ -249,6 +249,9 @@ class ClusterConfig(Section):
     # Rollout and reward workers that die (killed, OOM, node lost) are replaced and their
     # unfinished work re-issued, at most this many times per role in a run; 0: a death ends it.
     max_actor_restarts: int = Field(3, ge=0)
+    # Every collective of the learners' (and critic's) process group fails after this long
+    # instead of hanging on a rank that stalls; a rank that dies is noticed at once.
+    collective_timeout_s: float = Field(600, gt=0)
     # `tandem submit` (slurm, kuberay): the cluster to ask for. num_nodes null: enough
     # nodes of gpus_per_node GPUs for the plan (1 on CPU).
     num_nodes: Optional[int] = Field(None, ge=1)

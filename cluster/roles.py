@@ -24,11 +24,12 @@ class Roles:
     placement: Optional[Placement] = None  # the reserved placement groups, freed on shutdown
     critic: Optional[LearnerGroup] = None  # the value model (PPO with GAE)
 
-    def shutdown(self) -> None:
+    def shutdown(self, graceful: bool = True) -> None:
+        """graceful=False: a learner rank died, its peers may hang in a collective: no goodbye."""
         try:
             if self.critic is not None:
-                self.critic.shutdown()
-            self.learners.shutdown()
+                self.critic.shutdown(graceful)
+            self.learners.shutdown(graceful)
             self.rollout.shutdown()
             self.reward.shutdown()
         finally:
@@ -67,7 +68,7 @@ def start_roles(cfg: Config, loopback: bool, checkpoint: Optional[Path] = None, 
             c = cfg.critic
             started.append(LearnerGroup(c.path or cfg.model.path, c.num_learners, critic_options(cfg),
                                         c.threads_per_learner, loopback=loopback,
-                                        actor_options=placement.options("critic")))
+                                        actor_options=placement.options("critic"), role="critic"))
     except BaseException:
         for pool in reversed(started):
             pool.shutdown()

@@ -95,15 +95,19 @@ class RunDir:
         if changed:
             raise ConfigError(f"--resume: the recipe differs from the one {path} ran in {', '.join(changed)}; resuming "
                               "would not continue that run (only controller.steps may change)")
-        step = json.loads((checkpoint / COMPLETE).read_text())["step"]
-        if run.metrics_path.is_file():
-            kept = [line for line in run.metrics_path.read_text().splitlines()
-                    if (row := json.loads(line))["step"] <= step and not row.get("final")]
-            tmp = run.metrics_path.with_suffix(".jsonl.tmp")
-            tmp.write_text("".join(line + "\n" for line in kept))
-            tmp.replace(run.metrics_path)
+        run.rewind(checkpoint)
         (path / "config.yaml").write_text(config_to_yaml(cfg))
         return run, checkpoint
+
+    def rewind(self, checkpoint: Path) -> None:
+        """metrics.jsonl cut back to `checkpoint`'s step: the steps after it run again."""
+        step = json.loads((checkpoint / COMPLETE).read_text())["step"]
+        if self.metrics_path.is_file():
+            kept = [line for line in self.metrics_path.read_text().splitlines()
+                    if (row := json.loads(line))["step"] <= step and not row.get("final")]
+            tmp = self.metrics_path.with_suffix(".jsonl.tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(self.metrics_path)
 
     def log_metrics(self, row: dict) -> None:
         with self.metrics_path.open("a") as fh:

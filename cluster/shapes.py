@@ -55,7 +55,7 @@ def learner_options(cfg: Config) -> LearnerOptions:
         micro_batch_size=micro, grad_accum_steps=accum, dtype=cfg.model.dtype,
         use_reference=cfg.algorithm.kl_coef > 0 or loss_kind(cfg.algorithm.loss).needs_reference, seed=cfg.run.seed,
         gradient_checkpointing=t.gradient_checkpointing, attn_implementation=t.attn_implementation,
-        logprob_chunk_tokens=t.logprob_chunk_tokens,
+        logprob_chunk_tokens=t.logprob_chunk_tokens, collective_timeout_s=cfg.cluster.collective_timeout_s,
     )
 
 
@@ -69,7 +69,8 @@ def critic_options(cfg: Config) -> LearnerOptions:
     return LearnerOptions(zero_stage=c.zero_stage, lr=c.lr, max_grad_norm=c.max_grad_norm, micro_batch_size=micro,
                           grad_accum_steps=accum, dtype=cfg.model.dtype, model_kind="value",
                           seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,
-                          attn_implementation=t.attn_implementation)
+                          attn_implementation=t.attn_implementation,
+                          collective_timeout_s=cfg.cluster.collective_timeout_s)
 
 
 def offline_learner_options(cfg: Config) -> LearnerOptions:
@@ -84,4 +85,5 @@ def offline_learner_options(cfg: Config) -> LearnerOptions:
                           max_grad_norm=t.max_grad_norm, micro_batch_size=micro, grad_accum_steps=accum,
                           dtype=cfg.model.dtype, model_kind="reward" if cfg.run.mode == "reward_model" else "policy",
                           seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,
-                          attn_implementation=t.attn_implementation, logprob_chunk_tokens=t.logprob_chunk_tokens)
+                          attn_implementation=t.attn_implementation, logprob_chunk_tokens=t.logprob_chunk_tokens,
+                          collective_timeout_s=cfg.cluster.collective_timeout_s)

@@ -10,19 +10,48 @@ from trainer.learner import Learner, LearnerOptions
 from trainer.types import LossSpec, StepStats, TrainBatch
 
 
-def gather(futures: list) -> list:
+class LearnerFault(RuntimeError):
+    """A learner (or critic) rank died; its group cannot go on (cluster/rl/controller.py
+    restarts the run's roles from the last complete checkpoint, or stops naming the rank)."""
+
+    def __init__(self, role: str, rank: int, cause: str, advice: str = ""):
+        self.role, self.rank, self.cause = role, rank, cause
+        super().__init__(f"{role} rank {rank} died ({cause})" + (f"; {advice}" if advice else ""))
+
+
+def gather(futures: list, role: str | None = None) -> list:
     """ray.get that fails as soon as any rank fails (a dead rank must not leave us
-    waiting on its peers, which may be blocked in a collective)."""
+    waiting on its peers, which may be blocked in a collective). `role`: the futures are
+    that group's ranks in order, and a dead rank is raised as LearnerFault naming it."""
     pending = list(futures)
     while pending:
         done, pending = ray.wait(pending, num_returns=1)
-        ray.get(done)  # raises this rank's error, if any
+        try:
+            ray.get(done)  # raises this rank's error, if any
+        except ray.exceptions.RayError as err:
+            if role is not None:
+                _name_the_dead(futures, role, done[0], err)
+            raise
     return ray.get(futures)
+
+
+def _name_the_dead(futures: list, role: str, failed, err: Exception) -> None:
+    """Raise LearnerFault for the rank that died: the one whose call failed, or, when a live
+    rank's collective broke first because a peer died, the peer Ray reports dead within 5 s."""
+    if not isinstance(err, ray.exceptions.RayActorError):
+        ray.wait(futures, num_returns=len(futures), timeout=5)
+    for rank, future in sorted(enumerate(futures), key=lambda rf: rf[1] != failed):
+        try:
+            ray.get(future, timeout=0)
+        except ray.exceptions.RayActorError as dead:
+            raise LearnerFault(role, rank, type(dead).__name__) from err
+        except Exception:  # alive: its own error, or still running
+            continue
 
 
 class LearnerGroup:
     def __init__(self, model_path: str, world_size: int, opts: LearnerOptions, threads: int = 1,
-                 loopback: bool = True, actor_options: list[dict] | None = None):
+                 loopback: bool = True, actor_options: list[dict] | None = None, role: str = "learner"):
         env = {"OMP_NUM_THREADS": str(threads)}
         if loopback:
             env["GLOO_SOCKET_IFNAME"] = "lo"  # keep gloo's traffic on the loopback interface
@@ -33,9 +62,10 @@ class LearnerGroup:
         self.actors = [actor.options(**{**base, **extra[rank]}).remote(model_path, threads)
                        for rank in range(world_size)]
         self.world_size = world_size
+        self.role = role  # "learner" or "critic": what a LearnerFault names
         ip, port = ray.get(self.actors[0].address.remote())
         master = "127.0.0.1" if loopback else ip
-        gather([a.setup.remote(rank, world_size, master, port, opts) for rank, a in enumerate(self.actors)])
+        gather([a.setup.remote(rank, world_size, master, port, opts) for rank, a in enumerate(self.actors)], role)
 
     def _shards(self, batch: TrainBatch) -> list[TrainBatch]:
         n = len(batch)
@@ -47,7 +77,7 @@ class LearnerGroup:
     def train_step(self, batch: TrainBatch, spec: LossSpec) -> dict[str, float]:
         """One optimizer step on `batch`; its loss_weights must cover exactly this step."""
         stats: list[StepStats] = gather(
-            [a.train_step.remote(shard, spec) for a, shard in zip(self.actors, self._shards(batch))]
+            [a.train_step.remote(shard, spec) for a, shard in zip(self.actors, self._shards(batch))], self.role
         )
         tokens = max(sum(s.tokens for s in stats), 1)
         out = {"loss": sum(s.loss for s in stats)}
@@ -77,12 +107,12 @@ class LearnerGroup:
     def _per_token(self, method: str, batch: TrainBatch, *args) -> np.ndarray:
         """A no-update forward on every rank's shard, concatenated back in row order."""
         shards = self._shards(batch)
-        parts = gather([getattr(a, method).remote(s, *args) for a, s in zip(self.actors, shards)])
+        parts = gather([getattr(a, method).remote(s, *args) for a, s in zip(self.actors, shards)], self.role)
         return np.concatenate(parts, axis=0)
 
     def export_weights(self, version: int, layout) -> StoredUpdate:
         """Update `version` in the object store, bucket by bucket (rollout/transfer/object_store.py)."""
-        return gather([a.export_weights.remote(version, layout) for a in self.actors])[0]
+        return gather([a.export_weights.remote(version, layout) for a in self.actors], self.role)[0]
 
     def transfer_layout(self, bucket_bytes: int):
         return ray.get(self.actors[0].transfer_layout.remote(bucket_bytes))
@@ -97,31 +127,32 @@ class LearnerGroup:
 
     def offload(self, keep_params: bool = False) -> list:
         """Every rank's OffloadStats (colocated placement: the engine gets the device)."""
-        return gather([a.offload.remote(keep_params) for a in self.actors])
+        return gather([a.offload.remote(keep_params) for a in self.actors], self.role)
 
     def reload(self) -> list:
-        return gather([a.reload.remote() for a in self.actors])
+        return gather([a.reload.remote() for a in self.actors], self.role)
 
     def export_ipc(self, version: int, layout) -> list[tuple]:
         """Every rank's CUDA IPC handles on its packed update (rollout/transfer/ipc.py), rank order."""
-        return gather([a.export_ipc.remote(version, layout) for a in self.actors])
+        return gather([a.export_ipc.remote(version, layout) for a in self.actors], self.role)
 
     def release_ipc(self) -> None:
-        gather([a.release_ipc.remote() for a in self.actors])
+        gather([a.release_ipc.remote() for a in self.actors], self.role)
 
     def save_state(self, path: str) -> None:
         """Every rank's full training state under `path` (trainer/learner.py save_state)."""
-        gather([a.save_state.remote(path) for a in self.actors])
+        gather([a.save_state.remote(path) for a in self.actors], self.role)
 
     def load_state(self, path: str) -> None:
-        gather([a.load_state.remote(path) for a in self.actors])
+        gather([a.load_state.remote(path) for a in self.actors], self.role)
 
     def save_hf(self, path: str) -> str:
-        return gather([a.save_hf.remote(path) for a in self.actors])[0]
+        return gather([a.save_hf.remote(path) for a in self.actors], self.role)[0]
 
-    def shutdown(self) -> None:
+    def shutdown(self, graceful: bool = True) -> None:
         try:
-            ray.get([a.shutdown.remote() for a in self.actors], timeout=10)
+            if graceful:
+                ray.get([a.shutdown.remote() for a in self.actors], timeout=10)
         except Exception:
             pass  # a rank that already died or hangs is killed below
         finally:

@@ -9,6 +9,7 @@ and steps.
 
 from __future__ import annotations
 
+import datetime
 import os
 import socket
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class LearnerOptions:
     attn_implementation: str = "auto"  # auto | sdpa | eager | flash_attention_2
     logprob_chunk_tokens: int = 0  # > 0: the output head over this many positions at a time (trainer/logprobs.py)
     seed: int = 0
+    collective_timeout_s: float = 600.0  # the learners' process group: a collective waits no longer
 
 
 def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -143,7 +145,8 @@ class Learner:
         on_gpu = torch.cuda.is_available()
         if not on_gpu:
             _skip_cpu_shm_comm()
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo",
+                                   timeout=datetime.timedelta(seconds=opts.collective_timeout_s))
         dtype = getattr(torch, opts.dtype)
         model = load_model(self.model_path, opts.model_kind, dtype, opts.attn_implementation)
         if opts.gradient_checkpointing:

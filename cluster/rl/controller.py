@@ -29,6 +29,7 @@ from cluster.rl.timeslice import TimeSlice
 from rollout.data import Prompt, PromptSource
 from rollout.types import GenerationRequest, SamplingParams
 from rollout.transfer.buckets import WeightSyncError
+from trainer.group import LearnerFault
 
 # Per step: gen_s / reward_s are the parts of the learner's wait spent until the last rollout
 # arrived / after it (with k = 0: the generation and reward stages); what overlaps training
@@ -59,8 +60,7 @@ class Controller:
         self.totals = {k: 0.0 for k in TIMERS} | {"samples": 0, "tokens": 0, "syncs": 0, "sync_failures": 0,
                                                    "reward_failures": 0, "eval_s": 0.0}
         self.summary: dict = {}
-        self.faults_before = {"restarts": {"rollout": 0, "reward": 0}, "reissued": {"rollout": 0, "reward": 0},
-                              "lost": 0, "duplicated": 0}  # counted before the checkpoint a run resumed from
+        self.faults_before: dict = {}  # counted before this controller: by the run it resumed or restarted
 
     def run(self, progress: Progress) -> dict:
         c = self.cfg.controller
@@ -179,17 +179,17 @@ class Controller:
         self.scheduler.restore(state["scheduler"])
         self.gate.restore(state["gate"])
         self.roles.reward.restore(state["reward"])
-        self.faults_before = state["faults"]
+        self.faults_before = state.get("faults", {})
 
     def faults(self) -> dict:
-        """Workers replaced after they died (per role), samples generated or scored again because
-        of it, and what the arrival checks counted lost or duplicated (cluster/rl/streaming.py)."""
-        pool, reward, before = self.roles.rollout, self.roles.reward.metrics(), self.faults_before
-        return {"restarts": {"rollout": before["restarts"]["rollout"] + pool.restarts,
-                             "reward": before["restarts"]["reward"] + reward.fault_restarts},
-                "reissued": {"rollout": before["reissued"]["rollout"] + pool.reissued,
-                             "reward": before["reissued"]["reward"] + reward.reissued},
-                "lost": before["lost"] + self.streaming.lost, "duplicated": before["duplicated"] + self.streaming.duplicated}
+        """Workers replaced after they died (per role; a learner or critic restart restarts the
+        run from a checkpoint, run_rl), samples generated or scored again because of it, and what
+        the arrival checks counted lost or duplicated (cluster/rl/streaming.py)."""
+        pool, reward = self.roles.rollout, self.roles.reward.metrics()
+        now = {"restarts": {"rollout": pool.restarts, "reward": reward.fault_restarts, "learner": 0, "critic": 0},
+               "reissued": {"rollout": pool.reissued, "reward": reward.reissued},
+               "lost": self.streaming.lost, "duplicated": self.streaming.duplicated}
+        return _plus(self.faults_before, now)
 
     def evaluate(self) -> float:
         """Held-out accuracy (greedy unless controller.eval_temperature > 0) of the latest policy."""
@@ -269,22 +269,54 @@ class Controller:
         return self.summary
 
 
+def _plus(before: dict, now: dict) -> dict:
+    """now + before, key by key (nested); keys only `before` has are kept."""
+    out = dict(before)
+    for key, value in now.items():
+        out[key] = _plus(before.get(key, {}), value) if isinstance(value, dict) else before.get(key, 0) + value
+    return out
+
+
 def run_rl(cfg: Config, train: list[Prompt], evals: list[Prompt], run_dir: RunDir, log=print,
            checkpoint: Path | None = None) -> RunSummary:
     """Start the roles on the embedded or given Ray cluster, run the loop, stop the roles.
     `checkpoint`: resume from it (the engines start from its weights, the learners and the loop
-    from its state)."""
-    state = json.loads((checkpoint / "controller.json").read_text()) if checkpoint else None
+    from its state). A learner or critic rank that dies restarts every role from the latest
+    complete checkpoint, as --resume would (at most cluster.max_actor_restarts times); with no
+    checkpoint, or the budget spent, the run stops naming the rank and what to do."""
+    carried: dict = {}  # fault counts of the attempts before a learner restart
     with ray_session(cfg.cluster, cpus_needed(cfg)) as loopback:
-        roles = start_roles(cfg, loopback, checkpoint, state["version"] if state else 0)
-        try:
-            weights = WeightSync(cfg, roles.learners, roles.rollout, loopback)
-            controller = Controller(cfg, roles, run_dir, train, evals, weights)
-            if state:
-                controller.restore(state)
-            record = controller.run(Progress(cfg.controller.progress, log))
-        finally:
-            roles.shutdown()
+        for attempt in range(cfg.cluster.max_actor_restarts + 1):
+            state = json.loads((checkpoint / "controller.json").read_text()) if checkpoint else None
+            roles = start_roles(cfg, loopback, checkpoint, state["version"] if state else 0)
+            progress, controller, graceful = Progress(cfg.controller.progress, log), None, True
+            try:
+                weights = WeightSync(cfg, roles.learners, roles.rollout, loopback)
+                controller = Controller(cfg, roles, run_dir, train, evals, weights)
+                if state:
+                    controller.restore(state)
+                controller.faults_before = carried or controller.faults_before
+                record = controller.run(progress)
+                break
+            except LearnerFault as fault:
+                graceful = False  # its peers may hang in a collective
+                if controller is not None:
+                    carried = controller.faults()
+                restarts = carried.setdefault("restarts", {})
+                restarts[fault.role] = restarts.get(fault.role, 0) + 1
+                checkpoint = run_dir.latest_checkpoint()
+                if checkpoint is None or attempt == cfg.cluster.max_actor_restarts:
+                    raise LearnerFault(fault.role, fault.rank, fault.cause, (
+                        "no complete checkpoint to restart from (set controller.checkpoint_every to recover "
+                        "automatically)" if checkpoint is None else
+                        f"the restart budget is spent (cluster.max_actor_restarts={cfg.cluster.max_actor_restarts}; "
+                        f"--resume continues from {checkpoint.name})") + "; the rank's worker log in Ray's logs "
+                        "directory says why it died") from fault
+                run_dir.rewind(checkpoint)
+                log(f"{fault}: restarting every role from {checkpoint.name}")
+            finally:
+                progress.stop()
+                roles.shutdown(graceful)
     ev, tp = record["eval"], record["throughput"]
     headline = (f"held-out accuracy ({ev['num_prompts']} prompts): {ev['initial_accuracy']:.1%} -> "
                 f"{ev['final_accuracy']:.1%}  ({record['steps']} steps, {record['samples']} samples, "

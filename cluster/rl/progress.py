@@ -40,6 +40,11 @@ class Progress:
                      f"{row['samples_per_s']:.1f} samples/s ({row['step_s']:.2f} s)")
 
     def finish(self, final_accuracy: float) -> None:
+        self.stop()
+        self.log(f"held-out accuracy after training: {final_accuracy:.1%}")
+
+    def stop(self) -> None:
+        """End the live display (the run is over, or restarts with a new one)."""
         if self.bar is not None:
             self.bar.stop()
-        self.log(f"held-out accuracy after training: {final_accuracy:.1%}")
+            self.bar = None

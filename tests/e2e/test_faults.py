@@ -19,7 +19,32 @@ from tests.e2e.checkpoints import max_weight_diff, same_weights
 from tests.e2e.test_grpo_local import config
 
 STEPS = 6
-COMMON = (f"controller.steps={STEPS}", "controller.eval_every=0", "reward.num_workers=2")
+COMMON = (f"controller.steps={STEPS}", "controller.eval_every=0", "reward.num_workers=2",
+          "controller.checkpoint_every=2")
+
+
+@pytest.fixture(scope="module")
+def calm(ray_session, tmp_path_factory):
+    """The run nothing happens to: its record and its final weights."""
+    tmp = tmp_path_factory.mktemp("calm")
+    return run(config(tmp, *COMMON, "run.name=calm"), log=lambda *_: None).record, tmp / "runs" / "calm" / "final"
+
+
+def chaos_run(tmp_path, plan):
+    """The same run with the plan's processes SIGKILLed; its record and run directory."""
+    run_dir = tmp_path / "runs" / "chaos"
+    killed, stop = [], threading.Event()
+    killer = threading.Thread(target=_chaos, args=(run_dir / "metrics.jsonl", plan, killed, stop))
+    killer.start()
+    try:
+        record = run(config(tmp_path, *COMMON, "run.name=chaos"), log=lambda *_: None).record
+    finally:
+        stop.set()
+        killer.join()
+    assert len(killed) == len(plan), f"the chaos plan {plan} did not run to its end: killed {killed}"
+    assert record["status"] == "completed" and record["steps"] == STEPS, record
+    assert json.loads((run_dir / "summary.json").read_text())["faults"] == record["faults"]
+    return record, run_dir
 
 
 def _steps_logged(metrics) -> int:
@@ -51,7 +76,7 @@ def _chaos(metrics, plan, killed, stop) -> None:
 
 
 @pytest.mark.parametrize("seed", [0])
-def test_killed_rollout_and_reward_workers_are_replaced_and_nothing_is_lost(ray_session, tmp_path, seed):
+def test_killed_rollout_and_reward_workers_are_replaced_and_nothing_is_lost(calm, tmp_path, seed):
     # A step takes ~0.15 s here, generation ~0.03 s of it and it starts as a step's row is
     # written: killing within 10 ms of a row lands in or just before a generation call (the
     # streaming path: its samples are generated again), and the reward worker dies before it
@@ -59,31 +84,30 @@ def test_killed_rollout_and_reward_workers_are_replaced_and_nothing_is_lost(ray_
     rng = random.Random(seed)
     plan = [("RolloutWorker", rng.randint(1, STEPS - 3), rng.uniform(0.0, 0.01)),
             ("RewardWorker", rng.randint(1, STEPS - 3), rng.uniform(0.0, 0.01))]
-    calm = run(config(tmp_path, *COMMON, "run.name=calm"), log=lambda *_: None).record
-
-    run_dir = tmp_path / "runs" / "chaos"
-    killed, stop = [], threading.Event()
-    killer = threading.Thread(target=_chaos, args=(run_dir / "metrics.jsonl", plan, killed, stop))
-    killer.start()
-    try:
-        record = run(config(tmp_path, *COMMON, "run.name=chaos"), log=lambda *_: None).record
-    finally:
-        stop.set()
-        killer.join()
-    assert len(killed) == 2, f"the chaos plan {plan} did not run to its end: killed {killed}"
-    faults = record["faults"]
-    assert record["status"] == "completed" and record["steps"] == STEPS, record
-    assert faults["restarts"] == {"rollout": 1, "reward": 1}, faults
+    record, run_dir = chaos_run(tmp_path, plan)
+    faults, (calm_record, calm_final) = record["faults"], calm
+    assert faults["restarts"] == {"rollout": 1, "reward": 1, "learner": 0, "critic": 0}, faults
     assert faults["reissued"]["rollout"] > 0 and faults["reissued"]["reward"] > 0, faults
     assert faults["lost"] == 0 and faults["duplicated"] == 0, faults
-    assert record["groups"] == calm["groups"] and record["groups"]["trained"] == STEPS * 8
+    assert record["groups"] == calm_record["groups"] and record["groups"]["trained"] == STEPS * 8
     assert record["groups"]["issued"] == STEPS * 8  # each group issued once: re-issues are of samples, not groups
-    assert json.loads((run_dir / "summary.json").read_text())["faults"] == faults
     # The same samples (seeded per sample), the same rewards, the same updates: bitwise when the
     # dead worker's calls were redone whole (a kill before a call starts, as the plan aims); a kill
     # mid-call redoes only the missing samples, in a smaller batch, whose logprobs can differ by
     # fp32 rounding (tests/rollout/test_engine_sync.py), and so the weights by as little.
     whole = faults["reissued"]["rollout"] % (8 * 4) == 0  # one worker: a call is 8 groups of 4
-    final, calm_final = run_dir / "final", tmp_path / "runs" / "calm" / "final"
+    final = run_dir / "final"
     assert same_weights(final, calm_final) if whole else max_weight_diff(final, calm_final) < 1e-5
-    assert record["eval"] == calm["eval"] or not whole
+    assert record["eval"] == calm_record["eval"] or not whole
+
+
+def test_a_killed_learner_rank_restarts_the_run_from_its_last_checkpoint(calm, tmp_path):
+    """Killed during step 4 (checkpoints at steps 2 and 4): every role restarts from step_2,
+    steps 3-6 run again, and the run ends as the calm one did, bitwise (as a --resume would)."""
+    record, run_dir = chaos_run(tmp_path, [("Learner", 3, 0.0)])
+    calm_record, calm_final = calm
+    assert record["faults"]["restarts"] == {"rollout": 0, "reward": 0, "learner": 1, "critic": 0}, record["faults"]
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1)) + [STEPS]  # each step once in the end
+    assert same_weights(run_dir / "final", calm_final) and record["eval"] == calm_record["eval"]
+    assert record["groups"] == calm_record["groups"]
