@@ -211,6 +211,23 @@ class OfflineConfig(Section):
     save: bool = True  # write the trained model to <run dir>/final
 
 
+class GuardConfig(Section):
+    """Numerics guardrails (cluster/rl/guard.py): a metric past its limit for `patience`
+    consecutive steps stops the run with a diagnosis; null: not guarded. The defaults are 3-13x
+    the largest values of healthy quickstart runs (README: Failures and recovery)."""
+
+    logprob_diff_max: Optional[float] = Field(25.0, gt=0)  # |learner - behaviour| logprob, largest token
+    is_weight_max: Optional[float] = Field(1000.0, gt=0)  # largest untruncated importance weight (off-policy losses)
+    kl: Optional[float] = Field(5.0, gt=0)  # mean per-token KL to the reference
+    grad_norm: Optional[float] = Field(100.0, gt=0)  # global gradient norm before clipping
+    patience: int = Field(3, ge=1)
+    nonfinite_steps: int = Field(3, ge=1)  # skipped non-finite steps in a row that stop the run
+
+    def limits(self) -> dict[str, float]:
+        return {k: v for k in ("logprob_diff_max", "is_weight_max", "kl", "grad_norm")
+                if (v := getattr(self, k)) is not None}
+
+
 class ControllerConfig(Section):
     steps: int = Field(20, ge=1)
     prompts_per_step: int = Field(16, ge=1)
@@ -223,6 +240,7 @@ class ControllerConfig(Section):
     checkpoint_every: int = Field(0, ge=0)
     keep_checkpoints: int = Field(3, ge=0)  # the newest N complete checkpoints are kept (0: all)
     progress: bool = True
+    guard: GuardConfig = GuardConfig()
 
 
 class ClusterConfig(Section):

@@ -89,6 +89,9 @@ class LearnerGroup:
         for key in dict.fromkeys(k for s in stats for k in s.maxes):  # a rank with no response tokens has none
             out[f"{key}_max"] = max(s.maxes[key] for s in stats if key in s.maxes)
         out["grad_norm"] = stats[0].grad_norm  # global (all-rank) norm before clipping
+        if len({s.skipped for s in stats}) > 1:
+            raise RuntimeError(f"{self.role} ranks disagree on skipping a non-finite step: {[s.skipped for s in stats]}")
+        out["nonfinite"] = float(stats[0].skipped)  # 1: the loss or gradient was not finite, nothing moved
         return out
 
     def logprobs(self, batch: TrainBatch, temperature: float) -> np.ndarray:

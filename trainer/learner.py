@@ -10,6 +10,7 @@ and steps.
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import socket
 from dataclasses import dataclass
@@ -118,6 +119,19 @@ def _skip_cpu_shm_comm() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+class _AdamW(torch.optim.AdamW):
+    """AdamW that can be told to skip its next step: moments and step count stay as they were.
+    ZeRO-0 needs it (DeepSpeed checks non-finite gradients only in its ZeRO optimizers)."""
+
+    skip_next = False
+
+    def step(self, closure=None):
+        if self.skip_next:
+            self.skip_next = False
+            return None
+        return super().step(closure)
+
+
 class Learner:
     """Ray actor body for one data-parallel rank."""
 
@@ -152,7 +166,7 @@ class Learner:
         if opts.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
-        optimizer = torch.optim.AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        optimizer = self.optimizer = _AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self._ds_config())
         self.ref = None
         if opts.use_reference:
@@ -178,7 +192,8 @@ class Learner:
             "train_batch_size": o.micro_batch_size * o.grad_accum_steps * self.world_size,
             "gradient_clipping": o.max_grad_norm,
             "zero_optimization": {"stage": o.zero_stage},
-            "bf16": {"enabled": o.dtype == "bfloat16"},
+            # check_grad_overflow: a bf16 step whose gradient is not finite is skipped, as in fp32
+            "bf16": {"enabled": o.dtype == "bfloat16", "check_grad_overflow": True},
             "zero_allow_untested_optimizer": True,
             "steps_per_print": 10**9,
         }
@@ -223,6 +238,11 @@ class Learner:
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
             if self.opts.zero_stage == 0 and start + micro >= n:
                 norm = self._grad_norm()  # DeepSpeed keeps no norm without ZeRO; grads are reduced by now
+                if not math.isfinite(norm):  # no update: zero gradients (clipping must see a number), no step
+                    for p in self.engine.module.parameters():
+                        if p.grad is not None:
+                            p.grad.zero_()
+                    self.optimizer.skip_next = True
             self.engine.step()
             loss_total += float(loss.detach())
             tokens += int(x.mask.sum())
@@ -241,7 +261,11 @@ class Learner:
                         maxes[key] = max(maxes.get(key, -float("inf")), float(value[x.mask == 1].max()))
         if norm is None:
             norm = self.engine.get_global_grad_norm()
-        return StepStats(loss_total, tokens, sums, None if norm is None else float(norm), row_sums, rows, maxes)
+        # ZeRO-1/2/3 skip a step whose global gradient norm is not finite (DeepSpeed's overflow
+        # check; on for bf16 in _ds_config) and report the norm as inf; ZeRO-0 is skipped above.
+        skipped = norm is not None and not math.isfinite(float(norm))
+        return StepStats(loss_total, tokens, sums, None if norm is None else float(norm), row_sums, rows, maxes,
+                         skipped)
 
     def _grad_norm(self) -> float:
         grads = [p.grad.detach().float().norm() for p in self.engine.module.parameters() if p.grad is not None]

@@ -86,3 +86,5 @@ class StepStats:
     # Maxima over this rank's response tokens (trainer/learner.py: MAX_METRICS), e.g. the largest
     # importance weight, which a token mean hides.
     maxes: dict[str, float] = dataclasses.field(default_factory=dict)
+    # The loss or the gradient was not finite: no parameter moved (the same on every rank).
+    skipped: bool = False

@@ -1,5 +1,5 @@
 """The RL controller loop: prompts -> rollouts -> rewards -> staleness gate -> advantages ->
-learner step -> weight sync -> eval every N -> checkpoint every M. Read this file first.
+learner step -> weight sync -> guard -> eval every N -> checkpoint every M. Read this file first.
 
 Synchronous and asynchronous training are the same loop: `controller.max_staleness` (k) is
 how many policy versions generation may run ahead of the learner (cluster/rl/scheduler.py).
@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from cluster.rl.gate import StalenessGate, Group
+from cluster.rl.guard import Guard
 from cluster.config import Config
 from cluster.rl.experience import make_experience
 from cluster.placement import cpus_needed
@@ -53,6 +54,8 @@ class Controller:
         self.experience = make_experience(cfg, roles.learners, roles.critic)
         self.timeslice = TimeSlice(cfg.cluster.placement == "colocated", cfg.rollout.sleep_level, roles.learners,
                                    roles.rollout)
+        g = c.guard
+        self.guard = Guard(g.limits(), g.patience, g.nonfinite_steps)
         self.version = 0  # policy version: weight updates published to the rollout workers
         self.initial_accuracy: float | None = None
         self.steps_done = 0
@@ -81,6 +84,7 @@ class Controller:
             self.run_dir.log_metrics(row)
             progress.update(step, row)
             self._write_summary("running", t_start, initial, None)
+            self.guard.check(step, row)  # a run gone wrong stops here, its row and summary written
         self.streaming.close()
         self.scheduler.close()  # every group still open ends (incomplete / unused) in the ledger
         final = self.evaluate()
@@ -127,10 +131,12 @@ class Controller:
             metrics.update(value_loss=critic["loss"], value_clip_frac=critic["value_clip_frac"])
         if step <= self.cfg.critic.warmup_steps:
             return metrics, False  # critic warm-up: the policy waits for useful values
-        for part in parts:
-            policy = self.roles.learners.train_step(self.experience.weighted(batches.policy.rows(part)),
-                                                    self.experience.policy_spec())
-        metrics.update(policy)  # from the last mini-batch
+        updates = [self.roles.learners.train_step(self.experience.weighted(batches.policy.rows(part)),
+                                                  self.experience.policy_spec()) for part in parts]
+        skipped = [u["nonfinite"] for u in updates]  # 1: that update's loss or gradient was not finite
+        metrics.update(updates[-1], nonfinite=max(skipped))  # the last mini-batch's; nonfinite: any
+        if all(skipped):
+            return metrics, False  # no update moved the learners
         self.experience.kl.update(metrics.get("kl"))
         metrics["kl_coef"] = self.experience.kl.coef
         return metrics, True
@@ -167,7 +173,8 @@ class Controller:
         return {"step": step, "version": self.version, "next_group": self.next_group,
                 "initial_accuracy": self.initial_accuracy, "kl_coef": self.experience.kl.coef,
                 "totals": self.totals, "source": self.source.state(), "scheduler": self.scheduler.state(),
-                "gate": self.gate.summary(), "reward": self.roles.reward.state(), "faults": self.faults()}
+                "gate": self.gate.summary(), "reward": self.roles.reward.state(), "faults": self.faults(),
+                "guard": self.guard.state()}
 
     def restore(self, state: dict) -> None:
         """Continue after the checkpoint that wrote `state` (its engines and learners are loaded
@@ -180,6 +187,7 @@ class Controller:
         self.gate.restore(state["gate"])
         self.roles.reward.restore(state["reward"])
         self.faults_before = state.get("faults", {})
+        self.guard.restore(state["guard"])
 
     def faults(self) -> dict:
         """Workers replaced after they died (per role; a learner or critic restart restarts the
@@ -262,6 +270,7 @@ class Controller:
                             "swaps_in_flight": sum(w["swaps_in_flight"] for w in self.roles.rollout.stats())},
             "rewards": {"failures": int(t["reward_failures"]), **self.roles.reward.metrics().to_dict()},
             "faults": self.faults(),
+            "numerics": {"nonfinite_steps": self.guard.skipped, "guard": self.cfg.controller.guard.limits()},
             "throughput": {"samples_per_s": t["samples"] / busy, "tokens_per_s": t["tokens"] / busy,
                            **{k: t[k] for k in TIMERS}},
         }

@@ -14,6 +14,7 @@ import time
 import psutil
 import pytest
 
+from cluster.rl.guard import GuardError
 from cluster.run import run
 from tests.e2e.checkpoints import max_weight_diff, same_weights
 from tests.e2e.test_grpo_local import config
@@ -111,3 +112,19 @@ def test_a_killed_learner_rank_restarts_the_run_from_its_last_checkpoint(calm, t
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1)) + [STEPS]  # each step once in the end
     assert same_weights(run_dir / "final", calm_final) and record["eval"] == calm_record["eval"]
     assert record["groups"] == calm_record["groups"]
+
+
+def test_a_metric_past_its_guard_stops_the_run_with_a_diagnosis(ray_session, tmp_path):
+    """A limit every healthy step exceeds (the quickstart's gradient norm is 0.7-5): two steps
+    past it, with patience 2, stop the run after step 2's row, naming the metric, the steps, the
+    values and the likely cause."""
+    cfg = config(tmp_path, *COMMON, "run.name=guarded", "controller.guard.grad_norm=0.001",
+                 "controller.guard.patience=2")
+    with pytest.raises(GuardError, match=r"^grad_norm: 2 steps in a row past controller.guard.grad_norm=0.001 "
+                                         r"\(step 1: .*, step 2: .*\). Likely cause: .*trainer.lr"):
+        run(cfg, log=lambda *_: None)
+    run_dir = tmp_path / "runs" / "guarded"
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert summary["status"] == "failed" and summary["error"].startswith("GuardError: grad_norm: 2 steps")
+    assert [r["step"] for r in rows] == [1, 2] and all(r["grad_norm"] > 0.001 for r in rows)

@@ -214,3 +214,28 @@ def test_saved_state_continues_bitwise(ray_session, tiny_model, tmp_path):
         resumed_group.shutdown()
     assert max(np.abs(straight[n] - saved[n]).max() for n in saved) > 1e-3  # the last steps moved
     assert all(np.array_equal(straight[n], resumed[n]) for n in straight)
+
+
+@pytest.mark.parametrize("stage", [0, 2])
+def test_a_non_finite_step_moves_nothing_and_the_next_step_lands_as_if_it_never_came(ray_session, tiny_model,
+                                                                                     stage):
+    """A NaN advantage on one rank makes the loss and the gradient NaN: the step is reported
+    skipped on every rank and no parameter, moment or step count moves, so good, bad, good ends
+    on bitwise the weights of good, good (ZeRO-0: our own check; ZeRO-2: DeepSpeed's)."""
+    batch = make_batch(tiny_model, "token-mean")
+    advantages = batch.advantages.copy()
+    advantages[0, :] = np.nan
+    bad = batch.replace(advantages=advantages)
+    opts = LearnerOptions(zero_stage=stage, lr=LR, max_grad_norm=CLIP, micro_batch_size=4, grad_accum_steps=2)
+    weights, flags = [], []
+    for batches in ([batch, bad, batch], [batch, batch]):
+        group = LearnerGroup(tiny_model, 2, opts)
+        try:
+            flags.append([group.train_step(b, SPEC)["nonfinite"] for b in batches])
+            layout = group.transfer_layout(2**18)
+            weights.append({n: t.numpy() for n, t in fetch_update(layout, group.export_weights(1, layout)).items()})
+        finally:
+            group.shutdown()
+    assert flags == [[0.0, 1.0, 0.0], [0.0, 0.0]]
+    assert all(np.isfinite(w).all() for w in weights[0].values())
+    assert all(np.array_equal(weights[0][n], weights[1][n]) for n in weights[0])
