@@ -26,11 +26,12 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from cluster.run import run  # noqa: E402
-from tests.e2e.test_learning import (LR, PPO, PPO_EXTRA, STEPS, WINDOW, gains, learning_config,  # noqa: E402
+from tests.e2e.test_learning import (GRPO, GRPO_LR, LR, PPO, PPO_EXTRA, STEPS, WINDOW, gains,  # noqa: E402
+                                     learning_config,
                                      register_flipped, warm_spec)
 from trainer.bootstrap import ensure_tiny_model  # noqa: E402
 
-CASES = {"grpo": ((), {}), "flipped": (("algorithm.advantage=grpo_flipped",), {}), "ppo": (PPO_EXTRA, PPO),
+CASES = {"grpo": ((), GRPO), "flipped": (("algorithm.advantage=grpo_flipped",), GRPO), "ppo": (PPO_EXTRA, PPO),
          "ppo_flipped": (PPO_EXTRA + ("algorithm.advantage=gae_flipped",), PPO)}
 RESULTS = ROOT / "bench" / "results"
 
@@ -52,10 +53,11 @@ def write(rows: list[dict]) -> None:
     cases = {r["case"] for r in rows}
     kept = [r for r in json.loads(path.read_text())["runs"] if r["case"] not in cases] if path.is_file() else []
     rows = sorted(kept + rows, key=lambda r: list(CASES).index(r["case"]))
-    meta = {"machine": f"{os.cpu_count()} CPU cores", "steps": STEPS, "window": WINDOW, "lr": LR}
+    meta = {"machine": f"{os.cpu_count()} CPU cores", "steps": STEPS, "window": WINDOW, "lr": {"grpo": GRPO_LR, "ppo": LR}}
     RESULTS.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"meta": meta, "runs": rows}, indent=2))
-    lines = [f"Learning-test harness ({meta['machine']}; {STEPS} steps, policy lr {LR}, reward gain = mean training "
+    lines = [f"Learning-test harness ({meta['machine']}; {STEPS} steps, policy lr {GRPO_LR} (GRPO) / {LR} (PPO), "
+             f"reward gain = mean training "
              f"reward of the last {WINDOW} steps minus the first {WINDOW}; accuracy: greedy, 256 held-out prompts)",
              "", "| case | seed | reward gain | held-out before | after | accuracy gain | run s | measured by |",
              "|---|---|---|---|---|---|---|---|"]

@@ -383,7 +383,15 @@ class RolloutPool:
         return ray.get([w.get_version.remote() for w in self.workers])
 
     def stats(self) -> list[dict]:
-        return ray.get([w.stats.remote() for w in self.workers])
+        """Each live worker's counters: one that died and is not replaced yet (the loop finds out
+        when it next uses it) is left out, and a replaced worker's counts went with it."""
+        out = []
+        for future in [w.stats.remote() for w in self.workers]:
+            try:
+                out.append(ray.get(future))
+            except ray.exceptions.RayActorError:
+                continue
+        return out
 
     def shutdown(self) -> None:
         for w in self.workers:

@@ -286,6 +286,26 @@ def _plus(before: dict, now: dict) -> dict:
     return out
 
 
+def _count_restart(faults: dict, role: str) -> dict:
+    restarts = faults.setdefault("restarts", {})
+    restarts[role] = restarts.get(role, 0) + 1
+    return faults
+
+
+def _restart_point(run_dir: RunDir, fault: LearnerFault, budget_spent: bool, budget: int) -> Path:
+    """The checkpoint a learner fault restarts the run from (metrics cut back to it), or the
+    fault again, saying what would have saved the run."""
+    checkpoint = run_dir.latest_checkpoint()
+    if checkpoint is None or budget_spent:
+        raise LearnerFault(fault.role, fault.rank, fault.cause, (
+            "no complete checkpoint to restart from (set controller.checkpoint_every to recover automatically)"
+            if checkpoint is None else f"the restart budget is spent (cluster.max_actor_restarts={budget}; "
+            f"--resume continues from {checkpoint.name})") + "; the rank's worker log in Ray's logs directory "
+            "says why it died") from fault
+    run_dir.rewind(checkpoint)
+    return checkpoint
+
+
 def run_rl(cfg: Config, train: list[Prompt], evals: list[Prompt], run_dir: RunDir, log=print,
            checkpoint: Path | None = None) -> RunSummary:
     """Start the roles on the embedded or given Ray cluster, run the loop, stop the roles.
@@ -309,19 +329,9 @@ def run_rl(cfg: Config, train: list[Prompt], evals: list[Prompt], run_dir: RunDi
                 break
             except LearnerFault as fault:
                 graceful = False  # its peers may hang in a collective
-                if controller is not None:
-                    carried = controller.faults()
-                restarts = carried.setdefault("restarts", {})
-                restarts[fault.role] = restarts.get(fault.role, 0) + 1
-                checkpoint = run_dir.latest_checkpoint()
-                if checkpoint is None or attempt == cfg.cluster.max_actor_restarts:
-                    raise LearnerFault(fault.role, fault.rank, fault.cause, (
-                        "no complete checkpoint to restart from (set controller.checkpoint_every to recover "
-                        "automatically)" if checkpoint is None else
-                        f"the restart budget is spent (cluster.max_actor_restarts={cfg.cluster.max_actor_restarts}; "
-                        f"--resume continues from {checkpoint.name})") + "; the rank's worker log in Ray's logs "
-                        "directory says why it died") from fault
-                run_dir.rewind(checkpoint)
+                carried = _count_restart(controller.faults() if controller else carried, fault.role)
+                checkpoint = _restart_point(run_dir, fault, attempt == cfg.cluster.max_actor_restarts,
+                                            cfg.cluster.max_actor_restarts)
                 log(f"{fault}: restarting every role from {checkpoint.name}")
             finally:
                 progress.stop()

@@ -1,8 +1,9 @@
-"""Chaos on CPU with local Ray: worker processes are SIGKILLed at seeded random points of short
-synchronous runs. Each run finishes; the dead worker is replaced once; its unfinished work is
-generated or scored again; the ledger shows every group trained once, nothing lost or
-duplicated; and, the samples being seeded per sample, training ends on the same weights as
-the run nothing happened to."""
+"""Chaos on CPU with local Ray: a rollout worker, a reward worker and a learner rank are SIGKILLed
+at seeded random points of short runs. Each run finishes; a dead worker is replaced once and its
+unfinished work generated or scored again, a dead learner restarts the run from its last
+checkpoint; the ledger shows every group trained once, nothing lost or duplicated; and, the
+samples being seeded per sample, a synchronous run ends on the same weights as the run nothing
+happened to. The numerics guard is tested end to end here too."""
 
 import json
 import os
@@ -31,14 +32,15 @@ def calm(ray_session, tmp_path_factory):
     return run(config(tmp, *COMMON, "run.name=calm"), log=lambda *_: None).record, tmp / "runs" / "calm" / "final"
 
 
-def chaos_run(tmp_path, plan):
-    """The same run with the plan's processes SIGKILLed; its record and run directory."""
+def chaos_run(tmp_path, plan, *extra):
+    """The same run (plus `extra` overrides) with the plan's processes SIGKILLed; its record
+    and run directory."""
     run_dir = tmp_path / "runs" / "chaos"
     killed, stop = [], threading.Event()
     killer = threading.Thread(target=_chaos, args=(run_dir / "metrics.jsonl", plan, killed, stop))
     killer.start()
     try:
-        record = run(config(tmp_path, *COMMON, "run.name=chaos"), log=lambda *_: None).record
+        record = run(config(tmp_path, *COMMON, "run.name=chaos", *extra), log=lambda *_: None).record
     finally:
         stop.set()
         killer.join()
@@ -77,21 +79,26 @@ def _chaos(metrics, plan, killed, stop) -> None:
 
 
 @pytest.mark.parametrize("seed", [0])
-def test_killed_rollout_and_reward_workers_are_replaced_and_nothing_is_lost(calm, tmp_path, seed):
-    # A step takes ~0.15 s here, generation ~0.03 s of it and it starts as a step's row is
-    # written: killing within 10 ms of a row lands in or just before a generation call (the
-    # streaming path: its samples are generated again), and the reward worker dies before it
-    # scores that step (its samples go to a fresh worker).
+def test_killed_workers_are_replaced_a_killed_learner_restarts_from_a_checkpoint_and_nothing_is_lost(
+        calm, tmp_path, seed):
+    """One run, three deaths. A step takes ~0.15 s here, generation ~0.03 s of it, and it starts
+    as the previous step's row is written: killing the rollout worker within 10 ms of a row lands
+    in or just before a generation call (its samples are generated again on a replacement); the
+    reward worker dies before it scores that step (its samples go to a fresh worker). Then a
+    learner rank dies during step 4 (checkpoints at steps 2 and 4): every role restarts from
+    step_2 and steps 3-6 run again, as a --resume would."""
     rng = random.Random(seed)
-    plan = [("RolloutWorker", rng.randint(1, STEPS - 3), rng.uniform(0.0, 0.01)),
-            ("RewardWorker", rng.randint(1, STEPS - 3), rng.uniform(0.0, 0.01))]
+    plan = [("RolloutWorker", rng.randint(1, 2), rng.uniform(0.0, 0.01)),
+            ("RewardWorker", rng.randint(1, 2), rng.uniform(0.0, 0.01)), ("Learner", 3, 0.0)]
     record, run_dir = chaos_run(tmp_path, plan)
     faults, (calm_record, calm_final) = record["faults"], calm
-    assert faults["restarts"] == {"rollout": 1, "reward": 1, "learner": 0, "critic": 0}, faults
+    assert faults["restarts"] == {"rollout": 1, "reward": 1, "learner": 1, "critic": 0}, faults
     assert faults["reissued"]["rollout"] > 0 and faults["reissued"]["reward"] > 0, faults
     assert faults["lost"] == 0 and faults["duplicated"] == 0, faults
     assert record["groups"] == calm_record["groups"] and record["groups"]["trained"] == STEPS * 8
     assert record["groups"]["issued"] == STEPS * 8  # each group issued once: re-issues are of samples, not groups
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(1, STEPS + 1)) + [STEPS]  # each step once in the end
     # The same samples (seeded per sample), the same rewards, the same updates: bitwise when the
     # dead worker's calls were redone whole (a kill before a call starts, as the plan aims); a kill
     # mid-call redoes only the missing samples, in a smaller batch, whose logprobs can differ by
@@ -102,16 +109,17 @@ def test_killed_rollout_and_reward_workers_are_replaced_and_nothing_is_lost(calm
     assert record["eval"] == calm_record["eval"] or not whole
 
 
-def test_a_killed_learner_rank_restarts_the_run_from_its_last_checkpoint(calm, tmp_path):
-    """Killed during step 4 (checkpoints at steps 2 and 4): every role restarts from step_2,
-    steps 3-6 run again, and the run ends as the calm one did, bitwise (as a --resume would)."""
-    record, run_dir = chaos_run(tmp_path, [("Learner", 3, 0.0)])
-    calm_record, calm_final = calm
-    assert record["faults"]["restarts"] == {"rollout": 0, "reward": 0, "learner": 1, "critic": 0}, record["faults"]
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows] == list(range(1, STEPS + 1)) + [STEPS]  # each step once in the end
-    assert same_weights(run_dir / "final", calm_final) and record["eval"] == calm_record["eval"]
-    assert record["groups"] == calm_record["groups"]
+def test_a_killed_rollout_worker_in_an_asynchronous_run_keeps_the_staleness_bound(ray_session, tmp_path):
+    """k = 1: the next step's generation runs while a step trains, so the kill lands on work in
+    flight; its samples are generated again (on newer weights, if a sync came between) and go
+    through the same gate: nothing older than k trains, every group ends once, none is lost."""
+    record, _ = chaos_run(tmp_path, [("RolloutWorker", 2, 0.0)], "controller.max_staleness=1")
+    faults, groups = record["faults"], record["groups"]
+    assert faults["restarts"]["rollout"] == 1 and faults["reissued"]["rollout"] > 0, faults
+    assert faults["lost"] == 0 and faults["duplicated"] == 0, faults
+    assert record["staleness"]["max_allowed"] == 1 and record["staleness"]["max_seen"] <= 1
+    assert groups["trained"] == STEPS * 8 and groups["open"] == 0
+    assert groups["issued"] == sum(n for outcome, n in groups.items() if outcome not in ("issued", "open"))
 
 
 def test_a_metric_past_its_guard_stops_the_run_with_a_diagnosis(ray_session, tmp_path):

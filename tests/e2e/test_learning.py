@@ -4,9 +4,9 @@ flipped must not: the inverted twin proves the test measures learning, not the p
 
 Harness: the quickstart recipes on a bootstrap model warmed up to 25% greedy validation accuracy
 (30.1% held out; WARM_UP_TARGET, not the demo's 20%: from 20% the first 40 steps are a coin toss on
-held-out accuracy, -5.9 to +6.2 points over seeds 0-2, measured 2026-12-06), STEPS steps with the policy's learning rate raised to LR. GRPO: recipes/quickstart.yaml
-(64 prompts x 8 samples per step); PPO: recipes/ppo_quickstart.yaml (512 prompts x 1, GAE over a
-critic, 4 critic warm-up steps). Reward gain: mean training reward of the last WINDOW steps minus
+held-out accuracy, -5.9 to +6.2 points over seeds 0-2, measured 2026-12-06), STEPS steps. GRPO: recipes/quickstart.yaml (64 prompts x 8 samples per step) at its
+own learning rate, GRPO_LR; PPO: recipes/ppo_quickstart.yaml (512 prompts x 1, GAE over a critic, 4
+critic warm-up steps) with the policy's learning rate raised to LR. Reward gain: mean training reward of the last WINDOW steps minus
 that of the first WINDOW. Accuracy gain: greedy held-out accuracy (256 prompts) after minus before.
 
 Noise, measured with `bench/learning_noise.py` (bench/results/learning_noise.md; 2 CPU cores,
@@ -24,6 +24,15 @@ windows of 4,096 samples each); the bars sit 3x that above it and below every le
 measured (the closest, GRPO seed 2: +2.3 points; GRPO seed 0: +0.049), while the flipped twin lies
 0.1 and 31 points below them. Floating-point results differ across CPUs, so another machine gives
 other numbers for a seed.
+
+On another CPU (a 2-core Xeon with AVX-512 BF16/FP16, 2026-12-07; the bootstrap model the same to
+its held-out 30.1%) GRPO at lr 1e-3 raised the training reward (+0.029 .. +0.066, seeds 0-2) but
+not held-out greedy accuracy (-2.7 .. -12.1 points): the test failed there. At the quickstart's
+own rate, 5e-4, the same seeds gain +0.042 / +0.089 / +0.079 in reward and -0.4 / +9.4 / +14.5
+points held out, and the flipped twin -0.138 and -30.1 (seed 1); so GRPO runs at GRPO_LR, the
+test's seed 1 clears the bars 3x and 9x over, and seed 0 shows the held-out bar is not met by
+every seed on every CPU (.venv/bin/python bench/learning_noise.py --seeds 0 1 2 --cases grpo flipped;
+the committed bench/results/learning_noise.md is the first CPU's, at lr 1e-3).
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from trainer.advantages import ADVANTAGES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS, WINDOW, LR = 40, 8, 1.0e-3
+GRPO_LR = 5.0e-4  # recipes/quickstart.yaml's own; LR (raised) is for PPO
 REWARD_MARGIN, ACCURACY_MARGIN = 0.03, 0.01  # what a learning run must gain at least
 FLIPPED_CEILING = 0.0  # a flipped run must not gain at all (reward and accuracy)
 WARM_UP_TARGET = 0.25  # the harness's bootstrap warm-up (model.bootstrap_spec.sft_target_accuracy)
@@ -81,18 +91,20 @@ def flipped_estimators():
         ADVANTAGES.unregister(name)
 
 
-def learning_config(model_dir, out_dir, seed: int, name: str, *extra, recipe: str = "quickstart.yaml"):
-    """The learning harness: a quickstart recipe, STEPS steps at LR, evaluated only before and after."""
+def learning_config(model_dir, out_dir, seed: int, name: str, *extra, recipe: str = "quickstart.yaml",
+                    lr: float = LR):
+    """The learning harness: a quickstart recipe, STEPS steps at `lr`, evaluated only before and after."""
     return load_config(os.path.join(ROOT, "recipes", recipe), [
         f"model.path={model_dir}", f"data.train_path={model_dir}/data/train.jsonl",
         f"data.eval_path={model_dir}/data/eval.jsonl", f"run.output_dir={out_dir}", f"run.name={name}",
         # model.bootstrap off: the bootstrap depends on run.seed, and every seed must start from one model
-        "model.bootstrap=false", f"run.seed={seed}", f"controller.steps={STEPS}", f"trainer.lr={LR}",
+        "model.bootstrap=false", f"run.seed={seed}", f"controller.steps={STEPS}", f"trainer.lr={lr}",
         "controller.eval_every=0", "controller.progress=false", *extra])
 
 
 # PPO: recipes/ppo_quickstart.yaml (512 prompts x 1 sample, GAE over a critic) with a shorter critic warm-up.
 PPO = {"recipe": "ppo_quickstart.yaml"}
+GRPO = {"lr": GRPO_LR}
 PPO_EXTRA = ("critic.warmup_steps=4",)
 
 
@@ -122,12 +134,12 @@ def warm_model(tmp_path_factory):
 
 
 def test_grpo_learns(ray_session, warm_model, tmp_path):
-    reward, accuracy = run_gains(warm_model, tmp_path, 1, "grpo")
+    reward, accuracy = run_gains(warm_model, tmp_path, 1, "grpo", **GRPO)
     assert reward > REWARD_MARGIN and accuracy > ACCURACY_MARGIN, (reward, accuracy)
 
 
 def test_grpo_with_flipped_advantages_does_not_learn(ray_session, warm_model, flipped_estimators, tmp_path):
-    reward, accuracy = run_gains(warm_model, tmp_path, 1, "flipped", "algorithm.advantage=grpo_flipped")
+    reward, accuracy = run_gains(warm_model, tmp_path, 1, "flipped", "algorithm.advantage=grpo_flipped", **GRPO)
     assert reward < FLIPPED_CEILING and accuracy < FLIPPED_CEILING, (reward, accuracy)
 
 
