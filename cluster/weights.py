@@ -78,18 +78,26 @@ class WeightSync:
         r = cfg.rollout
         self.layout = learners.transfer_layout(r.weight_bucket_mb * 2**20)
         rollout.set_layout(self.layout)
-        if self.kind != "collective":  # a restarted engine gets the current weights through the object store
-            rollout.refill = lambda version: learners.export_weights(version, self.layout)
+        # A restarted engine gets the run's current weights through the object store, whatever
+        # the carrier; with `collective` the transfer group then forms again, the new engine in it.
+        if self.kind == "collective" and r.engine == "vllm":
+            rollout.refill_problem = ("a vllm engine on rollout.weight_transfer 'collective' cannot take its first "
+                                      "weights from the object store yet; object_store can")
         else:
-            rollout.refill_problem = ("rollout.weight_transfer 'collective' cannot take a new engine into its group "
-                                      "yet (the group would have to be formed again); object_store can")
+            rollout.refill = lambda version: learners.export_weights(version, self.layout)
         if self.kind == "collective":
-            ip, port = ray.get(learners.actors[0].address.remote())
-            host = "127.0.0.1" if loopback else ip
-            backend = "nccl" if cfg.cluster.gpus_per_learner > 0 else "gloo"
-            world = len(rollout.workers) + 1
-            gather(learners.open_transfer(host, port, world, backend, r.weight_transfer_timeout_s)
-                   + rollout.open_transfer(host, port, backend, r.weight_transfer_timeout_s, self.layout))
+            self.loopback, self.timeout_s = loopback, r.weight_transfer_timeout_s
+            self.backend = "nccl" if cfg.cluster.gpus_per_learner > 0 else "gloo"
+            self.form_group()
+            rollout.rejoin = self.form_group
+
+    def form_group(self) -> None:
+        """Learner rank 0 and every engine (re)join one transfer group, on a fresh port."""
+        ip, port = ray.get(self.learners.actors[0].address.remote())
+        host = "127.0.0.1" if self.loopback else ip
+        world = len(self.rollout.workers) + 1
+        gather(self.learners.open_transfer(host, port, world, self.backend, self.timeout_s)
+               + self.rollout.open_transfer(host, port, self.backend, self.timeout_s, self.layout))
 
     def sync(self, version: int) -> None:
         """Publish `version`; raises WeightSyncError (old weights kept) when a check fails."""

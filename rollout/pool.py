@@ -144,6 +144,8 @@ class RolloutWorker:
         if hasattr(self.engine, "open_collective"):  # vLLM: its own worker process joins the group
             self.engine.open_collective(host, port, rank, world_size, backend, timeout_s, bind_host, layout)
         else:
+            if self.transfer is not None:  # formed again (an engine was replaced)
+                self.transfer.close()
             self.transfer = TransferGroup(host, port, rank, world_size, backend, timeout_s, bind_host)
         self.layout = layout
 
@@ -274,6 +276,7 @@ class RolloutPool:
         # cluster/weights.py; None where the carrier cannot bring a new worker in).
         self.refill: Optional[Callable[[int], StoredUpdate]] = None
         self.refill_problem = "no weight source was given to the pool"
+        self.rejoin: Optional[Callable[[], None]] = None  # `collective`: form the transfer group again
         self.max_restarts = max_restarts
         self.restarts = 0  # workers replaced after they died
         self.reissued = 0  # samples generated again because their worker died
@@ -343,6 +346,8 @@ class RolloutPool:
             ray.get(new.set_layout.remote(self.layout))
         ray.get(new.update_weights.remote(update or self.refill(version)))  # verified before it serves
         self.workers[i] = new
+        if self.rejoin is not None:
+            self.rejoin()
 
     def set_layout(self, layout: Layout) -> None:
         self.layout = layout  # the buckets updates travel in, for the sender's side too

@@ -349,6 +349,8 @@ class Learner:
         """Rank 0 joins (and hosts) the sender-to-engines group as its rank 0; other ranks only
         gather their shards for it during send_weights."""
         if self.rank == 0:
+            if self.transfer is not None:  # formed again (an engine was replaced)
+                self.transfer.close()
             self.transfer = TransferGroup(host, port, 0, world_size, backend, timeout_s, bind_host=host)
 
     def export_ipc(self, version: int, layout: Layout) -> tuple:

@@ -122,6 +122,20 @@ def test_a_killed_rollout_worker_in_an_asynchronous_run_keeps_the_staleness_boun
     assert groups["issued"] == sum(n for outcome, n in groups.items() if outcome not in ("issued", "open"))
 
 
+def test_a_killed_rollout_worker_rejoins_the_collective_transfer_group(calm, tmp_path):
+    """rollout.weight_transfer=collective (gloo here, NCCL on GPUs): the replacement takes the
+    current weights from the object store, the group forms again with it, and the later updates
+    travel over the new group; the run ends on the calm (object-store) run's weights, as the
+    collective carrier always does (tests/e2e/test_weight_transfer.py)."""
+    record, run_dir = chaos_run(tmp_path, [("RolloutWorker", 1, 0.0)], "rollout.weight_transfer=collective")
+    assert record["weight_sync"]["transfer"] == "collective"
+    assert record["faults"]["restarts"]["rollout"] == 1 and record["faults"]["lost"] == 0
+    assert record["weight_sync"]["count"] == STEPS and record["weight_sync"]["checksum_failures"] == 0
+    whole = record["faults"]["reissued"]["rollout"] % (8 * 4) == 0
+    final, calm_final = run_dir / "final", calm[1]
+    assert same_weights(final, calm_final) if whole else max_weight_diff(final, calm_final) < 1e-5
+
+
 def test_a_metric_past_its_guard_stops_the_run_with_a_diagnosis(ray_session, tmp_path):
     """A limit every healthy step exceeds (the quickstart's gradient norm is 0.7-5): two steps
     past it, with patience 2, stop the run after step 2's row, naming the metric, the steps, the
