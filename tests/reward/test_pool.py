@@ -90,7 +90,9 @@ def test_lost_worker_is_replaced_and_other_samples_survive(pools):
     assert [r.reward for r in res] == [1.0, -3.0, 1.0, 1.0]
     assert "worker lost" in res[1].failure and res[1].attempts == 2
     m = pool.metrics()
-    assert m.worker_restarts >= 2 and m.fault_restarts == 2  # the crash, and the crash of its retry
+    # The crash and the crash of its retry at least (how many calls were on the dead actor, and
+    # so how many replacements they meet, depends on timing); every replacement here is a fault.
+    assert m.worker_restarts >= 2 and m.fault_restarts == m.worker_restarts
     assert m.reissued >= 1  # "die" once (calls queued behind it on the dead actor count too)
 
 
