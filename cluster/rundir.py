@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from cluster.config import Config, config_to_yaml
+from cluster.config import Config, ConfigError, config_to_yaml, load_config
 
 
 def _clean(value: Any) -> Any:
@@ -80,8 +80,6 @@ class RunDir:
         """The existing run directory of `cfg` and its latest complete checkpoint, after checking
         that the recipe is the one it ran (controller.steps may change: a run can be extended).
         metrics.jsonl is cut back to the checkpoint's step: the steps after it run again."""
-        from cluster.config import ConfigError, load_config
-
         path = Path(cfg.run.output_dir) / cfg.run.name
         if not (path / "config.yaml").is_file():
             raise ConfigError(f"--resume: no run directory at {path} (run.output_dir / run.name)")

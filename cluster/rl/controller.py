@@ -193,7 +193,7 @@ class Controller:
         """Workers replaced after they died (per role; a learner or critic restart restarts the
         run from a checkpoint, run_rl), samples generated or scored again because of it, and what
         the arrival checks counted lost or duplicated (cluster/rl/streaming.py)."""
-        pool, reward = self.roles.rollout, self.roles.reward.metrics()
+        pool, reward = self.roles.rollout, self.roles.reward.stats  # live counters (metrics() adds percentiles)
         now = {"restarts": {"rollout": pool.restarts, "reward": reward.fault_restarts, "learner": 0, "critic": 0},
                "reissued": {"rollout": pool.reissued, "reward": reward.reissued},
                "lost": self.streaming.lost, "duplicated": self.streaming.duplicated}
