@@ -34,6 +34,27 @@ MATH = [(r"We get \boxed{\frac{%d}{%d}}." % (i, i + 1), f"{i}/{i + 1}") for i in
        [(f"#### {i}.5", f"{2 * i + 1}/2") for i in range(1, 40)]
 CODE = "```python\nimport sys\nprint(sum(map(int, sys.stdin.read().split())))\n```"
 CODE_TESTS = json.dumps({"tests": [{"input": f"{i} {i + 1}\n", "output": f"{2 * i + 1}\n"} for i in range(3)]})
+ADD = "```python\ndef add(a, b):\n    return a + b\n```"
+ADD_ASSERTS = json.dumps({"asserts": [f"assert add({i}, {i + 1}) == {2 * i + 1}" for i in range(3)]})
+
+
+def legacy_code(pairs) -> dict:
+    """The code verifier as it was before 2026-12-07, for the ratio: one sandbox per stdin/stdout test,
+    the program started with the interpreter's site hooks (`python -I`)."""
+    from reward.extract import code_block
+    from reward.sandbox import SandboxLimits, run_python
+
+    def score(response, answer):
+        cases = json.loads(answer)["tests"]
+        runs = [run_python(code_block(response), stdin=c["input"], limits=SandboxLimits(), site_packages=True)
+                for c in cases]
+        return sum(r.status == "ok" and r.stdout.strip() == c["output"].strip() for r, c in zip(runs, cases))
+
+    score(*pairs[0])
+    t0 = time.perf_counter()
+    assert all(score(r, a) == 3 for r, a in pairs)
+    wall = time.perf_counter() - t0
+    return {"samples": len(pairs), "wall_s": wall, "samples_per_s": len(pairs) / wall}
 
 
 def rollouts(pairs, salt: str) -> list[Rollout]:
@@ -76,7 +97,7 @@ def sandbox_overhead(runs: int) -> dict:
     bare = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run([python, "-I", "-c", "pass"], check=True)
+        subprocess.run([python, "-I", "-S", "-c", "pass"], check=True)
         bare.append(time.perf_counter() - t0)
     boxed = []
     for _ in range(runs):
@@ -98,11 +119,19 @@ def markdown(r: dict) -> str:
         for row in r[kind]["pool"]:
             lines.append(f"| {kind} verifier, RewardPool of {row['workers']} | {row['samples_per_s']:.1f} samples/s "
                          f"(p50 latency {row['latency_p50_s'] * 1e3:.0f} ms) |")
+    c = r["code"]
+    lines += [f"| code verifier, 3 asserts (call-based), 1 worker in-process | "
+              f"{c['asserts_per_worker']['samples_per_s']:.1f} samples/s |",
+              f"| code verifier as before 2026-12-07 (one sandbox per test), 1 worker | "
+              f"{c['legacy_per_worker']['samples_per_s']:.1f} samples/s |",
+              f"| speed-up of the code verifier over the old one (stdin/stdout tests) | "
+              f"{c['per_worker']['samples_per_s'] / c['legacy_per_worker']['samples_per_s']:.1f}x |"]
     s = r["sandbox"]
     lines += [f"| sandbox run of `pass` (p50 / p90) | {s['sandbox_p50_s'] * 1e3:.0f} / {s['sandbox_p90_s'] * 1e3:.0f} ms |",
-              f"| bare `python -I -c pass` (p50) | {s['bare_python_p50_s'] * 1e3:.0f} ms |",
+              f"| bare `python -I -S -c pass` (p50) | {s['bare_python_p50_s'] * 1e3:.0f} ms |",
               f"| sandbox overhead per run (p50) | {s['overhead_p50_s'] * 1e3:.0f} ms |", "",
-              "A code sample runs 3 stdin/stdout tests, one sandbox run each.", ""]
+              "A code sample runs 3 stdin/stdout tests (one process each, all in one sandbox) unless it says "
+              "asserts (one process calls the function 3 times; the checker compares outside).", ""]
     return "\n".join(lines)
 
 
@@ -121,7 +150,9 @@ def main() -> None:
         result = {
             "host": {"cpus": os.cpu_count(), "python": platform.python_version(), "machine": platform.machine()},
             "math": {"per_worker": per_worker("math", math_pairs), "pool": pool_scaling("math", math_pairs, sizes)},
-            "code": {"per_worker": per_worker("code", code_pairs), "pool": pool_scaling("code", code_pairs, sizes)},
+            "code": {"per_worker": per_worker("code", code_pairs), "pool": pool_scaling("code", code_pairs, sizes),
+                     "asserts_per_worker": per_worker("code", [(ADD, ADD_ASSERTS)] * len(code_pairs)),
+                     "legacy_per_worker": legacy_code(code_pairs)},
             "sandbox": sandbox_overhead(10 if args.quick else 40),
         }
     finally:

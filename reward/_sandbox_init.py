@@ -5,18 +5,24 @@ with a JSON spec on stdin. Standard library only (it runs with -I -S, outside th
 
 It (1) hides host directories behind read-only tmpfs mounts, keeping the interpreter's
 prefix visible; (2) mounts a fresh size-limited tmpfs owned by the sandbox uid as the
-working directory /tmp; (3) forks the program, which drops to an unprivileged uid with
-rlimits and no_new_privs before exec; (4) waits for it, reaping orphans as init must;
-(5) reports the wait status on STATUS_FD and exits, and its exit as pid 1 makes the
-kernel SIGKILL everything left in the namespace (background processes cannot outlive it).
+working directory /tmp; (3) for each run of the spec (one per test: the same program with
+its own stdin), forks the program, which drops to an unprivileged uid with rlimits and
+no_new_privs before exec, collects its stdout and stderr under the run's wall-time and
+output limits, and then SIGKILLs everything left in the namespace and reaps it, so no run
+inherits another's processes; (4) reports every run's wait status and output on STATUS_FD
+and exits, and its exit as pid 1 makes the kernel SIGKILL anything still there. One
+namespace set-up serves all the runs of a sample: that set-up, not the program, is most of
+a short test's cost.
 """
 
 import ctypes
 import json
 import os
 import resource
+import selectors
 import signal
 import sys
+import time
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
 PR_SET_NO_NEW_PRIVS = 38
@@ -57,20 +63,25 @@ def prepare_workdir(spec):
         with open(path, "w") as f:
             f.write(text)
         os.chown(path, uid, uid)
-    # Standard input comes from an unlinked file, so a large input never blocks on a pipe.
-    stdin_path = os.path.join(WORK, ".stdin")
-    with open(stdin_path, "w") as f:
-        f.write(spec["stdin"])
-    fd = os.open(stdin_path, os.O_RDONLY)
-    os.unlink(stdin_path)
+
+
+def stdin_file(text):
+    """Standard input from an unlinked file, so a large input never blocks on a pipe."""
+    path = os.path.join(WORK, ".stdin")
+    with open(path, "w") as f:
+        f.write(text)
+    fd = os.open(path, os.O_RDONLY)
+    os.unlink(path)
     return fd
 
 
-def exec_program(spec, stdin_fd):
+def exec_program(spec, stdin_fd, out_w, err_w):
     """In the forked child: drop privileges, apply limits, exec. Never returns."""
     lim, uid = spec["limits"], spec["uid"]
     try:
         os.dup2(stdin_fd, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
         os.setgroups([])
         os.setgid(uid)
         os.setuid(uid)  # all capabilities go with root; the uid owns nothing outside WORK
@@ -89,17 +100,89 @@ def exec_program(spec, stdin_fd):
     os._exit(126)
 
 
-def wait_main(pid):
-    """Reap every child (orphans are reparented to us); return the main program's status."""
+def collect(pid, out_r, err_r, timeout_s, max_output):
+    """Read the run's output until it exits and its pipes close, its deadline passes or its
+    output overflows. Returns (stdout, stderr, wait status or None, cpu_s, cut)."""
+    pidfd = os.pidfd_open(pid)
+    bufs = {out_r: bytearray(), err_r: bytearray()}
+    sel = selectors.DefaultSelector()
+    for fd in (out_r, err_r, pidfd):
+        sel.register(fd, selectors.EVENT_READ)
+    deadline, cut, status, cpu = time.monotonic() + timeout_s, None, None, 0.0
+    while sel.get_map():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            cut = "timeout"
+            break
+        for key, _ in sel.select(timeout=left):
+            if key.fd == pidfd:
+                sel.unregister(pidfd)
+                _, status, usage = os.wait4(pid, 0)
+                cpu = usage.ru_utime + usage.ru_stime
+                kill_all()  # leftovers would hold the pipes open; they die with the run
+                continue
+            chunk = os.read(key.fd, 65536)
+            if not chunk:
+                sel.unregister(key.fd)
+                continue
+            bufs[key.fd] += chunk
+        if len(bufs[out_r]) + len(bufs[err_r]) > max_output:
+            cut = "output_limit"
+            break
+    sel.close()
+    os.close(pidfd)
+    if status is None:  # cut: the run is killed; its status no longer matters
+        kill_all()
+        _, status, usage = os.wait4(pid, 0)
+        cpu = usage.ru_utime + usage.ru_stime
+    return bytes(bufs[out_r][:max_output]), bytes(bufs[err_r][:max_output]), status, cpu, cut
+
+
+def kill_all():
+    """SIGKILL every process in the namespace but this one, and reap the orphans among them."""
+    try:
+        os.kill(-1, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # nothing was left
+
+
+def reap_all():
     while True:
         try:
-            got, status, usage = os.wait4(-1, 0)
+            os.wait4(-1, 0)
         except ChildProcessError:
-            raise RuntimeError("main program vanished") from None
+            return
         except InterruptedError:
             continue
-        if got == pid:
-            return status, usage.ru_utime + usage.ru_stime
+
+
+def run_one(spec, run):
+    stdin_fd = stdin_file(run["stdin"])
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    t0 = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        for fd in (out_r, err_r, spec["status_fd"]):
+            os.close(fd)
+        exec_program(spec, stdin_fd, out_w, err_w)
+    for fd in (stdin_fd, out_w, err_w):
+        os.close(fd)
+    out, err, status, cpu, cut = collect(pid, out_r, err_r, run["timeout_s"], spec["max_output_bytes"])
+    os.close(out_r)
+    os.close(err_r)
+    kill_all()
+    reap_all()
+    return {"exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
+            "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, "cpu_s": cpu, "cut": cut,
+            "wall_s": time.monotonic() - t0,
+            "stdout": out.decode("utf-8", "replace"), "stderr": err.decode("utf-8", "replace")}
+
+
+def write_all(fd, data):
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def main():
@@ -107,24 +190,14 @@ def main():
     os.set_inheritable(status_fd, False)
     try:
         spec = json.loads(sys.stdin.read())
+        spec["status_fd"] = status_fd
         hide_host_dirs(spec["masks"], spec["keeps"])
-        stdin_fd = prepare_workdir(spec)
+        prepare_workdir(spec)
     except BaseException as exc:  # noqa: BLE001
-        os.write(status_fd, json.dumps({"setup_error": f"{type(exc).__name__}: {exc}"}).encode())
+        write_all(status_fd, json.dumps({"setup_error": f"{type(exc).__name__}: {exc}"}).encode())
         return 1
-    pid = os.fork()
-    if pid == 0:
-        os.close(status_fd)
-        exec_program(spec, stdin_fd)
-    os.close(stdin_fd)
-    status, cpu_s = wait_main(pid)
-    report = {"exit_code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else None,
-              "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) else None, "cpu_s": cpu_s}
-    os.write(status_fd, json.dumps(report).encode())
-    try:
-        os.kill(-1, signal.SIGKILL)  # everything else in the namespace; our exit would do it too
-    except ProcessLookupError:
-        pass  # nothing was left
+    reports = [run_one(spec, run) for run in spec["runs"]]
+    write_all(status_fd, json.dumps({"runs": reports}, ensure_ascii=False).encode())
     return 0
 
 

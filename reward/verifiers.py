@@ -9,10 +9,8 @@ a failure by the pool); a malformed *response* simply scores 0.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import secrets
 from typing import Optional
 
 from reward.extract import code_block, final_answer_text, last_boxed
@@ -129,67 +127,37 @@ def multiple_choice(response: str, answer: str) -> float:
 
 # --- code -----------------------------------------------------------------------------
 
-_ASSERT_HARNESS = """
-import os, sys
-def _run(token, tests, write=os.write):  # write is bound now: a solution patching os/print cannot touch it
-    ns = {"__name__": "solution"}
-    try:
-        exec(compile(open("solution.py").read(), "solution.py", "exec"), ns)
-    except BaseException as exc:  # SystemExit too: the solution cannot end the harness
-        print(f"solution raised {type(exc).__name__}: {exc}", file=sys.stderr)
+@VERIFIERS.register("code", "fraction of tests the response's last ```python block passes in the sandbox, checked "
+                            "outside it; reference JSON: {'tests': [{'input','output'}]} (stdin/stdout), "
+                            "{'calls': [{'fn','args','kwargs','expected'}]} or {'asserts': ['assert f(1) == 2']} "
+                            "(options: timeout_s per test, memory_mb, max_tests, site_packages)")
+def code_tests(response: str, answer: str, timeout_s: float = 2.0, memory_mb: int = 256,
+               max_tests: int = 32, site_packages: bool = False) -> float:
+    from reward import code_tests as ct
+    from reward.sandbox import SandboxLimits, run_python, run_python_many
+
+    ref = ct.parse_reference(answer)  # a malformed reference raises: a data bug, not a 0
+    source = code_block(response)
+    if source is None:
+        return 0.0
+    per_test = ref.timeout_s or timeout_s
+    stdio, calls = ref.stdio[:max_tests], ref.calls[:max(0, max_tests - len(ref.stdio))]
     passed = 0
-    for test in tests:
-        try:
-            exec(test, ns)
-            passed += 1
-        except BaseException as exc:
-            print(f"failed {test!r}: {type(exc).__name__}: {exc}", file=sys.stderr)
-    sys.stdout.flush()
-    write(1, f"\\n{token} {passed}\\n".encode())
-_run(sys.stdin.readline().strip(), TESTS)
-"""
-
-
-def _code_tests(answer: str) -> dict:
-    try:
-        spec = json.loads(answer)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"code reference is not JSON: {exc}") from None
-    if not isinstance(spec, dict) or not (spec.get("tests") or spec.get("asserts")):
-        raise ValueError("code reference must be a JSON object with 'tests' ([{input, output}]) or 'asserts' ([str])")
-    return spec
+    if stdio:  # one fresh process per test, all in one sandbox
+        limits = SandboxLimits(timeout_s=per_test, memory_mb=memory_mb)
+        runs = run_python_many(source, [stdin for stdin, _ in stdio], limits=limits, site_packages=site_packages)
+        passed += sum(r.status == "ok" and _same_output(r.stdout, want) for r, (_, want) in zip(runs, stdio))
+    if calls:  # one process calls them all; the expected values stay out here
+        limits = SandboxLimits(timeout_s=per_test * len(calls) + 1.0, cpu_s=int(per_test * len(calls)) + 1,
+                               memory_mb=memory_mb)
+        run = run_python(ct.harness(per_test), stdin=ct.call_payload(calls), files={"solution.py": source},
+                         limits=limits, site_packages=site_packages)
+        results = ct.read_results(run.stdout, len(calls))
+        passed += sum(got is not None and ct.same(call, got[0]) for call, got in zip(calls, results))
+    return passed / (len(stdio) + len(calls))
 
 
 def _same_output(got: str, want: str) -> bool:
     """Output equality up to trailing whitespace on each line and trailing blank lines."""
     norm = lambda s: "\n".join(line.rstrip() for line in s.strip("\n").splitlines()).strip()  # noqa: E731
     return norm(got) == norm(want)
-
-
-@VERIFIERS.register("code", "fraction of test cases the response's last ```python block passes in the sandbox; "
-                            "reference JSON: {'tests': [{'input','output'}]} (stdin/stdout) or {'asserts': [...]} "
-                            "(options: timeout_s, memory_mb, max_tests)")
-def code_tests(response: str, answer: str, timeout_s: float = 2.0, memory_mb: int = 256,
-               max_tests: int = 32) -> float:
-    from reward.sandbox import SandboxLimits, run_python
-
-    spec = _code_tests(answer)
-    source = code_block(response)
-    if source is None:
-        return 0.0
-    limits = SandboxLimits(timeout_s=float(spec.get("timeout_s", timeout_s)), memory_mb=memory_mb)
-    if spec.get("asserts"):
-        tests = list(spec["asserts"])[:max_tests]
-        # A fresh token, given only on stdin, marks the harness's own report: a solution that
-        # exits early or prints a fake tally cannot produce it.
-        token = secrets.token_hex(16)
-        harness = _ASSERT_HARNESS.replace("TESTS", repr(tests))
-        result = run_python(harness, stdin=token + "\n", files={"solution.py": source}, limits=limits)
-        tallies = [line.split()[1] for line in result.stdout.splitlines() if line.startswith(token + " ")]
-        return int(tallies[-1]) / len(tests) if tallies and result.status == "ok" else 0.0
-    cases = list(spec["tests"])[:max_tests]
-    passed = 0
-    for case in cases:
-        result = run_python(source, stdin=str(case.get("input", "")), limits=limits)
-        passed += result.status == "ok" and _same_output(result.stdout, str(case["output"]))
-    return passed / len(cases)

@@ -129,6 +129,47 @@ def test_code_reward_hacks_score_nothing(hack):
     assert v("code")(f"```python\n{hack}\n```", ASSERTS) == 0.0
 
 
+def test_code_calls_compare_exact_types_outside_the_sandbox():
+    ref = json.dumps({"calls": [{"fn": "f", "args": [3], "expected": 3}]})
+    assert v("code")("```python\ndef f(x):\n    return x\n```", ref) == 1.0
+    for wrong in ("3.0", "True if x == 1 else 3.0", "[x]", "(x,)", "str(x)"):
+        assert v("code")(f"```python\ndef f(x):\n    return {wrong}\n```", ref) == 0.0, wrong
+    # A tuple literal in an assert stays a tuple; a list answer does not pass for it.
+    tup = json.dumps({"asserts": ["assert f(1) == (1, 'a')"]})
+    assert v("code")("```python\ndef f(x):\n    return (x, 'a')\n```", tup) == 1.0
+    assert v("code")("```python\ndef f(x):\n    return [x, 'a']\n```", tup) == 0.0
+
+
+def test_code_float_tolerance_only_where_the_test_says_so():
+    third = "```python\ndef third(x):\n    return x / 3\n```"
+    assert v("code")(third, json.dumps({"calls": [{"fn": "third", "args": [1], "expected": 0.3333}]})) == 0.0
+    assert v("code")(third, json.dumps({"calls": [{"fn": "third", "args": [1], "expected": 0.3333,
+                                                   "abs_tol": 1e-3}]})) == 1.0
+    assert v("code")(third, json.dumps({"asserts": ["assert math.isclose(third(1), 0.3333, rel_tol=1e-3)",
+                                                    "assert math.isclose(third(1), 0.3, rel_tol=1e-3)"]})) == 0.5
+
+
+def test_code_truthy_asserts_and_a_slow_call_fails_alone():
+    ref = json.dumps({"asserts": ["assert is_even(4)", "assert not is_even(3)", "assert is_even(1000000000)"],
+                      "timeout_s": 0.5})
+    slow = "```python\ndef is_even(n):\n    while n > 10: pass\n    return n % 2 == 0\n```"
+    assert v("code")(slow, ref) == pytest.approx(2 / 3)
+
+
+@pytest.mark.parametrize("bad, why", [
+    ("assert add(x, 2) == 3", "must be Python literals"),  # a name, not a literal
+    ("assert add(1, 2) > 2", "not a supported form"),
+    ("print(add(1, 2))", "single assert"),
+    ("assert add(*[1, 2]) == 3", r"\*args"),
+    ("assert obj.add(1, 2) == 3", "not a supported form"),
+    ("assert add(1, 2) == 3 and True", "not a supported form"),
+])
+def test_code_asserts_outside_the_supported_forms_are_refused_naming_the_test(bad, why):
+    ref = json.dumps({"asserts": ["assert add(1, 2) == 3", bad]})
+    with pytest.raises(ValueError, match=r"asserts\[1\] .*" + why):
+        v("code")(ADD, ref)
+
+
 def test_code_bad_reference():
     with pytest.raises(ValueError, match="not JSON"):
         v("code")(ADD, "assert add(1,2)==3")

@@ -1,0 +1,3 @@
+# expect: 1 (honest)
+def add(a, b):
+    return a + b
