@@ -3,9 +3,10 @@
 Started by reward/sandbox.py as `unshare -n -p -f --mount-proc python -I -S THIS STATUS_FD`,
 with a JSON spec on stdin. Standard library only (it runs with -I -S, outside the venv).
 
-It (1) hides host directories behind read-only tmpfs mounts, keeping the interpreter's
-prefix visible; (2) mounts a fresh size-limited tmpfs owned by the sandbox uid as the
-working directory /tmp; (3) for each run of the spec (one per test: the same program with
+It (1) builds a fresh root that holds only the allow-listed host paths (the interpreter's
+prefix, /usr, /lib*, /bin), read-only, a minimal /etc and /dev, its own /proc and a fresh
+size-limited tmpfs owned by the sandbox uid as the working directory /tmp, and chroots
+into it; (2) writes the program's files there; (3) for each run of the spec (one per test: the same program with
 its own stdin), forks the program, which drops to an unprivileged uid with rlimits and
 no_new_privs before exec, collects its stdout and stderr under the run's wall-time and
 output limits, and then SIGKILLs everything left in the namespace and reaps it, so no run
@@ -24,9 +25,11 @@ import signal
 import sys
 import time
 
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 32, 4096, 16384
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
+MS_PRIVATE = 1 << 18
 PR_SET_NO_NEW_PRIVS = 38
-WORK = "/tmp"
+WORK = "/tmp"  # the working directory, inside the new root
+ROOT = "/tmp"  # where the new root is built (the host's /tmp, covered by it in this namespace)
 
 libc = ctypes.CDLL(None, use_errno=True)
 
@@ -38,26 +41,47 @@ def mount(source, target, fstype, flags, data=None):
         raise OSError(err, f"mount {source} on {target}: {os.strerror(err)}")
 
 
-def hide_host_dirs(masks, keeps):
-    """Cover each mask with an empty read-only tmpfs; re-expose `keeps` under it read-only."""
-    kept = {path: os.open(path, os.O_PATH | os.O_DIRECTORY) for path in keeps}
-    for mask in masks:
-        if not os.path.isdir(mask) or os.path.islink(mask):
-            continue
-        mount("tmpfs", mask, "tmpfs", MS_NOSUID | MS_NODEV, "size=64k,mode=755")
-        for path, fd in kept.items():
-            if path.startswith(mask.rstrip("/") + "/"):
-                os.makedirs(path, exist_ok=True)
-                mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
-                mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID)
-        mount(None, mask, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=64k,mode=755")
-    for fd in kept.values():
-        os.close(fd)
+def build_root(spec):
+    """A fresh root holding only the allow-listed paths (read-only binds of the host's), a
+    minimal /etc and /dev, a fresh /proc and the working directory; init then chroots into it.
+    Every other host path (data, models, runs, homes, shared mounts) does not exist there."""
+    uid = spec["uid"]
+    mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates back to the host
+    mount("tmpfs", ROOT, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    for path in spec["allow"]:
+        if os.path.islink(path):  # /lib -> usr/lib on merged-/usr systems
+            os.makedirs(ROOT + os.path.dirname(path), exist_ok=True)
+            os.symlink(os.readlink(path), ROOT + path)
+        elif os.path.exists(path):
+            bind_readonly(path, ROOT + path)
+    os.makedirs(ROOT + "/etc", exist_ok=True)
+    with open(ROOT + "/etc/passwd", "w") as f:
+        f.write(f"root:x:0:0::/:/bin/false\nsandbox:x:{uid}:{uid}::/tmp:/bin/false\n")
+    with open(ROOT + "/etc/group", "w") as f:
+        f.write(f"root:x:0:\nsandbox:x:{uid}:\n")
+    for dev in ("null", "zero", "full", "random", "urandom"):
+        bind_readonly("/dev/" + dev, ROOT + "/dev/" + dev, writable=dev in ("null", "full"))
+    os.makedirs(ROOT + "/proc")
+    mount("proc", ROOT + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.makedirs(ROOT + WORK)
+    mount("tmpfs", ROOT + WORK, "tmpfs", MS_NOSUID | MS_NODEV, f"size={spec['work_mb']}m,mode=700,uid={uid},gid={uid}")
+    mount(None, ROOT, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    os.chroot(ROOT)
+    os.chdir("/")
+
+
+def bind_readonly(source, target, writable=False):
+    if os.path.isdir(source):
+        os.makedirs(target, exist_ok=True)
+    else:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        open(target, "w").close()
+    mount(source, target, None, MS_BIND | MS_REC)
+    mount(None, target, None, MS_BIND | MS_REMOUNT | MS_NOSUID | (0 if writable else MS_RDONLY))
 
 
 def prepare_workdir(spec):
     uid = spec["uid"]
-    mount("tmpfs", WORK, "tmpfs", MS_NOSUID | MS_NODEV, f"size={spec['work_mb']}m,mode=700,uid={uid},gid={uid}")
     for name, text in spec["files"].items():
         path = os.path.join(WORK, name)
         with open(path, "w") as f:
@@ -191,7 +215,7 @@ def main():
     try:
         spec = json.loads(sys.stdin.read())
         spec["status_fd"] = status_fd
-        hide_host_dirs(spec["masks"], spec["keeps"])
+        build_root(spec)
         prepare_workdir(spec)
     except BaseException as exc:  # noqa: BLE001
         write_all(status_fd, json.dumps({"setup_error": f"{type(exc).__name__}: {exc}"}).encode())

@@ -3,15 +3,18 @@
 Isolation `namespaces` (root, `unshare` available — the default on our machines):
   - network: a fresh network namespace with no interfaces up; every connect fails,
     127.0.0.1 included;
-  - processes: a fresh pid namespace whose init (reward/_sandbox_init.py) is killed at the
-    end, which kills everything the program started; the program cannot see or signal
+  - processes: a fresh pid namespace whose init (reward/_sandbox_init.py) kills everything
+    a test started before the next test, and everything at the end; the program cannot see or signal
     host processes; an unprivileged uid of its own (so RLIMIT_NPROC applies, which root
     ignores) with no capabilities and no_new_privs;
-  - filesystem: a fresh tmpfs (size-limited, owned by the program's uid) is its working
-    directory /tmp; /root, /home, /run, /var/tmp, /dev/shm, /mnt, /srv, /opt, the
-    repository and the caller's cwd are hidden behind empty read-only tmpfs mounts (the
-    interpreter's prefix stays visible, read-only). Everything else stays readable under
-    ordinary Unix permissions, and writable nowhere (the uid owns nothing);
+  - filesystem: an allow-listed root. The program sees only the interpreter's prefix, /usr,
+    /bin, /sbin and /lib* (read-only binds of the host's), a minimal /etc (passwd, group,
+    ld.so.cache, localtime), /dev/{null,zero,full,random,urandom}, its own /proc and a
+    fresh tmpfs (size-limited, owned by its uid) as working directory /tmp. Every other
+    path (data, models, run directories, homes, shared mounts) does not exist for it;
+  - SysV IPC and hostname: namespaces of its own (its IPC objects die with it);
+  - lifetime: `unshare` runs under `setpriv --pdeathsig KILL`, so the sandbox dies with
+    the thread that started it (a reward worker killed mid-run leaves nothing running);
   - environment: only PATH, LANG, HOME=/tmp and PYTHONDONTWRITEBYTECODE reach the program;
   - limits: wall time (enforced here), CPU seconds, address space, processes, open files,
     file size, combined stdout+stderr size (enforced here; the run is killed past it).
@@ -42,7 +45,10 @@ from typing import Literal, Optional
 Status = Literal["ok", "timeout", "memory", "error", "killed", "output_limit"]
 INIT = Path(__file__).with_name("_sandbox_init.py")
 REPO = Path(__file__).resolve().parents[1]
-MASKS = ("/root", "/home", "/run", "/var/tmp", "/dev/shm", "/mnt", "/srv", "/opt", "/media")
+# The host paths a sandboxed program sees (read-only), besides the interpreter's prefix: the
+# system's programs and libraries. /etc only as a minimal copy; nothing else exists for it.
+SYSTEM_PATHS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc/ld.so.cache",
+                "/etc/localtime")
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
 # setpriv: `unshare` dies with the thread that started it (and with it init, by --kill-child,
 # and the program, by init's death), so a reward worker killed mid-run leaves nothing running.
@@ -148,21 +154,17 @@ def run_file(path: str | Path, stdin: str = "", limits: SandboxLimits = SandboxL
 
 def _spec(files: dict[str, str], stdins: list[str], limits: SandboxLimits, argv: list[str]) -> dict:
     python = _python()
-    prefix = os.path.realpath(sys.base_prefix)
-    # The repository's parent too: siblings of a checkout (other projects, shared notes).
-    extra = {str(REPO), str(REPO.parent), os.getcwd(), tempfile.gettempdir()}
-    masks = sorted(set(MASKS) | extra - {"/", WORK_DIR})
+    allow = [*SYSTEM_PATHS, os.path.realpath(sys.base_prefix), os.path.dirname(python)]
     return {
         "files": files, "uid": _next_uid(), "python": python, "argv": argv,
         "runs": [{"stdin": stdin, "timeout_s": limits.timeout_s} for stdin in stdins],
-        "env": ENV, "masks": [m for m in masks if not prefix.startswith(m.rstrip("/") + "/") or m in MASKS],
-        "keeps": [prefix], "work_mb": limits.work_mb, "max_output_bytes": limits.max_output_bytes,
+        "env": ENV, "allow": sorted(set(allow)), "work_mb": limits.work_mb,
+        "max_output_bytes": limits.max_output_bytes,
         "limits": {"memory_mb": limits.memory_mb, "cpu_s": limits.cpu_seconds, "max_processes": limits.max_processes,
                    "max_open_files": limits.max_open_files, "max_file_mb": limits.max_file_mb},
     }
 
 
-WORK_DIR = "/tmp"
 SETUP_GRACE_S = 10.0  # namespaces, mounts and tear-down around the runs' own limits
 
 

@@ -9,6 +9,8 @@ on the host); the honest solution must score 1. The reference's expected values 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -46,9 +48,21 @@ def test_corpus_has_attacks_and_an_honest_solution():
     assert scores.count(1.0) >= 1 and scores.count(0.0) >= 7
 
 
+@pytest.fixture(scope="module")
+def training_data_on_a_mount():
+    """The training rows, answers included, in a folder at the filesystem's root (as a shared
+    mount such as /data or /lustre would be): readable by anyone on the host."""
+    folder = Path(f"/tandem-redteam-data-{os.getpid()}")
+    folder.mkdir(mode=0o755)
+    (folder / "train.jsonl").write_text(json.dumps({"prompt": "write add", "answer": REFERENCE}) + "\n")
+    (folder / "train.jsonl").chmod(0o644)
+    yield folder
+    shutil.rmtree(folder)
+
+
 @needs_namespaces
 @pytest.mark.parametrize("solution", CORPUS, ids=[p.stem for p in CORPUS])
-def test_attack_scores_nothing_and_leaves_nothing(solution: Path):
+def test_attack_scores_nothing_and_leaves_nothing(solution: Path, training_data_on_a_mount):
     before = sysv_objects()
     score = VERIFIERS.get("code")(f"```python\n{solution.read_text()}\n```", REFERENCE)
     assert score == expected_score(solution), (solution.name, score)

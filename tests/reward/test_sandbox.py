@@ -98,7 +98,7 @@ def test_environment_and_filesystem_view():
     probe = """
 import json, os
 print(json.dumps({"env": sorted(os.environ), "uid": os.getuid(), "cwd": os.getcwd(), "pid": os.getpid(),
-                  "cwd_files": sorted(os.listdir(".")), "root": os.listdir("/root"),
+                  "cwd_files": sorted(os.listdir(".")), "root": os.listdir("/root"), "top": sorted(os.listdir("/")),
                   "repo": os.listdir(%r) if os.path.isdir(%r) else None, "net": sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").readlines()[2:])}))
 """ % (str(REPO), str(REPO))
     result = run_python(probe, files={"data.txt": "given"}, limits=LIMITS)
@@ -109,6 +109,10 @@ print(json.dumps({"env": sorted(os.environ), "uid": os.getuid(), "cwd": os.getcw
     assert seen["cwd_files"] == ["data.txt", "main.py"]  # an empty working directory plus what we gave it
     assert seen["repo"] in ([], None) and ".ssh" not in seen["root"]  # hidden (or its parent is)
     assert seen["net"] == ["lo"]  # a network namespace of its own, loopback down
+    # An allow-listed root: system folders, the interpreter's prefix (under /root here), nothing else.
+    prefix_top = os.path.realpath(sys.base_prefix).split("/")[1]
+    assert set(seen["top"]) <= {"usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32", "etc", "dev", "proc", "tmp",
+                                prefix_top}, seen["top"]
 
 
 def test_ok_program_gets_stdin_and_exit_code():
