@@ -65,7 +65,7 @@ def rollouts(pairs, salt: str) -> list[Rollout]:
 
 
 def per_worker(verifier: str, pairs, repeat: int = 1) -> dict:
-    worker = RewardWorker(RewardConfig(verifier=verifier, format_weight=0.0, timeout_s=30))
+    worker = RewardWorker(RewardConfig(verifier=verifier, format_weight=0.0, timeout_s=70))
     worker.score(rollouts(pairs[:2], "warm"))  # imports and lazy set-up out of the timing
     t0 = time.perf_counter()
     for k in range(repeat):
@@ -78,7 +78,7 @@ def per_worker(verifier: str, pairs, repeat: int = 1) -> dict:
 def pool_scaling(verifier: str, pairs, sizes) -> list[dict]:
     out = []
     for n in sizes:
-        pool = RewardPool(num_workers=n, verifier=verifier, format_weight=0.0, timeout_s=30, cache_size=0,
+        pool = RewardPool(num_workers=n, verifier=verifier, format_weight=0.0, timeout_s=70, cache_size=0,
                           batch_size=4)
         pool.score(rollouts(pairs[: 2 * n * 4], "warm"))  # every actor started and warm
         t0 = time.perf_counter()

@@ -30,6 +30,7 @@ def run(cfg: Config, log=print, resume: bool = False) -> RunSummary:
     learner_options(cfg)  # batch-shape errors surface before anything starts
     if cfg.run.mode == "rl":
         resolve_weight_transfer(cfg)  # a weight transfer that cannot run here, too
+        check_reward(cfg, log)
     prepare_model(cfg, log)
     inputs = prepare_inputs(cfg) if cfg.run.mode == "rl" else load_offline_data(cfg)
     if resume and cfg.run.mode != "rl":
@@ -40,6 +41,20 @@ def run(cfg: Config, log=print, resume: bool = False) -> RunSummary:
         if cfg.run.mode == "rl":
             return run_rl(cfg, *inputs, run_dir, log, checkpoint)
         return run_offline(cfg, inputs, run_dir, log)
+
+
+def check_reward(cfg: Config, log=print) -> None:
+    """The reward's files and sandbox on this machine, before Ray starts (its names, options and
+    budgets were checked when the config was parsed)."""
+    from reward.pool import check_paths
+    from reward.sandbox import SandboxError, require_isolation
+
+    try:
+        check_paths(cfg.reward)
+        if cfg.reward.uses_sandbox:
+            log(f"code verifier sandbox: isolation '{require_isolation(cfg.reward.allow_unisolated_sandbox)}'")
+    except (ValueError, SandboxError) as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def prepare_model(cfg: Config, log=print) -> None:

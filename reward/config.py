@@ -4,9 +4,12 @@ validated section itself and no mirror of its fields exists."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from typing import Any, Literal, Optional
+from urllib.parse import urlparse
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Names of components served by dedicated actors rather than registered verifiers.
 MODEL_COMPONENTS = ("reward_model", "judge")
@@ -38,6 +41,9 @@ class RewardConfig(BaseModel):
     verifier_options: dict[str, dict[str, Any]] = {}
     # Python modules every reward worker imports first, to register verifiers of your own.
     plugins: list[str] = []
+    # The code verifier refuses to run where the sandbox cannot make namespaces (not root, no
+    # unshare): its fallback limits resources but isolates nothing. True accepts that, knowingly.
+    allow_unisolated_sandbox: bool = False
     clip_min: Optional[float] = None
     clip_max: Optional[float] = None
     normalize: Literal["none", "running"] = "none"
@@ -58,6 +64,58 @@ class RewardConfig(BaseModel):
     judge_max_retries: int = Field(3, ge=0)
     judge_timeout_s: float = Field(30.0, gt=0)
 
+    @model_validator(mode="after")
+    def _check_components(self) -> "RewardConfig":
+        """Every named verifier exists (plugins imported), its options are its own, a reward model
+        or judge is pointed at, and the code verifier's tests fit in the per-sample timeout."""
+        for i, module in enumerate(self.plugins):
+            try:
+                importlib.import_module(module)
+            except Exception as exc:
+                raise ValueError(f"reward.plugins[{i}] '{module}' cannot be imported: {type(exc).__name__}: {exc}")
+        from reward.verifiers import VERIFIERS
+
+        if self.max_workers is not None and self.max_workers < self.num_workers:
+            raise ValueError(f"reward.max_workers ({self.max_workers}) < reward.num_workers ({self.num_workers})")
+        if self.clip_min is not None and self.clip_max is not None and self.clip_min > self.clip_max:
+            raise ValueError(f"reward.clip_min ({self.clip_min}) > reward.clip_max ({self.clip_max})")
+        weights = self.weights()
+        for name in weights:
+            if name not in MODEL_COMPONENTS and name not in VERIFIERS:
+                raise ValueError(f"reward: unknown verifier '{name}'; valid names: {', '.join(VERIFIERS.names())}, "
+                                 f"{', '.join(MODEL_COMPONENTS)}")
+        for name, options in self.verifier_options.items():
+            if name not in weights or name in MODEL_COMPONENTS:
+                raise ValueError(f"reward.verifier_options.{name}: '{name}' is not among this run's verifiers "
+                                 f"({', '.join(weights)})")
+            takes = list(inspect.signature(VERIFIERS.get(name)).parameters)[2:]
+            for key in options:
+                if key not in takes:
+                    raise ValueError(f"reward.verifier_options.{name}.{key}: {name} takes {', '.join(takes) or 'none'}")
+        if "reward_model" in weights and not self.reward_model_path:
+            raise ValueError("reward.components names reward_model but reward.reward_model_path is not set")
+        if "judge" in weights:
+            url = urlparse(self.judge_url or "")
+            if url.scheme not in ("http", "https") or not url.netloc:
+                raise ValueError(f"reward.components names judge but reward.judge_url {self.judge_url!r} is not an "
+                                 "http(s) URL (an OpenAI-compatible API's base, e.g. http://host:8000/v1)")
+        if "code" in weights:
+            self._check_code_budget()
+        return self
+
+    def _check_code_budget(self) -> None:
+        defaults = {k: p.default for k, p in inspect.signature(_code_verifier()).parameters.items()}
+        options = {**defaults, **self.verifier_options.get("code", {})}
+        worst = float(options["timeout_s"]) * int(options["max_tests"]) + 1.0
+        if self.timeout_s < worst:
+            raise ValueError(f"reward.timeout_s {self.timeout_s} s is shorter than the code verifier may need: "
+                             f"verifier_options.code.timeout_s {options['timeout_s']} s per test x max_tests "
+                             f"{options['max_tests']} + 1 s = {worst:g} s; raise reward.timeout_s or lower those")
+
+    @property
+    def uses_sandbox(self) -> bool:
+        return "code" in self.weights()
+
     def weights(self) -> dict[str, float]:
         """All weighted components: the correctness verifier, format, and the extras."""
         out = {self.verifier: 1.0}
@@ -66,3 +124,9 @@ class RewardConfig(BaseModel):
         for name, w in self.components.items():
             out[name] = out.get(name, 0.0) + w
         return out
+
+
+def _code_verifier():
+    from reward.verifiers import VERIFIERS
+
+    return VERIFIERS.get("code")

@@ -122,7 +122,7 @@ class RewardPool:
         self.max_restarts = max_restarts
         spec = spec if spec is not None else RewardConfig(**settings)
         self.spec = spec
-        _validate(spec)
+        check_paths(spec)
         self.weights = spec.weights()
         self._fingerprint = hashlib.sha256(json.dumps(
             [sorted(self.weights), spec.verifier_options, spec.reward_model_path, spec.judge_url, spec.judge_model],
@@ -439,20 +439,9 @@ def _actor_factory(cls, spec: RewardConfig, num_gpus: int = 0):
     return make
 
 
-def _validate(spec: RewardConfig) -> None:
-    """Errors name the config field (reward.<name>)."""
-    verifier_components(spec)  # unknown verifier names raise here, listing the valid ones
-    if spec.max_workers is not None and spec.max_workers < spec.num_workers:
-        raise ValueError(f"reward.max_workers ({spec.max_workers}) < reward.num_workers ({spec.num_workers})")
-    if "reward_model" in spec.weights() and not spec.reward_model_path:
-        raise ValueError("reward.components names 'reward_model' but reward.reward_model_path is not set")
-    if spec.reward_model_path and not os.path.isdir(spec.reward_model_path):
-        raise ValueError(f"reward.reward_model_path '{spec.reward_model_path}' is not a directory")
-    if "judge" in spec.weights() and not spec.judge_url:
-        raise ValueError("reward.components names 'judge' but reward.judge_url is not set")
-    if spec.clip_min is not None and spec.clip_max is not None and spec.clip_min > spec.clip_max:
-        raise ValueError(f"reward.clip_min ({spec.clip_min}) > reward.clip_max ({spec.clip_max})")
-    for name in spec.verifier_options:
-        if name not in spec.weights():
-            raise ValueError(f"reward.verifier_options names '{name}', which is not among the reward components "
-                             f"{sorted(spec.weights())}")
+def check_paths(spec: RewardConfig) -> None:
+    """What the config cannot check when it is parsed (names, options and budgets are checked
+    there, reward/config.py): the files it points at, on the machine that runs the pool."""
+    path = spec.reward_model_path
+    if "reward_model" in spec.weights() and not os.path.isfile(os.path.join(path, "config.json")):
+        raise ValueError(f"reward.reward_model_path '{path}' is not a Hugging Face checkpoint (no config.json)")

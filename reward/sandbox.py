@@ -109,6 +109,22 @@ def isolation_mode() -> str:
     return "namespaces" if probe.returncode == 0 else "rlimits"
 
 
+def require_isolation(allow_unisolated: bool) -> str:
+    """This machine's isolation mode; an error unless it is `namespaces` or the user accepted less
+    (reward.allow_unisolated_sandbox): the code verifier never downgrades silently."""
+    mode = isolation_mode()
+    if mode != "namespaces" and not allow_unisolated:
+        raise SandboxError("the code verifier's sandbox cannot make namespaces here (it needs root and util-linux's "
+                           "unshare and setpriv); its rlimits fallback isolates no network, processes or files. Run "
+                           "the reward workers as root, or set reward.allow_unisolated_sandbox: true to accept that")
+    return mode
+
+
+def sandbox_isolation(spec) -> Optional[str]:
+    """What summary.json records for a run's rewards (a RewardConfig): None without code to run."""
+    return isolation_mode() if spec.uses_sandbox else None
+
+
 def _next_uid() -> int:
     # Distinct uids per run (process id x counter) give each concurrent sandbox its own
     # RLIMIT_NPROC budget; a collision would only make two runs share one budget.

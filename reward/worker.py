@@ -39,6 +39,10 @@ class RewardWorker:
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # sympy/numpy must not spread over the cores
         self.spec = spec
         self.fns = verifier_components(spec)
+        if spec.uses_sandbox:  # on every node: a worker where namespaces fail refuses to score code
+            from reward.sandbox import require_isolation
+
+            require_isolation(spec.allow_unisolated_sandbox)
         self._pool = cf.ThreadPoolExecutor(max_workers=1)
         self._tainted = False
 

@@ -27,6 +27,7 @@ from cluster.weights import WeightSync
 from cluster.rl.scheduler import Scheduler
 from cluster.rl.streaming import Streaming
 from cluster.rl.timeslice import TimeSlice
+from reward.sandbox import sandbox_isolation
 from rollout.data import Prompt, PromptSource
 from rollout.types import GenerationRequest, SamplingParams
 from rollout.transfer.buckets import WeightSyncError
@@ -268,7 +269,8 @@ class Controller:
                             "bytes_per_update": self.weights.bytes_per_update,
                             # updates that landed while a generation call was running (partial rollouts)
                             "swaps_in_flight": sum(w["swaps_in_flight"] for w in self.roles.rollout.stats())},
-            "rewards": {"failures": int(t["reward_failures"]), **self.roles.reward.metrics().to_dict()},
+            "rewards": {"failures": int(t["reward_failures"]), **self.roles.reward.metrics().to_dict(),
+                        "sandbox_isolation": sandbox_isolation(self.cfg.reward)},
             "faults": self.faults(),
             "numerics": {"nonfinite_steps": self.guard.skipped, "guard": self.cfg.controller.guard.limits()},
             "throughput": {"samples_per_s": t["samples"] / busy, "tokens_per_s": t["tokens"] / busy,

@@ -209,5 +209,5 @@ def test_worker_times_out_slow_verifier_and_keeps_working():
 
 
 def test_unknown_verifier_lists_valid_names():
-    with pytest.raises(KeyError, match="valid names: .*arithmetic.*math"):
+    with pytest.raises(ValueError, match="unknown verifier .maths.; valid names: .*arithmetic.*math"):
         worker(verifier="maths")
