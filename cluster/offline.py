@@ -24,7 +24,8 @@ from cluster.config import Config, ConfigError
 from cluster.rundir import RunDir, RunSummary
 from cluster.runtime import ray_session
 from cluster.shapes import PAIRED_MODES, offline_learner_options
-from trainer.data import Keys, Renderer, load_pairs, load_sft
+from rollout.render import Renderer, save_rendering
+from trainer.data import Keys, load_pairs, load_sft
 from trainer.group import LearnerGroup
 from trainer.losses import AGGREGATIONS, loss_kind
 from trainer.batches import pack, packed_batch, pad_pairs, pair_batch, padded_batch
@@ -170,6 +171,7 @@ class OfflineData:
     evals: list
     dropped: int
     pad_id: int
+    renderer: Renderer  # how the rows were rendered: a reward model's export records it
 
 
 def load_offline_data(cfg: Config) -> OfflineData:
@@ -178,7 +180,8 @@ def load_offline_data(cfg: Config) -> OfflineData:
 
     d = cfg.data
     tok = AutoTokenizer.from_pretrained(cfg.model.path)
-    # Reward-model rows are scored as reward workers score them: prompt + response text, no EOS.
+    # Reward-model rows: prompt + response ids, no EOS; the export records this rendering and the
+    # reward-model worker renders what it scores the same way (rollout/render.py).
     renderer = Renderer(tok, d.chat_template, d.max_length, append_eos=cfg.run.mode != "reward_model")
     keys = Keys(d.prompt_key, d.completion_key, d.messages_key, d.chosen_key, d.rejected_key, d.margin_key)
     load = load_sft if cfg.run.mode == "sft" else load_pairs
@@ -187,7 +190,7 @@ def load_offline_data(cfg: Config) -> OfflineData:
     if not train or not evals:
         raise ConfigError(f"no usable {'train' if not train else 'eval'} examples within data.max_length={d.max_length}")
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    return OfflineData(train, evals[: cfg.offline.eval_size], dropped, pad)
+    return OfflineData(train, evals[: cfg.offline.eval_size], dropped, pad, renderer)
 
 
 def train_offline(cfg: Config, task: Task, run_dir: RunDir, log) -> dict:
@@ -242,6 +245,8 @@ def run_offline(cfg: Config, data: OfflineData, run_dir: RunDir, log=print) -> R
             record.update(train_offline(cfg, task, run_dir, log))
             if cfg.offline.save:
                 record["final_dir"] = group.save_hf(str(run_dir.final_dir))
+                if cfg.run.mode == "reward_model":
+                    save_rendering(data.renderer, record["final_dir"])
         finally:
             group.shutdown()
     record["status"] = "completed"

@@ -78,7 +78,7 @@ def prepare_inputs(cfg: Config) -> tuple[list[Prompt], list[Prompt]]:
     actor starts."""
     from transformers import AutoTokenizer
 
-    from trainer.data import Renderer
+    from rollout.render import Renderer
 
     keys = dict(prompt_key=cfg.data.prompt_key, answer_key=cfg.data.answer_key)
     renderer = Renderer(AutoTokenizer.from_pretrained(cfg.model.path), cfg.data.chat_template)

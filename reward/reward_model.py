@@ -1,5 +1,10 @@
 """Reward-model worker: a Hugging Face sequence-classification checkpoint (local path),
-scoring prompt + response in batches on CPU or GPU."""
+scoring prompt + response in batches on CPU or GPU.
+
+A reward model scores what it was trained on: the prompt and the response are rendered to ids
+the way its training rendered them (rollout/render.py: the chat template, a user turn and the
+assistant's answer, when its training used one, as recorded beside a Tandem export; the
+tokenizer's own template otherwise), then right-padded as the learners padded them."""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import os
 import time
 
 from reward.config import RewardConfig
+from rollout.render import Renderer, load_rendering
 from reward.types import ComponentScore
 from reward.types import WorkerReply
 from rollout.types import Rollout
@@ -35,16 +41,27 @@ class RewardModelScorer:
                              f"a scalar reward head (num_labels=1) is required")
         # The classifier reads the last non-padding token; it must know which id pads.
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        trained = load_rendering(path)
+        self.renderer = Renderer(self.tokenizer, trained.get("chat_template"), trained.get("max_length", max_length),
+                                 append_eos=False)
+
+    def ids(self, prompt: str, response: str) -> list[int]:
+        """prompt + response as the reward model's training rendered them (truncated the same way)."""
+        p = self.renderer.prompt_ids(prompt, "reward-model input")
+        return (p + self.renderer.completion_ids(prompt, response))[: self.renderer.max_length]
 
     def score_texts(self, prompts: list[str], responses: list[str]) -> list[float]:
         """Scalar reward of each prompt+response, `batch_size` sequences per forward."""
-        out: list[float] = []
+        torch, out = self.torch, []
         for i in range(0, len(prompts), self.batch_size):
-            texts = [p + r for p, r in zip(prompts[i:i + self.batch_size], responses[i:i + self.batch_size])]
-            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                                 return_tensors="pt").to(self.device)
-            with self.torch.inference_mode():
-                logits = self.model(**enc).logits  # [B, 1]
+            rows = [self.ids(p, r) for p, r in zip(prompts[i:i + self.batch_size], responses[i:i + self.batch_size])]
+            width = max(len(r) for r in rows)
+            ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            for j, r in enumerate(rows):  # right padding, as the learners' batches
+                ids[j, :len(r)], mask[j, :len(r)] = torch.tensor(r), 1
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             out.extend(logits[:, 0].float().cpu().tolist())
         return out
 

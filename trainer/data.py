@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from rollout.data import DataError, read_jsonl
+from rollout.render import Renderer, as_messages, as_text
 
 
 @dataclass(frozen=True)
@@ -91,84 +92,6 @@ def _where(path: Path, index: int, row: dict) -> str:
     return row.pop("__where__", None) or f"{path}: row {index + 1}"
 
 
-class Renderer:
-    """Text -> token ids, with the tokenizer's chat template when there is one to use."""
-
-    def __init__(self, tokenizer, chat_template: Optional[bool] = None, max_length: int = 1024,
-                 append_eos: bool = True):
-        has = bool(getattr(tokenizer, "chat_template", None))
-        if chat_template and not has:
-            raise DataError("data.chat_template is true but the tokenizer has no chat template")
-        self.tok, self.templated = tokenizer, has if chat_template is None else chat_template
-        self.max_length, self.append_eos = max_length, append_eos
-
-    def _template(self, messages: list[dict], generation_prompt: bool) -> str:
-        return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
-
-    def _ids(self, text: str, specials: bool = False) -> list[int]:
-        return list(self.tok(text, add_special_tokens=specials)["input_ids"])
-
-    def prompt_ids(self, prompt: Any, where: str) -> list[int]:
-        messages = _messages(prompt, where, "prompt") if isinstance(prompt, list) else None
-        if not self.templated:
-            if messages is not None:
-                raise DataError(f"{where}: the prompt is a message list but the tokenizer has no chat template")
-            return self._ids(_text(prompt, where, "prompt"), specials=True)
-        messages = messages or [{"role": "user", "content": _text(prompt, where, "prompt")}]
-        return self._ids(self._template(messages, True))
-
-    def completion_ids(self, prompt: Any, completion: str) -> list[int]:
-        """The completion's ids; with a template, its rendering after the prompt (end-of-turn included)."""
-        if not self.templated:
-            eos = [self.tok.eos_token_id] if self.append_eos else []
-            return self._ids(completion) + eos
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
-        head = self._template(messages, True)
-        full = self._template([*messages, {"role": "assistant", "content": completion}], False)
-        tail = full[len(head):] if full.startswith(head) else completion + (self.tok.eos_token or "")
-        return self._ids(tail)
-
-    def conversation(self, messages: list[dict], where: str) -> Example:
-        """A multi-turn chat: every assistant turn trains, the rest is context."""
-        if not self.templated:
-            raise DataError(f"{where}: a 'messages' row needs a tokenizer with a chat template")
-        pieces, done = [], ""
-        for i, m in enumerate(messages):
-            if m["role"] != "assistant":
-                continue
-            head, full = self._template(messages[:i], True), self._template(messages[: i + 1], False)
-            if not (head.startswith(done) and full.startswith(head)):
-                raise DataError(f"{where}: the chat template does not render turn {i} as an extension of the "
-                                "turns before it; cannot tell which tokens are the assistant's")
-            pieces += [(head[len(done):], False), (full[len(head):], True)]
-            done = full
-        if not any(trains for _, trains in pieces):
-            raise DataError(f"{where}: no assistant message to train on")
-        ids, trains = [], []
-        for text, t in pieces:
-            part = self._ids(text)
-            ids += part
-            trains += [t] * len(part)
-        return Example(tuple(ids[: self.max_length]), tuple(trains[: self.max_length]))
-
-
-def _text(value: Any, where: str, key: str) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str):
-        raise DataError(f"{where}: '{key}' must be a string or a message list, got {type(value).__name__}")
-    return value
-
-
-def _messages(value: Any, where: str, key: str) -> list[dict]:
-    for i, m in enumerate(value):
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise DataError(f"{where}: '{key}'[{i}] must be a {{role, content}} message with string values")
-    if not value:
-        raise DataError(f"{where}: '{key}' is an empty message list")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
-
-
 def _require(row: dict, key: str, where: str) -> Any:
     if key not in row or row[key] is None:
         raise DataError(f"{where}: missing key '{key}' (keys: {sorted(k for k in row if k != '__where__')})")
@@ -178,8 +101,8 @@ def _require(row: dict, key: str, where: str) -> Any:
 def _split_answer(value: Any, prompt: Any, where: str, key: str) -> tuple[Any, str]:
     """(prompt, answer text) from a string answer or a conversation ending with the answer."""
     if not isinstance(value, list):
-        return prompt, _text(value, where, key)
-    messages = _messages(value, where, key)
+        return prompt, as_text(value, where, key)
+    messages = as_messages(value, where, key)
     if messages[-1]["role"] != "assistant":
         raise DataError(f"{where}: '{key}' must end with an assistant message, ends with '{messages[-1]['role']}'")
     return (messages[:-1] if prompt is None and len(messages) > 1 else prompt), messages[-1]["content"]
@@ -191,11 +114,11 @@ def load_sft(path: str | Path, renderer: Renderer, keys: Keys = Keys()) -> tuple
     for index, row in enumerate(read_rows(path)):
         where = _where(Path(path), index, row)
         if keys.messages in row and keys.prompt not in row:
-            out.append(renderer.conversation(_messages(_require(row, keys.messages, where), where, keys.messages),
-                                             where))
+            messages = as_messages(_require(row, keys.messages, where), where, keys.messages)
+            out.append(Example(*renderer.conversation(messages, where)))
             continue
         prompt = _require(row, keys.prompt, where)
-        completion = _text(_require(row, keys.completion, where), where, keys.completion)
+        completion = as_text(_require(row, keys.completion, where), where, keys.completion)
         p = renderer.prompt_ids(prompt, where)
         if len(p) >= renderer.max_length:
             dropped += 1

@@ -66,6 +66,42 @@ def test_pool_composes_reward_model_scores(ray_session, reward_model_dir):
     assert dict(res[0].components)["reward_model"] == pytest.approx(rm[0], abs=1e-5)
 
 
+def test_reward_model_scores_what_its_training_rendered(reward_model_dir, tmp_path):
+    """With a chat template, reward-model training renders a pair as the template's user turn and
+    assistant answer (trainer/data.py load_pairs); the worker renders what it scores the same way
+    (recorded beside a Tandem export), not as raw prompt + response text."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer
+
+    from rollout.render import Renderer, save_rendering
+    from trainer.data import load_pairs
+
+    path = tmp_path / "chat-rm"
+    shutil.copytree(reward_model_dir, path)
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.chat_template = ("{% for m in messages %}<{{ m['role'][0] }}>{{ m['content'] }}#{% endfor %}"
+                         "{% if add_generation_prompt %}<a>{% endif %}")
+    tok.save_pretrained(path)
+    rows = tmp_path / "pairs.jsonl"
+    rows.write_text(json.dumps({"prompt": "12+30=", "chosen": "42", "rejected": "41"}) + "\n")
+    trained = Renderer(tok, None, 64, append_eos=False)
+    (pair,), _ = load_pairs(rows, trained)
+    save_rendering(trained, path)
+
+    scorer = RewardModelScorer(str(path))
+    assert scorer.ids("12+30=", "42") == list(pair.prompt_ids + pair.chosen_ids)
+    assert scorer.ids("12+30=", "42") != tok("12+30=42")["input_ids"]  # raw text is not what it learned
+    with torch.inference_mode():
+        want = scorer.model(input_ids=torch.tensor([pair.prompt_ids + pair.rejected_ids])).logits[0, 0].item()
+    assert scorer.score_texts(["12+30="], ["41"]) == pytest.approx([want], abs=1e-6)
+    # Trained without the template (data.chat_template: false), it is scored without it too.
+    save_rendering(Renderer(tok, False, 64, append_eos=False), path)
+    plain = RewardModelScorer(str(path))
+    assert plain.ids("12+30=", "42") == tok("12+30=")["input_ids"] + tok("42", add_special_tokens=False)["input_ids"]
+
+
 class Judge(BaseHTTPRequestHandler):
     """OpenAI-style chat completions: 'Score: 10' when the response contains the reference,
     else 'Score: 3'; the first `fail_first` requests get HTTP 503."""

@@ -7,7 +7,8 @@ import pytest
 
 from rollout.data import DataError
 from trainer.bootstrap import arithmetic_pairs
-from trainer.data import Keys, Renderer, load_pairs, load_sft, read_rows
+from rollout.render import Renderer
+from trainer.data import Keys, load_pairs, load_sft, read_rows
 
 ROWS = [{"prompt": "12+34=", "chosen": "46", "rejected": "4"}, {"prompt": "1+2=", "chosen": "3", "rejected": "35"}]
 # A tiny ChatML-like template; the char tokenizer maps letters to <unk>, which is fine for spans.
