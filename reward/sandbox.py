@@ -26,7 +26,6 @@ processes. `isolation_mode()` says which applies; every result records it.
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import selectors
@@ -37,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from pathlib import Path
@@ -55,8 +55,10 @@ ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": "/tmp"
 # -n -p -i -u -m: network, pids, SysV IPC (its objects die with the namespace), hostname, mounts.
 UNSHARE = ["setpriv", "--pdeathsig", "KILL", "unshare", "-n", "-p", "-i", "-u", "-f", "--mount-proc"]
 UID_BASE = 100_000_000  # sandbox uids live far above any real account
-_uid_counter = itertools.count()
+UID_SLOTS = 256  # sandboxes one process may run at once (one per thread that scores code)
+PID_LIMIT = 1 << 22  # the kernel's largest pid_max (PID_MAX_LIMIT)
 _uid_lock = threading.Lock()
+_uid_slots: set[int] = set()
 
 
 class SandboxError(RuntimeError):
@@ -125,12 +127,24 @@ def sandbox_isolation(spec) -> Optional[str]:
     return isolation_mode() if spec.uses_sandbox else None
 
 
-def _next_uid() -> int:
-    # Distinct uids per run (process id x counter) give each concurrent sandbox its own
-    # RLIMIT_NPROC budget; a collision would only make two runs share one budget.
+@contextmanager
+def _sandbox_uid():
+    """A uid no other live sandbox on this host holds: the process id (unique among live
+    processes) times UID_SLOTS plus a slot this process holds for the run. Reusing a uid after a
+    run is safe: nothing owned by it outlives its sandbox (pid, IPC and mount namespaces die).
+    Processes in different pid namespaces on one kernel (containers) can share a pid, so their
+    sandboxes can share a uid: they still see nothing of each other (separate pid namespaces)
+    but share one RLIMIT_NPROC budget."""
     with _uid_lock:
-        n = next(_uid_counter)
-    return UID_BASE + (os.getpid() * 4096 + n % 4096) % (1 << 24)
+        slot = next((i for i in range(UID_SLOTS) if i not in _uid_slots), None)
+        if slot is None:
+            raise SandboxError(f"more than {UID_SLOTS} sandboxes at once in one process")
+        _uid_slots.add(slot)
+    try:
+        yield UID_BASE + (os.getpid() % PID_LIMIT) * UID_SLOTS + slot
+    finally:
+        with _uid_lock:
+            _uid_slots.discard(slot)
 
 
 def _python() -> str:
@@ -168,11 +182,11 @@ def run_file(path: str | Path, stdin: str = "", limits: SandboxLimits = SandboxL
     return run_python(Path(path).read_text(), stdin=stdin, limits=limits)
 
 
-def _spec(files: dict[str, str], stdins: list[str], limits: SandboxLimits, argv: list[str]) -> dict:
+def _spec(files: dict[str, str], stdins: list[str], limits: SandboxLimits, argv: list[str], uid: int) -> dict:
     python = _python()
     allow = [*SYSTEM_PATHS, os.path.realpath(sys.base_prefix), os.path.dirname(python)]
     return {
-        "files": files, "uid": _next_uid(), "python": python, "argv": argv,
+        "files": files, "uid": uid, "python": python, "argv": argv,
         "runs": [{"stdin": stdin, "timeout_s": limits.timeout_s} for stdin in stdins],
         "env": ENV, "allow": sorted(set(allow)), "work_mb": limits.work_mb,
         "max_output_bytes": limits.max_output_bytes,
@@ -186,7 +200,11 @@ SETUP_GRACE_S = 10.0  # namespaces, mounts and tear-down around the runs' own li
 
 def _run_namespaced(files: dict[str, str], stdins: list[str], limits: SandboxLimits,
                     argv: list[str]) -> list[SandboxResult]:
-    spec = json.dumps(_spec(files, stdins, limits, argv)).encode()
+    with _sandbox_uid() as uid:
+        return _run_spec(json.dumps(_spec(files, stdins, limits, argv, uid)).encode(), stdins, limits)
+
+
+def _run_spec(spec: bytes, stdins: list[str], limits: SandboxLimits) -> list[SandboxResult]:
     status_r, status_w = os.pipe()
     cmd = [*UNSHARE, "--kill-child=SIGKILL", _python(), "-I", "-S", str(INIT), str(status_w)]
     proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

@@ -147,3 +147,20 @@ def test_cli_prints_a_json_verdict(tmp_path):
 def test_signal_numbers_are_reported():
     result = run_python("import os, signal\nos.kill(os.getpid(), signal.SIGTERM)", limits=LIMITS)
     assert (result.status, result.signal, result.exit_code) == ("killed", signal.SIGTERM, None)
+
+
+@needs_namespaces
+def test_concurrent_sandboxes_never_share_a_uid():
+    """Four threads of one process run sandboxes at once, twice: each run's uid differs from every
+    other run alive at the same time, and all are sandbox uids of this process's range."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from reward.sandbox import UID_SLOTS
+
+    probe = "import os, time\nprint(os.getuid(), flush=True)\ntime.sleep(0.5)"
+    with ThreadPoolExecutor(4) as pool:
+        for _ in range(2):
+            uids = [int(r.stdout) for r in pool.map(lambda _: run_python(probe, limits=LIMITS), range(4))]
+            assert len(set(uids)) == 4, uids
+            base = UID_BASE + os.getpid() * UID_SLOTS
+            assert all(base <= u < base + UID_SLOTS for u in uids), uids
