@@ -27,6 +27,7 @@ processes. `isolation_mode()` says which applies; every result records it.
 from __future__ import annotations
 
 import json
+import marshal
 import os
 import selectors
 import shutil
@@ -201,7 +202,7 @@ SETUP_GRACE_S = 10.0  # namespaces, mounts and tear-down around the runs' own li
 def _run_namespaced(files: dict[str, str], stdins: list[str], limits: SandboxLimits,
                     argv: list[str]) -> list[SandboxResult]:
     with _sandbox_uid() as uid:
-        return _run_spec(json.dumps(_spec(files, stdins, limits, argv, uid)).encode(), stdins, limits)
+        return _run_spec(marshal.dumps(_spec(files, stdins, limits, argv, uid)), stdins, limits)
 
 
 def _run_spec(spec: bytes, stdins: list[str], limits: SandboxLimits) -> list[SandboxResult]:
@@ -218,7 +219,7 @@ def _run_spec(spec: bytes, stdins: list[str], limits: SandboxLimits) -> list[San
     # Each run's limits are enforced inside by init; this deadline only catches a stuck init.
     deadline = len(stdins) * (limits.timeout_s + 1.0) + SETUP_GRACE_S
     _, err, status_raw, cut = _collect(proc, status_r, deadline)
-    report = json.loads(status_raw) if status_raw else {}
+    report = marshal.loads(status_raw) if status_raw else {}
     if "setup_error" in report:
         raise SandboxError(f"sandbox set-up failed: {report['setup_error']}")
     if cut or len(report.get("runs", ())) != len(stdins):
