@@ -120,10 +120,77 @@ def exec_program(spec, stdin_fd, out_w, err_w):
             hard = value + 1 if res == resource.RLIMIT_CPU else value
             resource.setrlimit(res, (value, hard))
         os.chdir(WORK)
+        if spec["in_process"]:
+            os._exit(run_main(os.path.join(WORK, "main.py"), spec["env"]))
         os.execve(spec["python"], [spec["python"], *spec["argv"]], spec["env"])
     except BaseException as exc:  # noqa: BLE001 - report, never fall back into init's code
         os.write(2, f"sandbox: cannot start the program: {exc}\n".encode())
     os._exit(126)
+
+
+def run_main(path, env):
+    """`python -I -S main.py` inside this forked child, which already is such an interpreter
+    (this init runs with -I -S): 3 ms a test instead of 8 for a fresh one. What the program
+    sees is what a fresh interpreter would give it — a new __main__ module, the environment,
+    argv, UTF-8 standard streams; its non-daemon threads joined and atexit handlers run at
+    the end; the exit status of SystemExit or 1 with a traceback — plus the few standard
+    modules init had imported (nothing of the host: init holds only this sample's inputs).
+    Returns the exit status."""
+    import io
+    import types
+
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv = [path]
+    sys.stdin = io.TextIOWrapper(io.FileIO(0, "r", closefd=False), "utf-8", "surrogateescape")
+    sys.stdout = io.TextIOWrapper(io.FileIO(1, "w", closefd=False), "utf-8", "surrogateescape")
+    sys.stderr = io.TextIOWrapper(io.FileIO(2, "w", closefd=False), "utf-8", "backslashreplace", line_buffering=True)
+    main = types.ModuleType("__main__")
+    main.__file__, main.__builtins__ = path, __builtins__
+    sys.modules["__main__"] = main
+    try:
+        with open(path) as f:
+            code = compile(f.read(), path, "exec")
+        exec(code, main.__dict__)
+        status = 0
+    except SystemExit as exc:
+        status = exit_status(exc.code)
+    except BaseException as exc:  # noqa: BLE001 - what the interpreter would print (without this frame)
+        import traceback
+
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next)
+        status = 1
+    return finish(status)
+
+
+def exit_status(code):
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code & 0xFF
+    print(code, file=sys.stderr)
+    return 1
+
+
+def finish(status):
+    """What an interpreter does on the way out: join threads, run atexit, flush the streams."""
+    try:
+        threading = sys.modules.get("threading")
+        if threading is not None:
+            threading._shutdown()
+        import atexit
+
+        atexit._run_exitfuncs()
+    except SystemExit as exc:
+        status = exit_status(exc.code)
+    except BaseException:  # noqa: BLE001
+        status = status or 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except BaseException:  # noqa: BLE001 - a closed or broken stream: nothing more to say
+            status = status or 120
+    return status
 
 
 def collect(pid, out_r, err_r, timeout_s, max_output):

@@ -188,6 +188,9 @@ def _spec(files: dict[str, str], stdins: list[str], limits: SandboxLimits, argv:
     allow = [*SYSTEM_PATHS, os.path.realpath(sys.base_prefix), os.path.dirname(python)]
     return {
         "files": files, "uid": uid, "python": python, "argv": argv,
+        # The standard library only: the program runs in a fork of the sandbox's init (an
+        # interpreter started the same way), not a fresh one (reward/_sandbox_init.py run_main).
+        "in_process": "-S" in argv,
         "runs": [{"stdin": stdin, "timeout_s": limits.timeout_s} for stdin in stdins],
         "env": ENV, "allow": sorted(set(allow)), "work_mb": limits.work_mb,
         "max_output_bytes": limits.max_output_bytes,
