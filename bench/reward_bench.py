@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,23 +39,40 @@ ADD = "```python\ndef add(a, b):\n    return a + b\n```"
 ADD_ASSERTS = json.dumps({"asserts": [f"assert add({i}, {i + 1}) == {2 * i + 1}" for i in range(3)]})
 
 
+LEGACY_COMMIT = "91a3729"  # the code verifier before the 2026-12-07 rework: one sandbox per stdin/stdout test
+
+
 def legacy_code(pairs) -> dict:
-    """The code verifier as it was before 2026-12-07, for the ratio: one sandbox per stdin/stdout test,
-    the program started with the interpreter's site hooks (`python -I`)."""
+    """The code verifier as it was at LEGACY_COMMIT, for the ratio: its sandbox (reward/sandbox.py and
+    reward/_sandbox_init.py taken from git) started once per stdin/stdout test, `python -I`."""
+    import importlib.util
+    import tempfile
+
     from reward.extract import code_block
-    from reward.sandbox import SandboxLimits, run_python
+
+    root = Path(__file__).resolve().parents[1]
+    folder = Path(tempfile.mkdtemp(prefix="tandem-legacy-sandbox-"))
+    for name in ("sandbox.py", "_sandbox_init.py"):
+        text = subprocess.run(["git", "-C", str(root), "show", f"{LEGACY_COMMIT}:reward/{name}"], check=True,
+                              capture_output=True, text=True).stdout
+        (folder / name).write_text(text)
+    spec = importlib.util.spec_from_file_location("legacy_sandbox", folder / "sandbox.py")
+    old = sys.modules["legacy_sandbox"] = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old)
 
     def score(response, answer):
         cases = json.loads(answer)["tests"]
-        runs = [run_python(code_block(response), stdin=c["input"], limits=SandboxLimits(), site_packages=True)
-                for c in cases]
+        runs = [old.run_python(code_block(response), stdin=c["input"], limits=old.SandboxLimits()) for c in cases]
         return sum(r.status == "ok" and r.stdout.strip() == c["output"].strip() for r, c in zip(runs, cases))
 
-    score(*pairs[0])
-    t0 = time.perf_counter()
-    assert all(score(r, a) == 3 for r, a in pairs)
-    wall = time.perf_counter() - t0
-    return {"samples": len(pairs), "wall_s": wall, "samples_per_s": len(pairs) / wall}
+    try:
+        score(*pairs[0])
+        t0 = time.perf_counter()
+        assert all(score(r, a) == 3 for r, a in pairs)
+        wall = time.perf_counter() - t0
+    finally:
+        shutil.rmtree(folder)  # its init ran from this folder
+    return {"samples": len(pairs), "wall_s": wall, "samples_per_s": len(pairs) / wall, "commit": LEGACY_COMMIT}
 
 
 def rollouts(pairs, salt: str) -> list[Rollout]:
@@ -122,16 +140,16 @@ def markdown(r: dict) -> str:
     c = r["code"]
     lines += [f"| code verifier, 3 asserts (call-based), 1 worker in-process | "
               f"{c['asserts_per_worker']['samples_per_s']:.1f} samples/s |",
-              f"| code verifier as before 2026-12-07 (one sandbox per test), 1 worker | "
+              f"| code verifier at {c['legacy_per_worker']['commit']} (one sandbox per test), 1 worker | "
               f"{c['legacy_per_worker']['samples_per_s']:.1f} samples/s |",
               f"| speed-up of the code verifier over the old one (stdin/stdout tests) | "
               f"{c['per_worker']['samples_per_s'] / c['legacy_per_worker']['samples_per_s']:.1f}x |"]
     s = r["sandbox"]
     lines += [f"| sandbox run of `pass` (p50 / p90) | {s['sandbox_p50_s'] * 1e3:.0f} / {s['sandbox_p90_s'] * 1e3:.0f} ms |",
-              f"| bare `python -I -S -c pass` (p50) | {s['bare_python_p50_s'] * 1e3:.0f} ms |",
-              f"| sandbox overhead per run (p50) | {s['overhead_p50_s'] * 1e3:.0f} ms |", "",
-              "A code sample runs 3 stdin/stdout tests (one process each, all in one sandbox) unless it says "
-              "asserts (one process calls the function 3 times; the checker compares outside).", ""]
+              f"| bare `python -I -S -c pass` (p50), for scale | {s['bare_python_p50_s'] * 1e3:.0f} ms |", "",
+              "A code sample runs 3 stdin/stdout tests (one process each, in the worker thread's long-lived "
+              "sandbox) unless it says asserts (one process calls the function 3 times; the checker compares "
+              f"outside). The old verifier is {LEGACY_COMMIT}'s sandbox, run from git in the same process.", ""]
     return "\n".join(lines)
 
 
@@ -142,7 +160,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
     args = ap.parse_args()
     sizes = [1, 2] if (os.cpu_count() or 1) <= 2 else [1, 2, 4]
-    code_pairs = [(CODE, CODE_TESTS)] * (8 if args.quick else 24)
+    code_pairs = [(CODE, CODE_TESTS)] * (8 if args.quick else 96)
     math_pairs = MATH[:24] if args.quick else MATH
     ray.init(address="local", num_cpus=max(sizes), include_dashboard=False, _node_ip_address="127.0.0.1",
              log_to_driver=False)

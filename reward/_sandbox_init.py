@@ -1,35 +1,45 @@
-"""Process 1 of a sandbox: runs as root inside fresh network, pid and mount namespaces.
+"""Process 1 of a sandbox: a server, as root inside fresh network, pid and mount namespaces.
 
-Started by reward/sandbox.py as `unshare -n -p -f --mount-proc python -I -S THIS STATUS_FD`,
-with its spec on stdin. Standard library only (it runs with -I -S, outside the venv). Spec and
-report travel in `marshal` format (the same interpreter writes and reads them; importing `json`
-here would cost 5 of a short sample's 50 ms).
+Started by reward/sandbox.py as `unshare -n -p -i -u -f --mount-proc python -I -S THIS STATUS_FD`.
+Standard library only (it runs with -I -S, outside the venv). Messages are framed (8-byte
+length, then `marshal`: the same interpreter writes and reads them; importing `json` here
+would cost 5 ms a sandbox): the set-up and then one request per sample arrive on stdin, one
+reply per message leaves on STATUS_FD.
 
-It (1) builds a fresh root that holds only the allow-listed host paths (the interpreter's
-prefix, /usr, /lib*, /bin), read-only, a minimal /etc and /dev, its own /proc and a fresh
-size-limited tmpfs owned by the sandbox uid as the working directory /tmp, and chroots
-into it; (2) writes the program's files there; (3) for each run of the spec (one per test: the same program with
-its own stdin), forks the program, which drops to an unprivileged uid with rlimits and
-no_new_privs before exec, collects its stdout and stderr under the run's wall-time and
-output limits, and then SIGKILLs everything left in the namespace and reaps it, so no run
-inherits another's processes; (4) reports every run's wait status and output on STATUS_FD
-and exits, and its exit as pid 1 makes the kernel SIGKILL anything still there. One
-namespace set-up serves all the runs of a sample: that set-up, not the program, is most of
-a short test's cost.
+Set-up: a fresh root that holds only the allow-listed host paths (the interpreter's prefix,
+/usr, /lib*, /bin) read-only, a minimal /etc and /dev and its own /proc; this process
+chroots into it and waits for requests.
+
+Each request (a sample: files and one run per test) is served by a child forked *before* the
+request is read, so this long-lived process never holds a sample's code, inputs or outputs
+that a later sample's program (forked from memory like it) could find. The child takes a
+mount and an IPC namespace of its own (a fresh size-limited tmpfs owned by the sample's uid
+as working directory /tmp; SysV objects die with it), writes the files, and for each run
+forks the program, which drops to the unprivileged uid with rlimits and no_new_privs and
+runs `main.py` (in-process: see run_main), collects its stdout and stderr under the run's
+wall-time and output limits, then SIGKILLs every process in the namespace but this server
+and itself, and reaps them; so no run inherits another's processes. The child replies and
+exits; its namespaces go with it. When stdin closes, or its starter dies (unshare's
+--kill-child), this process exits, and as pid 1 takes everything left with it.
 """
 
+import array
 import ctypes
+import fcntl
 import marshal
 import os
 import resource
 import selectors
 import signal
 import sys
+import termios
 import time
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC = 1, 2, 4, 8, 32, 4096, 16384
 MS_PRIVATE = 1 << 18
-PR_SET_NO_NEW_PRIVS = 38
+MNT_DETACH = 2
+PR_SET_NO_NEW_PRIVS, PR_SET_CHILD_SUBREAPER = 38, 36
+CLONE_NEWNS, CLONE_NEWIPC = 0x00020000, 0x08000000
 WORK = "/tmp"  # the working directory, inside the new root
 ROOT = "/tmp"  # where the new root is built (the host's /tmp, covered by it in this namespace)
 
@@ -47,7 +57,6 @@ def build_root(spec):
     """A fresh root holding only the allow-listed paths (read-only binds of the host's), a
     minimal /etc and /dev, a fresh /proc and the working directory; init then chroots into it.
     Every other host path (data, models, runs, homes, shared mounts) does not exist there."""
-    uid = spec["uid"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)  # nothing below propagates back to the host
     mount("tmpfs", ROOT, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
     for path in spec["allow"]:
@@ -58,15 +67,14 @@ def build_root(spec):
             bind_readonly(path, ROOT + path)
     os.makedirs(ROOT + "/etc", exist_ok=True)
     with open(ROOT + "/etc/passwd", "w") as f:
-        f.write(f"root:x:0:0::/:/bin/false\nsandbox:x:{uid}:{uid}::/tmp:/bin/false\n")
+        f.write("root:x:0:0::/:/bin/false\n")
     with open(ROOT + "/etc/group", "w") as f:
-        f.write(f"root:x:0:\nsandbox:x:{uid}:\n")
+        f.write("root:x:0:\n")
     for dev in ("null", "zero", "full", "random", "urandom"):
         bind_readonly("/dev/" + dev, ROOT + "/dev/" + dev, writable=dev in ("null", "full"))
     os.makedirs(ROOT + "/proc")
     mount("proc", ROOT + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
-    os.makedirs(ROOT + WORK)
-    mount("tmpfs", ROOT + WORK, "tmpfs", MS_NOSUID | MS_NODEV, f"size={spec['work_mb']}m,mode=700,uid={uid},gid={uid}")
+    os.makedirs(ROOT + WORK)  # each request mounts its own working directory here
     mount(None, ROOT, None, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "size=1m,mode=755")
     os.chroot(ROOT)
     os.chdir("/")
@@ -83,7 +91,11 @@ def bind_readonly(source, target, writable=False):
 
 
 def prepare_workdir(spec):
+    """A namespace of mounts and SysV IPC for this request alone, its working directory in it."""
+    if libc.unshare(CLONE_NEWNS | CLONE_NEWIPC) != 0:
+        raise OSError(ctypes.get_errno(), "unshare(CLONE_NEWNS | CLONE_NEWIPC)")
     uid = spec["uid"]
+    mount("tmpfs", WORK, "tmpfs", MS_NOSUID | MS_NODEV, f"size={spec['work_mb']}m,mode=700,uid={uid},gid={uid}")
     for name, text in spec["files"].items():
         path = os.path.join(WORK, name)
         with open(path, "w") as f:
@@ -112,6 +124,7 @@ def exec_program(spec, stdin_fd, out_w, err_w):
         os.setgid(uid)
         os.setuid(uid)  # all capabilities go with root; the uid owns nothing outside WORK
         libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid binaries cannot give them back
+        deny_keyrings()
         for res, value in ((resource.RLIMIT_AS, lim["memory_mb"] << 20), (resource.RLIMIT_CPU, lim["cpu_s"]),
                            (resource.RLIMIT_NPROC, lim["max_processes"]), (resource.RLIMIT_CORE, 0),
                            (resource.RLIMIT_NOFILE, lim["max_open_files"]),
@@ -126,6 +139,40 @@ def exec_program(spec, stdin_fd, out_w, err_w):
     except BaseException as exc:  # noqa: BLE001 - report, never fall back into init's code
         os.write(2, f"sandbox: cannot start the program: {exc}\n".encode())
     os._exit(126)
+
+
+# The kernel keeps a uid's keyrings after its processes die, so a program could leave data
+# there for a later sample run under the same uid: add_key, request_key and keyctl fail with
+# EPERM (a seccomp filter). Syscall numbers per architecture (AUDIT_ARCH_*).
+KEYRING_SYSCALLS = {0xC000003E: (248, 249, 250), 0xC00000B7: (217, 218, 219)}  # x86_64, aarch64
+X32_BIT = 0x40000000
+
+
+def deny_keyrings():
+    """Install a seccomp filter: the keyring syscalls (and x32-ABI calls, which would dodge the
+    numbers) return EPERM; everything else is allowed. Needs no_new_privs, set just before."""
+    machine = os.uname().machine
+    arch = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}.get(machine)
+    if arch is None:
+        raise OSError(f"no keyring filter for {machine}")
+    ld, jeq, jge, ret = 0x20, 0x15, 0x35, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    calls = KEYRING_SYSCALLS[arch]
+    last = 6 + len(calls)  # the final deny; a jump's offset counts from the next instruction
+    prog = [(ld, 0, 0, 4), (jeq, 1, 0, arch), (ret, 0, 0, deny),  # another ABI: deny everything
+            (ld, 0, 0, 0), (jge, last - 5, 0, X32_BIT)]
+    prog += [(jeq, last - 6 - i, 0, nr) for i, nr in enumerate(calls)]
+    prog += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
+
+    class Filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
+
+    filters = (Filter * len(prog))(*[Filter(*f) for f in prog])
+    if libc.prctl(22, 2, ctypes.byref(Program(len(prog), filters)), 0, 0) != 0:  # PR_SET_SECCOMP, FILTER
+        raise OSError(ctypes.get_errno(), "seccomp filter")
 
 
 def run_main(path, env):
@@ -278,20 +325,77 @@ def write_all(fd, data):
         view = view[os.write(fd, view):]
 
 
+def read_message(fd):
+    """One framed message from `fd`; None at end of file."""
+    head = read_exact(fd, 8)
+    return None if head is None else marshal.loads(read_exact(fd, int.from_bytes(head, "little")) or b"")
+
+
+def read_exact(fd, n):
+    chunks, left = [], n
+    while left:
+        chunk = os.read(fd, min(left, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        left -= len(chunk)
+    return b"".join(chunks)
+
+
+def write_message(fd, message):
+    data = marshal.dumps(message)
+    write_all(fd, len(data).to_bytes(8, "little") + data)
+
+
+def serve_one(status_fd, listener):
+    """In a child of the server: read one request, run it, reply. Never returns."""
+    code = 0
+    try:
+        listener.close()
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # the programs' orphans come to us to reap
+        request = read_message(0)
+        request["status_fd"] = status_fd
+        try:
+            prepare_workdir(request)
+        except BaseException as exc:  # noqa: BLE001
+            write_message(status_fd, {"setup_error": f"{type(exc).__name__}: {exc}"})
+        else:
+            write_message(status_fd, {"runs": [run_one(request, run) for run in request["runs"]]})
+    except BaseException:  # noqa: BLE001 - the host sees no reply and starts a new sandbox
+        code = 1
+    os._exit(code)
+
+
 def main():
     status_fd = int(sys.argv[1])
     os.set_inheritable(status_fd, False)
     try:
-        spec = marshal.loads(sys.stdin.buffer.read())
-        spec["status_fd"] = status_fd
-        build_root(spec)
-        prepare_workdir(spec)
+        build_root(read_message(0))
     except BaseException as exc:  # noqa: BLE001
-        write_all(status_fd, marshal.dumps({"setup_error": f"{type(exc).__name__}: {exc}"}))
+        write_message(status_fd, {"setup_error": f"{type(exc).__name__}: {exc}"})
         return 1
-    reports = [run_one(spec, run) for run in spec["runs"]]
-    write_all(status_fd, marshal.dumps({"runs": reports}))
-    return 0
+    write_message(status_fd, {"ready": True})
+    listener = selectors.DefaultSelector()
+    listener.register(0, selectors.EVENT_READ)
+    while True:
+        listener.select()  # a request, or the end of stdin, is waiting
+        if available(0) == 0:
+            return 0  # readable with nothing to read: the host closed the pipe
+        pid = os.fork()
+        if pid == 0:
+            serve_one(status_fd, listener)  # the child reads the request, not this process
+        _, status = os.waitpid(pid, 0)
+        kill_all()  # nothing runs between requests; whatever escaped the child dies here
+        reap_all()
+        if status != 0:
+            return 1  # a half-read request would desynchronise the stream: the host starts anew
+
+
+def available(fd):
+    """Bytes waiting in the pipe `fd` (FIONREAD), without consuming them."""
+    n = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, n)
+    return n[0]
 
 
 if __name__ == "__main__":

@@ -1,23 +1,27 @@
 """Run untrusted Python (code a model wrote) in a separate, limited, isolated process.
 
-Isolation `namespaces` (root, `unshare` available — the default on our machines):
+Isolation `namespaces` (root, `unshare` and `setpriv` available — the default on our machines).
+Each thread that runs code keeps one sandbox alive (reward/_sandbox_init.py: namespaces and
+root made once, one request per sample, served by a child forked before the request is read);
   - network: a fresh network namespace with no interfaces up; every connect fails,
     127.0.0.1 included;
-  - processes: a fresh pid namespace whose init (reward/_sandbox_init.py) kills everything
-    a test started before the next test, and everything at the end; the program cannot see or signal
-    host processes; an unprivileged uid of its own (so RLIMIT_NPROC applies, which root
-    ignores) with no capabilities and no_new_privs;
+  - processes: a pid namespace of the sandbox's own; every process a test started is
+    killed before the next test; the program cannot see or signal host processes; it runs
+    as an unprivileged uid of its own (so RLIMIT_NPROC applies, which root ignores) with no
+    capabilities, no_new_privs and a seccomp filter that closes the kernel keyrings (they
+    outlive a uid's processes);
   - filesystem: an allow-listed root. The program sees only the interpreter's prefix, /usr,
     /bin, /sbin and /lib* (read-only binds of the host's), a minimal /etc (passwd, group,
     ld.so.cache, localtime), /dev/{null,zero,full,random,urandom}, its own /proc and a
-    fresh tmpfs (size-limited, owned by its uid) as working directory /tmp. Every other
-    path (data, models, run directories, homes, shared mounts) does not exist for it;
-  - SysV IPC and hostname: namespaces of its own (its IPC objects die with it);
+    fresh tmpfs per sample (size-limited, owned by its uid) as working directory /tmp, in a
+    mount namespace of the sample's own. Every other path (data, models, run directories,
+    homes, shared mounts) does not exist for it;
+  - SysV IPC: a namespace per sample (its objects die with the sample); hostname: its own;
   - lifetime: `unshare` runs under `setpriv --pdeathsig KILL`, so the sandbox dies with
     the thread that started it (a reward worker killed mid-run leaves nothing running);
   - environment: only PATH, LANG, HOME=/tmp and PYTHONDONTWRITEBYTECODE reach the program;
-  - limits: wall time (enforced here), CPU seconds, address space, processes, open files,
-    file size, combined stdout+stderr size (enforced here; the run is killed past it).
+  - limits: wall time, CPU seconds, address space, processes, open files, file size,
+    combined stdout+stderr size (the run is killed past it).
 Isolation `rlimits` (fallback where namespaces cannot be made, e.g. not root): the same
 rlimits, empty temp dir, clean environment and a process group killed at the end — but
 NO network, pid or filesystem isolation, and RLIMIT_NPROC counts all of the user's
@@ -29,6 +33,7 @@ from __future__ import annotations
 import json
 import marshal
 import os
+import select
 import selectors
 import shutil
 import signal
@@ -184,49 +189,105 @@ def run_file(path: str | Path, stdin: str = "", limits: SandboxLimits = SandboxL
 
 
 def _spec(files: dict[str, str], stdins: list[str], limits: SandboxLimits, argv: list[str], uid: int) -> dict:
-    python = _python()
-    allow = [*SYSTEM_PATHS, os.path.realpath(sys.base_prefix), os.path.dirname(python)]
     return {
-        "files": files, "uid": uid, "python": python, "argv": argv,
+        "files": files, "uid": uid, "python": _python(), "argv": argv,
         # The standard library only: the program runs in a fork of the sandbox's init (an
         # interpreter started the same way), not a fresh one (reward/_sandbox_init.py run_main).
         "in_process": "-S" in argv,
         "runs": [{"stdin": stdin, "timeout_s": limits.timeout_s} for stdin in stdins],
-        "env": ENV, "allow": sorted(set(allow)), "work_mb": limits.work_mb,
-        "max_output_bytes": limits.max_output_bytes,
+        "env": ENV, "work_mb": limits.work_mb, "max_output_bytes": limits.max_output_bytes,
         "limits": {"memory_mb": limits.memory_mb, "cpu_s": limits.cpu_seconds, "max_processes": limits.max_processes,
                    "max_open_files": limits.max_open_files, "max_file_mb": limits.max_file_mb},
     }
 
 
 SETUP_GRACE_S = 10.0  # namespaces, mounts and tear-down around the runs' own limits
+_local = threading.local()
+
+
+class _Server:
+    """One sandbox kept alive per thread (reward/_sandbox_init.py): the namespaces and the root
+    are made once, then each sample is a request, served in a fresh mount and IPC namespace by a
+    child that never shares memory with an earlier sample's. The sandbox dies with the thread
+    that started it (setpriv --pdeathsig); after any failure it is replaced."""
+
+    def __init__(self):
+        python = _python()
+        status_r, status_w = os.pipe()
+        self.owner = os.getpid()
+        self.proc = subprocess.Popen([*UNSHARE, "--kill-child=SIGKILL", python, "-I", "-S", str(INIT), str(status_w)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     pass_fds=(status_w,), start_new_session=True, env=ENV, cwd="/")
+        os.close(status_w)
+        self.replies = status_r
+        os.set_blocking(self.proc.stderr.fileno(), False)
+        allow = [*SYSTEM_PATHS, os.path.realpath(sys.base_prefix), os.path.dirname(python)]
+        reply = self.ask({"allow": sorted(set(allow))}, SETUP_GRACE_S)
+        if not reply.get("ready"):
+            self.close()
+            raise SandboxError(f"sandbox set-up failed: {reply.get('setup_error', reply)}")
+
+    def ask(self, message: dict, timeout_s: float) -> dict:
+        """Send one framed message, wait for the framed reply; SandboxError (and the server
+        closed) when it does not come in time or the server died."""
+        data = marshal.dumps(message)
+        try:
+            self.proc.stdin.write(len(data).to_bytes(8, "little") + data)
+            self.proc.stdin.flush()
+            deadline = time.monotonic() + timeout_s
+            head = self._read(8, deadline)
+            return marshal.loads(self._read(int.from_bytes(head, "little"), deadline))
+        except (OSError, EOFError, ValueError, TimeoutError) as exc:
+            self.close()
+            raise SandboxError(f"the sandbox gave no reply ({type(exc).__name__}: {exc}): {self.stderr()!r}") from None
+
+    def _read(self, n: int, deadline: float) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.replies], [], [], left)[0]:
+                raise TimeoutError("deadline passed")
+            chunk = os.read(self.replies, n - len(out))
+            if not chunk:
+                raise EOFError("the sandbox exited")
+            out += chunk
+        return bytes(out)
+
+    def stderr(self) -> str:
+        try:
+            return (self.proc.stderr.read() or b"")[-500:].decode("utf-8", "replace")
+        except (OSError, ValueError):
+            return ""
+
+    def close(self) -> None:
+        """SIGKILL unshare: its --kill-child takes init, and init (pid 1) the whole namespace."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        for closing in (self.proc.stdin.close, self.proc.stderr.close, lambda: os.close(self.replies)):
+            try:
+                closing()
+            except OSError:
+                pass
+        if getattr(_local, "server", None) is self:
+            _local.server = None
+
+
+def _server() -> _Server:
+    server = getattr(_local, "server", None)
+    if server is None or server.owner != os.getpid() or server.proc.poll() is not None:
+        server = _local.server = _Server()
+    return server
 
 
 def _run_namespaced(files: dict[str, str], stdins: list[str], limits: SandboxLimits,
                     argv: list[str]) -> list[SandboxResult]:
-    with _sandbox_uid() as uid:
-        return _run_spec(marshal.dumps(_spec(files, stdins, limits, argv, uid)), stdins, limits)
-
-
-def _run_spec(spec: bytes, stdins: list[str], limits: SandboxLimits) -> list[SandboxResult]:
-    status_r, status_w = os.pipe()
-    cmd = [*UNSHARE, "--kill-child=SIGKILL", _python(), "-I", "-S", str(INIT), str(status_w)]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            pass_fds=(status_w,), start_new_session=True, env=ENV, cwd="/")
-    os.close(status_w)
-    try:
-        proc.stdin.write(spec)
-        proc.stdin.close()
-    except BrokenPipeError:
-        pass
-    # Each run's limits are enforced inside by init; this deadline only catches a stuck init.
+    # Each run's limits are enforced inside by init; this deadline only catches a stuck sandbox.
     deadline = len(stdins) * (limits.timeout_s + 1.0) + SETUP_GRACE_S
-    _, err, status_raw, cut = _collect(proc, status_r, deadline)
-    report = marshal.loads(status_raw) if status_raw else {}
+    with _sandbox_uid() as uid:
+        report = _server().ask(_spec(files, stdins, limits, argv, uid), deadline)
     if "setup_error" in report:
         raise SandboxError(f"sandbox set-up failed: {report['setup_error']}")
-    if cut or len(report.get("runs", ())) != len(stdins):
-        raise SandboxError(f"sandbox init gave no report ({cut or f'rc {proc.returncode}'}): {err[-500:]!r}")
     return [_verdict(run, limits, "namespaces") for run in report["runs"]]
 
 

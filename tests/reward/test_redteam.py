@@ -110,3 +110,44 @@ def test_a_killed_reward_worker_leaves_no_sandbox_behind():
         time.sleep(0.05)
     assert sandbox_processes() == []
     assert [p.pid for p in tree if p.is_running() and p.status() != psutil.STATUS_ZOMBIE] == []
+
+
+EARLIER = """
+import ctypes
+ctypes.CDLL(None).shmget(0x7A4D0002, 4096, 0o1000 | 0o666)
+open("/tmp/leftover", "w").write("SECRET-" + "FILE-5d1e")
+print("SECRET-" + "OUTPUT-91c2")  # SECRET-SOURCE-7f3a
+"""
+LATER = """
+import ctypes, json, os, re
+mine = "SELF-" + "MARK-" + str(os.getpid())  # a positive control: the scan must find this
+found = set()
+with open("/proc/self/maps") as maps:  # every anonymous region: where the interpreter's objects live
+    for line in maps:
+        fields = line.split()
+        if "r" not in fields[1] or (len(fields) > 5 and fields[5] not in ("[heap]", "[stack]")):
+            continue
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        data = ctypes.string_at(lo, hi - lo)
+        found |= {m.decode() for m in re.findall(rb"SECRET-[A-Z]+-[0-9a-f]{4}|SELF-MARK-[0-9]+", data)}
+print(json.dumps({"memory": sorted(found), "mine": mine, "file": os.path.exists("/tmp/leftover"),
+                  "shm": ctypes.CDLL(None).shmget(0x7A4D0002, 0, 0)}))
+"""
+
+
+@needs_namespaces
+def test_a_sample_finds_nothing_of_an_earlier_sample():
+    """Samples share one long-lived sandbox per worker thread: a later sample's program, scanning
+    its own memory (a fork of the sandbox's server, like the earlier one's: /proc/self/mem is closed
+    to it, its address space is not), its working directory and SysV IPC, finds neither the
+    earlier sample's code nor its output nor its files."""
+    from reward.sandbox import run_python
+
+    assert run_python(EARLIER).stdout == "SECRET-OUTPUT-91c2\n"
+    later = run_python(LATER, stdin="SECRET-" + "STDIN-ab12")
+    assert later.status == "ok", later.stderr
+    seen = json.loads(later.stdout)
+    # The scan works: it finds what the program made and what it inherited from its own request.
+    assert seen["mine"] in seen["memory"] and "SECRET-STDIN-ab12" in seen["memory"]
+    assert [m for m in seen["memory"] if m.startswith("SECRET-") and m != "SECRET-STDIN-ab12"] == []
+    assert seen["file"] is False and seen["shm"] == -1

@@ -97,7 +97,8 @@ def test_hostile_program(program: Path, host):
 def test_environment_and_filesystem_view():
     probe = """
 import json, os
-print(json.dumps({"env": sorted(os.environ), "uid": os.getuid(), "cwd": os.getcwd(), "pid": os.getpid(),
+print(json.dumps({"env": sorted(os.environ), "uid": os.getuid(), "cwd": os.getcwd(),
+                  "procs": sorted(int(p) for p in os.listdir("/proc") if p.isdigit()), "pid": os.getpid(),
                   "cwd_files": sorted(os.listdir(".")), "root": os.listdir("/root"), "top": sorted(os.listdir("/")),
                   "repo": os.listdir(%r) if os.path.isdir(%r) else None, "net": sorted(l.split(":")[0].strip() for l in open("/proc/net/dev").readlines()[2:])}))
 """ % (str(REPO), str(REPO))
@@ -105,7 +106,9 @@ print(json.dumps({"env": sorted(os.environ), "uid": os.getuid(), "cwd": os.getcw
     assert result.status == "ok", result.stderr
     seen = json.loads(result.stdout)
     assert seen["env"] == ["HOME", "LANG", "PATH", "PYTHONDONTWRITEBYTECODE"]
-    assert seen["uid"] >= UID_BASE and seen["cwd"] == "/tmp" and seen["pid"] == 2  # init is pid 1
+    assert seen["uid"] >= UID_BASE and seen["cwd"] == "/tmp"
+    # A pid namespace of its own: the sandbox's server (pid 1), this sample's child of it, the program.
+    assert len(seen["procs"]) == 3 and seen["procs"][0] == 1 and seen["pid"] in seen["procs"], seen["procs"]
     assert seen["cwd_files"] == ["data.txt", "main.py"]  # an empty working directory plus what we gave it
     assert seen["repo"] in ([], None) and ".ssh" not in seen["root"]  # hidden (or its parent is)
     assert seen["net"] == ["lo"]  # a network namespace of its own, loopback down
@@ -164,3 +167,21 @@ def test_concurrent_sandboxes_never_share_a_uid():
             assert len(set(uids)) == 4, uids
             base = UID_BASE + os.getpid() * UID_SLOTS
             assert all(base <= u < base + UID_SLOTS for u in uids), uids
+
+
+@needs_namespaces
+def test_kernel_keyrings_are_closed():
+    """A uid's keyrings outlive its processes, so a program could leave data there for a later
+    sample run under the same uid: add_key, request_key and keyctl fail with EPERM."""
+    import platform
+
+    calls = {"x86_64": (248, 249, 250), "aarch64": (217, 218, 219)}[platform.machine()]
+    probe = f"""
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+for nr in {calls!r}:
+    print(libc.syscall(nr, b"user", b"note", b"42", 2, -4), ctypes.get_errno())
+print(os.getpid() > 1)
+"""
+    result = run_python(probe, limits=LIMITS)
+    assert result.stdout.split("\n") == ["-1 1", "-1 1", "-1 1", "True", ""], result.stdout + result.stderr
