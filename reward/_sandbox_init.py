@@ -279,7 +279,7 @@ def collect(pid, out_r, err_r, timeout_s, max_output):
 
 
 def kill_all():
-    """SIGKILL every process in the namespace but this one, and reap the orphans among them."""
+    """SIGKILL every process in the namespace but this one and pid 1 (reap_all collects them)."""
     try:
         os.kill(-1, signal.SIGKILL)
     except ProcessLookupError:

@@ -54,41 +54,52 @@ def _steps_logged(metrics) -> int:
     return len(metrics.read_text().splitlines()) if metrics.exists() else 0
 
 
-def _kill(title: str, started: float) -> int:
-    """SIGKILL one process of this test's own Ray (its workers descend from us) running `title`,
-    started after `started` (not a leftover of an earlier test). Returns its pid."""
+def _find(title: str, started: float) -> psutil.Process:
+    """One process of this test's own Ray (its workers descend from us) running `title`, started
+    after `started` (not a leftover of an earlier test)."""
     for proc in psutil.Process().children(recursive=True):
         try:
             if f"ray::{title}" in " ".join(proc.cmdline()) and proc.create_time() >= started - 1:
-                os.kill(proc.pid, signal.SIGKILL)
-                return proc.pid
+                return proc
         except psutil.NoSuchProcess:
             continue
     raise AssertionError(f"no {title} process to kill")
 
 
+def _when_busy(proc: psutil.Process, stop, timeout_s: float = 30.0) -> None:
+    """Return once `proc` is seen using CPU (its CPU time grows by a clock tick): after a step's
+    row, the rollout worker's next work is the next step's generation, so a kill then lands in a
+    generation call however loaded the machine is (a fixed delay after the row once missed it)."""
+    base, deadline = sum(proc.cpu_times()[:2]), time.time() + timeout_s
+    while sum(proc.cpu_times()[:2]) == base and time.time() < deadline and not stop.wait(0.001):
+        pass
+
+
 def _chaos(metrics, plan, killed, stop) -> None:
-    """plan: (actor class, kill once this many steps are logged, then after this many seconds)."""
+    """plan: (actor class, kill once this many steps are logged, then after this many seconds,
+    or None: as soon as the process is busy)."""
     started = time.time()
     for title, after_steps, delay in plan:
         while _steps_logged(metrics) < after_steps:
             if stop.wait(0.01):
                 return
-        time.sleep(delay)
-        killed.append(_kill(title, started))
+        proc = _find(title, started)
+        _when_busy(proc, stop) if delay is None else time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        killed.append(proc.pid)
 
 
 @pytest.mark.parametrize("seed", [0])
 def test_killed_workers_are_replaced_a_killed_learner_restarts_from_a_checkpoint_and_nothing_is_lost(
         calm, tmp_path, seed):
-    """One run, three deaths. A step takes ~0.15 s here, generation ~0.03 s of it, and it starts
-    as the previous step's row is written: killing the rollout worker within 10 ms of a row lands
-    in or just before a generation call (its samples are generated again on a replacement); the
+    """One run, three deaths. The rollout worker is killed as soon as it works after a step's row:
+    in the next generation call (its missing samples are generated again on a replacement); the
     reward worker dies before it scores that step (its samples go to a fresh worker). Then a
     learner rank dies during step 4 (checkpoints at steps 2 and 4): every role restarts from
     step_2 and steps 3-6 run again, as a --resume would."""
     rng = random.Random(seed)
-    plan = [("RolloutWorker", rng.randint(1, 2), rng.uniform(0.0, 0.01)),
+    rollout_after, _ = rng.randint(1, 2), rng.uniform(0.0, 0.01)  # the draws the reward worker's follow
+    plan = [("RolloutWorker", rollout_after, None),
             ("RewardWorker", rng.randint(1, 2), rng.uniform(0.0, 0.01)), ("Learner", 3, 0.0)]
     record, run_dir = chaos_run(tmp_path, plan)
     faults, (calm_record, calm_final) = record["faults"], calm
