@@ -66,7 +66,10 @@ def _dry_run(cfg) -> int:
     opts = learner_options(cfg)
     print(build_plan(cfg).describe())
     if cfg.run.mode == "rl":
+        from cluster.run import check_reward
+
         print(f"weight transfer: {resolve_weight_transfer(cfg)}")
+        check_reward(cfg, log=print)  # the reward model's files and the code sandbox, on this machine
     print(f"learners: ZeRO-{opts.zero_stage}, micro-batch {opts.micro_batch_size} x {opts.grad_accum_steps} "
           f"accumulation steps per rank; cluster: "
           f"{cfg.cluster.address or 'embedded local Ray on 127.0.0.1'}")

@@ -52,9 +52,12 @@ def test_cli_dry_run_stops_on_a_bad_verifier_with_exit_2():
 
 
 def test_a_missing_reward_model_is_named_before_ray_starts(tmp_path):
-    cfg = load_config(QUICKSTART, ["reward.components={reward_model: 1.0}", f"reward.reward_model_path={tmp_path}"])
+    rm = ["reward.components={reward_model: 1.0}", f"reward.reward_model_path={tmp_path}"]
     with pytest.raises(ConfigError, match=f"reward.reward_model_path '{tmp_path}' is not a Hugging Face checkpoint"):
-        check_reward(cfg, log=lambda *_: None)
+        check_reward(load_config(QUICKSTART, rm), log=lambda *_: None)
+    out = subprocess.run([sys.executable, "-m", "cluster.cli", "run", QUICKSTART, *rm, "--dry-run"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 2 and "is not a Hugging Face checkpoint" in out.stderr, out.stderr
 
 
 def test_no_silent_downgrade_of_the_sandbox(monkeypatch):
