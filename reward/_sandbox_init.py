@@ -124,7 +124,7 @@ def exec_program(spec, stdin_fd, out_w, err_w):
         os.setgid(uid)
         os.setuid(uid)  # all capabilities go with root; the uid owns nothing outside WORK
         libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)  # setuid binaries cannot give them back
-        deny_keyrings()
+        deny_keyrings(KEYRING_FILTER[0])
         for res, value in ((resource.RLIMIT_AS, lim["memory_mb"] << 20), (resource.RLIMIT_CPU, lim["cpu_s"]),
                            (resource.RLIMIT_NPROC, lim["max_processes"]), (resource.RLIMIT_CORE, 0),
                            (resource.RLIMIT_NOFILE, lim["max_open_files"]),
@@ -146,11 +146,21 @@ def exec_program(spec, stdin_fd, out_w, err_w):
 # EPERM (a seccomp filter). Syscall numbers per architecture (AUDIT_ARCH_*).
 KEYRING_SYSCALLS = {0xC000003E: (248, 249, 250), 0xC00000B7: (217, 218, 219)}  # x86_64, aarch64
 X32_BIT = 0x40000000
+KEYRING_FILTER = None  # (program, its instructions), built once by main()
 
 
-def deny_keyrings():
-    """Install a seccomp filter: the keyring syscalls (and x32-ABI calls, which would dodge the
-    numbers) return EPERM; everything else is allowed. Needs no_new_privs, set just before."""
+class SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
+
+
+class SockProgram(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(SockFilter))]
+
+
+def keyring_filter():
+    """The seccomp program (built once, applied in every program's process): the keyring
+    syscalls (and x32-ABI calls, which would dodge the numbers) return EPERM; everything else
+    is allowed."""
     machine = os.uname().machine
     arch = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}.get(machine)
     if arch is None:
@@ -163,15 +173,13 @@ def deny_keyrings():
             (ld, 0, 0, 0), (jge, last - 5, 0, X32_BIT)]
     prog += [(jeq, last - 6 - i, 0, nr) for i, nr in enumerate(calls)]
     prog += [(ret, 0, 0, allow), (ret, 0, 0, deny)]
+    filters = (SockFilter * len(prog))(*[SockFilter(*f) for f in prog])
+    return SockProgram(len(prog), filters), filters  # the array must outlive the program that points at it
 
-    class Filter(ctypes.Structure):
-        _fields_ = [("code", ctypes.c_ushort), ("jt", ctypes.c_ubyte), ("jf", ctypes.c_ubyte), ("k", ctypes.c_uint)]
 
-    class Program(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Filter))]
-
-    filters = (Filter * len(prog))(*[Filter(*f) for f in prog])
-    if libc.prctl(22, 2, ctypes.byref(Program(len(prog), filters)), 0, 0) != 0:  # PR_SET_SECCOMP, FILTER
+def deny_keyrings(program):
+    """Apply keyring_filter()'s program to this process; needs no_new_privs, set just before."""
+    if libc.prctl(22, 2, ctypes.byref(program), 0, 0) != 0:  # PR_SET_SECCOMP, SECCOMP_MODE_FILTER
         raise OSError(ctypes.get_errno(), "seccomp filter")
 
 
@@ -367,10 +375,12 @@ def serve_one(status_fd, listener):
 
 
 def main():
+    global KEYRING_FILTER
     status_fd = int(sys.argv[1])
     os.set_inheritable(status_fd, False)
     try:
         build_root(read_message(0))
+        KEYRING_FILTER = keyring_filter()
     except BaseException as exc:  # noqa: BLE001
         write_message(status_fd, {"setup_error": f"{type(exc).__name__}: {exc}"})
         return 1

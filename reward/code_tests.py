@@ -44,7 +44,6 @@ class Call:
     compare: Compare = "exact"
     rel_tol: float = 1e-9
     abs_tol: float = 0.0
-    source: str = ""  # the assert it came from, for messages
 
 
 @dataclass(frozen=True)
@@ -163,7 +162,7 @@ def _json_call(c: dict, i: int) -> Call:
         raise ValueError(f"code reference calls[{i}] needs 'fn' (a name) and 'expected'")
     tol = {k: float(c[k]) for k in ("rel_tol", "abs_tol") if k in c}
     return Call(c["fn"], tuple(c.get("args", ())), dict(c.get("kwargs", {})), c["expected"],
-                "isclose" if tol else "exact", **tol, source=f"calls[{i}]")
+                "isclose" if tol else "exact", **tol)
 
 
 def parse_assert(text: str, i: int = 0) -> Call:
@@ -181,16 +180,16 @@ def parse_assert(text: str, i: int = 0) -> Call:
                 and (_is_call(test.left) or _is_call(test.comparators[0]))):
             left, right = test.left, test.comparators[0]
             call_node, lit = (left, right) if _is_call(left) else (right, left)
-            return _call(call_node, where, expected=ast.literal_eval(lit), source=text)
+            return _call(call_node, where, expected=ast.literal_eval(lit))
         if isinstance(test, ast.UnaryOp) and isinstance(test.op, ast.Not) and _is_call(test.operand):
-            return _call(test.operand, where, compare="falsy", source=text)
+            return _call(test.operand, where, compare="falsy")
         if _is_isclose(test):
             a, b = test.args
             call_node, lit = (a, b) if _is_call(a) else (b, a)
             tol = {k.arg: float(ast.literal_eval(k.value)) for k in test.keywords}
-            return _call(call_node, where, expected=ast.literal_eval(lit), compare="isclose", source=text, **tol)
+            return _call(call_node, where, expected=ast.literal_eval(lit), compare="isclose", **tol)
         if _is_call(test):
-            return _call(test, where, compare="truthy", source=text)
+            return _call(test, where, compare="truthy")
     except (ValueError, TypeError) as exc:
         if str(exc).startswith(where):
             raise
@@ -211,7 +210,7 @@ def _is_isclose(node) -> bool:
             and all(k.arg in ("rel_tol", "abs_tol") for k in node.keywords))
 
 
-def _call(node: ast.Call, where: str, expected=None, compare: Compare = "exact", source: str = "", **tol) -> Call:
+def _call(node: ast.Call, where: str, expected=None, compare: Compare = "exact", **tol) -> Call:
     if not _is_call(node):
         raise ValueError(f"{where}: one side must call a function by name")
     if any(isinstance(a, ast.Starred) for a in node.args) or any(k.arg is None for k in node.keywords):
@@ -219,7 +218,7 @@ def _call(node: ast.Call, where: str, expected=None, compare: Compare = "exact",
     args = tuple(ast.literal_eval(a) for a in node.args)  # ValueError names a non-literal
     kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords}
     encode(args), encode(kwargs), encode(expected)  # every value must cross the boundary as itself
-    return Call(node.func.id, args, kwargs, expected, compare, source=source, **tol)
+    return Call(node.func.id, args, kwargs, expected, compare, **tol)
 
 
 # --- the harness (runs inside the sandbox, beside solution.py) ----------------------------

@@ -104,7 +104,9 @@ class RewardConfig(BaseModel):
         return self
 
     def _check_code_budget(self) -> None:
-        defaults = {k: p.default for k, p in inspect.signature(_code_verifier()).parameters.items()}
+        from reward.verifiers import VERIFIERS
+
+        defaults = {k: p.default for k, p in inspect.signature(VERIFIERS.get("code")).parameters.items()}
         options = {**defaults, **self.verifier_options.get("code", {})}
         worst = float(options["timeout_s"]) * int(options["max_tests"]) + 1.0
         if self.timeout_s < worst:
@@ -124,9 +126,3 @@ class RewardConfig(BaseModel):
         for name, w in self.components.items():
             out[name] = out.get(name, 0.0) + w
         return out
-
-
-def _code_verifier():
-    from reward.verifiers import VERIFIERS
-
-    return VERIFIERS.get("code")

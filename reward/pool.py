@@ -35,7 +35,7 @@ from reward import shaping
 from reward.config import MODEL_COMPONENTS, RewardConfig
 from reward.types import RewardResult
 from reward.types import WorkerReply
-from reward.worker import RewardWorker, verifier_components
+from reward.worker import RewardWorker
 from rollout.types import Rollout
 
 MAX_INFLIGHT_PER_ACTOR = 2

@@ -293,11 +293,12 @@ def _run_namespaced(files: dict[str, str], stdins: list[str], limits: SandboxLim
     return [_verdict(run, limits, "namespaces") for run in report["runs"]]
 
 
-def _collect(proc: subprocess.Popen, status_r: int, timeout_s: float, max_output: int = 1 << 20):
-    """Read stdout/stderr/status until all close, the deadline passes or the output overflows.
-    Returns (stdout, stderr, status bytes, cut) with cut in (None, 'timeout', 'output_limit')."""
+def _collect(proc: subprocess.Popen, timeout_s: float, max_output: int):
+    """The rlimits fallback's program: read stdout/stderr until both close, the deadline passes or
+    the output overflows, then SIGKILL its process group. Returns (stdout, stderr, cut) with cut
+    in (None, 'timeout', 'output_limit'). (The namespaced sandbox's init does this inside.)"""
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
-    bufs = {out_fd: bytearray(), err_fd: bytearray(), status_r: bytearray()}
+    bufs = {out_fd: bytearray(), err_fd: bytearray()}
     sel = selectors.DefaultSelector()
     for fd in bufs:
         os.set_blocking(fd, False)
@@ -321,34 +322,12 @@ def _collect(proc: subprocess.Popen, status_r: int, timeout_s: float, max_output
     finally:
         sel.close()
         # Close our ends first: a writer blocked on a full pipe then fails instead of hanging.
-        os.close(status_r)
         proc.stdout.close()
         proc.stderr.close()
-        _kill_tree(proc)
+        _signal(-proc.pid, signal.SIGKILL)  # its process group (start_new_session)
+        proc.wait()
     out, err = (bytes(bufs[fd][:max_output]).decode("utf-8", "replace") for fd in (out_fd, err_fd))
-    return out, err, bytes(bufs[status_r]), cut
-
-
-def _kill_tree(proc: subprocess.Popen) -> None:
-    """SIGKILL the namespace's init first: the kernel then kills every process in the pid
-    namespace before init can be reaped, so once `unshare` is waited for nothing is left."""
-    init_pid = _child_of(proc.pid)
-    if init_pid:
-        _signal(init_pid, signal.SIGKILL)
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        pass
-    _signal(-proc.pid, signal.SIGKILL)  # the process group, in case unshare itself hangs
-    proc.wait()
-
-
-def _child_of(pid: int) -> Optional[int]:
-    try:
-        kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return None
-    return int(kids[0]) if kids else None
+    return out, err, cut
 
 
 def _signal(pid: int, sig: int) -> None:
@@ -401,14 +380,12 @@ def _run_rlimits(files: dict[str, str], stdin: str, limits: SandboxLimits, argv:
         for name, text in files.items():
             Path(work, name).write_text(text)
         Path(work, ".stdin").write_text(stdin)
-        status_r, status_w = os.pipe()
-        os.close(status_w)  # no init here: the exit status comes from Popen
         t0 = time.perf_counter()
         with open(Path(work, ".stdin")) as stdin_f:
             proc = subprocess.Popen([_python(), *argv], stdin=stdin_f, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, cwd=work, env={**ENV, "HOME": work},
                                     preexec_fn=limit, start_new_session=True)
-        out, err, _, cut = _collect(proc, status_r, limits.timeout_s, limits.max_output_bytes)
+        out, err, cut = _collect(proc, limits.timeout_s, limits.max_output_bytes)
         rc = proc.returncode
         return _verdict({"exit_code": rc if rc >= 0 else None, "signal": -rc if rc < 0 else None, "cut": cut,
                          "stdout": out, "stderr": err, "wall_s": time.perf_counter() - t0}, limits, "rlimits")
