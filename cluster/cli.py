@@ -71,7 +71,7 @@ def _dry_run(cfg) -> int:
         print(f"weight transfer: {resolve_weight_transfer(cfg)}")
         check_reward(cfg, log=print)  # the reward model's files and the code sandbox, on this machine
     print(f"learners: ZeRO-{opts.zero_stage}, micro-batch {opts.micro_batch_size} x {opts.grad_accum_steps} "
-          f"accumulation steps per rank; cluster: "
+          f"accumulation steps per rank; learning rate {opts.lr:g}, {opts.schedule.describe()}; cluster: "
           f"{cfg.cluster.address or 'embedded local Ray on 127.0.0.1'}")
     return 0
 

@@ -173,6 +173,18 @@ class LearnerSection(Section):
     lr: float = Field(1e-4, gt=0)
     max_grad_norm: float = Field(1.0, gt=0)
     micro_batch_size: int = Field(64, ge=1)
+    # Learning-rate schedule per optimizer step (trainer/schedules.py): a linear warm-up over the
+    # first lr_warmup_steps, then constant, linear or cosine decay towards min_lr_ratio x lr.
+    lr_schedule: str = "constant"
+    lr_warmup_steps: int = Field(0, ge=0)
+    min_lr_ratio: float = Field(0.0, ge=0, le=1)
+
+    @field_validator("lr_schedule")
+    @classmethod
+    def _known_schedule(cls, v: str) -> str:
+        from trainer.schedules import SCHEDULES
+
+        return _registered(SCHEDULES, v)
 
 
 class CriticConfig(LearnerSection):

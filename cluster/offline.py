@@ -74,8 +74,9 @@ class Task:
         for part in _chunks(len(order), self.cfg.offline.batch_size):
             yield self.weighted(self.batch([self.train[i] for i in order[part]], order[part]))
 
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.train) / self.cfg.offline.batch_size)
+    @classmethod
+    def steps_per_epoch(cls, cfg: Config, train: list) -> int:
+        return math.ceil(len(train) / cfg.offline.batch_size)
 
 
 class SFTTask(Task):
@@ -102,10 +103,11 @@ class SFTTask(Task):
             rows = bins[part]
             yield self.weighted(packed_batch(rows + [[]] * (self.rows - len(rows)), self.pad_id))
 
-    def steps_per_epoch(self) -> int:
-        if not self.cfg.offline.packing:
-            return super().steps_per_epoch()
-        return math.ceil(len(pack(self.train, self.cfg.data.max_length)) / self.rows)
+    @classmethod
+    def steps_per_epoch(cls, cfg: Config, train: list) -> int:
+        if not cfg.offline.packing:
+            return super().steps_per_epoch(cfg, train)
+        return math.ceil(len(pack(train, cfg.data.max_length)) / cfg.offline.batch_size)
 
     def evaluate(self) -> dict:
         """Held-out NLL per completion token (and its perplexity)."""
@@ -193,11 +195,17 @@ def load_offline_data(cfg: Config) -> OfflineData:
     return OfflineData(train, evals[: cfg.offline.eval_size], dropped, pad, renderer)
 
 
+def planned_steps(cfg: Config, train: list) -> int:
+    """Optimizer steps of an offline run: `offline.epochs` passes, at most `offline.max_steps`."""
+    o = cfg.offline
+    total = o.epochs * TASKS[cfg.run.mode].steps_per_epoch(cfg, train)
+    return min(total, o.max_steps) if o.max_steps else total
+
+
 def train_offline(cfg: Config, task: Task, run_dir: RunDir, log) -> dict:
     """Epochs of optimizer steps, held-out evaluation before, every offline.eval_every steps and after."""
     o = cfg.offline
-    total = o.epochs * task.steps_per_epoch()
-    total = min(total, o.max_steps) if o.max_steps else total
+    total = planned_steps(cfg, task.train)
     t0, rng, step, train_s = time.perf_counter(), np.random.default_rng(cfg.run.seed), 0, 0.0
     task.prepare()
     initial = task.evaluate()
@@ -238,8 +246,9 @@ def run_offline(cfg: Config, data: OfflineData, run_dir: RunDir, log=print) -> R
     t = cfg.trainer
     with ray_session(cfg.cluster, t.num_learners * t.threads_per_learner) as loopback:
         gpus = [{"num_gpus": cfg.cluster.gpus_per_learner}] * t.num_learners
-        group = LearnerGroup(cfg.model.path, t.num_learners, offline_learner_options(cfg), t.threads_per_learner,
-                             loopback=loopback, actor_options=gpus)
+        opts = offline_learner_options(cfg, planned_steps(cfg, data.train))
+        group = LearnerGroup(cfg.model.path, t.num_learners, opts, t.threads_per_learner, loopback=loopback,
+                             actor_options=gpus)
         try:
             task = TASKS[cfg.run.mode](cfg, group, data.train, data.evals, data.pad_id)
             record.update(train_offline(cfg, task, run_dir, log))

@@ -7,6 +7,7 @@ from __future__ import annotations
 from cluster.config import Config, ConfigError
 from trainer.learner import LearnerOptions
 from trainer.losses import loss_kind
+from trainer.schedules import Schedule
 
 PAIRED_MODES = ("reward_model", "dpo")  # offline modes whose examples are chosen/rejected pairs
 
@@ -38,10 +39,21 @@ def learner_shape(rows: int, what: str, parts: int, parts_desc: str, micro_batch
     return micro, per_rank // micro
 
 
-def learner_options(cfg: Config) -> LearnerOptions:
-    """The policy learners' options (any run.mode)."""
+def schedule(section, optimizer_steps: int) -> Schedule:
+    """A learner section's (trainer, critic) learning-rate schedule over the run's optimizer steps."""
+    return Schedule(section.lr_schedule, max(optimizer_steps, 1), section.lr_warmup_steps, section.min_lr_ratio)
+
+
+def policy_optimizer_steps(cfg: Config) -> int:
+    """Policy optimizer steps an RL run applies: updates_per_batch per step, none in the critic's warm-up."""
+    trained = cfg.controller.steps - (cfg.critic.warmup_steps if cfg.critic.enabled else 0)
+    return max(trained, 0) * cfg.trainer.updates_per_batch
+
+
+def learner_options(cfg: Config, offline_steps: int = 1) -> LearnerOptions:
+    """The policy learners' options (any run.mode; offline modes: over `offline_steps` optimizer steps)."""
     if cfg.run.mode != "rl":
-        return offline_learner_options(cfg)
+        return offline_learner_options(cfg, offline_steps)
     t = cfg.trainer
     pairs = is_online_preference(cfg)
     what = ("2 x controller.prompts_per_step, a pair per prompt" if pairs
@@ -51,8 +63,8 @@ def learner_options(cfg: Config) -> LearnerOptions:
                                  f"trainer.num_learners={t.num_learners}", t.micro_batch_size,
                                  "trainer.micro_batch_size", pairs)
     return LearnerOptions(
-        zero_stage=t.zero_stage, lr=t.lr, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
-        micro_batch_size=micro, grad_accum_steps=accum, dtype=cfg.model.dtype,
+        zero_stage=t.zero_stage, lr=t.lr, schedule=schedule(t, policy_optimizer_steps(cfg)),
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, micro_batch_size=micro, grad_accum_steps=accum, dtype=cfg.model.dtype,
         use_reference=cfg.algorithm.kl_coef > 0 or loss_kind(cfg.algorithm.loss).needs_reference, seed=cfg.run.seed,
         gradient_checkpointing=t.gradient_checkpointing, attn_implementation=t.attn_implementation,
         logprob_chunk_tokens=t.logprob_chunk_tokens, collective_timeout_s=cfg.cluster.collective_timeout_s,
@@ -66,22 +78,24 @@ def critic_options(cfg: Config) -> LearnerOptions:
                                  f"trainer.updates_per_batch={t.updates_per_batch} x "
                                  f"critic.num_learners={c.num_learners}", c.micro_batch_size,
                                  "critic.micro_batch_size")
-    return LearnerOptions(zero_stage=c.zero_stage, lr=c.lr, max_grad_norm=c.max_grad_norm, micro_batch_size=micro,
+    return LearnerOptions(zero_stage=c.zero_stage, lr=c.lr, schedule=schedule(c, cfg.controller.steps * t.updates_per_batch),
+                          max_grad_norm=c.max_grad_norm, micro_batch_size=micro,
                           grad_accum_steps=accum, dtype=cfg.model.dtype, model_kind="value",
                           seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,
                           attn_implementation=t.attn_implementation,
                           collective_timeout_s=cfg.cluster.collective_timeout_s)
 
 
-def offline_learner_options(cfg: Config) -> LearnerOptions:
-    """Learner shapes for an offline step of offline.batch_size examples (2 rows per pair)."""
+def offline_learner_options(cfg: Config, steps: int) -> LearnerOptions:
+    """Learner shapes for an offline step of offline.batch_size examples (2 rows per pair), over `steps`
+    optimizer steps."""
     t = cfg.trainer
     pairs = cfg.run.mode in PAIRED_MODES
     rows = cfg.offline.batch_size * (2 if pairs else 1)
     micro, accum = learner_shape(rows, f"offline.batch_size={cfg.offline.batch_size}" + (" pairs" if pairs else ""),
                                  t.num_learners, f"trainer.num_learners={t.num_learners}", t.micro_batch_size,
                                  "trainer.micro_batch_size", pairs)
-    return LearnerOptions(zero_stage=t.zero_stage, lr=t.lr, weight_decay=t.weight_decay,
+    return LearnerOptions(zero_stage=t.zero_stage, lr=t.lr, schedule=schedule(t, steps), weight_decay=t.weight_decay,
                           max_grad_norm=t.max_grad_norm, micro_batch_size=micro, grad_accum_steps=accum,
                           dtype=cfg.model.dtype, model_kind="reward" if cfg.run.mode == "reward_model" else "policy",
                           seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,

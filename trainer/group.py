@@ -92,6 +92,7 @@ class LearnerGroup:
         if len({s.skipped for s in stats}) > 1:
             raise RuntimeError(f"{self.role} ranks disagree on skipping a non-finite step: {[s.skipped for s in stats]}")
         out["nonfinite"] = float(stats[0].skipped)  # 1: the loss or gradient was not finite, nothing moved
+        out["lr"] = stats[0].lr
         return out
 
     def logprobs(self, batch: TrainBatch, temperature: float) -> np.ndarray:

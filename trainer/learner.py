@@ -26,6 +26,7 @@ from rollout.transfer.collective import TransferGroup
 from rollout.transfer.object_store import StoredUpdate, put_packed
 from trainer.logprobs import shift_to_tokens, check_chunked_head, token_logprobs
 from trainer.losses import LOSSES, LossInputs
+from trainer.schedules import Schedule
 from trainer.types import LossSpec, StepStats, TrainBatch
 
 # Metrics whose step maximum over response tokens is reported next to the token mean: one
@@ -43,6 +44,7 @@ class OffloadStats:
 class LearnerOptions:
     zero_stage: int = 2
     lr: float = 1e-4
+    schedule: Schedule = Schedule()  # the rate's multiplier per optimizer step (trainer/schedules.py)
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     micro_batch_size: int = 64
@@ -121,13 +123,16 @@ def _skip_cpu_shm_comm() -> None:
 
 class _AdamW(torch.optim.AdamW):
     """AdamW that can be told to skip its next step: moments and step count stay as they were.
-    ZeRO-0 needs it (DeepSpeed checks non-finite gradients only in its ZeRO optimizers)."""
+    ZeRO-0 needs it (DeepSpeed checks non-finite gradients only in its ZeRO optimizers). DeepSpeed
+    reads `overflow` after a step: a skipped step counts as skipped and does not advance the
+    learning-rate schedule, as in the ZeRO optimizers."""
 
     skip_next = False
+    overflow = False
 
     def step(self, closure=None):
-        if self.skip_next:
-            self.skip_next = False
+        self.overflow, self.skip_next = self.skip_next, False
+        if self.overflow:
             return None
         return super().step(closure)
 
@@ -167,7 +172,10 @@ class Learner:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
         optimizer = self.optimizer = _AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
-        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=self._ds_config())
+        # DeepSpeed steps the scheduler at each applied optimizer step and checkpoints its state.
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, opts.schedule)
+        self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
+                                               config=self._ds_config())
         self.ref = None
         if opts.use_reference:
             self.ref = load_model(self.model_path, "policy", dtype, opts.attn_implementation).eval()
@@ -229,6 +237,7 @@ class Learner:
         row_sums: dict[str, float] = {}
         maxes: dict[str, float] = {}
         loss_total, tokens, rows, norm = 0.0, 0, 0, None
+        lr = float(self.engine.get_lr()[0])  # the rate this step applies (the schedule moves after it)
         for start in range(0, n, micro):
             t = self._tensors(shard.rows(slice(start, start + micro)))
             x = self._loss_inputs(t, spec)
@@ -265,7 +274,7 @@ class Learner:
         # check; on for bf16 in _ds_config) and report the norm as inf; ZeRO-0 is skipped above.
         skipped = norm is not None and not math.isfinite(float(norm))
         return StepStats(loss_total, tokens, sums, None if norm is None else float(norm), row_sums, rows, maxes,
-                         skipped)
+                         skipped, lr)
 
     def _grad_norm(self) -> float:
         grads = [p.grad.detach().float().norm() for p in self.engine.module.parameters() if p.grad is not None]

@@ -88,3 +88,4 @@ class StepStats:
     maxes: dict[str, float] = dataclasses.field(default_factory=dict)
     # The loss or the gradient was not finite: no parameter moved (the same on every rank).
     skipped: bool = False
+    lr: float = 0.0  # the learning rate this step applied (trainer/schedules.py)

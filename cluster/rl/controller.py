@@ -129,7 +129,7 @@ class Controller:
             for part in parts:
                 critic = self.roles.critic.train_step(self.experience.weighted(batches.critic.rows(part)),
                                                       self.experience.critic_spec())
-            metrics.update(value_loss=critic["loss"], value_clip_frac=critic["value_clip_frac"])
+            metrics.update(value_loss=critic["loss"], value_clip_frac=critic["value_clip_frac"], critic_lr=critic["lr"])
         if step <= self.cfg.critic.warmup_steps:
             return metrics, False  # critic warm-up: the policy waits for useful values
         updates = [self.roles.learners.train_step(self.experience.weighted(batches.policy.rows(part)),

@@ -12,6 +12,7 @@ import pytest
 
 from cluster.config import load_config
 from cluster.run import run
+from trainer.schedules import Schedule
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -48,6 +49,7 @@ def test_offline_dpo_raises_held_out_margin(sft_run, tmp_path):
         f"model.path={model}", "model.bootstrap=false", f"data.train_path={data}/pairs_train.jsonl",
         f"data.eval_path={data}/pairs_eval.jsonl", f"run.output_dir={tmp_path}/runs",
         "trainer.lr=1e-3", "offline.max_steps=48", "offline.epochs=2", "offline.eval_every=16",
+        "trainer.lr_schedule=cosine", "trainer.lr_warmup_steps=4", "trainer.min_lr_ratio=0.5",
     ])
     summary = run(cfg, log=print).record
     initial, final = summary["eval"]["initial"], summary["eval"]["final"]
@@ -61,6 +63,10 @@ def test_offline_dpo_raises_held_out_margin(sft_run, tmp_path):
     # The first step's loss is log 2 (zero margins); training rows report the DPO metrics.
     assert abs(train[0]["loss"] - np.log(2)) < 1e-4 and abs(train[0]["reward_margin"]) < 1e-5
     assert np.mean([r["reward_accuracy"] for r in train[-8:]]) > 0.8
+    # The learning rate followed its schedule over the run's 48 optimizer steps (offline.max_steps).
+    want = [1e-3 * Schedule("cosine", 48, 4, 0.5)(i) for i in range(48)]
+    assert [r["lr"] for r in train] == pytest.approx(want, rel=1e-12)
+    assert train[0]["lr"] == pytest.approx(2.5e-4) and train[-1]["lr"] == pytest.approx(5e-4, rel=0.01)
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(summary["final_dir"])

@@ -1,5 +1,6 @@
 """Resume: a synchronous run killed with SIGKILL mid-way and resumed with --resume ends on
-bitwise the same weights, with the same per-step metrics, as the run that was never stopped."""
+bitwise the same weights, with the same per-step metrics, as the run that was never stopped
+(its cosine learning-rate schedule included: it goes on from where the checkpoint left it)."""
 
 import json
 import os
@@ -16,10 +17,11 @@ from cluster.config import config_to_yaml
 from cluster.run import run
 from tests.e2e.checkpoints import same_weights
 from tests.e2e.test_grpo_local import config
+from trainer.schedules import Schedule
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 8
-KEYS = ("reward_mean", "loss", "grad_norm", "entropy", "clip_frac", "response_len", "version", "staleness_max")
+KEYS = ("reward_mean", "loss", "grad_norm", "entropy", "clip_frac", "response_len", "version", "staleness_max", "lr")
 
 
 def rows(path):
@@ -40,8 +42,12 @@ def kill_tree(proc: subprocess.Popen) -> None:
 
 def test_a_run_killed_mid_way_resumes_to_the_same_weights_and_metrics(ray_session, tmp_path):
     common = (f"controller.steps={STEPS}", "controller.checkpoint_every=2", "controller.keep_checkpoints=2",
-              "controller.eval_every=4")
+              "controller.eval_every=4", "trainer.lr_schedule=cosine", "trainer.lr_warmup_steps=2")
     straight = run(config(tmp_path, *common, "run.name=straight"), log=lambda *_: None).record
+    lr = config(tmp_path).trainer.lr
+    logged = [r["lr"] for r in rows(tmp_path / "runs" / "straight")[:STEPS]]
+    assert logged == pytest.approx([lr * Schedule("cosine", STEPS, 2)(i) for i in range(STEPS)], rel=1e-12)
+    assert logged[:3] == pytest.approx([lr / 2, lr, lr]) and logged[-1] < 0.1 * lr  # warm-up, then the decay
 
     cfg = config(tmp_path, *common, "run.name=killed")
     recipe = tmp_path / "killed.yaml"

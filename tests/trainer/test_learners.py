@@ -9,11 +9,15 @@ from trainer.learner import LearnerOptions
 from rollout.transfer.object_store import fetch_update
 from trainer.logprobs import token_logprobs
 from trainer.losses import AGGREGATIONS, LOSSES, LossInputs
+from trainer.schedules import Schedule
 from trainer.types import LossSpec, TrainBatch
 
 SPEC = LossSpec(clip_eps=0.2, temperature=1.0)
 LR, CLIP = 3e-3, 0.2  # clip low enough that gradient clipping is exercised
 STEPS = 2
+# Warm-up over both steps: rates LR/2 then LR, applied by the learners' scheduler and by hand in the
+# reference (a learner that ignored the schedule would take a different first step).
+WARMUP = Schedule("cosine", total=4, warmup=STEPS)
 
 
 def load(path):
@@ -49,7 +53,9 @@ def reference_step(path, batch: TrainBatch) -> tuple[dict[str, np.ndarray], floa
     model = load(path)
     opt = torch.optim.AdamW(model.parameters(), lr=LR, weight_decay=0.0)
     t = {k: torch.tensor(v) for k, v in vars(batch).items() if isinstance(v, np.ndarray)}
-    for _ in range(STEPS):
+    for step in range(STEPS):
+        for group in opt.param_groups:
+            group["lr"] = LR * (step + 1) / STEPS
         logp, _ = token_logprobs(model, t["input_ids"], t["attention_mask"], 1.0)
         x = LossInputs(mask=t["loss_mask"], logprobs=logp, behaviour_logprobs=t["behaviour_logprobs"], advantages=t["advantages"])
         per_token, _ = LOSSES.get("ppo_clip")(x, SPEC)
@@ -74,13 +80,15 @@ def test_learner_group_matches_single_process_step(ray_session, tiny_model, stag
     path, batch = tiny_model, make_batch(tiny_model, agg)
     expected, expected_norm = reference_step(path, batch)
     rows_per_rank = len(batch) // ranks
-    opts = LearnerOptions(zero_stage=stage, lr=LR, max_grad_norm=CLIP, micro_batch_size=micro,
+    opts = LearnerOptions(zero_stage=stage, lr=LR, schedule=WARMUP, max_grad_norm=CLIP, micro_batch_size=micro,
                           grad_accum_steps=rows_per_rank // micro, gradient_checkpointing=checkpointing,
                           logprob_chunk_tokens=chunk)
     group = LearnerGroup(path, ranks, opts)
     try:
+        rates = []
         for _ in range(STEPS):
             stats = group.train_step(batch, SPEC)
+            rates.append(stats["lr"])
         layout = group.transfer_layout(2**18)  # 256 KB buckets: ZeRO-3 gathers them one at a time
         got = {n: t.numpy() for n, t in fetch_update(layout, group.export_weights(1, layout)).items()}
     finally:
@@ -99,6 +107,7 @@ def test_learner_group_matches_single_process_step(ray_session, tiny_model, stag
     # across ranks and micro-batches (and that clipping saw the right norm).
     assert stats["grad_norm"] == pytest.approx(expected_norm, rel=1e-5)
     assert expected_norm > CLIP and 0 < stats["clip_frac"] < 1
+    assert rates == [LR / 2, LR]  # the logged rate is the one each step applied
 
 
 def test_critic_learns_its_returns(ray_session, tiny_model):
@@ -183,10 +192,12 @@ def test_offload_between_steps_leaves_the_update_unchanged(ray_session, tiny_mod
 
 def test_saved_state_continues_bitwise(ray_session, tiny_model, tmp_path):
     """ZeRO-2 over 2 ranks: 2 steps, save, 2 more steps; a fresh group loaded from the save and
-    given the same 2 steps ends on bitwise the same weights (optimizer moments and step count
-    restored: Adam from a reset state would move differently)."""
+    given the same 2 steps ends on bitwise the same weights (optimizer moments, step count and the
+    cosine schedule's position restored: Adam from a reset state, or the schedule from its start,
+    would move differently)."""
     batch = make_batch(tiny_model, "token-mean")
-    opts = LearnerOptions(zero_stage=2, lr=LR, max_grad_norm=CLIP, micro_batch_size=4, grad_accum_steps=2)
+    opts = LearnerOptions(zero_stage=2, lr=LR, schedule=Schedule("cosine", total=2 * STEPS), max_grad_norm=CLIP,
+                          micro_batch_size=4, grad_accum_steps=2)
 
     def weights(group):
         layout = group.transfer_layout(2**18)
@@ -207,13 +218,13 @@ def test_saved_state_continues_bitwise(ray_session, tiny_model, tmp_path):
     try:
         resumed_group.load_state(str(tmp_path / "ckpt"))
         assert all(np.array_equal(saved[n], v) for n, v in weights(resumed_group).items())
-        for _ in range(STEPS):
-            resumed_group.train_step(batch, SPEC)
+        rates = [resumed_group.train_step(batch, SPEC)["lr"] for _ in range(STEPS)]
         resumed = weights(resumed_group)
     finally:
         resumed_group.shutdown()
     assert max(np.abs(straight[n] - saved[n]).max() for n in saved) > 1e-3  # the last steps moved
     assert all(np.array_equal(straight[n], resumed[n]) for n in straight)
+    assert rates == pytest.approx([LR * 0.5, LR * (1 + np.cos(0.75 * np.pi)) / 2])  # steps 3 and 4 of the cosine
 
 
 @pytest.mark.parametrize("stage", [0, 2])
@@ -221,21 +232,26 @@ def test_a_non_finite_step_moves_nothing_and_the_next_step_lands_as_if_it_never_
                                                                                      stage):
     """A NaN advantage on one rank makes the loss and the gradient NaN: the step is reported
     skipped on every rank and no parameter, moment or step count moves, so good, bad, good ends
-    on bitwise the weights of good, good (ZeRO-0: our own check; ZeRO-2: DeepSpeed's)."""
+    on bitwise the weights of good, good (ZeRO-0: our own check; ZeRO-2: DeepSpeed's). The skipped
+    step does not advance the learning-rate schedule either: good, bad, good applies LR then 2/3 LR."""
     batch = make_batch(tiny_model, "token-mean")
     advantages = batch.advantages.copy()
     advantages[0, :] = np.nan
     bad = batch.replace(advantages=advantages)
-    opts = LearnerOptions(zero_stage=stage, lr=LR, max_grad_norm=CLIP, micro_batch_size=4, grad_accum_steps=2)
-    weights, flags = [], []
+    opts = LearnerOptions(zero_stage=stage, lr=LR, schedule=Schedule("linear", total=3), max_grad_norm=CLIP,
+                          micro_batch_size=4, grad_accum_steps=2)
+    weights, flags, rates = [], [], []
     for batches in ([batch, bad, batch], [batch, batch]):
         group = LearnerGroup(tiny_model, 2, opts)
         try:
-            flags.append([group.train_step(b, SPEC)["nonfinite"] for b in batches])
+            stats = [group.train_step(b, SPEC) for b in batches]
+            flags.append([s["nonfinite"] for s in stats])
+            rates.append([s["lr"] for s in stats])
             layout = group.transfer_layout(2**18)
             weights.append({n: t.numpy() for n, t in fetch_update(layout, group.export_weights(1, layout)).items()})
         finally:
             group.shutdown()
     assert flags == [[0.0, 1.0, 0.0], [0.0, 0.0]]
+    assert rates[0] == pytest.approx([LR, LR * 2 / 3, LR * 2 / 3]) and rates[1] == pytest.approx([LR, LR * 2 / 3])
     assert all(np.isfinite(w).all() for w in weights[0].values())
     assert all(np.array_equal(weights[0][n], weights[1][n]) for n in weights[0])
