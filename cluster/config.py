@@ -61,11 +61,13 @@ class ModelConfig(Section):
 
 
 class DataConfig(Section):
+    # jsonl, parquet or csv files, or `datasets.save_to_disk` directories (rollout/data.py: read_rows).
     train_path: str
     eval_path: str
-    prompt_key: str = "prompt"
+    # Columns; a dotted name reaches into a nested record (e.g. reward_model.ground_truth).
+    prompt_key: str = "prompt"  # a string, or a list of {role, content} messages
     answer_key: str = "answer"
-    # Offline modes: train_path / eval_path are jsonl, parquet or a `save_to_disk` directory.
+    system_prompt: Optional[str] = None  # a system message before every prompt (chat template)
     completion_key: str = "completion"  # sft: the trained text next to prompt_key
     messages_key: str = "messages"  # sft: a chat whose assistant turns train
     chosen_key: str = "chosen"

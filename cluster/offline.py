@@ -184,7 +184,8 @@ def load_offline_data(cfg: Config) -> OfflineData:
     tok = AutoTokenizer.from_pretrained(cfg.model.path)
     # Reward-model rows: prompt + response ids, no EOS; the export records this rendering and the
     # reward-model worker renders what it scores the same way (rollout/render.py).
-    renderer = Renderer(tok, d.chat_template, d.max_length, append_eos=cfg.run.mode != "reward_model")
+    renderer = Renderer(tok, d.chat_template, d.max_length, append_eos=cfg.run.mode != "reward_model",
+                        system_prompt=d.system_prompt)
     keys = Keys(d.prompt_key, d.completion_key, d.messages_key, d.chosen_key, d.rejected_key, d.margin_key)
     load = load_sft if cfg.run.mode == "sft" else load_pairs
     train, dropped = load(d.train_path, renderer, keys)

@@ -73,15 +73,16 @@ def prepare_model(cfg: Config, log=print) -> None:
 
 
 def prepare_inputs(cfg: Config) -> tuple[list[Prompt], list[Prompt]]:
-    """The RL prompts (train, held-out), checked row by row and rendered to token ids by the
-    policy's tokenizer (its chat template, a user turn, per data.chat_template) before any
-    actor starts."""
+    """The RL prompts (train, held-out) from any format read_rows reads, checked row by row and
+    rendered to token ids by the policy's tokenizer (its chat template, data.system_prompt first,
+    then the row's messages or a user turn, per data.chat_template) before any actor starts."""
     from transformers import AutoTokenizer
 
     from rollout.render import Renderer
 
     keys = dict(prompt_key=cfg.data.prompt_key, answer_key=cfg.data.answer_key)
-    renderer = Renderer(AutoTokenizer.from_pretrained(cfg.model.path), cfg.data.chat_template)
+    renderer = Renderer(AutoTokenizer.from_pretrained(cfg.model.path), cfg.data.chat_template,
+                        system_prompt=cfg.data.system_prompt)
     train, evals = (render_prompts(load_prompts(path, **keys), renderer.prompt_ids, path)
                     for path in (cfg.data.train_path, cfg.data.eval_path))
     return train, evals

@@ -64,7 +64,8 @@ def learner_options(cfg: Config, offline_steps: int = 1) -> LearnerOptions:
                                  "trainer.micro_batch_size", pairs)
     return LearnerOptions(
         zero_stage=t.zero_stage, lr=t.lr, schedule=schedule(t, policy_optimizer_steps(cfg)),
-        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, micro_batch_size=micro, grad_accum_steps=accum, dtype=cfg.model.dtype,
+        weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm, micro_batch_size=micro, grad_accum_steps=accum,
+        dtype=cfg.model.dtype,
         use_reference=cfg.algorithm.kl_coef > 0 or loss_kind(cfg.algorithm.loss).needs_reference, seed=cfg.run.seed,
         gradient_checkpointing=t.gradient_checkpointing, attn_implementation=t.attn_implementation,
         logprob_chunk_tokens=t.logprob_chunk_tokens, collective_timeout_s=cfg.cluster.collective_timeout_s,
@@ -78,9 +79,9 @@ def critic_options(cfg: Config) -> LearnerOptions:
                                  f"trainer.updates_per_batch={t.updates_per_batch} x "
                                  f"critic.num_learners={c.num_learners}", c.micro_batch_size,
                                  "critic.micro_batch_size")
-    return LearnerOptions(zero_stage=c.zero_stage, lr=c.lr, schedule=schedule(c, cfg.controller.steps * t.updates_per_batch),
-                          max_grad_norm=c.max_grad_norm, micro_batch_size=micro,
-                          grad_accum_steps=accum, dtype=cfg.model.dtype, model_kind="value",
+    return LearnerOptions(zero_stage=c.zero_stage, lr=c.lr,
+                          schedule=schedule(c, cfg.controller.steps * t.updates_per_batch),
+                          max_grad_norm=c.max_grad_norm, micro_batch_size=micro, grad_accum_steps=accum, dtype=cfg.model.dtype, model_kind="value",
                           seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,
                           attn_implementation=t.attn_implementation,
                           collective_timeout_s=cfg.cluster.collective_timeout_s)

@@ -43,7 +43,7 @@ class RewardModelScorer:
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         trained = load_rendering(path)
         self.renderer = Renderer(self.tokenizer, trained.get("chat_template"), trained.get("max_length", max_length),
-                                 append_eos=False)
+                                 append_eos=False, system_prompt=trained.get("system_prompt"))
 
     def ids(self, prompt: str, response: str) -> list[int]:
         """prompt + response as the reward model's training rendered them (truncated the same way)."""

@@ -13,7 +13,7 @@ import logging
 import re
 from typing import Optional
 
-from reward.extract import code_block, final_answer_text, last_boxed
+from reward.extract import after_hashes, code_block, final_answer_text, last_boxed
 from rollout.registry import Registry
 
 VERIFIERS: Registry = Registry("verifier")
@@ -22,8 +22,8 @@ _INT = re.compile(r"^[+-]?\d+$")
 
 
 def normalize_number(text: str) -> str | None:
-    """'  0042 ' -> '42', '-7' -> '-7', '1,234' -> '1234'; None when not an integer."""
-    text = text.strip().replace(",", "").replace(" ", "")
+    """'  0042 ' -> '42', '-7' -> '-7', '1,234' -> '1234', '$18.' -> '18'; None when not an integer."""
+    text = text.strip().replace(",", "").replace(" ", "").removesuffix(".").removeprefix("$")
     if not _INT.match(text):
         return None
     return str(int(text))
@@ -34,10 +34,21 @@ def final_answer(response: str) -> str:
     return response.rsplit("####", 1)[-1]
 
 
-@VERIFIERS.register("arithmetic", "1.0 when the final integer answer equals the reference after normalisation")
+def reference_answer(answer: str) -> str:
+    """A reference given as a whole solution reduced to its final answer: MATH's '... \\boxed{72}'
+    (the last box) or GSM8K's '... #### 72' (the line after the last marker); else as given."""
+    for finder in (last_boxed, after_hashes):
+        found = finder(answer)
+        if found:
+            return found
+    return answer
+
+
+@VERIFIERS.register("arithmetic", "1.0 when the final integer answer equals the reference after normalisation "
+                                  "(a GSM8K-style reference '... #### 72' is read after its marker)")
 def arithmetic(response: str, answer: str) -> float:
     got = normalize_number(final_answer(response))
-    want = normalize_number(answer)
+    want = normalize_number(reference_answer(answer))
     if want is None:
         raise ValueError(f"reference answer {answer!r} is not an integer")
     return 1.0 if got is not None and got == want else 0.0
@@ -72,12 +83,13 @@ def math_equivalent(predicted: str, reference: str) -> bool:
 
 
 @VERIFIERS.register("math", "1.0 when the final answer (\\boxed{}, ####, 'the answer is') equals the reference "
-                            "mathematically (math-verify)")
+                            "mathematically (math-verify); a reference that is a whole solution is read at its "
+                            "last \\boxed{} or ####")
 def math_answer(response: str, answer: str) -> float:
     predicted = final_answer_text(response)
     if not predicted:
         return 0.0
-    return 1.0 if math_equivalent(predicted, answer) else 0.0
+    return 1.0 if math_equivalent(predicted.removesuffix("."), reference_answer(answer).removesuffix(".")) else 0.0
 
 
 @VERIFIERS.register("format_boxed", "1.0 when the response states its answer in a non-empty \\boxed{...}")

@@ -12,7 +12,7 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
-from rollout.data import DataError
+from rollout.data import DataError, as_messages, as_text
 
 # Written beside a reward model's exported weights: how its training rendered the rows.
 RENDERING_FILE = "tandem_rendering.json"
@@ -22,12 +22,26 @@ class Renderer:
     """Text -> token ids, with the tokenizer's chat template when there is one to use."""
 
     def __init__(self, tokenizer, chat_template: Optional[bool] = None, max_length: int = 1024,
-                 append_eos: bool = True):
+                 append_eos: bool = True, system_prompt: Optional[str] = None):
         has = bool(getattr(tokenizer, "chat_template", None))
         if chat_template and not has:
             raise DataError("data.chat_template is true but the tokenizer has no chat template")
         self.tok, self.templated = tokenizer, has if chat_template is None else chat_template
         self.max_length, self.append_eos = max_length, append_eos
+        # data.system_prompt: a system message first (a row's own system message wins); as plain
+        # text, a line before the prompt, then a blank line.
+        self.system_prompt = system_prompt
+
+    def _chat(self, prompt: Any, where: str) -> list[dict]:
+        """A prompt (text or messages) as the messages the template renders, system prompt first."""
+        messages = as_messages(prompt, where, "prompt") if isinstance(prompt, list) else \
+            [{"role": "user", "content": as_text(prompt, where, "prompt")}]
+        return self._with_system(messages)
+
+    def _with_system(self, messages: list[dict]) -> list[dict]:
+        if self.system_prompt is None or messages[0]["role"] == "system":
+            return messages
+        return [{"role": "system", "content": self.system_prompt}, *messages]
 
     def _template(self, messages: list[dict], generation_prompt: bool) -> str:
         return self.tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
@@ -36,20 +50,19 @@ class Renderer:
         return list(self.tok(text, add_special_tokens=specials)["input_ids"])
 
     def prompt_ids(self, prompt: Any, where: str) -> list[int]:
-        messages = as_messages(prompt, where, "prompt") if isinstance(prompt, list) else None
         if not self.templated:
-            if messages is not None:
+            if isinstance(prompt, list):
                 raise DataError(f"{where}: the prompt is a message list but the tokenizer has no chat template")
-            return self._ids(as_text(prompt, where, "prompt"), specials=True)
-        messages = messages or [{"role": "user", "content": as_text(prompt, where, "prompt")}]
-        return self._ids(self._template(messages, True))
+            text = as_text(prompt, where, "prompt")
+            return self._ids(text if self.system_prompt is None else f"{self.system_prompt}\n\n{text}", specials=True)
+        return self._ids(self._template(self._chat(prompt, where), True))
 
     def completion_ids(self, prompt: Any, completion: str) -> list[int]:
         """The completion's ids; with a template, its rendering after the prompt (end-of-turn included)."""
         if not self.templated:
             eos = [self.tok.eos_token_id] if self.append_eos else []
             return self._ids(completion) + eos
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        messages = self._chat(prompt, "completion's prompt")
         head = self._template(messages, True)
         full = self._template([*messages, {"role": "assistant", "content": completion}], False)
         tail = full[len(head):] if full.startswith(head) else completion + (self.tok.eos_token or "")
@@ -59,6 +72,7 @@ class Renderer:
         """A multi-turn chat as (ids, trains): every assistant turn trains, the rest is context."""
         if not self.templated:
             raise DataError(f"{where}: a 'messages' row needs a tokenizer with a chat template")
+        messages = self._with_system(messages)
         pieces, done = [], ""
         for i, m in enumerate(messages):
             if m["role"] != "assistant":
@@ -79,27 +93,11 @@ class Renderer:
         return tuple(ids[: self.max_length]), tuple(trains[: self.max_length])
 
 
-def as_text(value: Any, where: str, key: str) -> str:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return str(value)
-    if not isinstance(value, str):
-        raise DataError(f"{where}: '{key}' must be a string or a message list, got {type(value).__name__}")
-    return value
-
-
-def as_messages(value: Any, where: str, key: str) -> list[dict]:
-    for i, m in enumerate(value):
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            raise DataError(f"{where}: '{key}'[{i}] must be a {{role, content}} message with string values")
-    if not value:
-        raise DataError(f"{where}: '{key}' is an empty message list")
-    return [{"role": m["role"], "content": m["content"]} for m in value]
-
-
 def save_rendering(renderer: Renderer, directory: str | Path) -> None:
     """Record how `renderer` rendered a model's training rows, beside its exported weights."""
     Path(directory, RENDERING_FILE).write_text(json.dumps({"chat_template": renderer.templated,
-                                                           "max_length": renderer.max_length}))
+                                                           "max_length": renderer.max_length,
+                                                           "system_prompt": renderer.system_prompt}))
 
 
 def load_rendering(directory: str | Path) -> dict:

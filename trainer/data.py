@@ -1,7 +1,8 @@
 """Supervised and preference datasets for the offline modes (sft, reward_model, dpo).
 
-Files: jsonl (parsed line by line, so an error names the line), parquet, or a dataset
-directory written by `datasets.save_to_disk` (both read through `datasets`). Rows are:
+Files: jsonl or csv (an error names the line), parquet, or a dataset directory written by
+`datasets.save_to_disk` (rollout/data.py: read_rows; columns may be dotted paths into nested
+records). Rows are:
 
   sft:         {prompt, completion} (keys configurable), or {messages: [{role, content}, ...]}
                where every assistant turn trains
@@ -20,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from rollout.data import DataError, read_jsonl
-from rollout.render import Renderer, as_messages, as_text
+from rollout.data import DataError, as_messages, as_text, column, read_rows, row_where
+from rollout.render import Renderer
 
 
 @dataclass(frozen=True)
@@ -50,54 +51,6 @@ class Keys:
     margin: Optional[str] = None
 
 
-def read_rows(path: str | Path) -> list[dict]:
-    """All rows of a jsonl file, a parquet file or a `save_to_disk` dataset directory."""
-    path = Path(path)
-    if path.is_dir():
-        import datasets
-
-        try:
-            ds = datasets.load_from_disk(str(path))
-        except Exception as exc:  # noqa: BLE001 - datasets raises several types for a bad directory
-            raise DataError(f"{path}: not a dataset directory written by datasets.save_to_disk ({exc})") from None
-        if isinstance(ds, datasets.DatasetDict):
-            if "train" not in ds:
-                raise DataError(f"{path}: a DatasetDict without a 'train' split (splits: {sorted(ds)}); "
-                                "point at one split's directory")
-            ds = ds["train"]
-        rows = ds.to_list()
-    elif not path.is_file():
-        raise DataError(f"dataset not found: {path}")
-    elif path.suffix == ".parquet":
-        import datasets
-
-        try:
-            rows = datasets.Dataset.from_parquet(str(path), keep_in_memory=True).to_list()
-        except Exception as exc:  # noqa: BLE001 - pyarrow's errors vary by corruption
-            raise DataError(f"{path}: not a readable parquet file ({exc})") from None
-    elif path.suffix in (".jsonl", ".json"):
-        rows = _read_jsonl(path)
-    else:
-        raise DataError(f"{path}: unknown dataset format (use .jsonl, .parquet or a dataset directory)")
-    if not rows:
-        raise DataError(f"{path}: no rows")
-    return rows
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    return [row | {"__where__": f"{path}:{lineno}"} for lineno, row in read_jsonl(path)]
-
-
-def _where(path: Path, index: int, row: dict) -> str:
-    return row.pop("__where__", None) or f"{path}: row {index + 1}"
-
-
-def _require(row: dict, key: str, where: str) -> Any:
-    if key not in row or row[key] is None:
-        raise DataError(f"{where}: missing key '{key}' (keys: {sorted(k for k in row if k != '__where__')})")
-    return row[key]
-
-
 def _split_answer(value: Any, prompt: Any, where: str, key: str) -> tuple[Any, str]:
     """(prompt, answer text) from a string answer or a conversation ending with the answer."""
     if not isinstance(value, list):
@@ -112,13 +65,13 @@ def load_sft(path: str | Path, renderer: Renderer, keys: Keys = Keys()) -> tuple
     """Supervised examples and how many were dropped (prompt alone at or over max_length)."""
     out, dropped = [], 0
     for index, row in enumerate(read_rows(path)):
-        where = _where(Path(path), index, row)
+        where = row_where(path, index, row)
         if keys.messages in row and keys.prompt not in row:
-            messages = as_messages(_require(row, keys.messages, where), where, keys.messages)
+            messages = as_messages(column(row, keys.messages, where), where, keys.messages)
             out.append(Example(*renderer.conversation(messages, where)))
             continue
-        prompt = _require(row, keys.prompt, where)
-        completion = as_text(_require(row, keys.completion, where), where, keys.completion)
+        prompt = column(row, keys.prompt, where)
+        completion = as_text(column(row, keys.completion, where), where, keys.completion)
         p = renderer.prompt_ids(prompt, where)
         if len(p) >= renderer.max_length:
             dropped += 1
@@ -133,15 +86,15 @@ def load_pairs(path: str | Path, renderer: Renderer, keys: Keys = Keys()) -> tup
     chosen and rejected identical within max_length)."""
     out, dropped = [], 0
     for index, row in enumerate(read_rows(path)):
-        where = _where(Path(path), index, row)
+        where = row_where(path, index, row)
         prompt = row.get(keys.prompt)
-        chosen_prompt, chosen = _split_answer(_require(row, keys.chosen, where), prompt, where, keys.chosen)
-        _, rejected = _split_answer(_require(row, keys.rejected, where), prompt, where, keys.rejected)
+        chosen_prompt, chosen = _split_answer(column(row, keys.chosen, where), prompt, where, keys.chosen)
+        _, rejected = _split_answer(column(row, keys.rejected, where), prompt, where, keys.rejected)
         if chosen_prompt is None:
-            raise DataError(f"{where}: missing key '{keys.prompt}' (and '{keys.chosen}' is not a conversation)")
+            raise DataError(f"{where}: no column '{keys.prompt}' (and '{keys.chosen}' is not a conversation)")
         margin = 0.0
         if keys.margin is not None:
-            value = _require(row, keys.margin, where)
+            value = column(row, keys.margin, where)
             if not isinstance(value, (int, float)) or isinstance(value, bool):
                 raise DataError(f"{where}: '{keys.margin}' must be a number, got {type(value).__name__}")
             margin = float(value)

@@ -51,7 +51,8 @@ class Schedule:
     def __post_init__(self):
         SCHEDULES.entry(self.name)  # unknown names fail here, listing the valid ones
         if self.warmup < 0 or self.total < 1:
-            raise ValueError(f"learning-rate schedule needs total >= 1 and warmup >= 0, got {self.total}, {self.warmup}")
+            raise ValueError(f"learning-rate schedule needs total >= 1 and warmup >= 0, got {self.total}, "
+                             f"{self.warmup}")
 
     def describe(self) -> str:
         floor = f" towards {self.min_ratio:g} x lr" if self.name != "constant" else ""

@@ -100,6 +100,12 @@ def test_reward_model_scores_what_its_training_rendered(reward_model_dir, tmp_pa
     save_rendering(Renderer(tok, False, 64, append_eos=False), path)
     plain = RewardModelScorer(str(path))
     assert plain.ids("12+30=", "42") == tok("12+30=")["input_ids"] + tok("42", add_special_tokens=False)["input_ids"]
+    # Trained with a system prompt (data.system_prompt), it scores with that system turn first.
+    system = Renderer(tok, None, 64, append_eos=False, system_prompt="1=1")
+    (pair,), _ = load_pairs(rows, system)
+    save_rendering(system, path)
+    assert RewardModelScorer(str(path)).ids("12+30=", "42") == list(pair.prompt_ids + pair.chosen_ids)
+    assert tok.decode(pair.prompt_ids).startswith("<s>1=1#")  # '<s' of '<s>ystem' reads as the BOS token
 
 
 class Judge(BaseHTTPRequestHandler):

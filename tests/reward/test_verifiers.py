@@ -72,6 +72,29 @@ def test_math_not_equivalent(response, answer):
     assert v("math")(response, answer) == 0.0
 
 
+GSM8K_SOLUTION = ("Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
+                  "Natalia sold 48+24 = <<48+24=72>>72 clips altogether in April and May.\n#### 72")
+MATH_SOLUTION = r"The two roots sum to $\boxed{3}$ in one case and $\frac{1}{2}$ in the other, so $\boxed{\frac{1}{2}}$."
+
+
+@pytest.mark.parametrize("name, response, reference, score", [
+    # GSM8K's answer field is the whole solution: the reference is what follows its last '####'.
+    ("math", "She sold 72 clips. #### 72.", GSM8K_SOLUTION, 1.0),
+    ("math", r"so \boxed{72}", GSM8K_SOLUTION, 1.0),
+    ("math", "The answer is 72.", GSM8K_SOLUTION, 1.0),
+    ("math", "#### 24", GSM8K_SOLUTION, 0.0),  # a number of the solution's working is not its answer
+    ("arithmetic", "#### 72.", GSM8K_SOLUTION, 1.0),
+    ("arithmetic", "#### $1,072.", "#### 1,072", 1.0),
+    ("arithmetic", "#### 24", GSM8K_SOLUTION, 0.0),
+    # MATH's solution field: the reference is its last \boxed{}.
+    ("math", r"\boxed{0.5}", MATH_SOLUTION, 1.0),
+    ("math", "The answer is 1/2.", MATH_SOLUTION, 1.0),
+    ("math", r"\boxed{3}", MATH_SOLUTION, 0.0),
+])
+def test_whole_solutions_as_references_are_read_at_their_final_answer(name, response, reference, score):
+    assert v(name)(response, reference) == score
+
+
 def test_math_bad_reference_raises():
     with pytest.raises(ValueError, match="could not be parsed"):
         v("math")(r"\boxed{1}", "")

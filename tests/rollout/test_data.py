@@ -1,6 +1,16 @@
+import json
+
 import pytest
 
 from rollout.data import DataError, PromptSource, load_prompts
+
+# GSM8K as verl's preprocessing writes it: a chat prompt, the answer nested under reward_model.
+VERL_ROWS = [
+    {"data_source": "gsm8k", "prompt": [{"role": "user", "content": "Natalia sold 48 clips ..."}],
+     "reward_model": {"style": "rule", "ground_truth": "72"}, "extra_info": {"index": 0}},
+    {"data_source": "gsm8k", "prompt": [{"role": "system", "content": "Think."}, {"role": "user", "content": "5+5?"}],
+     "reward_model": {"style": "rule", "ground_truth": "10"}, "extra_info": {"index": 1}},
+]
 
 
 def test_loads_rows(tmp_path):
@@ -13,14 +23,57 @@ def test_loads_rows(tmp_path):
 @pytest.mark.parametrize("line, message", [
     ('{"prompt": "1+1=", "answer": "2"', "not valid JSON"),
     ('["1+1=", "2"]', "expected a JSON object"),
-    ('{"prompt": "1+1="}', "missing key 'answer'"),
-    ('{"prompt": ["x"], "answer": "2"}', "'prompt' must be a string"),
+    ('{"prompt": "1+1="}', r"no column 'answer' \(columns: prompt\)"),
+    ('{"prompt": ["x"], "answer": "2"}', r"'prompt'\[0\] must be a \{role, content\} message"),
+    ('{"prompt": {"x": 1}, "answer": "2"}', "'prompt' must be a string or a message list, got dict"),
+    ('{"prompt": "1+1=", "answer": [2]}', "'answer' must be a string or a number, got list"),
+    ('{"prompt": "1+1=", "answer": null}', "'answer' is null"),
 ])
 def test_malformed_row_names_file_and_line(tmp_path, line, message):
     f = tmp_path / "bad.jsonl"
     f.write_text('{"prompt": "1+1=", "answer": "2"}\n' + line + "\n")
     with pytest.raises(DataError, match=rf"bad.jsonl:2: .*{message}"):
         load_prompts(f)
+
+
+def write_formats(tmp_path, rows) -> dict:
+    """The same rows as jsonl, parquet, a save_to_disk directory and a DatasetDict's directory."""
+    import datasets
+
+    paths = {"jsonl": tmp_path / "d.jsonl", "parquet": tmp_path / "d.parquet", "dir": tmp_path / "ds",
+             "dict": tmp_path / "dd"}
+    paths["jsonl"].write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_parquet(str(paths["parquet"]))
+    ds.save_to_disk(str(paths["dir"]))
+    datasets.DatasetDict({"train": ds, "test": ds.select([0])}).save_to_disk(str(paths["dict"]))
+    return paths
+
+
+def test_every_format_gives_the_same_prompts_with_nested_columns_and_chats(tmp_path):
+    paths = write_formats(tmp_path, VERL_ROWS)
+    loaded = {fmt: load_prompts(p, "prompt", "reward_model.ground_truth") for fmt, p in paths.items()}
+    for fmt, prompts in loaded.items():
+        assert prompts == loaded["jsonl"], fmt
+    first, second = loaded["jsonl"]
+    assert (first.text, first.answer, first.messages) == (
+        "Natalia sold 48 clips ...", "72", ({"role": "user", "content": "Natalia sold 48 clips ..."},))
+    assert second.text == "5+5?" and [m["role"] for m in second.messages] == ["system", "user"]
+    with pytest.raises(DataError, match=r"d.parquet: row 1: no column 'reward_model.answer' \(columns: data_source, "
+                                        r"extra_info, prompt, reward_model\)"):
+        load_prompts(paths["parquet"], "prompt", "reward_model.answer")
+
+
+def test_csv_rows_with_mapped_columns_and_errors_naming_the_line(tmp_path):
+    f = tmp_path / "d.csv"
+    f.write_text('question,solution\n"What is 6 x 7,\nexactly?","... #### 42"\n1+1=,2\n')
+    prompts = load_prompts(f, "question", "solution")
+    assert [(p.text, p.answer) for p in prompts] == [("What is 6 x 7,\nexactly?", "... #### 42"), ("1+1=", "2")]
+    with pytest.raises(DataError, match=r"d.csv:3: no column 'answer' \(columns: question, solution\)"):
+        load_prompts(f, "question", "answer")
+    (tmp_path / "bad.csv").write_text("question,solution\n1+1=,2,3\n")
+    with pytest.raises(DataError, match=r"bad.csv:2: 3 fields; the header names 2"):
+        load_prompts(tmp_path / "bad.csv", "question", "solution")
 
 
 def test_missing_and_empty_files(tmp_path):

@@ -51,9 +51,9 @@ def test_jsonl_parquet_and_dataset_dir_read_alike(tmp_path, tok):
 @pytest.mark.parametrize("line, message", [
     ('{"prompt": "1+1=", "chosen": "2"', r"bad.jsonl:2: not valid JSON"),
     ('["a"]', r"bad.jsonl:2: expected a JSON object"),
-    ('{"prompt": "1+1=", "chosen": "2"}', r"bad.jsonl:2: missing key 'rejected'"),
+    ('{"prompt": "1+1=", "chosen": "2"}', r"bad.jsonl:2: no column 'rejected' \(columns: chosen, prompt\)"),
     ('{"prompt": "1+1=", "chosen": 2, "rejected": {"x": 1}}', r"bad.jsonl:2: 'rejected' must be a string"),
-    ('{"chosen": "2", "rejected": "3"}', r"bad.jsonl:2: missing key 'prompt'"),
+    ('{"chosen": "2", "rejected": "3"}', r"bad.jsonl:2: no column 'prompt'"),
     ('{"prompt": "1+1=", "chosen": [{"role": "user"}], "rejected": "3"}', r"bad.jsonl:2: 'chosen'\[0\] must be"),
 ])
 def test_malformed_rows_name_file_and_line(tmp_path, tok, line, message):
@@ -68,16 +68,16 @@ def test_malformed_parquet_row_names_file_and_row(tmp_path, tok):
 
     datasets.Dataset.from_list([{"prompt": "1+1=", "completion": "2"}, {"prompt": "2+2=", "completion": None}]
                                ).to_parquet(str(tmp_path / "s.parquet"))
-    with pytest.raises(DataError, match=r"s.parquet: row 2: missing key 'completion'"):
+    with pytest.raises(DataError, match=r"s.parquet: row 2: 'completion' is null"):
         load_sft(tmp_path / "s.parquet", Renderer(tok))
 
 
 def test_missing_and_unknown_files(tmp_path, tok):
     with pytest.raises(DataError, match="dataset not found"):
         read_rows(tmp_path / "nope.jsonl")
-    (tmp_path / "x.csv").write_text("a,b\n")
-    with pytest.raises(DataError, match="unknown dataset format"):
-        read_rows(tmp_path / "x.csv")
+    (tmp_path / "x.txt").write_text("a,b\n")
+    with pytest.raises(DataError, match=r"x.txt: unknown dataset format \(use .jsonl, .parquet, .csv or a dataset"):
+        read_rows(tmp_path / "x.txt")
 
 
 def test_chat_template_renders_prompt_and_trains_only_assistant_turns(tmp_path, tok):
