@@ -63,7 +63,10 @@ def _dry_run(cfg) -> int:
 
     from cluster.weights import resolve_weight_transfer
 
+    from cluster.trackers import check_trackers
+
     opts = learner_options(cfg)
+    check_trackers(cfg)
     print(build_plan(cfg).describe())
     if cfg.run.mode == "rl":
         from cluster.run import check_reward

@@ -293,6 +293,27 @@ class ClusterConfig(Section):
     image: str = "tandem:gpu"
 
 
+class WandbConfig(Section):
+    """A Weights & Biases run beside metrics.jsonl (cluster/trackers.py)."""
+
+    project: str
+    mode: Literal["online", "offline"] = "online"  # offline: written under the run directory, `wandb sync` later
+    entity: Optional[str] = None
+    name: Optional[str] = None  # default: run.name
+    tags: tuple[str, ...] = ()
+
+
+class LoggingConfig(Section):
+    """Trackers besides metrics.jsonl (which is always written) and sample generations."""
+
+    tensorboard: bool = False  # event files under <run dir>/tensorboard
+    wandb: Optional[WandbConfig] = None
+    # RL: every N steps, the first sample of up to samples_per_step groups goes to samples.jsonl
+    # (prompt, response, reward, versions) and to a W&B table; 0: none.
+    samples_every: int = Field(0, ge=0)
+    samples_per_step: int = Field(4, ge=1)
+
+
 class Config(Section):
     run: RunConfig = RunConfig()
     model: ModelConfig
@@ -305,6 +326,7 @@ class Config(Section):
     offline: OfflineConfig = OfflineConfig()
     controller: ControllerConfig = ControllerConfig()
     cluster: ClusterConfig = ClusterConfig()
+    logging: LoggingConfig = LoggingConfig()
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Config":

@@ -20,6 +20,7 @@ from cluster.offline import load_offline_data, run_offline
 from cluster.rl.controller import run_rl
 from cluster.rundir import RunDir, RunSummary
 from cluster.shapes import PAIRED_MODES, learner_options
+from cluster.trackers import check_trackers
 from cluster.weights import resolve_weight_transfer
 from rollout.data import Prompt, load_prompts, render_prompts
 
@@ -31,6 +32,7 @@ def run(cfg: Config, log=print, resume: bool = False) -> RunSummary:
     if cfg.run.mode == "rl":
         resolve_weight_transfer(cfg)  # a weight transfer that cannot run here, too
         check_reward(cfg, log)
+    check_trackers(cfg)
     prepare_model(cfg, log)
     inputs = prepare_inputs(cfg) if cfg.run.mode == "rl" else load_offline_data(cfg)
     if resume and cfg.run.mode != "rl":
@@ -38,9 +40,13 @@ def run(cfg: Config, log=print, resume: bool = False) -> RunSummary:
     run_dir, checkpoint = RunDir.resume(cfg) if resume else (RunDir.create(cfg), None)
     log(f"run directory: {run_dir.path}" + (f" (resuming from {checkpoint.name})" if checkpoint else ""))
     with failed_summary(run_dir):
-        if cfg.run.mode == "rl":
-            return run_rl(cfg, *inputs, run_dir, log, checkpoint)
-        return run_offline(cfg, inputs, run_dir, log)
+        run_dir.open_trackers(cfg, checkpoint)
+        try:
+            if cfg.run.mode == "rl":
+                return run_rl(cfg, *inputs, run_dir, log, checkpoint)
+            return run_offline(cfg, inputs, run_dir, log)
+        finally:
+            run_dir.close_trackers()
 
 
 def check_reward(cfg: Config, log=print) -> None:

@@ -1,4 +1,5 @@
-"""The run directory: resolved config, metrics.jsonl, summary.json, checkpoints.
+"""The run directory: resolved config, metrics.jsonl, summary.json, checkpoints, and the
+trackers' files (samples.jsonl, tensorboard/, wandb/; cluster/trackers.py).
 
 Written append-only and flushed per step, so a failing run keeps everything
 it wrote; an existing directory is never reused (a numbered sibling is made).
@@ -59,6 +60,19 @@ class RunDir:
         self.path = path
         self.metrics_path = path / "metrics.jsonl"
         self.summary_path = path / "summary.json"
+        self.trackers = None  # cluster/trackers.py Trackers, once open_trackers() ran
+
+    def open_trackers(self, cfg: Config, checkpoint: Optional[Path] = None) -> None:
+        """TensorBoard / W&B / samples.jsonl as cfg.logging asks; `checkpoint`: the run resumes there."""
+        from cluster.trackers import Trackers
+
+        step = None if checkpoint is None else json.loads((checkpoint / COMPLETE).read_text())["step"]
+        self.trackers = Trackers(cfg, self.path, step)
+
+    def close_trackers(self) -> None:
+        if self.trackers is not None:
+            self.trackers.close()
+            self.trackers = None
 
     @classmethod
     def create(cls, cfg: Config) -> "RunDir":
@@ -106,12 +120,20 @@ class RunDir:
             tmp = self.metrics_path.with_suffix(".jsonl.tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             tmp.replace(self.metrics_path)
+        if self.trackers is not None:
+            self.trackers.rewind(step)
 
     def log_metrics(self, row: dict) -> None:
         with self.metrics_path.open("a") as fh:
             fh.write(json.dumps(_clean(row)) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
+        if self.trackers is not None:
+            self.trackers.log(row)
+
+    def log_samples(self, rows: list[dict]) -> None:
+        """Sample generations (samples.jsonl, and the trackers'); needs open_trackers()."""
+        self.trackers.samples([_clean(r) for r in rows])
 
     def write_summary(self, summary: dict) -> None:
         tmp = self.summary_path.with_suffix(".json.tmp")

@@ -23,6 +23,7 @@ from cluster.rl.progress import Progress
 from cluster.roles import Roles, start_roles
 from cluster.rundir import RunDir, RunSummary
 from cluster.runtime import ray_session
+from cluster.trackers import sample_rows
 from cluster.weights import WeightSync
 from cluster.rl.scheduler import Scheduler
 from cluster.rl.streaming import Streaming
@@ -98,6 +99,9 @@ class Controller:
         t0 = time.perf_counter()
         groups = self.streaming.next_batch(self.version, step - 1)
         staleness = [self.version - r.min_version for g in groups for r in g.rollouts]  # vs the trained policy
+        log = self.cfg.logging
+        if log.samples_every and step % log.samples_every == 0:
+            self.run_dir.log_samples(sample_rows(step, self.version, groups, log.samples_per_step))
         t1 = time.perf_counter()
         switch = self.timeslice.to_training()
         train_metrics, policy_moved = self.train(groups, step)

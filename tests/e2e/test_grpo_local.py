@@ -33,7 +33,8 @@ def config(tmp_path, *extra):
 
 def test_few_grpo_steps(ray_session, tmp_path):
     cfg = config(tmp_path, "controller.steps=3", "controller.eval_every=2", "controller.checkpoint_every=2",
-                 "algorithm.kl_coef=0.05")
+                 "algorithm.kl_coef=0.05", "logging.tensorboard=true", "logging.wandb.project=tandem-test",
+                 "logging.wandb.mode=offline", "logging.samples_every=2", "logging.samples_per_step=3")
     summary = run(cfg, log=lambda *_: None).record
     run_dir = tmp_path / "runs" / "quickstart"
     assert summary["status"] == "completed" and summary["run_dir"] == str(run_dir)
@@ -65,6 +66,16 @@ def test_few_grpo_steps(ray_session, tmp_path):
     assert [r["version"] for r in steps] == [1, 2, 3]
     for r in steps:
         assert r["clip_frac"] == 0.0  # one update on the data it sampled: every ratio is 1 (fp32), none clipped
+    # The trackers got the same rows: TensorBoard's reward_mean per step, W&B's offline run, and
+    # step 2's samples (one per group, as generated and scored for the policy of version 1).
+    from tests.cluster.test_trackers import tensorboard_scalars, wandb_history
+
+    assert tensorboard_scalars(run_dir)["reward_mean"] == [(r["step"], pytest.approx(r["reward_mean"])) for r in steps]
+    assert ("version", "3") in wandb_history(run_dir)
+    samples = [json.loads(line) for line in (run_dir / "samples.jsonl").read_text().splitlines()]
+    assert [(s["step"], s["policy_version"], s["min_version"]) for s in samples] == [(2, 1, 1)] * 3
+    train_answers = {p.text: p.answer for p in load_prompts(cfg.data.train_path)}
+    assert all(train_answers[s["prompt"]] == s["answer"] and s["finish_reason"] in ("stop", "length") for s in samples)
     # The reward pool scored the 96 training samples and 3 evaluations of 32 (before, step 2, final).
     assert summary["rewards"]["samples"] == 96 + 3 * 32
     # On-policy: the learner's first-pass logprobs equal the engine's (fp32).
