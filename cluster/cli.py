@@ -19,6 +19,7 @@ DESCRIPTION = """Distributed RL post-training on Ray: the same recipe on a lapto
   tandem submit RECIPE --backend slurm [--submit]   write (and sbatch) a Slurm script
   tandem submit RECIPE --backend kuberay            write a KubeRay RayJob manifest
   tandem status|logs|stop JOB --backend ...         follow a submitted job
+  tandem report RUN_DIR                             plots and report.html of a run
 Run `tandem COMMAND --help` for each command's options."""
 
 USAGE_RUN = """Run a recipe: the embedded local Ray on 127.0.0.1, or the cluster at cluster.address.
@@ -49,6 +50,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"tandem: error: {exc}", file=sys.stderr)
         return 2
     print(f"\nrun directory: {summary.run_dir}\n{summary.headline}")
+    if args.report:
+        from cluster.report import write_report
+
+        print(f"report: {write_report(summary.run_dir)}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from cluster.report import ReportError, write_report
+
+    try:
+        print(f"report: {write_report(args.run_dir, args.out)}")
+    except ReportError as exc:
+        print(f"tandem: error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -126,7 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print the placement plan (actors, bundles, placement groups, totals) and exit")
     run.add_argument("--resume", action="store_true",
                      help="continue the run directory run.output_dir/run.name from its latest complete checkpoint")
+    run.add_argument("--report", action="store_true", help="write the run's plots and report.html when it ends")
     run.set_defaults(fn=_cmd_run)
+    report = sub.add_parser("report", help="plots (PNG) and a self-contained report.html of a run directory")
+    report.add_argument("run_dir", help="a run directory (runs/NAME)")
+    report.add_argument("--out", default=None, help="where to write them (default: RUN_DIR/report)")
+    report.set_defaults(fn=_cmd_report)
     add_job_commands(sub)
     algos = sub.add_parser("algorithms", help="list registered advantage estimators, losses, KL estimators, verifiers")
     algos.set_defaults(fn=_cmd_algorithms)

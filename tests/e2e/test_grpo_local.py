@@ -76,6 +76,13 @@ def test_few_grpo_steps(ray_session, tmp_path):
     assert [(s["step"], s["policy_version"], s["min_version"]) for s in samples] == [(2, 1, 1)] * 3
     train_answers = {p.text: p.answer for p in load_prompts(cfg.data.train_path)}
     assert all(train_answers[s["prompt"]] == s["answer"] and s["finish_reason"] in ("stop", "length") for s in samples)
+    # `tandem report` on the real run directory: its plots and the page that embeds them and the samples.
+    from cluster.report import write_report
+
+    page = write_report(run_dir).read_text()
+    pngs = sorted((run_dir / "report").glob("*.png"))
+    assert {"reward", "accuracy", "kl", "time"} <= {p.stem for p in pngs} and all(p.stat().st_size > 5000 for p in pngs)
+    assert page.count("data:image/png;base64,") == len(pngs) and page.count("<tr><td>2</td>") == 3
     # The reward pool scored the 96 training samples and 3 evaluations of 32 (before, step 2, final).
     assert summary["rewards"]["samples"] == 96 + 3 * 32
     # On-policy: the learner's first-pass logprobs equal the engine's (fp32).
