@@ -20,6 +20,7 @@ DESCRIPTION = """Distributed RL post-training on Ray: the same recipe on a lapto
   tandem submit RECIPE --backend kuberay            write a KubeRay RayJob manifest
   tandem status|logs|stop JOB --backend ...         follow a submitted job
   tandem report RUN_DIR                             plots and report.html of a run
+  tandem eval CHECKPOINT --data FILE --verifier V   pass@1 / pass@k of any HF checkpoint
 Run `tandem COMMAND --help` for each command's options."""
 
 USAGE_RUN = """Run a recipe: the embedded local Ray on 127.0.0.1, or the cluster at cluster.address.
@@ -55,6 +56,50 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
         print(f"report: {write_report(summary.run_dir)}")
     return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from cluster.evaluation import EvalSpec, evaluate, write_report
+    from rollout.data import DataError
+    from rollout.types import EngineError
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    chat = {"auto": None, "true": True, "false": False}[args.chat_template]
+    spec = EvalSpec(args.checkpoint, args.data, args.verifier, args.samples, args.temperature, args.engine,
+                    args.max_new_tokens, args.limit, args.seed, args.prompt_key, args.answer_key, args.system_prompt,
+                    chat, args.dtype)
+    try:
+        from reward.verifiers import VERIFIERS
+
+        VERIFIERS.entry(args.verifier)  # unknown names fail before a model loads, listing the valid ones
+        report = evaluate(spec)
+    except (ValueError, KeyError, DataError, EngineError) as exc:
+        print(f"tandem: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
+        return 2
+    path = write_report(report, args.out)
+    print(f"{report.table()}\nresults: {path}")
+    return 0
+
+
+def _add_eval_parser(sub) -> None:
+    ev = sub.add_parser("eval", help="pass@1 and pass@k of a Hugging Face checkpoint on a prompt set")
+    ev.add_argument("checkpoint", help="a Hugging Face checkpoint directory (e.g. runs/NAME/final)")
+    ev.add_argument("--data", required=True, help="prompts: .jsonl, .parquet, .csv or a save_to_disk directory")
+    ev.add_argument("--verifier", required=True, help="a registered verifier (tandem algorithms lists them)")
+    ev.add_argument("--samples", type=int, default=1, help="responses per prompt (pass@k for k up to it)")
+    ev.add_argument("--temperature", type=float, default=0.0, help="0: greedy (default)")
+    ev.add_argument("--engine", choices=("hf", "vllm"), default="hf")
+    ev.add_argument("--max-new-tokens", type=int, default=512)
+    ev.add_argument("--limit", type=int, default=None, help="only the first N prompts")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--prompt-key", default="prompt")
+    ev.add_argument("--answer-key", default="answer")
+    ev.add_argument("--system-prompt", default=None)
+    ev.add_argument("--chat-template", choices=("auto", "true", "false"), default="auto",
+                    help="auto: the tokenizer's chat template when it has one")
+    ev.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ev.add_argument("--out", default=None, help="JSON results file (default: CHECKPOINT/eval/<data stem>.json)")
+    ev.set_defaults(fn=_cmd_eval)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -148,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("run_dir", help="a run directory (runs/NAME)")
     report.add_argument("--out", default=None, help="where to write them (default: RUN_DIR/report)")
     report.set_defaults(fn=_cmd_report)
+    _add_eval_parser(sub)
     add_job_commands(sub)
     algos = sub.add_parser("algorithms", help="list registered advantage estimators, losses, KL estimators, verifiers")
     algos.set_defaults(fn=_cmd_algorithms)

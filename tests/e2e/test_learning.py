@@ -136,6 +136,14 @@ def warm_model(tmp_path_factory):
 def test_grpo_learns(ray_session, warm_model, tmp_path):
     reward, accuracy = run_gains(warm_model, tmp_path, 1, "grpo", **GRPO)
     assert reward > REWARD_MARGIN and accuracy > ACCURACY_MARGIN, (reward, accuracy)
+    # `tandem eval` on the run's final checkpoint, outside the run (its own engine and verifier),
+    # finds the run's own final held-out accuracy on the same prompts.
+    from cluster.evaluation import EvalSpec, evaluate
+
+    final = json.loads((tmp_path / "grpo" / "summary.json").read_text())["eval"]
+    report = evaluate(EvalSpec(str(tmp_path / "grpo" / "final"), f"{warm_model}/data/eval.jsonl", "arithmetic",
+                               max_new_tokens=8, limit=final["num_prompts"]))
+    assert report.num_prompts == 256 and report.pass_at[1] == final["final_accuracy"]
 
 
 def test_grpo_with_flipped_advantages_does_not_learn(ray_session, warm_model, flipped_estimators, tmp_path):
