@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -52,12 +52,33 @@ class BootstrapConfig(Section):
     sft_val_prompts: int = Field(256, ge=1)
 
 
+class LoraConfig(Section):
+    """LoRA adapters (rollout/lora.py) for every learner group: the policy (RL, SFT, DPO), the
+    critic and reward-model training. Only the adapter trains and travels in weight syncs."""
+
+    r: int = Field(ge=1)
+    alpha: Optional[float] = Field(None, gt=0)  # null: 2 x r
+    # Dropout on the adapter's input. Above 0 the learner's logprobs (train mode) are not the
+    # engine's, so importance ratios and KL see noise; 0 (the default) keeps them equal.
+    dropout: float = Field(0.0, ge=0, lt=1)
+    # "all-linear" (every linear layer but the output head), or module names (q_proj, v_proj, ...).
+    target_modules: Union[Literal["all-linear"], tuple[str, ...]] = "all-linear"
+    merge_on_export: bool = False  # final/merged: the adapter merged into the base, a plain checkpoint
+
+    def spec(self):
+        from rollout.lora import LoraSpec
+
+        return LoraSpec(self.r, self.alpha if self.alpha is not None else 2.0 * self.r, self.dropout,
+                        self.target_modules)
+
+
 class ModelConfig(Section):
     path: str
     # Build the tiny model, tokenizer and task data at `path` when absent.
     bootstrap: bool = False
     dtype: Literal["float32", "bfloat16"] = "float32"
     bootstrap_spec: BootstrapConfig = BootstrapConfig()
+    lora: Optional[LoraConfig] = None
 
 
 class DataConfig(Section):
@@ -349,6 +370,9 @@ class Config(Section):
                              "learners and engines share devices, so generation cannot overlap training")
         if self.cluster.placement == "colocated" and self.run.mode == "rl":
             _check_colocated(self)
+        if self.model.lora is not None and self.run.mode == "rl" and self.rollout.engine != "hf":
+            raise ValueError("model.lora with rollout.engine 'vllm' is not built yet (vLLM's LoRA requests, one "
+                             "adapter per policy version); use rollout.engine 'hf', or train without model.lora")
         if self.controller.max_staleness > 0 and self.run.mode != "rl":
             raise ValueError("controller.max_staleness applies to run.mode 'rl' (offline modes have no rollouts)")
         _check_mode(self)

@@ -254,7 +254,8 @@ def run_offline(cfg: Config, data: OfflineData, run_dir: RunDir, log=print) -> R
             task = TASKS[cfg.run.mode](cfg, group, data.train, data.evals, data.pad_id)
             record.update(train_offline(cfg, task, run_dir, log))
             if cfg.offline.save:
-                record["final_dir"] = group.save_hf(str(run_dir.final_dir))
+                merge = cfg.model.lora is not None and cfg.model.lora.merge_on_export
+                record["final_dir"] = group.save_hf(str(run_dir.final_dir), merge)
                 if cfg.run.mode == "reward_model":
                     save_rendering(data.renderer, record["final_dir"])
         finally:

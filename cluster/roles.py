@@ -8,7 +8,7 @@ from typing import Optional
 
 from cluster.config import Config
 from cluster.placement import Placement, actor_nodes, build_plan, place
-from cluster.shapes import critic_options, learner_options
+from cluster.shapes import critic_options, learner_options, lora_spec
 from cluster.weights import resolve_weight_transfer
 from reward.pool import RewardPool
 from rollout.config import EngineSetup
@@ -57,10 +57,14 @@ def start_roles(cfg: Config, loopback: bool, checkpoint: Optional[Path] = None, 
         restarts = cfg.cluster.max_actor_restarts
         started.append(RewardPool(r, actor_options=placement.options("reward"),
                                   model_options=placement.options("reward_model"), max_restarts=restarts))
+        # With LoRA the engines load the base model and the adapter (a checkpoint's, on resume).
+        lora = lora_spec(cfg)
         setup = EngineSetup(tensor_parallel_size=max(1, cfg.cluster.gpus_per_engine), seed=cfg.run.seed,
                             sleep_mode=cfg.cluster.placement == "colocated",
-                            collective=resolve_weight_transfer(cfg) == "collective", version=version)
-        started.append(RolloutPool(str(checkpoint or cfg.model.path), cfg.rollout, cfg.model.dtype, setup,
+                            collective=resolve_weight_transfer(cfg) == "collective", version=version, lora=lora,
+                            adapter=str(checkpoint) if lora is not None and checkpoint is not None else None)
+        engine_path = cfg.model.path if lora is not None else str(checkpoint or cfg.model.path)
+        started.append(RolloutPool(engine_path, cfg.rollout, cfg.model.dtype, setup,
                                    actor_options=placement.options("rollout"), max_restarts=restarts))
         started.append(LearnerGroup(cfg.model.path, cfg.trainer.num_learners, opts, cfg.trainer.threads_per_learner,
                                     loopback=loopback, actor_options=placement.options("learner")))

@@ -39,6 +39,11 @@ def learner_shape(rows: int, what: str, parts: int, parts_desc: str, micro_batch
     return micro, per_rank // micro
 
 
+def lora_spec(cfg: Config):
+    """model.lora as the learners and engines take it (rollout/lora.py), or None."""
+    return cfg.model.lora.spec() if cfg.model.lora is not None else None
+
+
 def schedule(section, optimizer_steps: int) -> Schedule:
     """A learner section's (trainer, critic) learning-rate schedule over the run's optimizer steps."""
     return Schedule(section.lr_schedule, max(optimizer_steps, 1), section.lr_warmup_steps, section.min_lr_ratio)
@@ -69,6 +74,7 @@ def learner_options(cfg: Config, offline_steps: int = 1) -> LearnerOptions:
         use_reference=cfg.algorithm.kl_coef > 0 or loss_kind(cfg.algorithm.loss).needs_reference, seed=cfg.run.seed,
         gradient_checkpointing=t.gradient_checkpointing, attn_implementation=t.attn_implementation,
         logprob_chunk_tokens=t.logprob_chunk_tokens, collective_timeout_s=cfg.cluster.collective_timeout_s,
+        lora=lora_spec(cfg),
     )
 
 
@@ -84,7 +90,7 @@ def critic_options(cfg: Config) -> LearnerOptions:
                           max_grad_norm=c.max_grad_norm, micro_batch_size=micro, grad_accum_steps=accum, dtype=cfg.model.dtype, model_kind="value",
                           seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,
                           attn_implementation=t.attn_implementation,
-                          collective_timeout_s=cfg.cluster.collective_timeout_s)
+                          collective_timeout_s=cfg.cluster.collective_timeout_s, lora=lora_spec(cfg))
 
 
 def offline_learner_options(cfg: Config, steps: int) -> LearnerOptions:
@@ -101,4 +107,4 @@ def offline_learner_options(cfg: Config, steps: int) -> LearnerOptions:
                           dtype=cfg.model.dtype, model_kind="reward" if cfg.run.mode == "reward_model" else "policy",
                           seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,
                           attn_implementation=t.attn_implementation, logprob_chunk_tokens=t.logprob_chunk_tokens,
-                          collective_timeout_s=cfg.cluster.collective_timeout_s)
+                          collective_timeout_s=cfg.cluster.collective_timeout_s, lora=lora_spec(cfg))

@@ -77,6 +77,7 @@ class WeightSync:
         self.learners, self.rollout = learners, rollout
         r = cfg.rollout
         self.layout = learners.transfer_layout(r.weight_bucket_mb * 2**20)
+        self.full_model_bytes = learners.model_bytes()  # what a full update would move (LoRA moves the adapter)
         rollout.set_layout(self.layout)
         # A restarted engine gets the run's current weights through the object store, whatever
         # the carrier; with `collective` the transfer group then forms again, the new engine in it.
@@ -115,5 +116,6 @@ class WeightSync:
 
     @property
     def bytes_per_update(self) -> int:
-        """Payload bytes one update moves: the model's parameters in their training dtype."""
+        """Payload bytes one update moves: the model's parameters (with LoRA, the adapter's) in
+        their training dtype."""
         return self.layout.total_bytes

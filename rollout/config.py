@@ -10,6 +10,7 @@ from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rollout.lora import LoraSpec
 from rollout.types import VLLMOptions
 
 
@@ -71,6 +72,8 @@ class EngineSetup:
     # A restarted worker (rollout/pool.py): its weights from disk are not the run's; it serves
     # only after a verified full update of `version` itself (not version + 1) has loaded.
     awaiting: bool = False
+    lora: Optional[LoraSpec] = None  # model.lora: the engine wraps its model with the learners' adapter layout
+    adapter: Optional[str] = None  # ... loaded from this directory (a resumed run's checkpoint), else a no-op
 
 
 def vllm_options(cfg: RolloutConfig, setup: EngineSetup = EngineSetup()) -> VLLMOptions:

@@ -26,8 +26,9 @@ def load_causal_lm(path: str | Path, dtype: str = "float32", device: str = "cpu"
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = Path(path)
-    if not (path / "config.json").is_file():
-        raise EngineError(f"model.path '{path}' is not a Hugging Face checkpoint (no config.json there)")
+    if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
+        raise EngineError(f"model.path '{path}' is not a Hugging Face checkpoint (no config.json there, nor a "
+                          f"LoRA adapter's adapter_config.json)")
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token_id is None:
@@ -49,10 +50,18 @@ class _Batch:
 
 
 class HFEngine:
-    def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu"):
+    def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu", lora=None,
+                 adapter: str | None = None):
         # device: "cuda" in a rollout worker Ray gave a GPU (rollout/devices.py), else "cpu".
+        # lora (rollout/lora.py LoraSpec): the policy is this base model + an adapter, and an
+        # update carries the adapter's tensors only; `adapter`: a saved adapter to start from.
         self.device = torch.device(device)
         self.model, self.tokenizer = load_causal_lm(model_path, dtype, device)
+        if lora is not None:
+            from rollout.lora import adapter_names
+
+            self.model = lora.wrap(self.model, "policy", adapter).to(self.device).eval()
+        self.update_names = adapter_names(self.model) if lora is not None else None  # None: every parameter
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
         self.asleep = 0  # sleep level while asleep (colocated placement), else 0
@@ -182,9 +191,12 @@ class HFEngine:
         self.asleep = 0
 
     def load_weights(self, arrays: dict[str, np.ndarray], version: int | None = None) -> None:
-        """Copy every named parameter; the name sets must match exactly. (Versions are kept by
-        the rollout worker, which passes `version` to every engine alike.)"""
+        """Copy every named parameter an update carries (all of them; with LoRA the adapter's);
+        the name sets must match exactly. (Versions are kept by the rollout worker, which passes
+        `version` to every engine alike.)"""
         params = dict(self.model.named_parameters())
+        if self.update_names is not None:
+            params = {name: params[name] for name in self.update_names}
         missing, extra = set(params) - set(arrays), set(arrays) - set(params)
         if missing or extra:
             raise EngineError(f"weight names differ from the engine's model: missing {sorted(missing)[:5]}, "

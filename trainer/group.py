@@ -150,8 +150,11 @@ class LearnerGroup:
     def load_state(self, path: str) -> None:
         gather([a.load_state.remote(path) for a in self.actors], self.role)
 
-    def save_hf(self, path: str) -> str:
-        return gather([a.save_hf.remote(path) for a in self.actors], self.role)[0]
+    def save_hf(self, path: str, merge: bool = False) -> str:
+        return gather([a.save_hf.remote(path, merge) for a in self.actors], self.role)[0]
+
+    def model_bytes(self) -> int:
+        return ray.get(self.actors[0].model_bytes.remote())
 
     def shutdown(self, graceful: bool = True) -> None:
         try:

@@ -21,6 +21,7 @@ import ray
 import torch
 
 from rollout.devices import freeze_setup_objects
+from rollout.lora import LoraSpec, adapter_names
 from rollout.transfer.buckets import Layout, PackRing, TensorSpec, pack, plan_layout
 from rollout.transfer.collective import TransferGroup
 from rollout.transfer.object_store import StoredUpdate, put_packed
@@ -59,6 +60,9 @@ class LearnerOptions:
     logprob_chunk_tokens: int = 0  # > 0: the output head over this many positions at a time (trainer/logprobs.py)
     seed: int = 0
     collective_timeout_s: float = 600.0  # the learners' process group: a collective waits no longer
+    # LoRA (rollout/lora.py): only the adapter (and a critic's or reward model's head) trains; the
+    # KL reference is the same model with the adapter switched off; updates carry the adapter.
+    lora: Optional[LoraSpec] = None
 
 
 def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -168,16 +172,19 @@ class Learner:
                                    timeout=datetime.timedelta(seconds=opts.collective_timeout_s))
         dtype = getattr(torch, opts.dtype)
         model = load_model(self.model_path, opts.model_kind, dtype, opts.attn_implementation)
+        if opts.lora is not None:
+            model = opts.lora.wrap(model, opts.model_kind)
         if opts.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
-        optimizer = self.optimizer = _AdamW(model.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+        trained = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapter only
+        optimizer = self.optimizer = _AdamW(trained, lr=opts.lr, weight_decay=opts.weight_decay)
         # DeepSpeed steps the scheduler at each applied optimizer step and checkpoints its state.
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, opts.schedule)
         self.engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule,
                                                config=self._ds_config())
         self.ref = None
-        if opts.use_reference:
+        if opts.use_reference and opts.lora is None:  # with LoRA the reference is the model, adapter off
             self.ref = load_model(self.model_path, "policy", dtype, opts.attn_implementation).eval()
             self.ref.requires_grad_(False)
             if on_gpu:
@@ -282,6 +289,9 @@ class Learner:
 
     @torch.no_grad()
     def _ref_logprobs(self, t: dict[str, torch.Tensor], spec: LossSpec) -> torch.Tensor:
+        if self.opts.lora is not None and self.opts.use_reference:
+            with self.engine.module.disable_adapter():  # the base model: the initial policy, no second copy
+                return self._logprobs(self.engine, t, spec.temperature)[0]
         if self.ref is None:
             raise ValueError("kl_coef > 0 but the learners were started without a reference model")
         return self._logprobs(self.ref, t, spec.temperature)[0]
@@ -312,11 +322,12 @@ class Learner:
         t = self._tensors(batch)
         return sequence_scores(self.engine, t["input_ids"], t["attention_mask"]).cpu().numpy()
 
-    def _gathered_state(self) -> Optional[dict[str, np.ndarray]]:
-        """Full parameters as fp32 numpy on rank 0 (None elsewhere); all ranks must call it."""
+    def _gathered_state(self, trained_only: bool = False) -> Optional[dict[str, np.ndarray]]:
+        """Full parameters (`trained_only`: those that train) as fp32 numpy on rank 0 (None
+        elsewhere); all ranks must call it."""
         import deepspeed
 
-        params = list(self.engine.module.named_parameters())
+        params = [(n, p) for n, p in self.engine.module.named_parameters() if p.requires_grad or not trained_only]
         with deepspeed.zero.GatheredParameters([p for _, p in params], enabled=self.opts.zero_stage == 3):
             if self.rank != 0:
                 return None
@@ -349,10 +360,18 @@ class Learner:
     # ---- bucketed weight transfer (rollout/transfer/) ----------------------------------------
 
     def transfer_layout(self, bucket_bytes: int) -> Layout:
-        """The buckets an update travels in: every parameter, in the training dtype, full shape."""
+        """The buckets an update travels in: every parameter (with LoRA, the adapter's), in the
+        training dtype, full shape."""
+        names = set(adapter_names(self.engine.module)) if self.opts.lora is not None else None
         specs = [TensorSpec(name, tuple(getattr(p, "ds_shape", p.shape)), str(p.dtype).removeprefix("torch."))
-                 for name, p in self.engine.module.named_parameters()]
+                 for name, p in self.engine.module.named_parameters() if names is None or name in names]
         return plan_layout(specs, bucket_bytes)
+
+    def model_bytes(self) -> int:
+        """Bytes of the whole model in its training dtype (what a full update would move): with
+        LoRA, the frozen base's (the size of the merged model)."""
+        return sum(getattr(p, "ds_numel", p.numel()) * p.element_size() for p in self.engine.module.parameters()
+                   if self.opts.lora is None or not p.requires_grad)
 
     def open_transfer(self, host: str, port: int, world_size: int, backend: str, timeout_s: float) -> None:
         """Rank 0 joins (and hosts) the sender-to-engines group as its rank 0; other ranks only
@@ -424,8 +443,9 @@ class Learner:
 
     def save_state(self, path: str) -> None:
         """All ranks: this rank's DeepSpeed state (weights, optimizer moments and step, ZeRO
-        partitions) and its random-number generators, under `path` (shared by the ranks)."""
-        self.engine.save_checkpoint(path, tag="state")
+        partitions) and its random-number generators, under `path` (shared by the ranks). With
+        LoRA the frozen base is left out: it is model.path's, loaded again on resume."""
+        self.engine.save_checkpoint(path, tag="state", exclude_frozen_parameters=self.opts.lora is not None)
         rng = {"torch": torch.get_rng_state(),
                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
         torch.save(rng, os.path.join(path, "state", f"rng_rank{self.rank}.pt"))
@@ -433,6 +453,7 @@ class Learner:
     def load_state(self, path: str) -> None:
         """All ranks: what save_state wrote, so that the next step is the one that would have come."""
         loaded, _ = self.engine.load_checkpoint(path, tag="state", load_optimizer_states=True,
+                                                load_module_strict=self.opts.lora is None,
                                                 load_lr_scheduler_states=True)
         if loaded is None:
             raise FileNotFoundError(f"no learner state under {path} (rank {self.rank})")
@@ -441,17 +462,43 @@ class Learner:
         if rng["cuda"] is not None:
             torch.cuda.set_rng_state_all(rng["cuda"])
 
-    def save_hf(self, path: str) -> Optional[str]:
-        """A loadable Hugging Face checkpoint (weights, config, tokenizer) written by rank 0."""
+    def save_hf(self, path: str, merge: bool = False) -> Optional[str]:
+        """A loadable Hugging Face checkpoint (weights, config, tokenizer) written by rank 0. With
+        LoRA: the adapter (PEFT's layout; transformers and `tandem eval` load it on its base), and,
+        with `merge`, path/merged: the adapter merged into the base, a plain checkpoint."""
         from transformers import AutoTokenizer
 
-        arrays = self._gathered_state()
+        arrays = self._gathered_state(trained_only=self.opts.lora is not None)
         if arrays is None:
             return None
         state = {k: torch.from_numpy(v) for k, v in arrays.items()}
         self.engine.module.save_pretrained(path, state_dict=state)
-        AutoTokenizer.from_pretrained(self.model_path).save_pretrained(path)
+        tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        tokenizer.save_pretrained(path)
+        if self.opts.lora is not None:
+            self._point_adapter_at_base(path)
+            if merge:
+                self._save_merged(path, tokenizer)
         return path
+
+    def _point_adapter_at_base(self, path: str) -> None:
+        """The adapter names its base by absolute path, so it loads from any directory."""
+        import json
+
+        config = os.path.join(path, "adapter_config.json")
+        with open(config) as fh:
+            data = json.load(fh)
+        data["base_model_name_or_path"] = os.path.abspath(self.model_path)
+        with open(config, "w") as fh:
+            json.dump(data, fh, indent=2)
+
+    def _save_merged(self, path: str, tokenizer) -> None:
+        """Base + adapter merged into plain weights, from the files just written (the training
+        model stays as it is)."""
+        base = load_model(self.model_path, self.opts.model_kind, getattr(torch, self.opts.dtype), "sdpa")
+        merged = self.opts.lora.wrap(base, self.opts.model_kind, adapter=path).merge_and_unload()
+        merged.save_pretrained(os.path.join(path, "merged"))
+        tokenizer.save_pretrained(os.path.join(path, "merged"))
 
     def shutdown(self) -> None:
         if self.transfer is not None:

@@ -90,7 +90,8 @@ class Controller:
         self.streaming.close()
         self.scheduler.close()  # every group still open ends (incomplete / unused) in the ledger
         final = self.evaluate()
-        self.timeslice.learners_resident(lambda: self.roles.learners.save_hf(str(self.run_dir.final_dir)))
+        merge = self.cfg.model.lora is not None and self.cfg.model.lora.merge_on_export
+        self.timeslice.learners_resident(lambda: self.roles.learners.save_hf(str(self.run_dir.final_dir), merge))
         self.run_dir.log_metrics({"step": c.steps, "version": self.version, "eval_accuracy": final, "final": True})
         progress.finish(final)
         return self._write_summary("completed", t_start, initial, final)
@@ -271,6 +272,7 @@ class Controller:
             "weight_sync": {"count": int(t["syncs"]), "checksum_failures": int(t["sync_failures"]),
                             "mean_s": t["sync_s"] / max(t["syncs"], 1), "transfer": self.weights.kind,
                             "bytes_per_update": self.weights.bytes_per_update,
+                            "full_model_bytes": self.weights.full_model_bytes,
                             # updates that landed while a generation call was running (partial rollouts)
                             "swaps_in_flight": sum(w["swaps_in_flight"] for w in self.roles.rollout.stats())},
             "rewards": {"failures": int(t["reward_failures"]), **self.roles.reward.metrics().to_dict(),
