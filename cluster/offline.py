@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -257,7 +258,9 @@ def run_offline(cfg: Config, data: OfflineData, run_dir: RunDir, log=print) -> R
                 merge = cfg.model.lora is not None and cfg.model.lora.merge_on_export
                 record["final_dir"] = group.save_hf(str(run_dir.final_dir), merge)
                 if cfg.run.mode == "reward_model":
-                    save_rendering(data.renderer, record["final_dir"])
+                    for path in (Path(record["final_dir"]), Path(record["final_dir"]) / "merged"):
+                        if path.is_dir():  # the adapter, and its merged export
+                            save_rendering(data.renderer, path)
         finally:
             group.shutdown()
     record["status"] = "completed"

@@ -28,8 +28,11 @@ class LoraSpec:
         from peft import LoraConfig
 
         targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
+        # A critic's or reward model's head is new: it trains whole (PEFT's modules_to_save for
+        # these task types), so no adapter goes on it.
+        heads = ["score", "classifier"] if kind != "policy" else None
         return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout, target_modules=targets,
-                          task_type=TASKS[kind])
+                          exclude_modules=heads, task_type=TASKS[kind])
 
     def wrap(self, model, kind: str = "policy", adapter: Optional[str] = None):
         """`model` with this adapter: fresh (a no-op until trained), or loaded from `adapter` (a

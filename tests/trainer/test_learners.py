@@ -10,6 +10,7 @@ from rollout.transfer.object_store import fetch_update
 from trainer.logprobs import token_logprobs
 from trainer.losses import AGGREGATIONS, LOSSES, LossInputs
 from trainer.schedules import Schedule
+from rollout.lora import LoraSpec
 from trainer.types import LossSpec, TrainBatch
 
 SPEC = LossSpec(clip_eps=0.2, temperature=1.0)
@@ -110,11 +111,18 @@ def test_learner_group_matches_single_process_step(ray_session, tiny_model, stag
     assert rates == [LR / 2, LR]  # the logged rate is the one each step applied
 
 
-def test_critic_learns_its_returns(ray_session, tiny_model):
-    """A value model initialised from the policy checkpoint fits constant returns."""
+@pytest.mark.parametrize("lora", [None, LoraSpec(r=4, alpha=8.0)], ids=["full", "lora"])
+def test_critic_learns_its_returns(ray_session, tiny_model, lora):
+    """A value model initialised from the policy checkpoint fits constant returns (with LoRA: the
+    adapter and the new value head train, and they are all an update would carry)."""
     batch = make_batch(tiny_model, "token-mean")
-    opts = LearnerOptions(zero_stage=2, lr=1e-2, micro_batch_size=8, grad_accum_steps=1, model_kind="value")
+    opts = LearnerOptions(zero_stage=2, lr=1e-2, micro_batch_size=8, grad_accum_steps=1, model_kind="value",
+                          lora=lora)
     critic = LearnerGroup(tiny_model, 2, opts)
+    if lora is not None:
+        names = [s.name for b in critic.transfer_layout(2**20).buckets for s in b]
+        assert names and all("lora_" in n or "modules_to_save" in n for n in names), names
+        assert any("modules_to_save" in n for n in names)  # the fresh value head trains whole
     try:
         returns = batch.loss_mask * 1.5
         errors = []
