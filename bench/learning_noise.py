@@ -1,5 +1,6 @@
 """Run-to-run noise of the learning tests' harness (tests/e2e/test_learning.py): GRPO, GRPO with
-the advantages flipped, and PPO with a critic, over several run seeds on one bootstrap model, plus
+the advantages flipped, PPO with a critic, and GRPO on a LoRA adapter (and its flipped twin), over
+several run seeds on one bootstrap model, plus
 the first seed twice (same seed, same gains?). The learning tests' margins come from this table.
 
     .venv/bin/python bench/learning_noise.py --seeds 0 1 2 3 --cases grpo flipped ppo
@@ -32,7 +33,10 @@ from tests.e2e.test_learning import (GRPO, GRPO_LR, LR, PPO, PPO_EXTRA, STEPS, W
 from trainer.bootstrap import ensure_tiny_model  # noqa: E402
 
 CASES = {"grpo": ((), GRPO), "flipped": (("algorithm.advantage=grpo_flipped",), GRPO), "ppo": (PPO_EXTRA, PPO),
-         "ppo_flipped": (PPO_EXTRA + ("algorithm.advantage=gae_flipped",), PPO)}
+         "ppo_flipped": (PPO_EXTRA + ("algorithm.advantage=gae_flipped",), PPO),
+         # LoRA with its defaults (rank 8, alpha 16, every linear layer) at the GRPO learning rate
+         "lora": (("model.lora.r=8",), GRPO),
+         "lora_flipped": (("model.lora.r=8", "algorithm.advantage=grpo_flipped"), GRPO)}
 RESULTS = ROOT / "bench" / "results"
 
 

@@ -370,9 +370,10 @@ class Config(Section):
                              "learners and engines share devices, so generation cannot overlap training")
         if self.cluster.placement == "colocated" and self.run.mode == "rl":
             _check_colocated(self)
-        if self.model.lora is not None and self.run.mode == "rl" and self.rollout.engine != "hf":
-            raise ValueError("model.lora with rollout.engine 'vllm' is not built yet (vLLM's LoRA requests, one "
-                             "adapter per policy version); use rollout.engine 'hf', or train without model.lora")
+        if self.model.lora is not None and self.run.mode == "rl" and self.rollout.engine == "vllm" and \
+                self.rollout.weight_transfer not in ("auto", "object_store"):
+            raise ValueError(f"model.lora with rollout.engine 'vllm' takes its adapters through the object store "
+                             f"(rollout.weight_transfer 'object_store'), not '{self.rollout.weight_transfer}'")
         if self.controller.max_staleness > 0 and self.run.mode != "rl":
             raise ValueError("controller.max_staleness applies to run.mode 'rl' (offline modes have no rollouts)")
         _check_mode(self)

@@ -133,7 +133,8 @@ def _html(run_dir: Path, summary: dict, drawn: list[Plot], out: Path) -> str:
 <html><head><meta charset="utf-8"><title>Tandem report: {esc(run_dir.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1400px;margin:2em auto;padding:0 1em}}
 figure{{display:inline-block;margin:0.5em}}img{{max-width:640px}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:0.25em 0.6em;text-align:left;vertical-align:top}}pre{{background:#f6f6f6;padding:1em}}
+td,th{{border:1px solid #ccc;padding:0.25em 0.6em;text-align:left;vertical-align:top}}
+pre{{background:#f6f6f6;padding:1em}}
 </style></head><body>
 <h1>Tandem report: {esc(run_dir.name)}</h1>
 <table>{"".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts)}</table>

@@ -30,7 +30,7 @@ def resolve_weight_transfer(cfg: Config) -> str:
     r, c = cfg.rollout, cfg.cluster
     learner_gpu, engine_gpu = c.gpus_per_learner > 0, c.gpus_per_engine > 0
     if r.weight_transfer == "auto":
-        if not (learner_gpu and engine_gpu and c.gpus_per_engine == 1):
+        if not (learner_gpu and engine_gpu and c.gpus_per_engine == 1) or (cfg.model.lora and r.engine == "vllm"):
             return "object_store"
         if c.placement == "disaggregated":
             return "collective"

@@ -79,8 +79,9 @@ class EngineSetup:
 def vllm_options(cfg: RolloutConfig, setup: EngineSetup = EngineSetup()) -> VLLMOptions:
     """The vllm engine's settings from the rollout section (rollout/vllm_engine.py reads them)."""
     return VLLMOptions(tensor_parallel_size=setup.tensor_parallel_size,
-                       gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, kv_cache_gib=cfg.vllm_kv_cache_gib, max_model_len=cfg.vllm_max_model_len,
+                       gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, kv_cache_gib=cfg.vllm_kv_cache_gib,
+                       max_model_len=cfg.vllm_max_model_len,
                        max_num_seqs=cfg.vllm_max_num_seqs, enforce_eager=cfg.vllm_enforce_eager,
                        enable_prefix_caching=cfg.vllm_enable_prefix_caching, enable_sleep_mode=setup.sleep_mode,
                        seed=setup.seed, weight_transfer="tandem_collective" if setup.collective else "tandem_file",
-                       weight_version=setup.version)
+                       weight_version=setup.version, lora=setup.lora, lora_adapter=setup.adapter)

@@ -47,3 +47,56 @@ class LoraSpec:
 def adapter_names(model) -> list[str]:
     """The parameters an adapter update carries: those that train (the adapter, a new head)."""
     return [name for name, p in model.named_parameters() if p.requires_grad]
+
+
+VLLM_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's max_lora_rank choices
+
+
+class AdapterFiles:
+    """Each policy version's adapter as PEFT files, for the vllm engine, whose LoRA requests load
+    adapters from disk: version v lives in root/v<v> (adapter_config.json and
+    adapter_model.safetensors) while a request may still use it; the newest `keep` are kept."""
+
+    def __init__(self, spec: LoraSpec, keep: int):
+        import os
+        import tempfile
+
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # memory, not disk
+        self.spec, self.keep = spec, keep
+        self.root = tempfile.mkdtemp(prefix="tandem-lora-", dir=shm)
+        self.written: list[int] = []
+
+    def write(self, version: int, tensors: dict) -> str:
+        """The adapter of `version` from its update (the learners' parameter names); returns its directory."""
+        import json
+        import os
+        import shutil
+
+        from safetensors.torch import save_file
+
+        path = os.path.join(self.root, f"v{version}")
+        os.makedirs(path, exist_ok=True)
+        # PEFT's files name tensors without the adapter's name ("lora_A.weight", not "lora_A.default.weight").
+        save_file({name.replace(".default.", "."): t.contiguous() for name, t in tensors.items()},
+                  os.path.join(path, "adapter_model.safetensors"))
+        config = self.spec.peft_config("policy").to_dict()
+        # The modules it holds, by name (vLLM reads names, not "all-linear").
+        config["target_modules"] = sorted({n.split(".lora_")[0].rsplit(".", 1)[-1] for n in tensors if ".lora_" in n})
+        config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+        with open(os.path.join(path, "adapter_config.json"), "w") as fh:
+            json.dump(config, fh, default=str)
+        self.written.append(version)
+        for old in self.written[:-self.keep]:
+            shutil.rmtree(os.path.join(self.root, f"v{old}"), ignore_errors=True)
+        self.written = self.written[-self.keep:]
+        return path
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def vllm_rank(r: int) -> int:
+    """vLLM's smallest max_lora_rank that holds rank r."""
+    return next(v for v in VLLM_RANKS if v >= r)

@@ -35,9 +35,6 @@ def make_engine(cfg: RolloutConfig, model_path: str, dtype: str, setup: EngineSe
     if cfg.engine == "vllm":
         from rollout.vllm_engine import VLLMEngine
 
-        if setup.lora is not None:
-            raise ValueError("the vllm engine does not take LoRA adapters yet (cluster/config.py refuses model.lora "
-                             "with rollout.engine 'vllm')")
         return VLLMEngine(model_path, dtype, cfg.threads_per_worker, vllm_options(cfg, setup))
     raise ValueError(f"rollout.engine '{cfg.engine}' is not an engine (valid: hf, vllm)")
 

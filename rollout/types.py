@@ -99,3 +99,7 @@ class VLLMOptions:
     # engines (untested here: no GPU in CI).
     weight_transfer: str = "tandem_file"
     weight_version: int = 0  # the policy version of the weights it starts from (a resumed run's)
+    # model.lora (rollout/lora.py LoraSpec): updates are adapters, served through vLLM's LoRA
+    # requests; `lora_adapter`: the adapter of weight_version on disk (a resumed run's checkpoint).
+    lora: object = None
+    lora_adapter: str | None = None

@@ -14,6 +14,10 @@ the GPU image pins vllm 0.33.0):
 - abort / pause / resume: `AsyncLLM.abort`, `pause_generation(mode="keep")`,
   `resume_generation`; an update paused in the middle of a rollout gives a partial
   rollout whose first tokens carry the old version and the rest the new one;
+- LoRA (model.lora): an update is an adapter, written as PEFT files, and each request is
+  served whole by the adapter of the version current when it was submitted (vLLM's LoRA
+  requests, a few versions loaded at once), so in-flight requests finish on their own
+  version and every token carries it;
 - weights: vLLM's native weight-transfer API (`start_weight_update` /
   `update_weights` / `finish_weight_update(weight_version=...)`) with Tandem's
   `tandem_file` backend (rollout/vllm_worker.py), after which the prefix cache is
@@ -90,6 +94,16 @@ class VLLMEngine:
         self._ids = itertools.count()
         self._inflight: dict[int, dict[str, int]] = {}  # group_id -> {request id: tokens so far}
         self._aborted: set[str] = set()
+        # model.lora: each update is an adapter on disk, and a request is served by the adapter of
+        # the version current when it entered vLLM (whole, to its end): (LoRARequest, version).
+        self._adapters = None
+        self._lora: tuple = (None, self.version)
+        if self.options.lora is not None:
+            from rollout.lora import AdapterFiles
+
+            self._adapters = AdapterFiles(self.options.lora, keep=4)
+            if self.options.lora_adapter is not None and self.version > 0:
+                self._lora = (self._lora_request(self.options.lora_adapter, self.version), self.version)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine", daemon=True)
         self._thread.start()
@@ -120,7 +134,7 @@ class VLLMEngine:
             max_num_seqs=o.max_num_seqs, enforce_eager=on_cpu if o.enforce_eager is None else o.enforce_eager,
             enable_prefix_caching=o.enable_prefix_caching, enable_sleep_mode=o.enable_sleep_mode and not on_cpu,
             logprobs_mode="processed_logprobs",
-            weight_transfer_config={"backend": o.weight_transfer},
+            weight_transfer_config={"backend": o.weight_transfer}, **self._lora_args(),
             worker_extension_cls="rollout.vllm_worker.TandemWorkerExtension", disable_log_stats=True,
         )
         llm = AsyncLLM.from_engine_args(args)
@@ -128,6 +142,20 @@ class VLLMEngine:
             await llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info={}))
         await llm.update_weight_version(str(o.weight_version))
         return llm
+
+    def _lora_args(self) -> dict:
+        if self.options.lora is None:
+            return {}
+        from rollout.lora import vllm_rank
+
+        # Slots for the adapters of a few versions at once (requests finish on their own version).
+        return {"enable_lora": True, "max_lora_rank": vllm_rank(self.options.lora.r), "max_loras": 4}
+
+    @staticmethod
+    def _lora_request(path: str, version: int):
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(f"tandem-v{version}", version, path)
 
     async def _shutdown(self) -> None:
         llm, self.llm = self.llm, None
@@ -162,10 +190,12 @@ class VLLMEngine:
         async with gate:
             inflight = self._inflight.setdefault(req.group_id, {})
             inflight[request_id] = 0
+            lora, lora_version = self._lora  # the adapter current now serves this request to its end
             try:
                 final = None
                 async for out in self.llm.generate({"prompt_token_ids": prompt_ids},
-                                                   self._sampling_params(params, seed), request_id):
+                                                   self._sampling_params(params, seed), request_id,
+                                                   lora_request=lora):
                     final, inflight[request_id] = out, len(out.outputs[0].token_ids)
             finally:
                 del inflight[request_id]
@@ -179,7 +209,8 @@ class VLLMEngine:
         return Rollout(
             group_id=req.group_id, prompt_id=req.prompt_id, sample_index=k, prompt=req.prompt, answer=req.answer,
             prompt_ids=tuple(prompt_ids), response_ids=tuple(ids), response_text=done.text, logprobs=logprobs,
-            versions=self._token_versions(done, len(ids)), finish_reason=done.finish_reason, seed=seed,
+            versions=(lora_version,) * len(ids) if self._adapters else self._token_versions(done, len(ids)),
+            finish_reason=done.finish_reason, seed=seed,
         )
 
     def _token_versions(self, done, n: int) -> tuple[int, ...]:
@@ -232,6 +263,12 @@ class VLLMEngine:
         In-flight samples are paused, not dropped: they continue with the new weights once
         the update is in and the caches are cleared.
         """
+        if self._adapters is not None:  # an adapter: the next requests use it, those in flight keep theirs
+            version = self.version + 1 if version is None else version
+            path = self._adapters.write(version, {n: torch.as_tensor(a) for n, a in arrays.items()})
+            self._lora = (self._lora_request(path, version), version)
+            self.version = version
+            return
         if isinstance(arrays, ReceivedUpdate):
             self._call(self._apply_update({"version": arrays.version}, arrays.version))
             self.version = arrays.version
@@ -329,3 +366,5 @@ class VLLMEngine:
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(timeout=10)
+        if self._adapters is not None:
+            self._adapters.close()

@@ -107,6 +107,7 @@ def test_the_gsm8k_recipe_reads_gsm8k_as_published(tmp_path, chat_model):
         f"model.path={path}", f"data.train_path={tmp_path}/gsm8k/train", f"data.eval_path={tmp_path}/gsm8k/test"])
     train, evals = prepare_inputs(cfg)
     assert [p.text for p in evals] == ["12+34?", "5+5?"]
-    assert tok.decode(train[0].ids).startswith("<s>") and tok.decode(train[0].ids).endswith(f"#{UNK3}12+34<unk>#{UNK3}")  # "?" is not in the char vocabulary
+    text = tok.decode(train[0].ids)
+    assert text.startswith("<s>") and text.endswith(f"#{UNK3}12+34<unk>#{UNK3}")  # "?" is not in the char vocabulary
     score = VERIFIERS.get(cfg.reward.verifier)
     assert [score("so #### 46.", p.answer) for p in train] == [1.0, 0.0]

@@ -63,7 +63,8 @@ def test_tensorboard_and_offline_wandb_hold_the_logged_rows_and_samples(tmp_path
     history = wandb_history(run.path)
     assert ("reward_mean", "0.75") in history and ("lr", "0.00025") in history and ("eval_accuracy", "0.125") in history
     assert ("_step", "3") in history
-    assert [json.loads(line) for line in (run.path / "samples.jsonl").read_text().splitlines()] == [{"step": 2, **SAMPLE}]
+    samples = [json.loads(line) for line in (run.path / "samples.jsonl").read_text().splitlines()]
+    assert samples == [{"step": 2, **SAMPLE}]
     assert (run.path / "wandb_run_id").read_text().strip() in str(next((run.path / "wandb").glob("offline-run-*")))
 
 

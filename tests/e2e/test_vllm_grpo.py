@@ -65,3 +65,24 @@ def test_asynchronous_grpo_with_the_vllm_engine(ray_session, tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "runs" / "vllm-async" / "metrics.jsonl").read_text().splitlines()]
     steps_rows = [r for r in rows if not r.get("final")]
     assert max(r["partial_frac"] for r in steps_rows) > 0  # some rollout's tokens carry two versions
+
+
+def test_lora_adapters_reach_the_vllm_engine(ray_session, tmp_path):
+    """model.lora with vLLM: each sync is an adapter that vLLM serves through its LoRA requests;
+    the learner's first pass over each step's samples reproduces vLLM's logprobs while the policy
+    has moved away from the base (its KL to the base, the adapter switched off, grows), so every
+    adapter reached vLLM, and each sample's tokens all carry the version that served it."""
+    cfg = config(tmp_path, "rollout.engine=vllm", "controller.steps=3", "controller.eval_every=0",
+                 "run.name=vllm-lora", "trainer.num_learners=1", "trainer.zero_stage=0", "model.lora.r=4",
+                 "algorithm.kl_coef=0.05", "trainer.lr=5e-3")
+    summary = run(cfg, log=lambda *_: None).record
+    assert summary["status"] == "completed" and summary["weight_sync"]["checksum_failures"] == 0
+    sync = summary["weight_sync"]
+    assert sync["count"] == 3 and sync["bytes_per_update"] < sync["full_model_bytes"] / 5
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "vllm-lora" / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if not r.get("final")]
+    print([(r["step"], r["logprob_diff"], r["kl"]) for r in steps])
+    assert steps[0]["kl"] < 1e-6 and steps[0]["logprob_diff"] < 1e-4
+    for r in steps[1:]:
+        assert r["logprob_diff"] < 1e-4 and r["kl"] > 1e-4, r
+        assert r["partial_frac"] == 0.0 and r["staleness_max"] == 0
