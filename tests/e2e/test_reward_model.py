@@ -58,7 +58,7 @@ def test_a_lora_reward_model_is_served_merged(ray_session, tiny_model, tmp_path)
     write_arithmetic_pairs(data, seed=0)
     cfg = load_config(os.path.join(ROOT, "recipes", "reward_model_tiny.yaml"), [
         f"model.path={tiny_model}", "model.bootstrap=false", f"data.train_path={data}/pairs_train.jsonl",
-        f"data.eval_path={data}/pairs_eval.jsonl", f"run.output_dir={tmp_path}/runs", "offline.max_steps=24",
+        f"data.eval_path={data}/pairs_eval.jsonl", f"run.output_dir={tmp_path}/runs", "offline.max_steps=12",
         "model.lora.r=4", "model.lora.merge_on_export=true", "trainer.lr=5e-3",
     ])
     summary = run(cfg, log=print).record
