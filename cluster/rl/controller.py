@@ -63,9 +63,11 @@ class Controller:
         self.steps_done = 0
         self.next_group = 0
         self.totals = {k: 0.0 for k in TIMERS} | {"samples": 0, "tokens": 0, "syncs": 0, "sync_failures": 0,
-                                                   "reward_failures": 0, "eval_s": 0.0}
+                                                   "reward_failures": 0, "eval_s": 0.0, "trained_tokens": 0,
+                                                   "generated_tokens": 0}
         self.summary: dict = {}
         self.faults_before: dict = {}  # counted before this controller: by the run it resumed or restarted
+        self._generated_seen = 0  # streaming.generated_tokens already counted into a step
 
     def run(self, progress: Progress) -> dict:
         c = self.cfg.controller
@@ -116,6 +118,7 @@ class Controller:
         gen = min(max(self.streaming.last_rollout_at - t0, 0.0), t1 - t0)
         times = (gen, t1 - t0 - gen, t2 - t1 - switch, t3 - t2, switch + handover)
         row = self._step_row(step, groups, train_metrics, times) | self.timeslice.take_row()
+        row |= self._goodput_row(groups, policy_moved, sum(times))
         return row | {"staleness_mean": float(np.mean(staleness)), "staleness_max": int(max(staleness))}
 
     def train(self, groups: list[Group], step: int) -> tuple[dict, bool]:
@@ -255,6 +258,22 @@ class Controller:
             "samples_per_s": len(rollouts) / step_s, "tokens_per_s": tokens / step_s,
         }
 
+    def _goodput_row(self, groups: list[Group], moved: bool, step_s: float) -> dict:
+        """Useful work next to raw work: response tokens the step trained on (none when the policy
+        did not move), tokens generated since the last step, and those thrown away (groups dropped
+        stale or filtered), with the dropped samples' mean length (long responses go stale first)."""
+        trained = sum(len(r.response_ids) for g in groups for r in g.rollouts) if moved else 0
+        generated = self.streaming.generated_tokens - self._generated_seen
+        self._generated_seen = self.streaming.generated_tokens
+        dropped_tokens, dropped_samples = self.scheduler.take_dropped()
+        self.totals["trained_tokens"] = self.totals.get("trained_tokens", 0) + trained
+        self.totals["generated_tokens"] = self.totals.get("generated_tokens", 0) + generated
+        row = {"trained_tokens": trained, "generated_tokens": generated, "wasted_tokens": dropped_tokens,
+               "goodput_tokens_per_s": trained / step_s, "generated_tokens_per_s": generated / step_s}
+        if dropped_samples:
+            row["dropped_response_len"] = dropped_tokens / dropped_samples
+        return row
+
     def _write_summary(self, status: str, t_start: float, initial: float, final) -> dict:
         t = self.totals
         wall = time.perf_counter() - t_start
@@ -281,6 +300,14 @@ class Controller:
             "numerics": {"nonfinite_steps": self.guard.skipped, "guard": self.cfg.controller.guard.limits()},
             "throughput": {"samples_per_s": t["samples"] / busy, "tokens_per_s": t["tokens"] / busy,
                            **{k: t[k] for k in TIMERS}},
+            # Trained response tokens per second of the steps, against every token generated (the
+            # difference: groups dropped stale or filtered, work in flight at the end).
+            "goodput": {"trained_tokens": int(t.get("trained_tokens", 0)),
+                        "generated_tokens": int(t.get("generated_tokens", 0)),
+                        "trained_tokens_per_s": t.get("trained_tokens", 0) / busy,
+                        "generated_tokens_per_s": t.get("generated_tokens", 0) / busy,
+                        "useful_fraction": t.get("trained_tokens", 0) / max(t.get("generated_tokens", 0), 1),
+                        "tokens_by_outcome": dict(self.scheduler.tokens)},
         }
         self.run_dir.write_summary(self.summary)
         return self.summary

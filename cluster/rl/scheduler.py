@@ -84,6 +84,10 @@ class Scheduler:
         self._version = 0  # the policy version of the last take(): what "stale" is judged against
         self._assembling: dict[int, _Assembly] = {}
         self.ready: list[Group] = []
+        # Response tokens of the complete groups, by outcome (goodput: trained vs thrown away), and
+        # of the groups dropped since the last take() ([tokens, samples]: the length bias per step).
+        self.tokens: Counter[str] = Counter()
+        self._dropped_since_take = [0, 0]
 
     @property
     def filtered(self) -> int:
@@ -137,7 +141,7 @@ class Scheduler:
             return None
         del self._assembling[gid]
         if self.dynamic_sampling and len({r.reward for r in group.rewards}) == 1:
-            self._end(gid, Outcome.TIED)  # zero advantage for every member: it would teach nothing
+            self._end(gid, Outcome.TIED, group)  # zero advantage for every member: it would teach nothing
             self._filtered_this_step += 1
             if self._filtered_this_step > self.resample_limit * self.per_step:
                 raise DynamicSamplingError(
@@ -169,9 +173,14 @@ class Scheduler:
         if len(groups) != len(picked):
             raise AssertionError("the gate refused a group the scheduler found fresh (a bug)")
         for g in groups:
-            self._end(g.group_id, Outcome.TRAINED)
+            self._end(g.group_id, Outcome.TRAINED, g)
         self._filtered_this_step = 0
         return sorted(groups, key=lambda g: g.group_id)
+
+    def take_dropped(self) -> tuple[int, int]:
+        """(response tokens, samples) of the groups dropped (stale or tied) since the last call."""
+        dropped, self._dropped_since_take = tuple(self._dropped_since_take), [0, 0]
+        return dropped
 
     def _drop_if_stale(self, group: Group) -> bool:
         """A group older than k versions goes through the gate (which drops and counts
@@ -179,13 +188,13 @@ class Scheduler:
         if self._version - _oldest(group) <= self.k:
             return False
         self.gate.admit(list(group.rollouts), list(group.rewards), self._version)
-        self._end(group.group_id, Outcome.STALE)
+        self._end(group.group_id, Outcome.STALE, group)
         self.owed += 1
         return True
 
     # ---- the ledger ----
 
-    def _end(self, group_id: int, outcome: Outcome) -> None:
+    def _end(self, group_id: int, outcome: Outcome, group: Optional[Group] = None) -> None:
         if group_id in self.ledger:
             raise LedgerError(f"group {group_id} ended twice: {self.ledger[group_id].value}, then {outcome.value}")
         if group_id not in self._open:
@@ -193,6 +202,12 @@ class Scheduler:
         self._open.remove(group_id)
         self.ledger[group_id] = outcome
         self._counts[outcome] += 1
+        if group is not None:  # a complete group: its tokens count towards its outcome
+            tokens = sum(len(r.response_ids) for r in group.rollouts)
+            self.tokens[outcome.value] += tokens
+            if outcome in (Outcome.STALE, Outcome.TIED):
+                self._dropped_since_take[0] += tokens
+                self._dropped_since_take[1] += len(group.rollouts)
 
     def close(self) -> dict[str, int]:
         """The run is over: every open group ends (dropped:incomplete while some member is
@@ -200,7 +215,7 @@ class Scheduler:
         for gid in list(self._assembling):
             self._end(gid, Outcome.INCOMPLETE)
         for g in self.ready:
-            self._end(g.group_id, Outcome.UNUSED)
+            self._end(g.group_id, Outcome.UNUSED, g)
         self._assembling, self.ready, self._closed = {}, [], True
         return self.summary()
 
@@ -217,7 +232,8 @@ class Scheduler:
         owes their replacements (new group ids: no sample is trained twice)."""
         return {"started_steps": self.started_steps, "owed": self.owed, "version": self._version,
                 "filtered_this_step": self._filtered_this_step, "open": sorted(self._open),
-                "ledger": {str(gid): outcome.value for gid, outcome in self.ledger.items()}}
+                "ledger": {str(gid): outcome.value for gid, outcome in self.ledger.items()},
+                "tokens": dict(self.tokens)}
 
     def restore(self, state: dict) -> None:
         if self.ledger or self._open:
@@ -229,6 +245,7 @@ class Scheduler:
             self.ledger[gid] = Outcome.INTERRUPTED
             self.owed += 1
         self._counts = Counter(self.ledger.values())
+        self.tokens = Counter(state.get("tokens", {}))
 
     def in_flight(self) -> int:
         """Groups dispatched and not yet complete."""

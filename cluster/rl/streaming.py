@@ -43,6 +43,7 @@ class Streaming:
         self.tickets: dict[int, list[Rollout]] = {}  # reward ticket -> its group's rollouts
         self.replacements = 0
         self.last_rollout_at = 0.0  # perf_counter of the latest rollout to arrive
+        self.generated_tokens = 0  # response tokens of every sample that arrived (goodput's denominator)
 
     def start(self, steps_done: int) -> None:
         """Dispatch every step the staleness budget allows, and replacements owed."""
@@ -102,6 +103,7 @@ class Streaming:
                 continue
             members = self.generated.setdefault(r.group_id, {})
             members[r.sample_index] = r
+            self.generated_tokens += len(r.response_ids)
             if len(members) == self.group_size:
                 del self.generated[r.group_id]
                 self.complete.add(r.group_id)

@@ -110,6 +110,15 @@ def test_dynamic_sampling_replaces_tied_groups(ray_session, tmp_path):
     assert summary["samples"] == steps * 32  # every step still trained on 8 full groups
     got = rows(tmp_path)
     assert got[-1]["filtered_groups"] == filtered and all(r["reward_std"] > 0 for r in got)
+    # Goodput: the trained tokens are the trained samples' (32 a step), the filtered groups' tokens
+    # were generated and thrown away, and the per-step rows add up to the run's totals.
+    g = summary["goodput"]
+    assert [r["trained_tokens"] for r in got] == [round(r["response_len"] * 32) for r in got]
+    assert g["trained_tokens"] == sum(r["trained_tokens"] for r in got) == g["tokens_by_outcome"]["trained"]
+    assert g["generated_tokens"] == sum(r["generated_tokens"] for r in got)
+    assert sum(r["wasted_tokens"] for r in got) == g["tokens_by_outcome"]["filtered:tied"] > 0
+    assert g["generated_tokens"] >= g["trained_tokens"] + g["tokens_by_outcome"]["filtered:tied"]
+    assert 0 < g["useful_fraction"] < 1 and any("dropped_response_len" in r for r in got)
 
 
 def test_colocated_placement_stays_synchronous(tmp_path):

@@ -83,6 +83,9 @@ def test_few_grpo_steps(ray_session, tmp_path):
     pngs = sorted((run_dir / "report").glob("*.png"))
     assert {"reward", "accuracy", "kl", "time"} <= {p.stem for p in pngs} and all(p.stat().st_size > 5000 for p in pngs)
     assert page.count("data:image/png;base64,") == len(pngs) and page.count("<tr><td>2</td>") == 3
+    # Synchronous, nothing dropped: every generated token trained (goodput = raw throughput).
+    assert [r["trained_tokens"] for r in steps] == [r["generated_tokens"] for r in steps]
+    assert summary["goodput"]["useful_fraction"] == 1.0 and all(r["wasted_tokens"] == 0 for r in steps)
     # The reward pool scored the 96 training samples and 3 evaluations of 32 (before, step 2, final).
     assert summary["rewards"]["samples"] == 96 + 3 * 32
     # On-policy: the learner's first-pass logprobs equal the engine's (fp32).

@@ -204,3 +204,22 @@ def test_a_restored_gate_keeps_its_counts():
     assert r.summary() == g.summary() == {"max_allowed": 1, "max_seen": 1, "dropped": 0, "histogram": {"1": 2}}
     with pytest.raises(ValueError, match="staleness bound is 1, this run's 2"):
         StalenessGate(2, 2).restore(g.summary())
+
+
+def test_tokens_are_counted_by_outcome_and_the_dropped_ones_per_step():
+    """Goodput's bookkeeping: every complete group's response tokens go to its outcome; the groups
+    dropped (stale, or tied under dynamic sampling) since the last take are reported once, with
+    their sample count, so a step can show how long the responses it threw away were."""
+    s = scheduler(1, dynamic_sampling=True)
+    for gid in (1, 2, 3, 4):
+        s.expect(gid)
+    score(s, 1, [0, 0, 0], [1.0, 0.0])  # 2 samples x 3 tokens, from version 0: stale at version 2
+    score(s, 4, [2, 2, 2, 2], [1.0, 1.0])  # 2 x 4 tokens, rewards tied: filtered
+    score(s, 2, [2], [1.0, 0.0])  # 2 x 1
+    score(s, 3, [2, 2], [0.0, 1.0])  # 2 x 2
+    assert [g.group_id for g in s.take(2)] == [2, 3]
+    assert s.tokens == {"trained": 6, "dropped:stale": 6, "filtered:tied": 8}
+    assert s.take_dropped() == (14, 4) and s.take_dropped() == (0, 0)
+    restored = scheduler(1, dynamic_sampling=True)
+    restored.restore(s.state())
+    assert restored.tokens == s.tokens
