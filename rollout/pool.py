@@ -248,9 +248,31 @@ class Shard:
     requests: tuple[GenerationRequest, ...]
     params: SamplingParams
 
+    @property
+    def samples(self) -> int:
+        return sum(len(r.indices()) for r in self.requests)
+
+
+def balance(requests: list[GenerationRequest], outstanding: list[int], first: int) -> list[list[GenerationRequest]]:
+    """Each request (a group: its samples stay together on one worker) to the worker with the
+    least outstanding work, counting what this call has given it so far; ties go to the workers
+    in turn from `first`. With equal loads this is the round robin; a worker that has drained
+    its queue gets the next work before one that still has a queue."""
+    n = len(outstanding)
+    load, turn = list(outstanding), [(first + i) % n for i in range(n)]
+    out: list[list[GenerationRequest]] = [[] for _ in range(n)]
+    for req in requests:
+        w = min(turn, key=lambda i: load[i])  # the first in turn among the least loaded
+        out[w].append(req)
+        load[w] += len(req.indices())
+        turn.remove(w)
+        turn.append(w)
+    return out
+
 
 class RolloutPool:
-    """Driver-side handle on N rollout workers; requests are split evenly, order kept.
+    """Driver-side handle on N rollout workers; each call's requests go to the workers with the
+    least outstanding work (balance), order kept.
 
     A worker that dies (killed, OOM, node lost) is replaced, at most `max_restarts` times in
     a run (cluster.max_actor_restarts): the new one starts from the model on disk, loads the
@@ -269,7 +291,9 @@ class RolloutPool:
         self.setup = setup
         self.workers = [self._actor.options(**o).remote(*self._args, setup) for o in self._options]
         self.batch_size = cfg.batch_size
-        self._next = 0  # the worker that gets the next call's first shard
+        self._next = 0  # the worker first in turn for the next call's ties
+        # Samples dispatched to each worker and not back yet: where the next work goes (balance).
+        self.outstanding = [0] * cfg.num_workers
         self.version = setup.version  # the newest update every worker has verified (cluster/weights.py)
         self.layout: Optional[Layout] = None
         # The run's current weights as an object-store update, for a restarted worker (set by
@@ -283,13 +307,20 @@ class RolloutPool:
         ray.get([w.get_version.remote() for w in self.workers])  # surface start-up errors here
 
     def _shards(self, requests: list[GenerationRequest]) -> list[tuple[int, tuple[GenerationRequest, ...]]]:
-        """Shard i of a call goes to the workers in turn, so small calls (replacement groups) do
-        not all land on the first worker. Seeds are per sample (rollout/types.py: sample_seed),
-        so the rollouts do not depend on which worker (all hold the same weights) runs them."""
-        n = len(self.workers)
-        shards = [tuple(requests[i::n]) for i in range(n) if requests[i::n]]
-        first, self._next = self._next, (self._next + len(shards)) % n
-        return [((first + i) % n, shard) for i, shard in enumerate(shards)]
+        """A call's requests split by outstanding work (balance), the ties starting one worker
+        further each call, so small calls (replacement groups) do not all land on the first
+        worker. Seeds are per sample (rollout/types.py: sample_seed), so the rollouts do not
+        depend on which worker (all hold the same weights) runs them."""
+        parts = balance(requests, self.outstanding, self._next)
+        self._next = (self._next + 1) % len(self.workers)
+        shards = [(w, tuple(part)) for w, part in enumerate(parts) if part]
+        for w, shard in shards:
+            self.outstanding[w] += sum(len(r.indices()) for r in shard)
+        return shards
+
+    def arrived(self, worker: int, samples: int) -> None:
+        """`samples` of worker's outstanding work came back (or will not: a finished or dead call)."""
+        self.outstanding[worker] = max(0, self.outstanding[worker] - samples)
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams) -> list[Rollout]:
         calls = {self.workers[w].generate.remote(list(shard), params, self.batch_size): (w, shard)
@@ -300,9 +331,11 @@ class RolloutPool:
             w, shard = calls.pop(done)
             try:
                 rollouts += ray.get(done)
+                self.arrived(w, sum(len(r.indices()) for r in shard))
             except ray.exceptions.RayActorError as err:  # the whole shard again, on its replacement
                 self.restart(w, f"{type(err).__name__} during a generation call")
                 self.reissued += sum(len(r.indices()) for r in shard)
+                self.outstanding[w] += sum(len(r.indices()) for r in shard)
                 calls[self.workers[w].generate.remote(list(shard), params, self.batch_size)] = (w, shard)
         order = {req.group_id: i for i, req in enumerate(requests)}
         return sorted(rollouts, key=lambda r: (order[r.group_id], r.sample_index))
@@ -338,6 +371,7 @@ class RolloutPool:
         if update is None and self.refill is None:
             raise EngineError(f"rollout worker {i} died ({cause}) and cannot be restarted: {self.refill_problem}")
         self.restarts += 1
+        self.outstanding[i] = 0  # its calls died with it; what is re-issued is counted again
         ray.kill(self.workers[i], no_restart=True)
         version = self.version if update is None else update.version
         new = self._actor.options(**self._options[i]).remote(*self._args, replace(self.setup, version=version,

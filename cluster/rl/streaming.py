@@ -90,13 +90,18 @@ class Streaming:
             rollouts: list[Rollout] = ray.get(next(shard.stream))  # a failed generation call raises here
         except StopIteration:
             self.streams.remove(shard)
-            self.lost += sum(k not in self._arrived(req.group_id) for req in shard.requests for k in req.indices())
+            missing = sum(k not in self._arrived(req.group_id) for req in shard.requests for k in req.indices())
+            self.lost += missing
+            if shard.handle is self.rollout.workers[shard.worker]:
+                self.rollout.arrived(shard.worker, missing)  # they will not come: no longer outstanding
             return
         except ray.exceptions.RayActorError as err:  # its worker died: replaced, the rest generated again
             self.streams.remove(shard)
             self.streams += self.rollout.recover(shard, self._arrived, f"{type(err).__name__} while generating")
             return
         self.last_rollout_at = time.perf_counter()
+        if shard.handle is self.rollout.workers[shard.worker]:  # a replaced worker's count was reset
+            self.rollout.arrived(shard.worker, len(rollouts))
         for r in rollouts:
             if r.group_id in self.complete or r.sample_index in self.generated.get(r.group_id, {}):
                 self.duplicated += 1

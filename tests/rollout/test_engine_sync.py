@@ -109,6 +109,35 @@ def _kill(pool, i):
     os.kill(ray.get(pool.workers[i].pid.remote()), signal.SIGKILL)
 
 
+def test_work_goes_to_the_worker_with_the_least_outstanding(actors):
+    """balance() by hand, then on the pool's two workers: a call splits evenly; once worker 0 has
+    returned its share and worker 1 has not, the next call goes to worker 0 alone, so no worker
+    idles while the other has a queue."""
+    from rollout.pool import balance
+
+    reqs = [request(g, f"{g}+1=", str(g + 1), 2) for g in range(4)]
+    assert balance(reqs, [0, 0], 0) == [[reqs[0], reqs[2]], [reqs[1], reqs[3]]]  # even: the round robin
+    assert balance(reqs, [0, 0], 1) == [[reqs[1], reqs[3]], [reqs[0], reqs[2]]]
+    assert balance(reqs, [6, 0], 0) == [[reqs[3]], [reqs[0], reqs[1], reqs[2]]]  # fill the idle one first
+
+    pool, _ = actors
+    params = SamplingParams(temperature=TEMP, max_new_tokens=4, seed=0)
+    # The other tests here stream without Streaming's bookkeeping: this one keeps it, from zero.
+    before = [0, 0]
+    pool.outstanding = list(before)
+    first = pool.stream([request(g, f"{g}+2=", str(g + 2), 1) for g in range(8)], params)
+    assert sorted((s.worker, len(s.requests)) for s in first) == [(0, 4), (1, 4)]
+    assert [o - b for o, b in zip(pool.outstanding, before)] == [4, 4]
+    drained = next(s for s in first if s.worker == 0)
+    for part in drained.stream:  # worker 0's share comes back; worker 1's is not read yet
+        pool.arrived(0, len(ray.get(part)))
+    second = pool.stream([request(g, f"{g}+3=", str(g + 3), 1) for g in range(20, 24)], params)
+    assert [(s.worker, len(s.requests)) for s in second] == [(0, 4)]
+    for shard in [s for s in first if s.worker == 1] + second:
+        pool.arrived(shard.worker, sum(len(ray.get(part)) for part in shard.stream))
+    assert pool.outstanding == before
+
+
 def test_a_dead_worker_is_replaced_with_the_current_weights_and_its_samples_generated_again(actors):
     """Runs last in this module (it spends the pool's restart budget). The learners train past
     the weights on disk first, so a replacement that served before loading the current weights
@@ -157,3 +186,4 @@ def test_a_dead_worker_is_replaced_with_the_current_weights_and_its_samples_gene
     _kill(pool, 1)
     with pytest.raises(EngineError, match="restart budget is spent .*cluster.max_actor_restarts=3"):
         sample(pool, 23)
+
