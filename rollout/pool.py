@@ -248,10 +248,6 @@ class Shard:
     requests: tuple[GenerationRequest, ...]
     params: SamplingParams
 
-    @property
-    def samples(self) -> int:
-        return sum(len(r.indices()) for r in self.requests)
-
 
 def balance(requests: list[GenerationRequest], outstanding: list[int], first: int) -> list[list[GenerationRequest]]:
     """Each request (a group: its samples stay together on one worker) to the worker with the

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from rollout.lora import LoraSpec
 
 
 class EngineError(RuntimeError):
@@ -101,5 +104,5 @@ class VLLMOptions:
     weight_version: int = 0  # the policy version of the weights it starts from (a resumed run's)
     # model.lora (rollout/lora.py LoraSpec): updates are adapters, served through vLLM's LoRA
     # requests; `lora_adapter`: the adapter of weight_version on disk (a resumed run's checkpoint).
-    lora: object = None
+    lora: LoraSpec | None = None
     lora_adapter: str | None = None
