@@ -59,7 +59,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from cluster.evaluation import EvalSpec, evaluate, write_report
+    from cluster.evaluation import EvalSpec, evaluate, write_results
     from rollout.data import DataError
     from rollout.types import EngineError
 
@@ -76,7 +76,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     except (ValueError, KeyError, DataError, EngineError) as exc:
         print(f"tandem: error: {exc.args[0] if isinstance(exc, KeyError) else exc}", file=sys.stderr)
         return 2
-    path = write_report(report, args.out)
+    path = write_results(report, args.out)
     print(f"{report.table()}\nresults: {path}")
     return 0
 
@@ -122,9 +122,8 @@ def _dry_run(cfg) -> int:
     from cluster.placement import build_plan
     from cluster.shapes import learner_options
 
-    from cluster.weights import resolve_weight_transfer
-
     from cluster.trackers import check_trackers
+    from cluster.weights import resolve_weight_transfer
 
     opts = learner_options(cfg)
     check_trackers(cfg)

@@ -144,7 +144,7 @@ def evaluate(spec: EvalSpec) -> EvalReport:
     return EvalReport(spec, len(prompts), pass_at, failures, time.perf_counter() - t0, per_prompt)
 
 
-def write_report(report: EvalReport, out: Optional[str | Path] = None) -> Path:
+def write_results(report: EvalReport, out: Optional[str | Path] = None) -> Path:
     """The report's JSON at `out` (default: CHECKPOINT/eval/<data file stem>.json)."""
     path = Path(out) if out else Path(report.spec.checkpoint) / "eval" / f"{Path(report.spec.data).stem}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

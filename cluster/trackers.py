@@ -68,14 +68,19 @@ class Trackers:
         self.wandb = None
         log = cfg.logging
         if log.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            purge = None if resume_step is None else resume_step + 1
-            self.tb = SummaryWriter(log_dir=str(run_dir / "tensorboard"), purge_step=purge)
+            self._open_tensorboard(resume_step)
         if log.wandb is not None:
             self.wandb = self._start_wandb(cfg, resume_step is not None)
         if resume_step is not None:
             self._cut_samples(resume_step)
+
+    def _open_tensorboard(self, resume_step: Optional[int]) -> None:
+        """Event files under <run dir>/tensorboard; after `resume_step`, events the earlier run
+        logged later than it are dropped (purge_step)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        purge = None if resume_step is None else resume_step + 1
+        self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=purge)
 
     def _start_wandb(self, cfg: Config, resuming: bool):
         import wandb
@@ -109,17 +114,15 @@ class Trackers:
             table = wandb.Table(columns=list(SAMPLE_COLUMNS), data=[[r.get(c) for c in SAMPLE_COLUMNS] for r in rows])
             self.wandb.log({"samples": table}, step=int(rows[0]["step"]))
         if self.tb is not None and rows:
-            text = "\n\n".join(f"**reward {r['reward']:.3f}** `{r['prompt']}` → `{r['response']}`" for r in rows)
+            text = "\n\n".join(f"**reward {r['reward']}** `{r['prompt']}` → `{r['response']}`" for r in rows)
             self.tb.add_text("samples", text, global_step=int(rows[0]["step"]))
 
     def rewind(self, step: int) -> None:
         """Back to `step` (the run restarted from that checkpoint): TensorBoard drops the later
         events, samples.jsonl the later samples; W&B ignores steps it already has."""
         if self.tb is not None:
-            from torch.utils.tensorboard import SummaryWriter
-
             self.tb.close()
-            self.tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=step + 1)
+            self._open_tensorboard(step)
         self._cut_samples(step)
 
     def _cut_samples(self, step: int) -> None:

@@ -60,6 +60,9 @@ def as_messages(value: Any, where: str, key: str) -> list[dict]:
     return [{"role": m["role"], "content": m["content"]} for m in value]
 
 
+WHERE = "__where__"  # a row's file and line, where its format has lines
+
+
 def read_rows(path: str | Path) -> list[dict]:
     """All rows of a jsonl, parquet or csv file, or of a `datasets.save_to_disk` directory (its
     'train' split when it holds several). Rows from jsonl and csv carry their line under
@@ -85,9 +88,6 @@ def read_rows(path: str | Path) -> list[dict]:
     if not rows:
         raise DataError(f"{path}: no rows")
     return rows
-
-
-WHERE = "__where__"  # a row's file and line, where its format has lines
 
 
 def _read_dataset_dir(path: Path) -> list[dict]:

@@ -57,13 +57,11 @@ class AdapterFiles:
     adapters from disk: version v lives in root/v<v> (adapter_config.json and
     adapter_model.safetensors) while a request may still use it; the newest `keep` are kept."""
 
-    def __init__(self, spec: LoraSpec, keep: int):
-        import os
+    def __init__(self, spec: LoraSpec, keep: int, parent: Optional[str] = None):
         import tempfile
 
-        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None  # memory, not disk
         self.spec, self.keep = spec, keep
-        self.root = tempfile.mkdtemp(prefix="tandem-lora-", dir=shm)
+        self.root = tempfile.mkdtemp(prefix="tandem-lora-", dir=parent)
         self.written: list[int] = []
 
     def write(self, version: int, tensors: dict) -> str:

@@ -101,7 +101,7 @@ class VLLMEngine:
         if self.options.lora is not None:
             from rollout.lora import AdapterFiles
 
-            self._adapters = AdapterFiles(self.options.lora, keep=4)
+            self._adapters = AdapterFiles(self.options.lora, keep=4, parent=SHM)
             if self.options.lora_adapter is not None and self.version > 0:
                 self._lora = (self._lora_request(self.options.lora_adapter, self.version), self.version)
         self._loop = asyncio.new_event_loop()

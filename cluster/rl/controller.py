@@ -190,7 +190,7 @@ class Controller:
         by start_roles): the next step is the one the interrupted run would have taken."""
         self.version, self.next_group, self.steps_done = state["version"], state["next_group"], state["step"]
         self.initial_accuracy, self.experience.kl.coef = state["initial_accuracy"], state["kl_coef"]
-        self.totals = dict(state["totals"])
+        self.totals = self.totals | state["totals"]  # keys an older checkpoint lacks keep their zeros
         self.source.restore(state["source"])
         self.scheduler.restore(state["scheduler"])
         self.gate.restore(state["gate"])
@@ -266,8 +266,8 @@ class Controller:
         generated = self.streaming.generated_tokens - self._generated_seen
         self._generated_seen = self.streaming.generated_tokens
         dropped_tokens, dropped_samples = self.scheduler.take_dropped()
-        self.totals["trained_tokens"] = self.totals.get("trained_tokens", 0) + trained
-        self.totals["generated_tokens"] = self.totals.get("generated_tokens", 0) + generated
+        self.totals["trained_tokens"] += trained
+        self.totals["generated_tokens"] += generated
         row = {"trained_tokens": trained, "generated_tokens": generated, "wasted_tokens": dropped_tokens,
                "goodput_tokens_per_s": trained / step_s, "generated_tokens_per_s": generated / step_s}
         if dropped_samples:
@@ -302,11 +302,10 @@ class Controller:
                            **{k: t[k] for k in TIMERS}},
             # Trained response tokens per second of the steps, against every token generated (the
             # difference: groups dropped stale or filtered, work in flight at the end).
-            "goodput": {"trained_tokens": int(t.get("trained_tokens", 0)),
-                        "generated_tokens": int(t.get("generated_tokens", 0)),
-                        "trained_tokens_per_s": t.get("trained_tokens", 0) / busy,
-                        "generated_tokens_per_s": t.get("generated_tokens", 0) / busy,
-                        "useful_fraction": t.get("trained_tokens", 0) / max(t.get("generated_tokens", 0), 1),
+            "goodput": {"trained_tokens": int(t["trained_tokens"]), "generated_tokens": int(t["generated_tokens"]),
+                        "trained_tokens_per_s": t["trained_tokens"] / busy,
+                        "generated_tokens_per_s": t["generated_tokens"] / busy,
+                        "useful_fraction": t["trained_tokens"] / max(t["generated_tokens"], 1),
                         "tokens_by_outcome": dict(self.scheduler.tokens)},
         }
         self.run_dir.write_summary(self.summary)
