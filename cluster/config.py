@@ -269,6 +269,9 @@ class ControllerConfig(Section):
     # Versions generation may run ahead of the learner: 0 = synchronous (on-policy); k > 0 =
     # asynchronous, no sample older than k versions is ever trained on (cluster/rl/scheduler.py).
     max_staleness: int = Field(0, ge=0)
+    # Stop a group's generation as soon as it can no longer meet the bound (a member started
+    # more than k versions behind the learner) and replace it; false: it finishes and is dropped.
+    abort_doomed: bool = True
     eval_every: int = Field(0, ge=0)
     eval_prompts: int = Field(256, ge=1)
     eval_temperature: float = Field(0.0, ge=0)

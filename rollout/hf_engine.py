@@ -6,7 +6,8 @@ it can stream finished sequences out as they finish, drop finished rows from the
 decode steps: a *partial rollout* re-encodes its tokens so far under the new weights and
 continues, each token keeping the version that produced it. Per-token logprobs are those of
 the temperature-scaled sampling distribution (log_softmax(logits / T), before top-p),
-computed in fp32 from the raw logits.
+computed in fp32 from the raw logits. `abort()` (from the worker's control thread) drops the
+rows of doomed groups at the next decode step and skips their samples not started yet.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from rollout.types import EngineError, GenerationRequest, Rollout, SamplingParams, sample_seed
+from rollout.types import AbortResult, EngineError, GenerationRequest, Rollout, SamplingParams, doomed, sample_seed
 
 
 def load_causal_lm(path: str | Path, dtype: str = "float32", device: str = "cpu"):
@@ -65,6 +66,11 @@ class HFEngine:
         self.eos_id = self.tokenizer.eos_token_id
         self.pad_id = self.tokenizer.pad_token_id
         self.asleep = 0  # sleep level while asleep (colocated placement), else 0
+        # Shared with abort() on the worker's control thread; each is replaced whole, never
+        # mutated in place, so the decode loop always reads a consistent value.
+        self._aborted: frozenset[int] = frozenset()  # group ids whose samples are dropped
+        self._batch: _Batch | None = None  # the decode batch running now
+        self._queued: tuple[tuple[GenerationRequest, int], ...] = ()  # samples of this call not started
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams, version: int,
                  batch_size: int = 256) -> list[Rollout]:
@@ -75,9 +81,31 @@ class HFEngine:
                batch_size: int = 256) -> Iterator[list[Rollout]]:
         """Rollouts as they finish. `safe_point()` is called before every decode step and returns
         the policy version of the weights loaded now (the caller may swap weights inside it)."""
-        flat = [(req, k) for req in requests for k in req.indices()]
-        for start in range(0, len(flat), batch_size):
-            yield from self._decode(flat[start : start + batch_size], params, safe_point)
+        self._queued = tuple((req, k) for req in requests for k in req.indices())
+        try:
+            while self._queued:
+                chunk = [item for item in self._queued[:batch_size] if item[0].group_id not in self._aborted]
+                self._queued = self._queued[batch_size:]
+                if chunk:
+                    yield from self._decode(chunk, params, safe_point)
+        finally:
+            self._batch, self._queued = None, ()
+
+    def abort(self, floor: int | None, group_ids: tuple[int, ...] = ()) -> AbortResult:
+        """Abort the groups named, and those with a sample in flight whose first token came from a
+        version below `floor` (rollout/types.py: doomed): their rows leave the batch at the next
+        decode step, their queued samples never start, and none of their rollouts is yielded."""
+        b, queued = self._batch, self._queued
+        active = [] if b is None else [(b.flat[seq][0].group_id, seq) for seq in b.active]
+        started: dict[int, int] = {}
+        for g, seq in active:
+            if b.versions[seq]:
+                started[g] = min(started.get(g, b.versions[seq][0]), b.versions[seq][0])
+        hit = (doomed(started, floor) | set(group_ids)) & ({g for g, _ in active} | {r.group_id for r, _ in queued})
+        self._aborted = self._aborted | hit
+        mine = [seq for g, seq in active if g in hit]
+        return AbortResult(tuple(sorted(hit)), len(mine) + sum(r.group_id in hit for r, _ in queued),
+                           sum(len(b.ids[seq]) for seq in mine))
 
     def _decode(self, flat, params: SamplingParams, safe_point) -> Iterator[list[Rollout]]:
         # One generator per sample, seeded from (run seed, step, group, sample): a rollout does
@@ -85,6 +113,7 @@ class HFEngine:
         b = _Batch(flat, [list(req.prompt_ids) for req, _ in flat],
                    [sample_seed(params.seed, params.step, req.group_id, k) for req, k in flat])
         gens = [torch.Generator().manual_seed(seed) for seed in b.seeds]
+        self._batch = b
         version = safe_point()
         logits, cache, attn, pos = self._prefill(b)
         for _ in range(params.max_new_tokens):
@@ -95,10 +124,13 @@ class HFEngine:
             token, logp = self._sample(logits, params, [gens[seq] for seq in b.active])
             finished, keep = [], []
             tokens, logps = token.tolist(), logp.tolist()  # one device-to-host copy per step
+            aborted = self._aborted
             for row, seq in enumerate(b.active):
                 b.ids[seq].append(tokens[row])
                 b.logprobs[seq].append(logps[row])
                 b.versions[seq].append(version)
+                if b.flat[seq][0].group_id in aborted:
+                    continue  # dropped, finished or not
                 if tokens[row] == self.eos_id or len(b.ids[seq]) >= params.max_new_tokens:
                     finished.append(seq)
                 else:
@@ -106,8 +138,9 @@ class HFEngine:
             if finished:
                 yield [self._rollout(b, seq) for seq in finished]
             if not keep:
+                b.active = []
                 return
-            if len(keep) < len(b.active):  # drop finished rows: the tail decodes only what is left
+            if len(keep) < len(b.active):  # drop finished (and aborted) rows: the tail decodes only what is left
                 index = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(index)
                 attn, pos, token = attn[index], pos[index], token[index]

@@ -6,6 +6,11 @@ update can arrive while a generation call is in flight. What happens then is the
 re-encodes the in-flight sequences under the new weights; vLLM pauses them and resumes),
 so a rollout's tokens can carry two versions; `finish` lets the in-flight call finish on
 the weights it started with and applies the update before the next call.
+
+Both engines stream: each rollout comes back as it finishes. A vLLM worker in `interrupt`
+mode runs several calls at once (CALLS_IN_FLIGHT), all feeding vLLM's one continuous batch,
+so a call's long tail never holds the next call back; the `hf` engine decodes one call at a
+time. `abort` (control) stops groups the controller found doomed (cluster/rl/streaming.py).
 """
 
 from __future__ import annotations
@@ -20,10 +25,20 @@ import ray
 
 from rollout.config import EngineSetup, RolloutConfig, vllm_options
 from rollout.devices import freeze_setup_objects, release_memory, resident_bytes
-from rollout.types import EngineError, EngineMemory, GenerationRequest, Rollout, SamplingParams
+from rollout.types import AbortResult, EngineError, EngineMemory, GenerationRequest, Rollout, SamplingParams
 from rollout.transfer.buckets import Layout, WeightSyncError, unpack
 from rollout.transfer.collective import TransferGroup
 from rollout.transfer.object_store import StoredUpdate, fetch_update
+
+# Generation calls a vLLM worker runs at once in `interrupt` mode (more wait in Ray's queue):
+# enough for every step the staleness budget starts plus replacement calls. `finish` mode
+# keeps one, since its promise is that a call ends on the weights it started with.
+CALLS_IN_FLIGHT = 8
+
+
+def calls_in_flight(cfg: RolloutConfig) -> int:
+    return CALLS_IN_FLIGHT if cfg.engine == "vllm" and cfg.in_flight == "interrupt" else 1
+
 
 def make_engine(cfg: RolloutConfig, model_path: str, dtype: str, setup: EngineSetup = EngineSetup()):
     """The engine named by rollout.engine, imported only when selected (vLLM is an optional extra)."""
@@ -48,14 +63,14 @@ class RolloutWorker:
         torch.set_num_threads(cfg.threads_per_worker)
         self.engine = make_engine(cfg, model_path, dtype, setup)
         freeze_setup_objects()  # sleep() collects garbage: only what is newer than the engine
-        # `hf` streams and swaps weights at its own decode steps; vLLM returns a call's rollouts
-        # together and pauses/resumes in-flight requests itself when weights are loaded.
-        self.engine_streams = hasattr(self.engine, "stream")
+        # `hf` swaps weights at its own decode steps (safe points); vLLM pauses and resumes its
+        # in-flight requests itself when weights are loaded.
+        self.engine_pauses = getattr(self.engine, "pauses_itself", False)
         self.in_flight = cfg.in_flight
         self.version = setup.version  # the version of the weights in the engine
         self.latest = setup.version  # the newest verified update received (== version unless one waits)
         self._pending: Optional[tuple[int, dict]] = None  # verified, waiting for a safe point
-        self._generating = False
+        self._calls = 0  # generation calls running now
         self._cond = threading.Condition()
         self.swaps_in_flight = 0  # updates applied in the middle of a generation call
         self.transfer: Optional[TransferGroup] = None  # rollout.weight_transfer 'collective'
@@ -65,7 +80,7 @@ class RolloutWorker:
         # (awaiting: the update it waits for is `version` itself, the run's current weights).
         self.needs_weights = self.awaiting = setup.awaiting
 
-    # ---- generation (concurrency group "generate": one call at a time) ----
+    # ---- generation (concurrency group "generate": calls_in_flight(cfg) calls at a time) ----
 
     @ray.method(concurrency_group="generate")
     def generate(self, requests: list[GenerationRequest], params: SamplingParams, batch_size: int) -> list[Rollout]:
@@ -81,15 +96,12 @@ class RolloutWorker:
                 raise EngineError("rollout worker asked to generate " + (
                     "while asleep (colocated placement): wake_up() first" if self.asleep else
                     "before a weight update filled its weights (after a level-2 sleep or a restart)"))
-            self._generating = True
+            self._calls += 1
         try:
-            if self.engine_streams:
-                yield from self.engine.stream(requests, params, self._safe_point, batch_size)
-            else:
-                yield self.engine.generate(requests, params, self.version, batch_size)
+            yield from self.engine.stream(requests, params, self._safe_point, batch_size)
         finally:
             with self._cond:
-                self._generating = False
+                self._calls -= 1
                 self._cond.notify_all()
 
     def _safe_point(self) -> int:
@@ -110,6 +122,12 @@ class RolloutWorker:
         return True
 
     # ---- control (concurrency group "control": runs while a generation call is in flight) ----
+
+    @ray.method(concurrency_group="control")
+    def abort(self, floor: Optional[int], group_ids: tuple[int, ...] = ()) -> AbortResult:
+        """Stop the groups named and those whose oldest token is below `floor` (rollout/types.py:
+        doomed); their samples are left out of every stream."""
+        return self.engine.abort(floor, tuple(group_ids))
 
     @ray.method(concurrency_group="control")
     def set_layout(self, layout: Layout) -> None:
@@ -178,7 +196,7 @@ class RolloutWorker:
         for index, bucket in enumerate(buckets):
             tensors.update(unpack(self.layout, index, open_shared(bucket), version))
         with self._cond:
-            if self._generating:
+            if self._calls:
                 raise WeightSyncError(f"weight update v{version} over 'ipc' reached an engine that is generating")
             self.latest = version
             self._pending = (version, tensors)
@@ -191,13 +209,13 @@ class RolloutWorker:
         with self._cond:
             self.latest = version
             self._pending = (version, weights)  # a newer full update replaces an older waiting one
-            if not self._generating:
+            if not self._calls:
                 self._apply_pending()
-            elif self.in_flight == "interrupt" and not self.engine_streams:
+            elif self.in_flight == "interrupt" and self.engine_pauses:
                 self._apply_pending()  # vllm pauses its in-flight requests, loads, resumes
                 self.swaps_in_flight += 1
             elif self.in_flight == "interrupt":
-                self._cond.wait_for(lambda: self._pending is None or not self._generating)
+                self._cond.wait_for(lambda: self._pending is None or not self._calls)
                 if self._pending is not None:  # the call ended before a decode step came
                     self._apply_pending()
 
@@ -208,8 +226,8 @@ class RolloutWorker:
         """Release the engine's device memory (level 1: weights to host memory; 2: dropped) and
         say how much went, in weight bytes and in this process's resident memory."""
         with self._cond:
-            if self._generating or self.asleep:
-                raise EngineError("sleep() while " + ("generating" if self._generating else "already asleep"))
+            if self._calls or self.asleep:
+                raise EngineError("sleep() while " + ("generating" if self._calls else "already asleep"))
             before = resident_bytes()
             released = self.engine.sleep(level)
             release_memory(getattr(self.engine, "device", "cpu"))
@@ -281,7 +299,7 @@ class RolloutPool:
         threads = cfg.threads_per_worker
         base = dict(num_cpus=threads, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
         extra = actor_options or [{} for _ in range(cfg.num_workers)]
-        self._actor = ray.remote(concurrency_groups={"generate": 1, "control": 1})(RolloutWorker)
+        self._actor = ray.remote(concurrency_groups={"generate": calls_in_flight(cfg), "control": 1})(RolloutWorker)
         self._options = [{**base, **extra[i]} for i in range(cfg.num_workers)]
         self._args = (model_path, cfg, dtype)
         self.setup = setup
@@ -378,6 +396,21 @@ class RolloutPool:
         self.workers[i] = new
         if self.rejoin is not None:
             self.rejoin()
+
+    def abort(self, floor: Optional[int], group_ids: tuple[int, ...] = ()) -> AbortResult:
+        """Every worker stops the groups named and those whose oldest token is below `floor`;
+        what they stopped, summed (those samples are no longer outstanding). A worker that died
+        is skipped: its streams fail and are recovered without the aborted groups."""
+        results = []
+        for w, future in enumerate([w.abort.remote(floor, tuple(group_ids)) for w in self.workers]):
+            try:
+                result = ray.get(future)
+            except ray.exceptions.RayActorError:
+                continue
+            self.arrived(w, result.samples)
+            results.append(result)
+        return AbortResult(tuple(sorted({g for r in results for g in r.groups})), sum(r.samples for r in results),
+                           sum(r.tokens for r in results))
 
     def set_layout(self, layout: Layout) -> None:
         self.layout = layout  # the buckets updates travel in, for the sender's side too

@@ -76,6 +76,25 @@ class Rollout:
 
 
 @dataclass(frozen=True)
+class AbortResult:
+    """What one engine's abort() stopped: groups that can no longer be trained (their oldest
+    token is below the staleness floor, or the controller named them) and their work so far."""
+
+    groups: tuple[int, ...]  # group ids with samples in flight here, now aborted
+    samples: int  # their samples that were in flight (or queued) here
+    tokens: int  # response tokens those samples had generated: wasted
+
+
+def doomed(started: dict[int, int], floor: int | None) -> set[int]:
+    """Training groups (ids >= 0; held-out prompts are never trained) with a sample whose first
+    token came from a version below `floor`: a group trains whole, at a version no older than the
+    controller's, so it can never meet the staleness bound (started: group -> oldest version)."""
+    if floor is None:
+        return set()
+    return {g for g, v in started.items() if g >= 0 and v < floor}
+
+
+@dataclass(frozen=True)
 class EngineMemory:
     """What an engine's sleep() released (colocated placement: the learner gets the device)."""
 

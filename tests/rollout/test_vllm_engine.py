@@ -20,7 +20,7 @@ import pytest
 
 from cluster.config import ConfigError
 from rollout.config import EngineSetup, RolloutConfig, vllm_options
-from rollout.types import EngineError, SamplingParams, VLLMOptions, sample_seed
+from rollout.types import AbortResult, EngineError, SamplingParams, VLLMOptions, sample_seed
 from tests.rollout.requests import request
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
@@ -265,7 +265,7 @@ def test_abort_drops_only_the_aborted_groups(engine, reference):
     try:
         thread, box = _generate_in_thread(engine, requests(3, 2), SamplingParams(temperature=TEMP, max_new_tokens=8, seed=1))
         _wait_for(lambda: sum(map(len, engine.in_flight().values())) == 6)  # all submitted
-        assert engine.abort([1]) == 2
+        assert engine.abort(None, (1,)) == AbortResult((1,), 2, 0)  # queued, no token yet
     finally:
         engine.resume()
     thread.join(timeout=120)

@@ -124,9 +124,9 @@ def test_the_ledger_records_each_outcome_once():
     assert s.take(2) is None  # ... trained at version 2: stale
     score(s, 4, [2], [0.0, 1.0])  # complete, never taken
     s.scored(rollout(5, 0, [2]), RewardResult(group_id=5, sample_index=0, reward=1.0, correct=True, format_ok=True))
-    assert s.summary() == {"issued": 5, "open": 2, "trained": 1, "filtered:tied": 1, "dropped:stale": 1,
+    assert s.summary() == {"issued": 5, "open": 2, "trained": 1, "filtered:tied": 1, "dropped:stale": 1, "dropped:aborted": 0,
                            "dropped:incomplete": 0, "dropped:unused": 0, "dropped:interrupted": 0}
-    assert s.close() == {"issued": 5, "open": 0, "trained": 1, "filtered:tied": 1, "dropped:stale": 1,
+    assert s.close() == {"issued": 5, "open": 0, "trained": 1, "filtered:tied": 1, "dropped:stale": 1, "dropped:aborted": 0,
                          "dropped:incomplete": 1, "dropped:unused": 1, "dropped:interrupted": 0}
     assert s.ledger == {1: Outcome.TIED, 2: Outcome.TRAINED, 3: Outcome.STALE, 4: Outcome.UNUSED,
                         5: Outcome.INCOMPLETE}
@@ -185,7 +185,7 @@ def test_a_restored_scheduler_continues_the_ledger_and_replaces_what_was_open():
     state = json.loads(json.dumps(s.state()))
     r = scheduler(1, per_step=1, dynamic_sampling=True)
     r.restore(state)
-    assert r.summary() == {"issued": 4, "open": 0, "trained": 1, "filtered:tied": 1, "dropped:stale": 0,
+    assert r.summary() == {"issued": 4, "open": 0, "trained": 1, "filtered:tied": 1, "dropped:stale": 0, "dropped:aborted": 0,
                            "dropped:incomplete": 0, "dropped:unused": 0, "dropped:interrupted": 2}
     assert r.take_owed() == 3 and r.steps_to_start(1) == [3]  # the tied one's and the two open ones' replacements
     with pytest.raises(LedgerError, match="issued twice"):
@@ -219,7 +219,30 @@ def test_tokens_are_counted_by_outcome_and_the_dropped_ones_per_step():
     score(s, 3, [2, 2], [0.0, 1.0])  # 2 x 2
     assert [g.group_id for g in s.take(2)] == [2, 3]
     assert s.tokens == {"trained": 6, "dropped:stale": 6, "filtered:tied": 8}
-    assert s.take_dropped() == (14, 4) and s.take_dropped() == (0, 0)
+    assert s.take_dropped() == (14, 4, 0) and s.take_dropped() == (0, 0, 0)
     restored = scheduler(1, dynamic_sampling=True)
     restored.restore(s.state())
     assert restored.tokens == s.tokens
+
+
+def test_an_aborted_group_ends_once_is_replaced_and_its_tokens_are_wasted():
+    """Abort (a doomed group stopped while generating): dropped:aborted in the ledger, one
+    replacement owed, its partial tokens counted wasted (not as a dropped length), and nothing
+    of it may be scored or aborted again."""
+    s = scheduler(1)
+    for gid in (1, 2):
+        s.expect(gid)
+    s.abort(1, tokens=7)
+    s.wasted(3)  # a member that finished as the abort reached its engine
+    assert s.ledger[1] == Outcome.ABORTED and s.aborted_groups == 1 and s.take_owed() == 1
+    assert s.tokens == {"dropped:aborted": 10} and s.take_dropped() == (0, 0, 10)
+    with pytest.raises(LedgerError, match="group 1 aborted, but it is not generating"):
+        s.abort(1, tokens=0)
+    with pytest.raises(LedgerError, match="not assembling"):
+        score(s, 1, [0], [1.0, 0.0])
+    score(s, 2, [0, 0], [1.0, 0.0])  # complete: no longer generating
+    with pytest.raises(LedgerError, match="group 2 aborted, but it is not generating"):
+        s.abort(2, tokens=0)
+    assert s.close() == {"issued": 2, "open": 0, "trained": 0, "filtered:tied": 0, "dropped:stale": 0,
+                         "dropped:aborted": 1, "dropped:incomplete": 0, "dropped:unused": 1,
+                         "dropped:interrupted": 0}

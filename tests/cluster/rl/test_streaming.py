@@ -1,0 +1,66 @@
+"""The controller's streaming stage on a real rollout pool and reward pool: a group that can no
+longer meet the staleness bound is aborted on its engine, ends dropped:aborted in the ledger
+and is owed a replacement; nothing of it is used, no sample is lost or counted twice, and the
+pool's outstanding work drains to zero. tests/e2e/test_vllm_streaming.py runs the same on vLLM."""
+
+import itertools
+
+import pytest
+
+from cluster.rl.gate import StalenessGate
+from cluster.rl.scheduler import Outcome, Scheduler
+from cluster.rl.streaming import Streaming
+from reward.pool import RewardPool
+from rollout.config import RolloutConfig
+from rollout.pool import RolloutPool
+from rollout.types import SamplingParams
+from tests.rollout.requests import request
+
+GROUPS, SIZE = 4, 2
+
+
+def streaming_over(pool: RolloutPool, reward: RewardPool) -> Streaming:
+    """One step of GROUPS groups, synchronous bound (k = 0): at version 1 every group started on
+    version 0 is doomed."""
+    scheduler = Scheduler(1, GROUPS, SIZE, 0, StalenessGate(0, SIZE))
+    ids = itertools.count(1)
+
+    def make_requests(n):
+        return [request(g, f"{g}+{g + 3}=", str(2 * g + 3), SIZE) for g in itertools.islice(ids, n)]
+
+    return Streaming(scheduler, pool, reward, SIZE, make_requests,
+                     lambda step: SamplingParams(temperature=0.9, max_new_tokens=24, seed=step))
+
+
+def check_doomed_groups_are_aborted(s: Streaming) -> None:
+    s.start(0)  # step 1: GROUPS groups, one sample at a time (batch_size 1)
+    while not s.generated and not s.complete:
+        s._wait()
+    first = [g for g in s.generated]  # an arrived member from version 0, its group incomplete
+    s.abort_doomed(1)  # what the controller does once the policy moves to version 1
+    assert set(first) <= s.aborted  # doomed by what arrived, whatever its engine was doing then
+    while s.streams or s.tickets:
+        s._wait()
+    sched = s.scheduler
+    assert {g for g, o in sched.ledger.items() if o == Outcome.ABORTED} == s.aborted
+    assert sched.aborted_groups == len(s.aborted) and sched.take_owed() == len(s.aborted)
+    # Every other group came back whole and was scored; none of an aborted group's members is used.
+    assert s.complete == set(range(1, GROUPS + 1)) - s.aborted and sched.in_flight() == 0
+    assert not s.complete & s.aborted and not s.generated
+    assert (s.lost, s.duplicated) == (0, 0) and s.rollout.outstanding == [0]
+    assert sched.tokens["dropped:aborted"] > 0
+    # Each complete group is ready (it trains unless judged stale: the scheduler's version is 0 still).
+    assert sorted(g.group_id for g in sched.ready) == sorted(s.complete)
+
+
+@pytest.fixture
+def hf_streaming(ray_session, tiny_model):
+    pool = RolloutPool(tiny_model, RolloutConfig(num_workers=1, batch_size=1, max_new_tokens=24))
+    reward = RewardPool(num_workers=1)
+    yield streaming_over(pool, reward)
+    pool.shutdown()
+    reward.shutdown()
+
+
+def test_doomed_groups_are_aborted_and_nothing_of_them_is_used(hf_streaming):
+    check_doomed_groups_are_aborted(hf_streaming)
