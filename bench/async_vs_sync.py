@@ -24,6 +24,13 @@ The speedup is reported as a fraction of each: (speedup - 1) / (bound - 1). W: `
 verifier takes microseconds (W = 0); `stalled`'s is its lognormal's mean (estimated over
 20,000 draws of bench/stalls.py) x samples per step / reward workers.
 
+Goodput: trained response tokens per second of training clock, and the useful fraction
+(response tokens trained / generated: the rest went to groups dropped stale or aborted while
+generating, and to work in flight when the run ended), with the groups dropped and aborted;
+so a speedup is compared on the work that trained. With `--seeds`, each seed runs every k
+(run.seed: the RL run's sampling; the bootstrap model is the same), each async run is compared
+with its own seed's synchronous run, and a second table gives the mean and range over seeds.
+
 Evaluation time is excluded from the training clock. An evaluation call waits behind the
 generation call in flight (k > 0), so up to one step's generation per evaluation can
 happen off the clock: with an evaluation every 15 steps that is under 1% of the time.
@@ -33,6 +40,7 @@ verifier with a long-tailed per-sample latency (bench/stalls.py: lognormal, medi
 p99 ~ 200 ms, like sandboxed code tests) scored by 24 reward workers.
 
     .venv/bin/python bench/async_vs_sync.py            # both workloads, k = 0 1 2 4
+    .venv/bin/python bench/async_vs_sync.py --workloads stalled --ks 0 2 --seeds 0 1 2
     .venv/bin/python bench/async_vs_sync.py --steps 20 --workloads plain --ks 0 1   # a quick look
 
 Writes bench/results/async_vs_sync.json and .md. Run it on an idle machine.
@@ -44,6 +52,7 @@ import argparse
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,12 +71,12 @@ WORKLOADS = {
 STAGES = ("gen_s", "reward_s", "train_s", "sync_s")
 
 
-def run_one(workload: str, k: int, steps: int, eval_every: int, out: Path) -> dict:
+def run_one(workload: str, k: int, steps: int, eval_every: int, out: Path, seed: int = 0) -> dict:
     from cluster.config import load_config
     from cluster.run import run
 
     cfg = load_config(ROOT / "recipes" / "quickstart.yaml", [
-        f"run.output_dir={out}", f"run.name={workload}-k{k}", f"controller.steps={steps}",
+        f"run.output_dir={out}", f"run.name={workload}-k{k}-s{seed}", f"controller.steps={steps}", f"run.seed={seed}",
         f"controller.max_staleness={k}", f"controller.eval_every={eval_every}", "controller.progress=false",
         *WORKLOADS[workload]])
     summary = run(cfg, log=lambda *_: None).record
@@ -81,7 +90,15 @@ def run_one(workload: str, k: int, steps: int, eval_every: int, out: Path) -> di
         if "eval_accuracy" in row:
             curve.append((clock, row["eval_accuracy"]))
     stages = {key: summary["throughput"][key] for key in STAGES}
-    return {"workload": workload, "k": k, "steps": steps, "train_s": clock, "curve": curve,
+    steps_rows = [row for row in rows if not row.get("final")]
+    dropped = [row["dropped_response_len"] for row in steps_rows if "dropped_response_len" in row]
+    goodput = {"trained_tokens_per_s": summary["goodput"]["trained_tokens"] / clock,
+               "useful_fraction": summary["goodput"]["useful_fraction"],
+               "stale_groups": summary["groups"]["dropped:stale"], "aborted_groups": summary["groups"]["dropped:aborted"],
+               "response_len": sum(row["response_len"] for row in steps_rows) / len(steps_rows),
+               "dropped_response_len": sum(dropped) / len(dropped) if dropped else None}
+    return {"workload": workload, "k": k, "seed": seed, "steps": steps, "train_s": clock, "curve": curve,
+            "goodput": goodput,
             "initial_accuracy": summary["eval"]["initial_accuracy"],
             "final_accuracy": summary["eval"]["final_accuracy"], "stages": stages,
             "idle_s": stages["gen_s"] + stages["reward_s"], "staleness": summary["staleness"],
@@ -122,20 +139,46 @@ def analyse(runs: list[dict]) -> None:
 
 
 def markdown(runs: list[dict]) -> str:
-    lines = ["| workload | k | steps | train s | s/step | speedup | pipeline bound (% reached) | "
+    lines = ["| workload | seed | k | steps | train s | s/step | speedup | pipeline bound (% reached) | "
              "CPU bound (% reached) | final acc | time to sync's final acc | gen s | reward s | train s | sync s | "
-             "idle s | max staleness |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "idle s | max staleness | trained tokens/s | useful tokens | groups stale, aborted | "
+             "response len trained, dropped |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
+        g = r.get("goodput")
+        good = ("| — | — | — | — |" if g is None else
+                f"| {g['trained_tokens_per_s']:.0f} | {g['useful_fraction']:.1%} | {g['stale_groups']}, "
+                f"{g['aborted_groups']} | {g['response_len']:.2f}, "
+                + ("—" if g["dropped_response_len"] is None else f"{g['dropped_response_len']:.2f}") + " |")
         tta = f"{r['time_to_target_s']:.0f} s" if r["time_to_target_s"] is not None else "not reached"
         b = {name: f"{bound:.2f}x" + (f" ({100 * r['fraction_of_bound'][name]:.0f}%)" if r["k"] else "")
              for name, bound in r["bounds"].items()}
         st = r["stages"]
         lines.append(
-            f"| {r['workload']} | {r['k']} | {r['steps']} | {r['train_s']:.0f} | {r['train_s'] / r['steps']:.2f} | "
+            f"| {r['workload']} | {r.get('seed', 0)} | {r['k']} | {r['steps']} | {r['train_s']:.0f} | "
+            f"{r['train_s'] / r['steps']:.2f} | "
             f"{r['speedup']:.2f}x | {b['pipeline']} | {b['cpu']} | {100 * r['final_accuracy']:.1f}% | {tta} | "
             f"{st['gen_s']:.0f} | {st['reward_s']:.0f} | {st['train_s']:.0f} | {st['sync_s']:.0f} | "
-            f"{r['idle_s']:.0f} | {r['staleness']['max_seen']} |")
+            f"{r['idle_s']:.0f} | {r['staleness']['max_seen']} " + good)
+    return "\n".join(lines)
+
+
+def over_seeds(runs: list[dict]) -> str:
+    """Mean (range) over seeds, per workload and k."""
+    lines = ["| workload | k | seeds | speedup | CPU bound reached | final acc | trained tokens/s | useful tokens |",
+             "|---|---|---|---|---|---|---|---|"]
+
+    def cell(values: list[float], fmt: str) -> str:
+        return f"{format(sum(values) / len(values), fmt)} ({format(min(values), fmt)} to {format(max(values), fmt)})"
+
+    for workload, k in dict.fromkeys((r["workload"], r["k"]) for r in runs):
+        group = [r for r in runs if (r["workload"], r["k"]) == (workload, k)]
+        bound = [r["fraction_of_bound"]["cpu"] for r in group if k and r["fraction_of_bound"]["cpu"] is not None]
+        lines.append(f"| {workload} | {k} | {len(group)} | {cell([r['speedup'] for r in group], '.2f')}x | "
+                     + (cell([100 * b for b in bound], '.0f') + "%" if bound else "—") + " | "
+                     f"{cell([100 * r['final_accuracy'] for r in group], '.1f')}% | "
+                     f"{cell([r['goodput']['trained_tokens_per_s'] for r in group], '.0f')} | "
+                     f"{cell([100 * r['goodput']['useful_fraction'] for r in group], '.1f')}% |")
     return "\n".join(lines)
 
 
@@ -145,31 +188,36 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=15)
     p.add_argument("--ks", type=int, nargs="+", default=[0, 1, 2, 4])
     p.add_argument("--workloads", nargs="+", default=list(WORKLOADS), choices=list(WORKLOADS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="run.seed values (each runs every k)")
     p.add_argument("--out", default=str(RESULTS / "async_vs_sync"))
     p.add_argument("--reanalyse", action="store_true", help="recompute the tables from the existing JSON")
     args = p.parse_args()
     if args.reanalyse:
         results = json.loads(Path(args.out + ".json").read_text())
-        for workload in dict.fromkeys(r["workload"] for r in results):
-            analyse([r for r in results if r["workload"] == workload])
-        return write(results, args.out)
+        for workload, seed in dict.fromkeys((r["workload"], r.get("seed", 0)) for r in results):
+            analyse([r for r in results if (r["workload"], r.get("seed", 0)) == (workload, seed)])
+        return write(results, args.out, " ".join(sys.argv[1:]))
     if 0 not in args.ks:
         p.error("--ks must include 0: the synchronous run is the baseline")
     results = []
     with tempfile.TemporaryDirectory(prefix="tandem-async-bench-") as tmp:
         for workload in args.workloads:
-            runs = [run_one(workload, k, args.steps, args.eval_every, Path(tmp)) for k in sorted(args.ks)]
-            analyse(runs)
-            results += runs
-            print(markdown(runs), flush=True)
-    write(results, args.out)
+            for seed in args.seeds:
+                runs = [run_one(workload, k, args.steps, args.eval_every, Path(tmp), seed) for k in sorted(args.ks)]
+                analyse(runs)
+                results += runs
+                print(markdown(runs), flush=True)
+    write(results, args.out, " ".join(sys.argv[1:]))
 
 
-def write(results: list[dict], out: str) -> None:
+def write(results: list[dict], out: str, args: str) -> None:
     Path(out + ".json").write_text(json.dumps(results, indent=1))
-    Path(out + ".md").write_text("# Synchronous vs asynchronous GRPO (quickstart, 2 CPU cores)\n\n"
-                                 "`.venv/bin/python bench/async_vs_sync.py` (see its docstring for the bounds)\n\n"
-                                 + markdown(results) + "\n")
+    seeds = len({r.get("seed", 0) for r in results}) > 1
+    Path(out + ".md").write_text(
+        "# Synchronous vs asynchronous GRPO (quickstart, 2 CPU cores)\n\n"
+        f"`.venv/bin/python bench/async_vs_sync.py {args}`".replace(" `", "`") + f" ({time.strftime('%Y-%m-%d')}; "
+        "see its docstring for the bounds and goodput)\n\n" + markdown(results) + "\n"
+        + ("\nOver seeds, mean (range):\n\n" + over_seeds(results) + "\n" if seeds else ""))
     print(markdown(results))
 
 

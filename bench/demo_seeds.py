@@ -40,7 +40,8 @@ def run_seed(seed: int, work: Path, overrides: list[str]) -> dict:
             "final_accuracy": summary["eval"]["final_accuracy"], "steps": summary["steps"],
             "run_wall_s": summary["wall_s"], "end_to_end_s": wall,
             "throughput": summary["throughput"], "weight_sync": summary["weight_sync"],
-            "reward_failures": summary["rewards"]["failures"], "reward_timeouts": summary["rewards"]["timeouts"]}
+            "reward_failures": summary["rewards"]["failures"], "reward_timeouts": summary["rewards"]["timeouts"],
+            "goodput": summary["goodput"], "groups": summary["groups"]}
 
 
 def write(rows: list[dict], overrides: list[str], name: str) -> None:
@@ -59,15 +60,18 @@ def write(rows: list[dict], overrides: list[str], name: str) -> None:
     (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "seeds": rows, "aggregate": agg}, indent=2))
     lines = [f"`{meta['command']}` ({meta['machine']}, {meta['date']})", "",
              "| seed | held-out before | after | gain | run s | samples/s | gen / reward / train / sync s | "
-             "end to end s (bootstrap included) |", "|---|---|---|---|---|---|---|---|"]
+             "end to end s (bootstrap included) | trained tokens/s | useful tokens | groups stale, aborted |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r, gain in zip(rows, gains):
-        t = r["throughput"]
+        t, g, groups = r["throughput"], r["goodput"], r["groups"]
         lines.append(f"| {r['seed']} | {r['initial_accuracy']:.1%} | {r['final_accuracy']:.1%} | {100 * gain:+.1f} | "
                      f"{r['run_wall_s']:.0f} | {t['samples_per_s']:.0f} | {t['gen_s']:.0f} / {t['reward_s']:.0f} / "
-                     f"{t['train_s']:.0f} / {t['sync_s']:.0f} | {r['end_to_end_s']:.0f} |")
+                     f"{t['train_s']:.0f} / {t['sync_s']:.0f} | {r['end_to_end_s']:.0f} | "
+                     f"{g['trained_tokens_per_s']:.0f} | {g['useful_fraction']:.1%} | "
+                     f"{groups['dropped:stale']}, {groups['dropped:aborted']} |")
     lines.append(f"| mean (range) | {agg['initial_mean']:.1%} ({min(initials):.1%}-{max(initials):.1%}) | "
                  f"{agg['final_mean']:.1%} ({min(finals):.1%}-{max(finals):.1%}) | {100 * agg['gain_mean']:+.1f} "
-                 f"({100 * min(gains):+.1f} to {100 * max(gains):+.1f}) | | | | |")
+                 f"({100 * min(gains):+.1f} to {100 * max(gains):+.1f}) | | | | | | | |")
     failures = sum(r["reward_failures"] for r in rows)
     lines += ["", f"Reward failures (fallback scores) over all runs: {failures}; weight-sync checksum failures: "
               f"{sum(r['weight_sync']['checksum_failures'] for r in rows)}."]

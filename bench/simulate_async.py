@@ -14,9 +14,10 @@ controller's own cost. --quick runs a small sweep and writes nothing.
 
 Sweep (every choice here is a modelling assumption; see also cluster/rl/simulate.py):
 * Batch grows with the cluster: 4 prompts per GPU per step, 8 samples per prompt (32
-  samples per GPU, 2,048 at 64 GPUs). Steady state: a window of 5 steps after 3 warm-up
-  steps, with generation going on past the window (a slice of a long run). Whole run: the
-  same 8 steps from an empty pipeline to the end-of-run drain, same configuration.
+  samples per GPU, 2,048 at 64 GPUs). Steady state: a window of 15 steps after 10 warm-up
+  steps, with generation going on past the window (a slice of a long run; the longest
+  responses span several steps, so a shorter window under-counts them). Whole run: the same
+  25 steps from an empty pipeline to the end-of-run drain, same configuration.
 * sync: colocated, every GPU generates the whole batch, then all train, then sync (k = 0).
 * async: disaggregated; the generation/training split is searched over 1/4, 3/8, 1/2, 5/8,
   3/4 of the GPUs at k = 4, then k = 1 and 2 are run at the best split; the fastest steady
@@ -24,11 +25,15 @@ Sweep (every choice here is a modelling assumption; see also cluster/rl/simulate
   searched (the model is close to scale-free when the batch grows with the cluster; the
   table shows the best configuration per size up to 256 so this can be checked).
   sync-disagg: k = 0 on the chosen split (not run at the sizes that reuse a split).
-* The main sweep models the design: streaming engines and a collective weight sync in the
-  training dtype. Rows at 64 GPUs model today's pieces instead: whole-call vLLM workers,
-  the object-store weight sync as it was until 2026-12-06 (rollout/weight_sync.py, since
-  replaced by rollout/transfer/), RolloutPool's split, and all three
-  together; and two controls (uniform short lengths, a 4x larger batch).
+* The main sweep models the system as built for GPUs: vLLM workers that stream each rollout
+  and run several calls at once (2026-12-07), the collective weight sync in the training
+  dtype, dispatch to the least-loaded engine, doomed groups aborted, the `oldest` staleness
+  rule (the collective sync and vLLM on GPUs are written against the pinned APIs but have
+  not run on a GPU yet). Rows at 64 GPUs vary one piece each: the `newest` staleness rule,
+  no abort, the `hf` engine (one call at a time), the vLLM worker before 2026-12-07 (whole
+  calls), the object-store weight sync as it was until 2026-12-06, the rotating split used
+  until then, all of those old pieces together; and two controls (uniform short lengths, a
+  4x larger batch).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ RESULTS = Path(__file__).parent / "results"
 FRACTIONS = (1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4)
 KS = (1, 2, 4)
 PROMPTS_PER_GPU, GROUP_SIZE = 4, 8
-WARMUP, STEPS = 3, 5
+WARMUP, STEPS = 10, 15
 
 
 def base_spec(gpus: int, model: LatencyModel, steps: int = STEPS, warmup: int = WARMUP) -> SimSpec:
@@ -65,7 +70,7 @@ def disaggregated(spec: SimSpec, gen: int, k: int) -> SimSpec:
 
 MAIN = "long-tailed"
 MAIN_REUSED = "long-tailed (k, split from the largest searched size)"
-TODAY_SYNC = WeightSyncModel(protocol="object_store", receiver="vllm")
+OLD_SYNC = WeightSyncModel(protocol="object_store", receiver="vllm")  # until 2026-12-06
 
 
 def summary(r: SimResult) -> dict:
@@ -76,6 +81,9 @@ def summary(r: SimResult) -> dict:
             "utilisation": r.utilisation, "weighted_utilisation": r.weighted_utilisation,
             "stale_groups": r.stale_groups, "stale_groups_per_step": r.stale_groups / s.steps,
             "dropped_frac": r.dropped_frac, "staleness": r.staleness, "generated": r.generated,
+            "generated_tokens": r.generated_tokens, "useful_fraction": r.useful_fraction,
+            "aborted_groups": r.aborted_groups,
+            "aborted_frac": r.aborted_groups / (r.aborted_groups + r.stale_groups + r.samples / s.group_size),
             "samples": r.samples, "mean_len_trained": r.mean_len_trained,
             "mean_len_generated": r.mean_len_generated, "partial_frac": r.partial_frac,
             "sync_s": s.model.sync.total_s, "controller_ms_per_sample": r.controller_ms_per_sample,
@@ -151,18 +159,22 @@ def sweep(sizes: tuple[int, ...], search_up_to: int, controls: bool, log) -> lis
 def control_rows(rows: list[dict], model: LatencyModel, log) -> list[dict]:
     main = next(r for r in rows if r["gpus"] == 64)
     pick = [(main["async"]["gen_gpus"], main["async"]["k"])]
+    on_split = [(pick[0][0], k) for k in KS]
     spec = base_spec(64, model)
-    whole_call = replace(model, engine_calls="whole_call")
-    today = replace(whole_call, sync=TODAY_SYNC)
+    one_call, whole_call = replace(model, engine_calls="one_call"), replace(model, engine_calls="whole_call")
+    before = replace(whole_call, sync=OLD_SYNC)
     out = []
     for make in (
-        lambda: compare("today's engines: whole-call vLLM workers", "engines", base_spec(64, whole_call),
-                        [(pick[0][0], k) for k in KS]),
-        lambda: searched("today's weight sync: object store, fp32, blake2b", "sync",
-                         base_spec(64, replace(model, sync=TODAY_SYNC))),
-        lambda: searched("today's system: whole-call vLLM, object-store sync, RolloutPool split", "today",
-                         replace(base_spec(64, today), dispatch="pool")),
-        lambda: compare("RolloutPool split (today), design otherwise", "pool", replace(spec, dispatch="pool"), pick),
+        lambda: searched("staleness rule `newest` (the group's last token bounded)", "newest",
+                         replace(spec, staleness_rule="newest")),
+        lambda: compare("doomed groups not aborted", "no_abort", replace(spec, abort_doomed=False), pick),
+        lambda: compare("`hf` engine: one call at a time per worker", "hf", base_spec(64, one_call), on_split),
+        lambda: compare("vLLM worker before 2026-12-07: whole calls", "engines", base_spec(64, whole_call), on_split),
+        lambda: searched("object-store weight sync as until 2026-12-06: fp32, blake2b", "sync",
+                         base_spec(64, replace(model, sync=OLD_SYNC))),
+        lambda: searched("before 2026-12-06: whole-call vLLM, object-store sync, rotating split", "before",
+                         replace(base_spec(64, before), dispatch="pool")),
+        lambda: compare("rotating split (until 2026-12-06)", "pool", replace(spec, dispatch="pool"), pick),
         lambda: searched("uniform 500-1500 tokens (no tail)", "uniform",
                          base_spec(64, replace(model, lengths="uniform"))),
         lambda: compare("batch x4 (128 samples per GPU)", "batch", replace(spec, prompts_per_step=16 * 64), pick),
@@ -174,7 +186,7 @@ def control_rows(rows: list[dict], model: LatencyModel, log) -> list[dict]:
 
 HEADLINE = ("| GPUs | variant | async k, gen+train GPUs | samples/s vs sync: steady, whole run "
             "| tokens/s vs sync: steady, whole run | vs length-matched sync: steady, whole run "
-            "| trained len sync → async | groups dropped |")
+            "| trained len sync → async | groups dropped stale, aborted | useful tokens |")
 DETAILS = ("| GPUs | variant | step s sync → async | vs sync-disagg | util sync → async "
            "| weighted util sync → async | stale groups/step (of P) | weight sync s | partial samples "
            "| controller ms/sample sync, async | take() ms/call |")
@@ -185,7 +197,8 @@ def headline_line(r: dict) -> str:
     return (f"| {r['gpus']} | {r['variant']} | k={a['k']}, {a['gen_gpus']}+{a['learners']} "
             f"| {st['samples']:.2f}x, {wh['samples']:.2f}x | {st['tokens']:.2f}x, {wh['tokens']:.2f}x "
             f"| {st['matched']:.2f}x, {wh['matched']:.2f}x "
-            f"| {s['mean_len_trained']:.0f} → {a['mean_len_trained']:.0f} | {a['dropped_frac']:.0%} |")
+            f"| {s['mean_len_trained']:.0f} → {a['mean_len_trained']:.0f} "
+            f"| {a['dropped_frac']:.0%}, {a['aborted_frac']:.0%} | {a['useful_fraction']:.0%} |")
 
 
 def details_line(r: dict) -> str:
@@ -204,8 +217,8 @@ def table(header: str, lines: list[str]) -> str:
 
 
 SYNC_MODELS = {"collective (the design; 7B in bf16)": WeightSyncModel(),
-               "object store, vLLM engine (today)": TODAY_SYNC,
-               "object store, hf engine (today)": replace(TODAY_SYNC, receiver="hf")}
+               "object store as until 2026-12-06, vLLM engine": OLD_SYNC,
+               "object store as until 2026-12-06, hf engine": replace(OLD_SYNC, receiver="hf")}
 
 
 def sync_table() -> str:
@@ -218,7 +231,7 @@ def sync_table() -> str:
 
 
 def sync_notes() -> list[str]:
-    m, today = WeightSyncModel(), TODAY_SYNC
+    m, today = WeightSyncModel(), OLD_SYNC
     fast = replace(today, copy_gbps=10.0)
     stages = "; ".join(f"{name} {s:.1f} s" for _, name, s in today.stages())
     return [
@@ -238,8 +251,9 @@ def sync_notes() -> list[str]:
         f"{today.hash_passes} passes. With copies at 10 GB/s instead it would take {fast.total_s:.0f} s.",
         "",
         "The controller blocks for the whole sync (as the real loop does); engines decode through export "
-        "and receive and pause only for the swap. The collective sync (design, not built yet) broadcasts "
-        "the training dtype and keeps the engines paused from the broadcast to the swap.",
+        "and receive and pause only for the swap. The collective sync (rollout/transfer/collective.py: "
+        "tested on CPU over gloo, not yet run over NCCL) broadcasts the training dtype and keeps the "
+        "engines paused from the broadcast to the swap.",
     ]
 
 
@@ -271,24 +285,37 @@ def findings(rows: list[dict]) -> list[str]:
                 f"{r['steady']['matched']:.1f}x / {r['whole']['matched']:.1f}x against length-matched sync "
                 f"(k={r['async']['k']}, {r['async']['gen_gpus']}+{r['async']['learners']})")
 
+    mc = ctl["newest"]
     return [
-        f"- 64 GPUs, long-tailed lengths, the design (streaming engines, collective weight sync): async "
-        f"(k={a['k']}, {a['gen_gpus']} generating + {a['learners']} training) trains {st['samples']:.1f}x the "
-        f"samples per second of colocated sync in steady state and {wh['samples']:.1f}x over a whole 8-step run "
-        f"(fill and drain included); in trained tokens per second {st['tokens']:.1f}x and {wh['tokens']:.1f}x.",
-        f"- Async drops {a['dropped_frac']:.0%} of the groups it completes as too stale, and those are the long "
-        f"ones: it trains responses of {a['mean_len_trained']:.0f} tokens on average against "
-        f"{s['mean_len_trained']:.0f} for sync. Against a sync run doing the same work (given exactly the groups "
-        f"async trained, step by step) the gain is {st['matched']:.1f}x steady and {wh['matched']:.1f}x whole "
-        f"run. The sync step waits ~{s['step_s_mean']:.0f} s for the longest response of its batch "
+        f"- 64 GPUs, long-tailed lengths, the system as built for GPUs (vLLM workers streaming each rollout "
+        f"and running several calls at once, collective weight sync, doomed groups aborted, `oldest` rule): "
+        f"async (k={a['k']}, {a['gen_gpus']} generating + {a['learners']} training) trains {st['samples']:.1f}x "
+        f"the samples per second of colocated sync in steady state and {wh['samples']:.1f}x over a whole "
+        f"{r64['warmup_steps'] + r64['steps']}-step run (fill and drain included); in trained tokens per second "
+        f"{st['tokens']:.1f}x and {wh['tokens']:.1f}x.",
+        f"- Under the `oldest` rule the long responses are the ones that cannot train: {a['dropped_frac']:.0%} of "
+        f"the complete groups are dropped stale and {a['aborted_frac']:.0%} of the groups are aborted while "
+        f"generating, and async trains responses of {a['mean_len_trained']:.0f} tokens on average against "
+        f"{s['mean_len_trained']:.0f} for sync ({a['useful_fraction']:.0%} of the tokens generated are trained). "
+        f"Against a sync run doing the same work (given exactly the groups async trained, step by step) the gain "
+        f"is {st['matched']:.1f}x steady and {wh['matched']:.1f}x whole run. The sync step waits "
+        f"~{s['step_s_mean']:.0f} s for the longest response of its batch "
         f"(~{r64['sync_matched']['step_s_mean']:.0f} s with the same work). k = {', '.join(map(str, ks))} wins "
         "across sizes" + (" (the largest tried)." if ks == [max(KS)] else "."),
-        f"- Today's engines (whole-call vLLM workers: one call at a time, a call's rollouts returned together), "
-        f"design weight sync: {fig(ctl['engines'])}.",
-        f"- Today's weight sync ({ctl['sync']['async']['sync_s']:.0f} s per sync as modelled below) with "
-        f"streaming engines: {fig(ctl['sync'])}. Today's system (whole-call vLLM, object-store sync, RolloutPool "
-        f"split): {fig(ctl['today'])}.",
-        f"- RolloutPool's rotating split instead of least-loaded dispatch: {ctl['pool']['steady']['samples']:.1f}x. "
+        f"- The `newest` rule (the group's last token bounded, as AReaL and PipelineRL) removes the length "
+        f"bias: trained {mc['async']['mean_len_trained']:.0f} tokens against {mc['sync']['mean_len_trained']:.0f} "
+        f"for sync, {mc['async']['useful_fraction']:.0%} of the tokens generated trained, "
+        f"{mc['steady']['samples']:.1f}x sync in samples/s and {mc['steady']['tokens']:.1f}x in tokens/s "
+        f"({mc['steady']['matched']:.1f}x against length-matched sync; k={mc['async']['k']}, "
+        f"{mc['async']['gen_gpus']}+{mc['async']['learners']}); its price: tokens up to "
+        f"{mc['async']['staleness']['oldest_seen']} versions old are trained (each weighed by its own behaviour "
+        f"logprob). Without aborting doomed groups (`oldest`): {fig(ctl['no_abort'])}.",
+        f"- Engines: the `hf` engine's one call at a time per worker: {fig(ctl['hf'])}; the vLLM worker before "
+        f"2026-12-07 (one call at a time, a call's rollouts returned together): {fig(ctl['engines'])}.",
+        f"- The object-store weight sync as it was until 2026-12-06 ({ctl['sync']['async']['sync_s']:.0f} s per "
+        f"sync as modelled below): {fig(ctl['sync'])}. The system before 2026-12-06 (whole-call vLLM, that sync, "
+        f"the rotating split): {fig(ctl['before'])}.",
+        f"- The rotating split instead of least-loaded dispatch: {ctl['pool']['steady']['samples']:.1f}x. "
         f"Without a tail (uniform 500-1,500 tokens) async gains {ctl['uniform']['steady']['samples']:.1f}x "
         f"({ctl['uniform']['steady']['matched']:.1f}x against length-matched sync); with a 4x larger batch per "
         f"GPU the long-tailed gain is {ctl['batch']['steady']['samples']:.1f}x "
@@ -302,13 +329,15 @@ def findings(rows: list[dict]) -> list[str]:
 
 NOTES = """
 Columns. samples/s and tokens/s vs sync: async's trained samples (tokens: response tokens)
-per simulated second over colocated sync's; steady = a 5-step window after 3 warm-up steps
-with generation going on past it, whole run = the same 8 steps from an empty pipeline to the
+per simulated second over colocated sync's; steady = a 15-step window after 10 warm-up steps
+with generation going on past it, whole run = the same 25 steps from an empty pipeline to the
 end-of-run drain, same configuration. vs length-matched sync: against a synchronous run given
 exactly the groups async trained, step by step (the same samples and tokens: one ratio).
-Trained len: mean response length of the samples trained (steady). Groups dropped: complete
-groups the gate refused as older than k versions, of all complete groups judged (dropped,
-counted, replaced). sync-disagg = k = 0 on the async split. util = busy GPU-seconds / (GPUs
+Trained len: mean response length of the samples trained (steady). Groups dropped stale:
+complete groups the gate refused as older than k versions, of all complete groups judged
+(dropped, counted, replaced); aborted: groups stopped while generating because they could no
+longer meet the bound, of all groups that ended (replaced). Useful tokens: response tokens
+trained / generated in the window (aborted groups' partial responses included). sync-disagg = k = 0 on the async split. util = busy GPU-seconds / (GPUs
 x wall); weighted util counts a decode step at its throughput relative to a full batch.
 Partial samples: trained samples whose tokens span two versions. Controller: real seconds
 inside Scheduler/gate calls per sample scored; take() ms/call is the real cost of one
@@ -320,9 +349,12 @@ reach a target):
   a group, capped at 16,384; prompts 256 tokens; uniform 500-1,500 for the control.
 - Engine per GPU: continuous batching of up to 256 sequences, decode step 20 ms + 0.05 ms per
   active sequence, 5 ms prefill per joining sequence; groups to the least-loaded engine.
-  Streaming (the design, and the `hf` engine): rollouts return as they finish and new calls
-  join the running batch. Whole call (today's vLLM worker): one call at a time per worker,
-  its rollouts returned when its last sample ends.
+  Streaming (the vLLM worker since 2026-12-07): rollouts return as they finish and new calls
+  join the running batch. One call (the `hf` engine): rollouts return as they finish, one
+  call at a time per worker. Whole call (the vLLM worker before 2026-12-07): one call at a
+  time, its rollouts returned when its last sample ends.
+- Doomed groups (`oldest` rule: a sample started more than k versions behind) are aborted
+  at each weight sync and replaced; under `newest` nothing incomplete is doomed.
 - Rewards: lognormal latency per sample (median 30 ms, sigma 1, cap 10 s), unlimited
   parallel workers, Bernoulli(0.5) rewards.
 - Learner: 1.25e-4 GPU-seconds per token (prompt + response) / learner GPUs + 2 s per step.

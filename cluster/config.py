@@ -269,8 +269,12 @@ class ControllerConfig(Section):
     # Versions generation may run ahead of the learner: 0 = synchronous (on-policy); k > 0 =
     # asynchronous, no sample older than k versions is ever trained on (cluster/rl/scheduler.py).
     max_staleness: int = Field(0, ge=0)
-    # Stop a group's generation as soon as it can no longer meet the bound (a member started
-    # more than k versions behind the learner) and replace it; false: it finishes and is dropped.
+    # Which token the bound applies to (cluster/rl/gate.py): oldest = every token at most k
+    # versions behind (long responses go stale first); newest = the last token (AReaL /
+    # PipelineRL: in-flight updates keep long responses, their early tokens may be older).
+    staleness_rule: Literal["oldest", "newest"] = "oldest"
+    # Stop a group's generation as soon as it can no longer meet the bound and replace it;
+    # false: it finishes and is dropped when judged.
     abort_doomed: bool = True
     eval_every: int = Field(0, ge=0)
     eval_prompts: int = Field(256, ge=1)

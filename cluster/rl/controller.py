@@ -47,7 +47,8 @@ class Controller:
         self.cfg, self.roles, self.run_dir, self.weights = cfg, roles, run_dir, weights
         self.source = PromptSource(train, seed=cfg.run.seed)
         self.evals = evals[: cfg.controller.eval_prompts]
-        self.gate = StalenessGate(cfg.controller.max_staleness, cfg.algorithm.group_size)
+        self.gate = StalenessGate(cfg.controller.max_staleness, cfg.algorithm.group_size,
+                                  cfg.controller.staleness_rule)
         a, c = cfg.algorithm, cfg.controller
         self.scheduler = Scheduler(c.steps, c.prompts_per_step, a.group_size, c.max_staleness, self.gate,
                                    a.dynamic_sampling, a.dynamic_sampling_limit)

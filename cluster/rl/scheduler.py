@@ -77,7 +77,6 @@ class Scheduler:
         self.dynamic_sampling = dynamic_sampling
         self.resample_limit = resample_limit  # filtered groups allowed per step, in batches
         self.started_steps = 0  # steps whose P groups were dispatched
-        self.owed = 0  # replacement groups to dispatch (tied or stale groups)
         self.ledger: dict[int, Outcome] = {}  # group id -> how it ended
         self._counts: Counter[Outcome] = Counter()
         self._open: set[int] = set()  # issued, not ended: assembling or ready
@@ -116,8 +115,13 @@ class Scheduler:
         return start
 
     def take_owed(self) -> int:
-        owed, self.owed = self.owed, 0
-        return owed
+        """Replacement groups to dispatch now: what the steps started still need (P each, less
+        those trained) beyond every group still open, generating or waiting. A group that ends
+        without training (tied, stale, aborted) is replaced only when the open ones no longer
+        cover the started steps: replacing a drop out of a surplus would keep the surplus, and
+        its oldest groups would go stale and be replaced again, step after step."""
+        needed = (self.started_steps - self._counts[Outcome.TRAINED] // self.per_step) * self.per_step
+        return max(0, needed - len(self._open))
 
     def expect(self, group_id: int) -> None:
         """Issue a group: its members will be scored, then it ends once (the ledger)."""
@@ -155,7 +159,6 @@ class Scheduler:
                     f"dynamic sampling dropped {self._filtered_this_step} groups whose rewards all tied without "
                     f"filling one step of {self.per_step}; the task is too easy or too hard for the policy "
                     "(set algorithm.dynamic_sampling: false, or raise algorithm.dynamic_sampling_limit)")
-            self.owed += 1
             return None
         if self._drop_if_stale(group):
             return None
@@ -164,14 +167,13 @@ class Scheduler:
 
     def abort(self, group_id: int, tokens: int) -> None:
         """A group stopped while its members were generating, because one of them started at a
-        version that can no longer train (cluster/rl/streaming.py): it ends dropped:aborted, its
-        replacement is owed, and the `tokens` its members had generated are wasted."""
+        version that can no longer train (cluster/rl/streaming.py): it ends dropped:aborted (its
+        replacement comes through take_owed), and the `tokens` its members had generated are wasted."""
         if group_id not in self._assembling:
             state = self.ledger.get(group_id, "complete" if group_id in self._open else "never issued")
             raise LedgerError(f"group {group_id} aborted, but it is not generating ({state})")
         del self._assembling[group_id]
         self._end(group_id, Outcome.ABORTED)
-        self.owed += 1
         self.wasted(tokens)
 
     def wasted(self, tokens: int) -> None:
@@ -190,7 +192,7 @@ class Scheduler:
             self.ready = [g for g in self.ready if not self._drop_if_stale(g)]
         if len(self.ready) < self.per_step:
             return None
-        self.ready.sort(key=lambda g: (_oldest(g), g.group_id))
+        self.ready.sort(key=lambda g: (self._oldest(g), g.group_id))
         picked, self.ready = self.ready[: self.per_step], self.ready[self.per_step :]
         groups = self.gate.admit([r for g in picked for r in g.rollouts], [r for g in picked for r in g.rewards],
                                  version)
@@ -210,11 +212,10 @@ class Scheduler:
     def _drop_if_stale(self, group: Group) -> bool:
         """A group older than k versions goes through the gate (which drops and counts
         it) and is replaced by a new prompt."""
-        if self._version - _oldest(group) <= self.k:
+        if self._version - self._oldest(group) <= self.k:
             return False
         self.gate.admit(list(group.rollouts), list(group.rewards), self._version)
         self._end(group.group_id, Outcome.STALE, group)
-        self.owed += 1
         return True
 
     # ---- the ledger ----
@@ -255,7 +256,7 @@ class Scheduler:
         """The bookkeeping at a step boundary (JSON-able). Open groups are listed by id only:
         their samples are not kept, so a restored scheduler ends them as dropped:interrupted and
         owes their replacements (new group ids: no sample is trained twice)."""
-        return {"started_steps": self.started_steps, "owed": self.owed, "version": self._version,
+        return {"started_steps": self.started_steps, "version": self._version,
                 "filtered_this_step": self._filtered_this_step, "open": sorted(self._open),
                 "ledger": {str(gid): outcome.value for gid, outcome in self.ledger.items()},
                 "tokens": dict(self.tokens)}
@@ -263,12 +264,11 @@ class Scheduler:
     def restore(self, state: dict) -> None:
         if self.ledger or self._open:
             raise LedgerError("restore() on a scheduler that has issued groups already")
-        self.started_steps, self.owed = state["started_steps"], state["owed"]
+        self.started_steps = state["started_steps"]
         self._version, self._filtered_this_step = state["version"], state["filtered_this_step"]
         self.ledger = {int(gid): Outcome(value) for gid, value in state["ledger"].items()}
         for gid in state["open"]:
-            self.ledger[gid] = Outcome.INTERRUPTED
-            self.owed += 1
+            self.ledger[gid] = Outcome.INTERRUPTED  # no longer open: take_owed replaces it
         self._counts = Counter(self.ledger.values())
         self.tokens = Counter(state.get("tokens", {}))
 
@@ -276,6 +276,7 @@ class Scheduler:
         """Groups dispatched and not yet complete."""
         return len(self._assembling)
 
-
-def _oldest(group: Group) -> int:
-    return min(r.min_version for r in group.rollouts)
+    def _oldest(self, group: Group) -> int:
+        """The group's oldest version under the staleness rule (cluster/rl/gate.py): what it is
+        judged and ordered by."""
+        return self.gate.version(group.rollouts)

@@ -24,11 +24,18 @@ instead of run, and every assumption made (the defaults of `LatencyModel`):
   Each group goes to the engine with the fewest unfinished samples (`dispatch`); "pool" is
   RolloutPool's split instead (request i of a dispatch to worker (start + i) mod n, the
   start rotating from call to call, so small replacement dispatches spread over workers).
-  `engine_calls="streaming"` (the design: per-request streaming, continuous admission of
-  new calls into the running batch) is what the `hf` engine does; `"whole_call"` is today's
-  RolloutWorker + vLLM engine: one generation call at a time per worker (a new call joins
-  when the previous one has ended), and a call's rollouts come back together when its last
-  sample ends.
+  Engine models (`engine_calls`): "streaming" is the vLLM worker since 2026-12-07 (each
+  rollout streamed back as it finishes, several calls in flight feeding one continuous
+  batch: a new call's samples join the running batch at once); "one_call" is the `hf`
+  engine (rollouts streamed as they finish, but one call at a time per worker: a new call
+  joins when the previous one has ended); "whole_call" is the vLLM worker before
+  2026-12-07 (one call at a time, and a call's rollouts come back together when its last
+  sample ends).
+* Doomed groups are aborted (`abort_doomed`, as Streaming.abort_doomed): after each weight
+  sync, under the `oldest` staleness rule, every group with a sample started on a version
+  below V - k (in flight or arrived) leaves its engine at once, its queued samples never
+  start, and take_owed replaces it; its partial tokens count as generated, not trained.
+  (Under `newest` no incomplete group is doomed.)
 * Rewards: per-sample latency lognormal (median 30 ms, sigma 1, cap 10 s) on unlimited
   parallel CPU workers, so a group is scored at its slowest member; reward = Bernoulli(0.5).
 * Learner: a step over the batch takes tokens * c / n_learners + 2 s, tokens = prompt +
@@ -173,7 +180,7 @@ class LatencyModel:
     step_fixed_s: float = 0.020  # engine: decode step = a + b * active sequences
     step_per_seq_s: float = 0.000_05
     prefill_s: float = 0.005  # engine time per sequence joining the batch
-    engine_calls: Literal["streaming", "whole_call"] = "streaming"  # "whole_call": today's vLLM worker
+    engine_calls: Literal["streaming", "one_call", "whole_call"] = "streaming"  # module doc
     reward_median_s: float = 0.030  # reward latency per sample (lognormal, capped)
     reward_sigma: float = 1.0
     reward_cap_s: float = 10.0
@@ -197,6 +204,8 @@ class SimSpec:
     seed: int = 0
     model: LatencyModel = field(default_factory=LatencyModel)
     dispatch: Literal["least_loaded", "pool"] = "least_loaded"  # "pool": RolloutPool's split (module doc)
+    staleness_rule: Literal["oldest", "newest"] = "oldest"  # cluster/rl/gate.py
+    abort_doomed: bool = True  # controller.abort_doomed
     warmup_steps: int = 0  # run before the measured window (the pipeline fills)
     drain: bool = True  # False: generation goes on past the window, as in the middle of a long run
     # Length-matched baseline: per step (warm-up first), the group draws another run trained
@@ -205,7 +214,7 @@ class SimSpec:
 
     def __post_init__(self):
         for name, value, valid in (("dispatch", self.dispatch, ("least_loaded", "pool")),
-                                   ("engine_calls", self.model.engine_calls, ("streaming", "whole_call")),
+                                   ("engine_calls", self.model.engine_calls, ("streaming", "one_call", "whole_call")),
                                    ("lengths", self.model.lengths, ("lognormal", "uniform")),
                                    ("protocol", self.model.sync.protocol, ("collective", "object_store")),
                                    ("receiver", self.model.sync.receiver, ("vllm", "hf"))):
@@ -240,6 +249,9 @@ class SimResult:
     utilisation: float
     weighted_utilisation: float
     generated: int  # samples that finished generating (trained, dropped or left over)
+    generated_tokens: int  # response tokens generated: finished samples' and aborted ones' so far
+    useful_fraction: float  # response tokens trained / generated (goodput over raw throughput)
+    aborted_groups: int  # groups aborted while generating (doomed), in the window
     mean_len_trained: float
     mean_len_generated: float
     partial_frac: float  # trained samples whose tokens span two or more versions
@@ -292,10 +304,11 @@ class _Draws:
 
 
 class _Seq:
-    __slots__ = ("gid", "idx", "length", "v_start", "call")
+    __slots__ = ("gid", "idx", "length", "v_start", "started", "call")
 
     def __init__(self, gid: int, idx: int, length: int, call: "_Call"):
         self.gid, self.idx, self.length, self.v_start, self.call = gid, idx, length, 0, call
+        self.started = 0  # the engine's decode-step count when it joined the batch
 
 
 class _Call:
@@ -323,7 +336,8 @@ class _Engine:
         m = sim.model
         self.sim, self.a, self.b = sim, m.step_fixed_s, m.step_per_seq_s
         self.max_seqs, self.prefill = m.max_seqs, m.prefill_s
-        self.whole_call = m.engine_calls == "whole_call"
+        self.one_at_a_time = m.engine_calls in ("one_call", "whole_call")  # a new call waits for the last
+        self.whole_call = m.engine_calls == "whole_call"  # a call's rollouts come back when it ends
         self.calls: deque[_Call] = deque()
         self.active: list[tuple[int, int, _Seq]] = []  # heap of (finish step, unique id, sequence)
         self.steps, self.t, self.version, self.token = 0, 0.0, 0, 0
@@ -382,7 +396,7 @@ class _Engine:
             seq = self._next_waiting()
             if seq is None:
                 break
-            seq.v_start = self.version
+            seq.v_start, seq.started = self.version, self.steps
             # ties at a finish step break on a unique id, never on the _Seq itself
             heapq.heappush(self.active, (self.steps + seq.length, seq.gid * 65_536 + seq.idx, seq))
             joined += 1
@@ -403,24 +417,52 @@ class _Engine:
             head = self.calls[0]
             if head.waiting:
                 return head.waiting.popleft()
-            if self.whole_call and head.outstanding:
+            if self.one_at_a_time and head.outstanding:
                 return None  # one call at a time: the next starts when this one has ended
             self.calls.popleft()
         return None
+
+    def abort(self, now: float, floor: Optional[int], gids: set[int]) -> tuple[set[int], int]:
+        """Stop the groups named and those with a sequence started below `floor`; returns every
+        group stopped here and the tokens its sequences had decoded."""
+        self.advance(now)
+        doomed = set(gids) | {seq.gid for _, _, seq in self.active if floor is not None and seq.v_start < floor}
+        here = {seq.gid for _, _, seq in self.active} | {seq.gid for c in self.calls for seq in c.waiting}
+        doomed &= here
+        if not doomed:
+            return set(), 0
+        tokens = sum(self.steps - seq.started for _, _, seq in self.active if seq.gid in doomed)
+        gone = [seq for _, _, seq in self.active if seq.gid in doomed]
+        self.active = [entry for entry in self.active if entry[2].gid not in doomed]
+        heapq.heapify(self.active)
+        for call in self.calls:
+            gone += [seq for seq in call.waiting if seq.gid in doomed]
+            call.waiting = deque(seq for seq in call.waiting if seq.gid not in doomed)
+        for seq in gone:
+            seq.call.outstanding -= 1
+            self._release(seq.call)
+        self.admit()
+        self.schedule()
+        return doomed, tokens
+
+    def _release(self, call: "_Call") -> None:
+        """whole_call: a call whose last sample has ended (or was aborted) hands back its rollouts."""
+        if self.whole_call and not call.outstanding and call.done:
+            done, call.done = call.done, []
+            self.sim.push(self.t, ROLLOUTS, done)
 
     def _finish(self) -> None:
         out = []
         while self.active and self.active[0][0] == self.steps:
             seq = heapq.heappop(self.active)[2]
             rollout = self.sim.rollout(seq, self.version)
+            call = seq.call
+            call.outstanding -= 1
             if not self.whole_call:
                 out.append(rollout)
                 continue
-            call = seq.call
             call.done.append(rollout)
-            call.outstanding -= 1
-            if not call.outstanding:
-                out += call.done
+            self._release(call)
         if out:
             self.sim.push(self.t, ROLLOUTS, out)
 
@@ -430,7 +472,7 @@ class Simulation:
         self._pool_next = 0  # "pool" dispatch: the engine that gets the next call's first shard
         self.replay = tuple(gid for step in spec.replay for gid in step)
         self.spec, self.model = spec, spec.model
-        self.gate = StalenessGate(spec.max_staleness, spec.group_size)
+        self.gate = StalenessGate(spec.max_staleness, spec.group_size, spec.staleness_rule)
         total = spec.warmup_steps + spec.steps
         # Without drain the scheduler believes the run goes on, so the last measured steps can
         # draw on later steps' groups as they would in the middle of a long run.
@@ -450,6 +492,7 @@ class Simulation:
         self.arrived: list[Rollout] = []  # delivered by the engines, not yet seen by the controller
         self.scored_ready: list[list[Rollout]] = []  # reward tickets done, not yet collected
         self.generating: dict[int, list[Rollout]] = {}  # group id -> members generated so far
+        self.aborted: set[int] = set()  # groups aborted while generating
         self.stats = _Stats()
 
     # ---- the controller loop (cluster/rl/controller.py + cluster/rl/streaming.py) ----
@@ -465,6 +508,7 @@ class Simulation:
                 self.stats.step(self, groups)
             self._train(groups)
             self._sync()
+            self._abort_doomed()
             if step > spec.warmup_steps:
                 self.stats.step_end.append(self.now)
         return self.stats.result(self)
@@ -491,10 +535,12 @@ class Simulation:
     def _start(self) -> None:
         t0 = time.perf_counter()
         steps = self.scheduler.steps_to_start(self.version)
-        owed = self.scheduler.take_owed()
         self.stats.ctl_s += time.perf_counter() - t0
         for _ in steps:
             self._dispatch(self.spec.prompts_per_step)
+        t0 = time.perf_counter()
+        owed = self.scheduler.take_owed()  # after the steps' groups are issued, as Streaming.start does
+        self.stats.ctl_s += time.perf_counter() - t0
         if owed:
             self._dispatch(owed)
 
@@ -543,6 +589,8 @@ class Simulation:
         self.last_look = self.now
         arrived, self.arrived = self.arrived, []
         for r in arrived:
+            if r.group_id in self.aborted:  # finished as the abort reached its engine: not used
+                continue
             members = self.generating.setdefault(r.group_id, [])
             members.append(r)
             if len(members) == self.spec.group_size:
@@ -581,6 +629,29 @@ class Simulation:
         start = self.now
         self._background(max([start + swap] + [e.pause(start, swap, version) for e in self.engines]))
         self.version = version
+
+    def _abort_doomed(self) -> None:
+        """Streaming.abort_doomed: every group that can no longer meet the bound at the new
+        version leaves its engine (module doc)."""
+        if not self.spec.abort_doomed:
+            return
+        floor = self.version - self.spec.max_staleness
+        if self.spec.staleness_rule != "oldest":
+            return  # an incomplete group's newest token is yet to come: it is never doomed
+        known = {gid for gid, members in self.generating.items() if min(r.min_version for r in members) < floor}
+        doomed, tokens = set(known), 0
+        for engine in self.engines:
+            stopped, spent = engine.abort(self.now, floor, known)
+            doomed |= stopped
+            tokens += spent
+        t0 = time.perf_counter()
+        for gid in sorted(doomed):
+            members = self.generating.pop(gid, [])
+            self.aborted.add(gid)
+            self.scheduler.abort(gid, sum(self.length(r) for r in members))
+        self.scheduler.wasted(tokens)
+        self.stats.ctl_s += time.perf_counter() - t0
+        self.stats.aborted_tokens += tokens
 
     # ---- the simulated world ----
 
@@ -633,11 +704,11 @@ class _Stats:
 
     def __init__(self):
         self.learner_busy_s = self.ctl_s = self.take_s = 0.0
-        self.take_calls = self.scored = self.generated = self.generated_len = 0
+        self.take_calls = self.scored = self.generated = self.generated_len = self.aborted_tokens = 0
         self.start = 0.0
         self.engine_start: list[tuple[float, float]] = []
         self.learner_start = 0.0
-        self.gen_start = (0, 0)
+        self.gen_start = (0, 0, 0, 0)
         self.gate_start: tuple[Counter, int, int] = (Counter(), 0, 0)
         self.trained: list[Rollout] = []
         self.step_groups: list[tuple[int, ...]] = []
@@ -648,7 +719,7 @@ class _Stats:
         self.start = sim.now
         self.engine_start = [(e.busy_s, e.weighted_s) for e in sim.engines]
         self.learner_start = self.learner_busy_s
-        self.gen_start = (self.generated, self.generated_len)
+        self.gen_start = (self.generated, self.generated_len, self.aborted_tokens, sim.scheduler.aborted_groups)
         self.gate_start = (Counter(sim.gate.histogram), sim.gate.dropped, sim.scheduler.stale_groups)
 
     def step(self, sim: Simulation, groups: list[Group]) -> None:
@@ -664,10 +735,12 @@ class _Stats:
         learners = self.learner_busy_s - self.learner_start
         capacity = spec.gpus * wall
         generated, generated_len = self.generated - self.gen_start[0], self.generated_len - self.gen_start[1]
+        generated_tokens = generated_len + self.aborted_tokens - self.gen_start[2]
         ends = [self.start] + self.step_end
         hist0, dropped0, stale0 = self.gate_start
         histogram = sim.gate.histogram - hist0
-        staleness = {"max_allowed": spec.max_staleness, "max_seen": max(histogram, default=0),
+        staleness = {"max_allowed": spec.max_staleness, "rule": spec.staleness_rule,
+                     "max_seen": max(histogram, default=0), "oldest_seen": sim.gate.oldest_seen,
                      "dropped": sim.gate.dropped - dropped0,
                      "histogram": {str(k): v for k, v in sorted(histogram.items())}}
         tokens = sum(sim.length(r) for r in self.trained)
@@ -677,7 +750,9 @@ class _Stats:
             tokens=tokens, tokens_per_s=tokens / wall,
             step_s=[b - a for a, b in zip(ends, ends[1:])],
             utilisation=(busy + learners) / capacity, weighted_utilisation=(weighted + learners) / capacity,
-            generated=generated, mean_len_trained=tokens / len(self.trained),
+            generated=generated, generated_tokens=generated_tokens,
+            useful_fraction=tokens / max(generated_tokens, 1),
+            aborted_groups=sim.scheduler.aborted_groups - self.gen_start[3], mean_len_trained=tokens / len(self.trained),
             mean_len_generated=generated_len / max(generated, 1),
             partial_frac=float(np.mean([r.versions[0] != r.versions[-1] for r in self.trained])),
             stale_groups=stale, dropped_frac=stale / (stale + sum(map(len, self.step_groups))),

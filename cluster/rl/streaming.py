@@ -6,12 +6,14 @@ e.g. PAR's group mean, needs the whole group); scored groups are assembled by th
 Scheduler; `next_batch` returns as soon as P complete groups are there. One `ray.wait`
 covers the generation streams and the reward calls, so nothing is polled in a busy loop.
 
-Doomed work is aborted: once the policy version moves to V, a group with a sample whose first
-token came from a version below V - k can never train (a group trains whole, at a version no
+Doomed work is aborted: under the `oldest` staleness rule (cluster/rl/gate.py), once the
+policy version moves to V, a group with a sample whose first token came from a version below
+V - k, arrived or still generating, can never train (a group trains whole, at a version no
 older than V), so every engine stops its samples at once (rollout/pool.py: abort) and the
 group ends dropped:aborted and is replaced; nothing of it that still arrives is used. The
 rule is exact (no group that could still train is aborted); controller.abort_doomed: false
-turns it off, and such groups then finish and are dropped stale when judged.
+turns it off, and such groups then finish and are dropped stale when judged. Under `newest`
+an incomplete group is never doomed (its newest token is yet to come).
 
 A stream whose worker died is recovered (rollout/pool.py: the worker is replaced and the
 samples that had not arrived are generated again, same seeds). Every sample's arrival is
@@ -80,9 +82,10 @@ class Streaming:
             self._wait()
 
     def abort_doomed(self, version: int) -> None:
-        """The policy moved to `version`: abort every group that can no longer meet the bound,
-        those with an arrived member, or a sample in flight on some engine, whose first token
-        is older than version - k. Each ends dropped:aborted and is replaced."""
+        """The policy moved to `version`: abort every group that can no longer meet the bound
+        (module doc). Each ends dropped:aborted and is replaced."""
+        if self.scheduler.gate.rule != "oldest":
+            return
         floor = version - self.scheduler.k
         known = tuple(g for g, members in self.generated.items()
                       if min(r.min_version for r in members.values()) < floor)

@@ -40,7 +40,8 @@ def test_few_grpo_steps(ray_session, tmp_path):
     assert summary["status"] == "completed" and summary["run_dir"] == str(run_dir)
     assert json.loads((run_dir / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert summary["steps"] == 3 and summary["samples"] == 3 * 8 * 4
-    assert summary["staleness"] == {"max_allowed": 0, "max_seen": 0, "dropped": 0, "histogram": {"0": 96}}
+    assert summary["staleness"] == {"max_allowed": 0, "rule": "oldest", "max_seen": 0, "oldest_seen": 0, "dropped": 0,
+                                    "histogram": {"0": 96}}
     assert summary["weight_sync"]["count"] == 3 and summary["weight_sync"]["checksum_failures"] == 0
     assert summary["groups"] == {"issued": 24, "open": 0, "trained": 24, "filtered:tied": 0, "dropped:stale": 0, "dropped:aborted": 0,
                                  "dropped:incomplete": 0, "dropped:unused": 0,

@@ -99,6 +99,35 @@ def test_whole_call_engines_wait_for_the_previous_call():
     call = 2 * m.prefill_s + 100 * (m.step_fixed_s + 2 * m.step_per_seq_s)
     assert whole_call.wall_s == pytest.approx(2 * call + 0.001 + 0.002, rel=1e-9)
 
+    # The `hf` engine's model streams each rollout back but also takes one call at a time:
+    # with a call's samples all the same length that is the whole-call time.
+    one_call = simulate(SimSpec(**one, model=replace(m, engine_calls="one_call")))
+    assert one_call.wall_s == pytest.approx(whole_call.wall_s, rel=1e-12)
+
+
+def test_doomed_groups_leave_their_engines_and_are_replaced():
+    """`oldest` rule, k = 1, long tails: with aborts, groups that can no longer train stop at the
+    sync and are replaced, so few complete groups are found stale later; their partial tokens
+    count as generated. Without, they decode to the end and are dropped then."""
+    base = spec(16, gen=8, k=1, steps=6, warmup_steps=2, drain=False)
+    kept, aborted = simulate(replace(base, abort_doomed=False)), simulate(base)
+    assert kept.aborted_groups == 0 and kept.stale_groups > 0
+    assert aborted.aborted_groups > 0 and aborted.stale_groups < kept.stale_groups / 4
+    assert aborted.staleness["max_seen"] <= 1 and aborted.samples == kept.samples
+    finished = aborted.mean_len_generated * aborted.generated
+    assert aborted.generated_tokens > finished  # the aborted samples' tokens so far
+
+
+def test_the_newest_rule_trains_the_long_responses():
+    """`newest`: nothing incomplete is doomed and a complete group trains within k of its last
+    token, so the long responses train (older tokens with them) where `oldest` drops them."""
+    base = spec(16, gen=8, k=1, steps=10, warmup_steps=4, drain=False)
+    oldest, newest = simulate(base), simulate(replace(base, staleness_rule="newest"))
+    assert newest.aborted_groups == newest.stale_groups == 0
+    assert newest.mean_len_trained > 1.2 * oldest.mean_len_trained
+    assert newest.staleness["max_seen"] <= 1 < newest.staleness["oldest_seen"]
+    assert newest.useful_fraction > oldest.useful_fraction
+
 
 # Round rates (GB/s) so that every stage is a small number of seconds: 1e9 parameters are
 # 4 GB in fp32 and 2 GB in bf16.
