@@ -399,6 +399,10 @@ def _check_colocated(cfg: "Config") -> None:
         raise ValueError("cluster.placement 'colocated' with rollout.engine 'vllm' on CPU: vLLM's sleep mode, which "
                          "frees the device for the learners, runs on GPUs only; use rollout.engine 'hf' or "
                          "cluster.placement 'disaggregated'")
+    if cfg.cluster.gpus_per_engine > 1:
+        raise ValueError(f"cluster.placement 'colocated' with a tensor-parallel engine (cluster.gpus_per_engine="
+                         f"{cfg.cluster.gpus_per_engine}) is not built yet: vLLM's Ray workers would each need a whole "
+                         "GPU that a learner rank shares; use cluster.placement 'disaggregated'")
 
 
 def _check_mode(cfg: "Config") -> None:

@@ -8,7 +8,9 @@ scheduler; then it reserves the bundles and hands each role's actors their sched
 
 Modes (`cluster.placement`):
 - disaggregated: each role has its own bundles (one placement group per role; one per engine
-  replica when an engine spans several GPUs, so its tensor-parallel shards share a node).
+  replica when an engine spans several GPUs, so its tensor-parallel shards share a node: the
+  rollout worker actor takes only its CPUs in the first bundle, and vLLM's Ray executor, which
+  finds the group from inside the actor, puts one worker on each bundle's GPU).
 - colocated: learner ranks and engine shards share bundles (one GPU each on GPU hosts,
   time-sliced between the roles), so a synchronous run needs max(learners, engine GPUs)
   GPUs instead of their sum. Reward workers always have their own bundles.
@@ -134,7 +136,7 @@ def plan_for(demands: dict[str, tuple[int, dict[str, float]]], mode: str, strate
 
 def _engine_bundles(each: dict[str, float], tp: int) -> list[dict[str, float]]:
     # A tensor-parallel engine: its actor (with its CPUs) in the first bundle, one GPU per shard.
-    return [_clean(each)] + [{"GPU": 1.0} for _ in range(tp - 1)]
+    return [_clean({**each, "GPU": 1.0})] + [{"GPU": 1.0} for _ in range(tp - 1)]
 
 
 def _disaggregated(demands, tp: int, strategy: str) -> tuple[list[BundleGroup], dict[str, tuple[Slot, ...]]]:
@@ -147,7 +149,8 @@ def _disaggregated(demands, tp: int, strategy: str) -> tuple[list[BundleGroup], 
         groups.append(BundleGroup("rollout", strategy, tuple(_clean(each) for _ in range(n))))
         engines = tuple(Slot(1, i, _clean(each)) for i in range(n))
     else:  # one group per replica: its shards must share a node (NVLink / IPC)
-        engines = tuple(Slot(1 + j, 0, _clean(each)) for j in range(n))
+        # The actor asks no GPU: vLLM's Ray workers take every bundle's, the first one's too.
+        engines = tuple(Slot(1 + j, 0, _clean({**each, "GPU": 0})) for j in range(n))
         groups += [BundleGroup(f"rollout-{j}", "STRICT_PACK", tuple(_engine_bundles(each, tp))) for j in range(n)]
     return groups, {"learner": learners, "rollout": engines}
 
@@ -272,8 +275,11 @@ class Placement:
             if res:
                 opts["resources"] = res
             if slot.group >= 0:
+                # A tensor-parallel engine's actor starts vLLM's workers inside its group.
+                tp_engine = role == "rollout" and self.plan.engine_tp > 1
                 opts["scheduling_strategy"] = PlacementGroupSchedulingStrategy(
-                    self.groups[slot.group], placement_group_bundle_index=slot.bundle)
+                    self.groups[slot.group], placement_group_bundle_index=slot.bundle,
+                    placement_group_capture_child_tasks=tp_engine)
             out.append(opts)
         return out
 

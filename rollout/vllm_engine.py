@@ -72,6 +72,34 @@ def _cpu_thread_env(threads: int) -> None:
     os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", str(max(1, allowed - threads)))
 
 
+def engine_kwargs(model_path: str, dtype: str, o: VLLMOptions, on_cpu: bool) -> dict:
+    """vLLM's AsyncEngineArgs for these options (a pure function: tested without vLLM).
+
+    Tensor parallelism (o.tensor_parallel_size > 1, cluster.gpus_per_engine): vLLM's Ray
+    executor, which starts one worker per shard in the placement group of the rollout worker
+    it runs in (cluster/placement.py reserves a STRICT_PACK group per engine replica, one GPU
+    per bundle, and leaves the actor itself no GPU). Written against vLLM 0.32/0.33's
+    documented engine arguments; not yet run on GPUs."""
+    kv_gib = o.kv_cache_gib if o.kv_cache_gib is not None else (1.0 if on_cpu else None)
+    kwargs = dict(
+        model=model_path, tokenizer=model_path, dtype=dtype, seed=o.seed,
+        tensor_parallel_size=o.tensor_parallel_size, gpu_memory_utilization=o.gpu_memory_utilization,
+        kv_cache_memory_bytes=int(kv_gib * GiB) if kv_gib else None, max_model_len=o.max_model_len,
+        max_num_seqs=o.max_num_seqs, enforce_eager=on_cpu if o.enforce_eager is None else o.enforce_eager,
+        enable_prefix_caching=o.enable_prefix_caching, enable_sleep_mode=o.enable_sleep_mode and not on_cpu,
+        logprobs_mode="processed_logprobs", weight_transfer_config={"backend": o.weight_transfer},
+        worker_extension_cls="rollout.vllm_worker.TandemWorkerExtension", disable_log_stats=True,
+    )
+    if o.tensor_parallel_size > 1:
+        kwargs["distributed_executor_backend"] = "ray"
+    if o.lora is not None:
+        from rollout.lora import vllm_rank
+
+        # Slots for the adapters of a few versions at once (requests finish on their own version).
+        kwargs.update(enable_lora=True, max_lora_rank=vllm_rank(o.lora.r), max_loras=4)
+    return kwargs
+
+
 @dataclass(frozen=True)
 class ReceivedUpdate:
     """An update received and checked inside vLLM's worker (`tandem_collective`), not yet loaded."""
@@ -138,31 +166,12 @@ class VLLMEngine:
         from vllm.v1.engine.async_llm import AsyncLLM
 
         o = self.options
-        on_cpu = current_platform.is_cpu()
-        kv_gib = o.kv_cache_gib if o.kv_cache_gib is not None else (1.0 if on_cpu else None)
-        args = AsyncEngineArgs(
-            model=model_path, tokenizer=model_path, dtype=dtype, seed=o.seed,
-            tensor_parallel_size=o.tensor_parallel_size, gpu_memory_utilization=o.gpu_memory_utilization,
-            kv_cache_memory_bytes=int(kv_gib * GiB) if kv_gib else None, max_model_len=o.max_model_len,
-            max_num_seqs=o.max_num_seqs, enforce_eager=on_cpu if o.enforce_eager is None else o.enforce_eager,
-            enable_prefix_caching=o.enable_prefix_caching, enable_sleep_mode=o.enable_sleep_mode and not on_cpu,
-            logprobs_mode="processed_logprobs",
-            weight_transfer_config={"backend": o.weight_transfer}, **self._lora_args(),
-            worker_extension_cls="rollout.vllm_worker.TandemWorkerExtension", disable_log_stats=True,
-        )
+        args = AsyncEngineArgs(**engine_kwargs(model_path, dtype, o, current_platform.is_cpu()))
         llm = AsyncLLM.from_engine_args(args)
         if o.weight_transfer == "tandem_file":  # GPU backends rendezvous later: init_native_transfer()
             await llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info={}))
         await llm.update_weight_version(str(o.weight_version))
         return llm
-
-    def _lora_args(self) -> dict:
-        if self.options.lora is None:
-            return {}
-        from rollout.lora import vllm_rank
-
-        # Slots for the adapters of a few versions at once (requests finish on their own version).
-        return {"enable_lora": True, "max_lora_rank": vllm_rank(self.options.lora.r), "max_loras": 4}
 
     @staticmethod
     def _lora_request(path: str, version: int):

@@ -166,6 +166,8 @@ def test_colocated_placement_checks_what_can_time_slice(tmp_path):
     gpus = ["cluster.placement=colocated", "rollout.engine=vllm", "cluster.gpus_per_engine=1",
             "cluster.gpus_per_learner=1"]
     assert load_config(recipe, gpus).cluster.gpus_per_engine == 1
+    with pytest.raises(ConfigError, match=r"colocated' with a tensor-parallel engine \(cluster.gpus_per_engine=2\)"):
+        load_config(recipe, gpus[:2] + ["cluster.gpus_per_engine=2", "cluster.gpus_per_learner=1"])
     with pytest.raises(ConfigError, match="rollout.sleep_level"):
         load_config(recipe, ["rollout.sleep_level=3"])
     assert load_config(recipe, ["trainer.zero_stage=3"]).trainer.zero_stage == 3  # disaggregated: any stage

@@ -7,7 +7,7 @@ import pytest
 
 from cluster.cli import main
 from cluster.config import ConfigError, load_config
-from cluster.placement import Node, PlacementError, build_plan, check_fit, nodes_needed, plan_for
+from cluster.placement import Node, Placement, PlacementError, build_plan, check_fit, nodes_needed, plan_for
 
 # The quickstart's roles (2 learner ranks, 1 rollout worker with 2 threads, 1 reward worker),
 # without the sections placement does not read.
@@ -71,8 +71,15 @@ def test_tensor_parallel_engines_get_one_strict_pack_group_each():
         ("learner", "PACK", 2), ("rollout-0", "STRICT_PACK", 4), ("rollout-1", "STRICT_PACK", 4), ("reward", "PACK", 1)]
     assert p.groups[1].bundles[0] == {"CPU": 2.0, "GPU": 1.0} and p.groups[1].bundles[3] == {"GPU": 1.0}
     assert [(s.group, s.bundle) for s in p.actors["rollout"]] == [(1, 0), (2, 0)]
+    # The actor takes its CPUs only: vLLM's Ray workers take the 4 bundles' GPUs, the first one's too.
+    assert [s.resources for s in p.actors["rollout"]] == [{"CPU": 2.0}] * 2
     assert p.totals()["GPU"] == 2 + 2 * 4
     assert "2 actor(s) x TP 4" in p.describe()
+    # Its actor's scheduling: bundle 0 of its own group, vLLM's workers started inside that group.
+    opts = Placement(p, groups=[f"pg{i}" for i in range(len(p.groups))]).options("rollout")
+    strategies = [o["scheduling_strategy"] for o in opts]
+    assert [(st.placement_group, st.placement_group_bundle_index) for st in strategies] == [("pg1", 0), ("pg2", 0)]
+    assert all(st.placement_group_capture_child_tasks for st in strategies) and opts[0]["num_gpus"] == 0
     co = plan_for(demands, "colocated", "PACK", tp=4)  # 8 shards over 8 GPUs; learners on the first 2
     assert len(co.groups[0].bundles) == 8 and co.totals()["GPU"] == 8
     assert [s.bundle for s in co.actors["rollout"]] == [0, 4]

@@ -53,6 +53,22 @@ def test_vllm_config_fields_and_top_p_rule():
         load_config(ROOT / "recipes" / "quickstart.yaml", ["rollout.engine=vlm"])
 
 
+def test_tensor_parallel_engines_use_vllms_ray_executor():
+    """gpus_per_engine > 1: vLLM's Ray executor starts the shards in the rollout worker's placement
+    group (cluster/placement.py); where vLLM is installed, its own AsyncEngineArgs accepts every
+    argument we pass."""
+    from rollout.vllm_engine import engine_kwargs
+
+    one, two = (engine_kwargs("m", "bfloat16", VLLMOptions(tensor_parallel_size=tp), on_cpu=False) for tp in (1, 2))
+    assert "distributed_executor_backend" not in one and one["tensor_parallel_size"] == 1
+    assert two["distributed_executor_backend"] == "ray" and two["tensor_parallel_size"] == 2
+    assert two["kv_cache_memory_bytes"] is None and two["enforce_eager"] is False  # GPU defaults
+    if HAVE_VLLM:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+
+        assert AsyncEngineArgs(**two).distributed_executor_backend == "ray"
+
+
 @pytest.mark.skipif(HAVE_VLLM, reason="checks the error shown where vllm is not installed")
 def test_missing_vllm_is_a_clear_error(tiny_model):
     from rollout.pool import make_engine
