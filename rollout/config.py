@@ -23,7 +23,8 @@ class RolloutConfig(BaseModel):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(16, ge=1)
-    # Sequences per generate() call inside a worker (vllm: samples in flight per worker).
+    # Sequences decoding at once per generation call (hf: the batch's rows, refilled as rows
+    # finish; vllm: samples in flight per call).
     batch_size: int = Field(256, ge=1)
     # vllm engine only (rollout/vllm_engine.py). On CPU the KV cache is vllm_kv_cache_gib
     # (default 1 GiB); on GPUs, vllm_gpu_memory_utilization of the GPU unless that is set.

@@ -1,9 +1,11 @@
 """The `hf` engine: batched sampling with a KV cache from a transformers causal LM.
 
 Reference engine for CPU (and one GPU). Its own decode loop (not `model.generate`) so that
-it can stream finished sequences out as they finish, drop finished rows from the batch
-(long-tailed lengths do not keep the whole batch decoding), and swap weights between two
-decode steps: a *partial rollout* re-encodes its tokens so far under the new weights and
+it can stream finished sequences out as they finish, drop finished rows from the batch and
+admit the call's next samples in their place (continuous admission: up to `batch_size` rows
+decode together; a new row's prompt is prefilled on its own and its KV cache left-padded into
+the batch's, so a long response never holds the rest of the call back), and swap weights
+between two decode steps: a *partial rollout* re-encodes its tokens so far under the new weights and
 continues, each token keeping the version that produced it. Per-token logprobs are those of
 the temperature-scaled sampling distribution (log_softmax(logits / T), before top-p),
 computed in fp32 from the raw logits. `abort()` (from the worker's control thread) drops the
@@ -40,14 +42,52 @@ def load_causal_lm(path: str | Path, dtype: str = "float32", device: str = "cpu"
 
 
 class _Batch:
-    """The sequences of one decode batch: ids so far, and per-token logprobs and versions."""
+    """The sequences of one decode loop: ids so far, per-token logprobs and versions, and each
+    one's sampling generator. Sequences are appended as they are admitted; `active` lists the
+    rows decoding now (batch row -> sequence index), replaced whole, never mutated in place."""
 
-    def __init__(self, flat: list[tuple[GenerationRequest, int]], prompt_ids: list[list[int]], seeds: list[int]):
-        self.flat, self.prompt_ids, self.seeds = flat, prompt_ids, seeds
-        self.ids: list[list[int]] = [[] for _ in flat]
-        self.logprobs: list[list[float]] = [[] for _ in flat]
-        self.versions: list[list[int]] = [[] for _ in flat]
-        self.active = list(range(len(flat)))  # batch row -> sequence index
+    def __init__(self):
+        self.flat: list[tuple[GenerationRequest, int]] = []
+        self.prompt_ids: list[list[int]] = []
+        self.seeds: list[int] = []
+        self.gens: list[torch.Generator] = []
+        self.ids: list[list[int]] = []
+        self.logprobs: list[list[float]] = []
+        self.versions: list[list[int]] = []
+        self.active: list[int] = []
+
+    def add(self, items: list[tuple[GenerationRequest, int]], params: SamplingParams) -> list[int]:
+        """Append samples; their sequence indices. One generator per sample, seeded from (run seed,
+        step, group, sample): a rollout does not depend on the batch, shard or worker it ran in."""
+        first = len(self.flat)
+        for req, k in items:
+            seed = sample_seed(params.seed, params.step, req.group_id, k)
+            self.seeds.append(seed)
+            self.gens.append(torch.Generator().manual_seed(seed))
+            self.prompt_ids.append(list(req.prompt_ids))
+            self.ids.append([])
+            self.logprobs.append([])
+            self.versions.append([])
+            self.flat.append((req, k))  # last: abort() reads the lists up to len(flat)
+        return list(range(first, len(self.flat)))
+
+
+def _mergeable(cache) -> bool:
+    """Whether rows can join this cache: plain per-layer key/value tensors (a sliding-window or
+    quantized cache keeps other state; such a model admits new rows when its batch runs dry)."""
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in cache.layers)
+
+
+def _pad_left(cache, attn: torch.Tensor, width: int) -> torch.Tensor:
+    """Pad every layer's keys and values, and the attention mask, on the left to `width` positions."""
+    extra = width - attn.shape[1]
+    if extra:
+        for layer in cache.layers:
+            layer.keys = torch.nn.functional.pad(layer.keys, (0, 0, extra, 0))
+            layer.values = torch.nn.functional.pad(layer.values, (0, 0, extra, 0))
+    return torch.nn.functional.pad(attn, (extra, 0))
 
 
 class HFEngine:
@@ -83,45 +123,49 @@ class HFEngine:
         the policy version of the weights loaded now (the caller may swap weights inside it)."""
         self._queued = tuple((req, k) for req in requests for k in req.indices())
         try:
-            while self._queued:
-                chunk = [item for item in self._queued[:batch_size] if item[0].group_id not in self._aborted]
-                self._queued = self._queued[batch_size:]
-                if chunk:
-                    yield from self._decode(chunk, params, safe_point)
+            yield from self._decode(params, safe_point, batch_size)
         finally:
             self._batch, self._queued = None, ()
+
+    def _take_queued(self, n: int) -> list[tuple[GenerationRequest, int]]:
+        """Up to n queued samples, in order, those of aborted groups skipped; off the queue."""
+        queued, out, i = self._queued, [], 0
+        while len(out) < n and i < len(queued):
+            if queued[i][0].group_id not in self._aborted:
+                out.append(queued[i])
+            i += 1
+        self._queued = queued[i:]
+        return out
 
     def abort(self, floor: int | None, group_ids: tuple[int, ...] = ()) -> AbortResult:
         """Abort the groups named, and those with a sample in flight whose first token came from a
         version below `floor` (rollout/types.py: doomed): their rows leave the batch at the next
         decode step, their queued samples never start, and none of their rollouts is yielded."""
         b, queued = self._batch, self._queued
-        active = [] if b is None else [(b.flat[seq][0].group_id, seq) for seq in b.active]
+        active = [] if b is None else [(b.flat[seq][0].group_id, seq) for seq in list(b.active)]
         started: dict[int, int] = {}
         for g, seq in active:
             if b.versions[seq]:
                 started[g] = min(started.get(g, b.versions[seq][0]), b.versions[seq][0])
         hit = (doomed(started, floor) | set(group_ids)) & ({g for g, _ in active} | {r.group_id for r, _ in queued})
-        self._aborted = self._aborted | hit
+        self._aborted = self._aborted | hit | set(group_ids)  # named: also in a call not started yet
         mine = [seq for g, seq in active if g in hit]
         return AbortResult(tuple(sorted(hit)), len(mine) + sum(r.group_id in hit for r, _ in queued),
                            sum(len(b.ids[seq]) for seq in mine))
 
-    def _decode(self, flat, params: SamplingParams, safe_point) -> Iterator[list[Rollout]]:
-        # One generator per sample, seeded from (run seed, step, group, sample): a rollout does
-        # not depend on the batch, shard or worker it was generated in.
-        b = _Batch(flat, [list(req.prompt_ids) for req, _ in flat],
-                   [sample_seed(params.seed, params.step, req.group_id, k) for req, k in flat])
-        gens = [torch.Generator().manual_seed(seed) for seed in b.seeds]
-        self._batch = b
+    def _decode(self, params: SamplingParams, safe_point, batch_size: int) -> Iterator[list[Rollout]]:
+        b = self._batch = _Batch()
         version = safe_point()
-        logits, cache, attn, pos = self._prefill(b)
-        for _ in range(params.max_new_tokens):
+        b.active = b.add(self._take_queued(batch_size), params)
+        if not b.active:
+            return
+        logits, cache, attn, pos = self._prefill(b, b.active)
+        while True:
             now = safe_point()
             if now != version:  # new weights: re-encode every in-flight sequence under them
                 version = now
-                logits, cache, attn, pos = self._prefill(b)
-            token, logp = self._sample(logits, params, [gens[seq] for seq in b.active])
+                logits, cache, attn, pos = self._prefill(b, b.active)
+            token, logp = self._sample(logits, params, [b.gens[seq] for seq in b.active])
             finished, keep = [], []
             tokens, logps = token.tolist(), logp.tolist()  # one device-to-host copy per step
             aborted = self._aborted
@@ -137,10 +181,13 @@ class HFEngine:
                     keep.append(row)
             if finished:
                 yield [self._rollout(b, seq) for seq in finished]
-            if not keep:
-                b.active = []
-                return
-            if len(keep) < len(b.active):  # drop finished (and aborted) rows: the tail decodes only what is left
+            if not keep:  # the batch ran dry: start afresh with what is queued, if anything
+                b.active = b.add(self._take_queued(batch_size), params)
+                if not b.active:
+                    return
+                logits, cache, attn, pos = self._prefill(b, b.active)
+                continue
+            if len(keep) < len(b.active):  # drop finished (and aborted) rows
                 index = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(index)
                 attn, pos, token = attn[index], pos[index], token[index]
@@ -150,10 +197,28 @@ class HFEngine:
             out = self.model(input_ids=token[:, None], attention_mask=attn, position_ids=pos[:, None],
                              past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1]
+            room = batch_size - len(b.active)
+            if room and self._queued and _mergeable(cache):  # the freed rows go to the next samples
+                new = b.add(self._take_queued(room), params)
+                if new:
+                    logits, cache, attn, pos = self._admit(b, new, (logits, cache, attn, pos))
 
-    def _prefill(self, b: _Batch):
-        """Left-padded forward over prompt + tokens so far of the active sequences."""
-        rows = [b.prompt_ids[s] + b.ids[s] for s in b.active]
+    def _admit(self, b: _Batch, new: list[int], running: tuple):
+        """Prefill `new` on their own and join them to the running batch: both caches left-padded
+        to one length (padding is masked out, positions are explicit), then stacked."""
+        logits, cache, attn, pos = running
+        n_logits, n_cache, n_attn, n_pos = self._prefill(b, new)
+        width = max(attn.shape[1], n_attn.shape[1])
+        attn, n_attn = _pad_left(cache, attn, width), _pad_left(n_cache, n_attn, width)
+        for layer, joining in zip(cache.layers, n_cache.layers):
+            layer.keys = torch.cat([layer.keys, joining.keys])
+            layer.values = torch.cat([layer.values, joining.values])
+        b.active = b.active + new
+        return torch.cat([logits, n_logits]), cache, torch.cat([attn, n_attn]), torch.cat([pos, n_pos])
+
+    def _prefill(self, b: _Batch, seqs: list[int]):
+        """Left-padded forward over prompt + tokens so far of these sequences."""
+        rows = [b.prompt_ids[s] + b.ids[s] for s in seqs]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attn = torch.zeros((len(rows), width), dtype=torch.long)

@@ -399,16 +399,14 @@ class RolloutPool:
 
     def abort(self, floor: Optional[int], group_ids: tuple[int, ...] = ()) -> AbortResult:
         """Every worker stops the groups named and those whose oldest token is below `floor`;
-        what they stopped, summed (those samples are no longer outstanding). A worker that died
-        is skipped: its streams fail and are recovered without the aborted groups."""
+        what they stopped, summed (their samples stay outstanding until their streams end). A
+        worker that died is skipped: its streams fail and are recovered without the aborted groups."""
         results = []
-        for w, future in enumerate([w.abort.remote(floor, tuple(group_ids)) for w in self.workers]):
+        for future in [w.abort.remote(floor, tuple(group_ids)) for w in self.workers]:
             try:
-                result = ray.get(future)
+                results.append(ray.get(future))
             except ray.exceptions.RayActorError:
                 continue
-            self.arrived(w, result.samples)
-            results.append(result)
         return AbortResult(tuple(sorted({g for r in results for g in r.groups})), sum(r.samples for r in results),
                            sum(r.tokens for r in results))
 

@@ -134,6 +134,7 @@ class VLLMEngine:
         self._inflight: dict[int, dict[str, int]] = {}
         self._first: dict[str, int] = {}
         self._aborted: set[str] = set()
+        self._aborted_groups: set[int] = set()  # named by the controller: none of their requests starts
         self._loop_version = self.version  # the weights' version as the loop thread sees it
         # model.lora: each update is an adapter on disk, and a request is served by the adapter of
         # the version current when it entered vLLM (whole, to its end): (LoRARequest, version).
@@ -244,6 +245,8 @@ class VLLMEngine:
         seed = sample_seed(params.seed, params.step, req.group_id, k)
         request_id = f"g{req.group_id}-s{k}-{next(self._ids)}"
         prompt_ids = list(req.prompt_ids)
+        if req.group_id in self._aborted_groups:  # aborted before its call reached the engine
+            return None
         inflight = self._inflight.setdefault(req.group_id, {})
         inflight[request_id] = 0  # queued: an abort finds it before it is submitted
         final = None
@@ -302,6 +305,7 @@ class VLLMEngine:
                 if rid in self._first:
                     started[g] = min(started.get(g, self._first[rid]), self._first[rid])
         hit = sorted((doomed(started, floor) | set(group_ids)) & set(self._inflight))
+        self._aborted_groups.update(hit, group_ids)
         ids = [rid for g in hit for rid in self._inflight[g]]
         tokens = sum(self._inflight[g][rid] for g in hit for rid in self._inflight[g])
         self._aborted.update(ids)

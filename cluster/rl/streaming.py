@@ -54,6 +54,7 @@ class Streaming:
         self.last_rollout_at = 0.0  # perf_counter of the latest rollout to arrive
         self.generated_tokens = 0  # response tokens generated, arrived or aborted (goodput's denominator)
         self.aborted: set[int] = set()  # groups aborted while generating
+        self.received: dict[Shard, int] = {}  # samples each stream has delivered (its outstanding work)
 
     def start(self, steps_done: int) -> None:
         """Dispatch every step the staleness budget allows, and replacements owed."""
@@ -116,16 +117,18 @@ class Streaming:
             rollouts: list[Rollout] = ray.get(next(shard.stream))  # a failed generation call raises here
         except StopIteration:
             self.streams.remove(shard)
-            missing = sum(k not in self._arrived(req.group_id) for req in shard.requests for k in req.indices())
-            self.lost += missing
+            self.lost += sum(k not in self._arrived(req.group_id) for req in shard.requests for k in req.indices())
+            rest = sum(len(req.indices()) for req in shard.requests) - self.received.pop(shard, 0)
             if shard.handle is self.rollout.workers[shard.worker]:
-                self.rollout.arrived(shard.worker, missing)  # they will not come: no longer outstanding
+                self.rollout.arrived(shard.worker, rest)  # lost or aborted: no longer outstanding
             return
         except ray.exceptions.RayActorError as err:  # its worker died: replaced, the rest generated again
             self.streams.remove(shard)
+            self.received.pop(shard, None)
             self.streams += self.rollout.recover(shard, self._arrived, f"{type(err).__name__} while generating")
             return
         self.last_rollout_at = time.perf_counter()
+        self.received[shard] = self.received.get(shard, 0) + len(rollouts)
         if shard.handle is self.rollout.workers[shard.worker]:  # a replaced worker's count was reset
             self.rollout.arrived(shard.worker, len(rollouts))
         for r in rollouts:

@@ -69,7 +69,9 @@ def test_the_floor_aborts_groups_started_below_it_not_those_queued_or_held_out(e
     assert min(got[(-1, 0)].versions) == 0  # a held-out prompt is never doomed
 
 
-def test_an_abort_between_calls_stops_nothing(engine):
+def test_a_group_named_before_its_call_starts_never_starts(engine):
+    """The controller may abort a group whose call still waits in the worker's queue: nothing of
+    it is here yet (so nothing is reported), and when the call comes, its samples are skipped."""
     assert engine.abort(5, (3,)) == AbortResult((), 0, 0)
-    got, _ = run(engine, requests([3]), batch_size=4)
-    assert sorted(got) == [(3, 0), (3, 1)]  # a later call's group of the same id is not affected
+    got, _ = run(engine, requests([3, 8]), batch_size=4)
+    assert sorted(got) == [(8, 0), (8, 1)]
