@@ -104,15 +104,20 @@ class Streaming:
             raise RuntimeError("controller stalled: no generation or reward work in flight and no batch ready "
                                f"({len(self.scheduler.ready)} groups ready, {self.scheduler.in_flight()} expected)")
         ready, _ = ray.wait(waitables, num_returns=1, timeout=WAIT_S) if waitables else ([], [])
+        if ready:  # and everything else that is ready by now, without waiting for more
+            ready, _ = ray.wait(waitables, num_returns=len(waitables), timeout=0)
         for shard in [s for s in self.streams if s.stream in ready]:
-            self._drain(shard)
+            # Every part a stream holds: a backlog would make its rollouts older than they are.
+            while self._drain(shard) and ray.wait([shard.stream], timeout=0)[0]:
+                pass
         self.reward.pump(0.0)
         for ticket in [t for t in self.tickets if self.reward.ready(t)]:
             rollouts = self.tickets.pop(ticket)
             for rollout, reward in zip(rollouts, self.reward.collect(ticket), strict=True):
                 self.scheduler.scored(rollout, reward)
 
-    def _drain(self, shard: Shard) -> None:
+    def _drain(self, shard: Shard) -> bool:
+        """Take one part of a stream; False once the stream has ended (or its worker died)."""
         try:
             rollouts: list[Rollout] = ray.get(next(shard.stream))  # a failed generation call raises here
         except StopIteration:
@@ -121,12 +126,12 @@ class Streaming:
             rest = sum(len(req.indices()) for req in shard.requests) - self.received.pop(shard, 0)
             if shard.handle is self.rollout.workers[shard.worker]:
                 self.rollout.arrived(shard.worker, rest)  # lost or aborted: no longer outstanding
-            return
+            return False
         except ray.exceptions.RayActorError as err:  # its worker died: replaced, the rest generated again
             self.streams.remove(shard)
             self.received.pop(shard, None)
             self.streams += self.rollout.recover(shard, self._arrived, f"{type(err).__name__} while generating")
-            return
+            return False
         self.last_rollout_at = time.perf_counter()
         self.received[shard] = self.received.get(shard, 0) + len(rollouts)
         if shard.handle is self.rollout.workers[shard.worker]:  # a replaced worker's count was reset
@@ -147,6 +152,7 @@ class Streaming:
                 self.complete.add(r.group_id)
                 group = [members[k] for k in sorted(members)]
                 self.tickets[self.reward.submit(group)] = group
+        return True
 
     def _arrived(self, group_id: int) -> set[int]:
         """The sample indices of this group that have arrived (an aborted group's: all it needs)."""
