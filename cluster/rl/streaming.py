@@ -32,7 +32,7 @@ from cluster.rl.gate import Group
 from cluster.rl.scheduler import Scheduler
 from reward.pool import RewardPool
 from rollout.pool import RolloutPool, Shard
-from rollout.types import GenerationRequest, Rollout, SamplingParams
+from rollout.types import AbortResult, GenerationRequest, Rollout, SamplingParams
 
 WAIT_S = 1.0  # the longest single wait: reward deadlines are checked at least this often
 
@@ -90,7 +90,8 @@ class Streaming:
         floor = version - self.scheduler.k
         known = tuple(g for g, members in self.generated.items()
                       if min(r.min_version for r in members.values()) < floor)
-        result = self.rollout.abort(floor, known)
+        # No call in flight (the synchronous order, between steps): nothing to stop on the engines.
+        result = self.rollout.abort(floor, known) if self.streams else AbortResult((), 0, 0)
         self.generated_tokens += result.tokens
         for g in sorted((set(result.groups) | set(known)) - self.complete - self.aborted):
             members = self.generated.pop(g, {})

