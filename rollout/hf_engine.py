@@ -149,9 +149,7 @@ class HFEngine:
                 started[g] = min(started.get(g, b.versions[seq][0]), b.versions[seq][0])
         hit = (doomed(started, floor) | set(group_ids)) & ({g for g, _ in active} | {r.group_id for r, _ in queued})
         self._aborted = self._aborted | hit | set(group_ids)  # named: also in a call not started yet
-        mine = [seq for g, seq in active if g in hit]
-        return AbortResult(tuple(sorted(hit)), len(mine) + sum(r.group_id in hit for r, _ in queued),
-                           sum(len(b.ids[seq]) for seq in mine))
+        return AbortResult(tuple(sorted(hit)), sum(len(b.ids[seq]) for g, seq in active if g in hit))
 
     def _decode(self, params: SamplingParams, safe_point, batch_size: int) -> Iterator[list[Rollout]]:
         b = self._batch = _Batch()

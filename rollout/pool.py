@@ -399,7 +399,7 @@ class RolloutPool:
 
     def abort(self, floor: Optional[int], group_ids: tuple[int, ...] = ()) -> AbortResult:
         """Every worker stops the groups named and those whose oldest token is below `floor`;
-        what they stopped, summed (their samples stay outstanding until their streams end). A
+        what they stopped, together (their samples stay outstanding until their streams end). A
         worker that died is skipped: its streams fail and are recovered without the aborted groups."""
         results = []
         for future in [w.abort.remote(floor, tuple(group_ids)) for w in self.workers]:
@@ -407,8 +407,7 @@ class RolloutPool:
                 results.append(ray.get(future))
             except ray.exceptions.RayActorError:
                 continue
-        return AbortResult(tuple(sorted({g for r in results for g in r.groups})), sum(r.samples for r in results),
-                           sum(r.tokens for r in results))
+        return AbortResult(tuple(sorted({g for r in results for g in r.groups})), sum(r.tokens for r in results))
 
     def set_layout(self, layout: Layout) -> None:
         self.layout = layout  # the buckets updates travel in, for the sender's side too

@@ -80,8 +80,7 @@ class AbortResult:
     """What one engine's abort() stopped: groups that can no longer be trained (their oldest
     token is below the staleness floor, or the controller named them) and their work so far."""
 
-    groups: tuple[int, ...]  # group ids with samples in flight here, now aborted
-    samples: int  # their samples that were in flight (or queued) here
+    groups: tuple[int, ...]  # group ids with samples in flight or queued here, now aborted
     tokens: int  # response tokens those samples had generated: wasted
 
 

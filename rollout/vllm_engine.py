@@ -130,11 +130,11 @@ class VLLMEngine:
         self.version = self.options.weight_version
         self._ids = itertools.count()
         # Touched on the loop thread only: group_id -> {request id: tokens so far} (queued ones: 0),
-        # request id -> the version of its first token, and the request ids aborted.
+        # request id -> the version of its first token, and the groups aborted (none of their
+        # requests starts, and one that finishes as the abort lands is dropped all the same).
         self._inflight: dict[int, dict[str, int]] = {}
         self._first: dict[str, int] = {}
-        self._aborted: set[str] = set()
-        self._aborted_groups: set[int] = set()  # named by the controller: none of their requests starts
+        self._aborted: set[int] = set()
         self._loop_version = self.version  # the weights' version as the loop thread sees it
         # model.lora: each update is an adapter on disk, and a request is served by the adapter of
         # the version current when it entered vLLM (whole, to its end): (LoRARequest, version).
@@ -245,15 +245,14 @@ class VLLMEngine:
         seed = sample_seed(params.seed, params.step, req.group_id, k)
         request_id = f"g{req.group_id}-s{k}-{next(self._ids)}"
         prompt_ids = list(req.prompt_ids)
-        if req.group_id in self._aborted_groups:  # aborted before its call reached the engine
+        if req.group_id in self._aborted:  # aborted before its call reached the engine
             return None
         inflight = self._inflight.setdefault(req.group_id, {})
         inflight[request_id] = 0  # queued: an abort finds it before it is submitted
         final = None
         try:
             async with gate:
-                if request_id in self._aborted:
-                    self._aborted.discard(request_id)
+                if req.group_id in self._aborted:
                     return None
                 lora, lora_version = self._lora  # the adapter current now serves this request to its end
                 async for out in self.llm.generate({"prompt_token_ids": prompt_ids},
@@ -268,8 +267,7 @@ class VLLMEngine:
                 del self._inflight[req.group_id]
             self._first.pop(request_id, None)
         # An abort that raced the request's admission lets it run on; it is dropped all the same.
-        if final is None or final.outputs[0].finish_reason not in ("stop", "length") or request_id in self._aborted:
-            self._aborted.discard(request_id)
+        if final is None or final.outputs[0].finish_reason not in ("stop", "length") or req.group_id in self._aborted:
             return None
         done = final.outputs[0]
         ids = list(done.token_ids)
@@ -305,13 +303,12 @@ class VLLMEngine:
                 if rid in self._first:
                     started[g] = min(started.get(g, self._first[rid]), self._first[rid])
         hit = sorted((doomed(started, floor) | set(group_ids)) & set(self._inflight))
-        self._aborted_groups.update(hit, group_ids)
+        self._aborted.update(hit, group_ids)
         ids = [rid for g in hit for rid in self._inflight[g]]
         tokens = sum(self._inflight[g][rid] for g in hit for rid in self._inflight[g])
-        self._aborted.update(ids)
         if ids:
             await self.llm.abort(ids)
-        return AbortResult(tuple(hit), len(ids), tokens)
+        return AbortResult(tuple(hit), tokens)
 
     def in_flight(self) -> dict[int, list[int]]:
         """group_id -> tokens generated so far by each of its samples in flight."""

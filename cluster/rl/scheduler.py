@@ -192,7 +192,7 @@ class Scheduler:
             self.ready = [g for g in self.ready if not self._drop_if_stale(g)]
         if len(self.ready) < self.per_step:
             return None
-        self.ready.sort(key=lambda g: (self._oldest(g), g.group_id))
+        self.ready.sort(key=lambda g: (self._judged(g), g.group_id))
         picked, self.ready = self.ready[: self.per_step], self.ready[self.per_step :]
         groups = self.gate.admit([r for g in picked for r in g.rollouts], [r for g in picked for r in g.rewards],
                                  version)
@@ -212,7 +212,7 @@ class Scheduler:
     def _drop_if_stale(self, group: Group) -> bool:
         """A group older than k versions goes through the gate (which drops and counts
         it) and is replaced by a new prompt."""
-        if self._version - self._oldest(group) <= self.k:
+        if self._version - self._judged(group) <= self.k:
             return False
         self.gate.admit(list(group.rollouts), list(group.rewards), self._version)
         self._end(group.group_id, Outcome.STALE, group)
@@ -276,7 +276,7 @@ class Scheduler:
         """Groups dispatched and not yet complete."""
         return len(self._assembling)
 
-    def _oldest(self, group: Group) -> int:
-        """The group's oldest version under the staleness rule (cluster/rl/gate.py): what it is
-        judged and ordered by."""
+    def _judged(self, group: Group) -> int:
+        """The group's version under the staleness rule (cluster/rl/gate.py: its oldest or its
+        newest token): what it is judged and ordered by."""
         return self.gate.version(group.rollouts)

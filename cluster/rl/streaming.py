@@ -91,7 +91,7 @@ class Streaming:
         known = tuple(g for g, members in self.generated.items()
                       if min(r.min_version for r in members.values()) < floor)
         # No call in flight (the synchronous order, between steps): nothing to stop on the engines.
-        result = self.rollout.abort(floor, known) if self.streams else AbortResult((), 0, 0)
+        result = self.rollout.abort(floor, known) if self.streams else AbortResult((), 0)
         self.generated_tokens += result.tokens
         for g in sorted((set(result.groups) | set(known)) - self.complete - self.aborted):
             members = self.generated.pop(g, {})

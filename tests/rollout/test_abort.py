@@ -51,7 +51,7 @@ def test_an_aborted_group_leaves_the_batch_and_the_queue_the_rest_unchanged(engi
     got, result = run(engine, reqs, batch_size=4, at_call=at_call, action=lambda e: e.abort(None, (1, 4)))
     live = [k for k in range(2) if len(full[(1, k)].response_ids) > 2]  # group 1's rows still decoding
     assert live  # the abort reaches rows mid-decode
-    assert result == AbortResult((1, 4), len(live) + 2, 2 * len(live))
+    assert result == AbortResult((1, 4), 2 * len(live))
     assert sorted(got) == sorted(key for key in full if key[0] not in (1, 4))
     for key, r in got.items():  # the batch lost rows, the survivors' samples did not change
         assert r.response_ids == full[key].response_ids
@@ -72,6 +72,6 @@ def test_the_floor_aborts_groups_started_below_it_not_those_queued_or_held_out(e
 def test_a_group_named_before_its_call_starts_never_starts(engine):
     """The controller may abort a group whose call still waits in the worker's queue: nothing of
     it is here yet (so nothing is reported), and when the call comes, its samples are skipped."""
-    assert engine.abort(5, (3,)) == AbortResult((), 0, 0)
+    assert engine.abort(5, (3,)) == AbortResult((), 0)
     got, _ = run(engine, requests([3, 8]), batch_size=4)
     assert sorted(got) == [(8, 0), (8, 1)]
