@@ -51,7 +51,7 @@ class Controller:
                                   cfg.controller.staleness_rule)
         a, c = cfg.algorithm, cfg.controller
         self.scheduler = Scheduler(c.steps, c.prompts_per_step, a.group_size, c.max_staleness, self.gate,
-                                   a.dynamic_sampling, a.dynamic_sampling_limit)
+                                   a.dynamic_sampling, a.dynamic_sampling_limit, c.lookahead)
         self.streaming = Streaming(self.scheduler, roles.rollout, roles.reward, a.group_size, self._requests,
                                    lambda step: self._sampling(cfg.rollout.temperature, step))
         self.experience = make_experience(cfg, roles.learners, roles.critic)
@@ -122,7 +122,10 @@ class Controller:
         times = (gen, t1 - t0 - gen, t2 - t1 - switch, t3 - t2, switch + handover)
         row = self._step_row(step, groups, train_metrics, times) | self.timeslice.take_row()
         row |= self._goodput_row(groups, policy_moved, sum(times))
-        return row | {"staleness_mean": float(np.mean(staleness)), "staleness_max": int(max(staleness))}
+        row |= {"staleness_mean": float(np.mean(staleness)), "staleness_max": int(max(staleness)),
+                "lookahead": self.scheduler.lookahead.depth}  # the depth generation started at this step
+        self.scheduler.observe_step(sum(times))
+        return row
 
     def train(self, groups: list[Group], step: int) -> tuple[dict, bool]:
         """Critic and policy updates on this step's groups; False when the policy did not move."""
@@ -289,6 +292,7 @@ class Controller:
             "eval": {"initial_accuracy": initial, "final_accuracy": final, "num_prompts": len(self.evals)},
             "staleness": self.gate.summary(),
             "scheduling": {"max_staleness": self.cfg.controller.max_staleness,
+                           "lookahead": {"mode": self.cfg.controller.lookahead, **self.scheduler.lookahead.state()},
                            "in_flight_mode": self.cfg.rollout.in_flight,
                            "dynamic_sampling_filtered_groups": self.scheduler.filtered,
                            "stale_groups_replaced": self.scheduler.stale_groups,

@@ -5,11 +5,16 @@ are scored (streaming), dynamic sampling, and which groups train next. The contr
 (cluster/rl/controller.py) drives it with real actors; cluster/rl/simulate.py drives the same
 object with latency models, so the simulation schedules exactly as a real run does.
 
-Step j's generation may start once j - 1 - k steps are done (k = max_staleness); with k = 0
-that is the synchronous order. A step moves the policy version by at most one (a critic
-warm-up step or an online-DPO step without pairs moves it by none), so data started then is
-at most k versions old when step j trains. The gate still checks every sample at admission
-(a group can wait long enough to go stale; it is then dropped, counted, and replaced).
+Step j's generation may start once j - 1 - L steps are done, L (the lookahead) at most k =
+max_staleness; with k = 0 that is the synchronous order. A step moves the policy version by at
+most one (a critic warm-up step or an online-DPO step without pairs moves it by none), so data
+started then is at most L <= k versions old when step j trains. The gate still checks every
+sample at admission (a group can wait long enough to go stale; it is then dropped, counted,
+and replaced).
+
+How far ahead generation starts, L, is the lookahead (cluster/rl/lookahead.py): `eager` keeps
+L = k; `adaptive` measures step times (passed in by the caller: `observe_step`) and keeps the
+smallest L that is as fast as the fastest, so samples are no older than speed requires.
 
 The ledger: every group id is issued once (`expect`) and ends once, with the outcome decided
 where the scheduler decides it: trained (`take`), filtered:tied (dynamic sampling, `scored`),
@@ -28,8 +33,11 @@ from enum import Enum
 from typing import Optional
 
 from cluster.rl.gate import StalenessGate, Group
+from cluster.rl.lookahead import Lookahead
 from reward.types import RewardResult
 from rollout.types import Rollout
+
+
 
 
 class DynamicSamplingError(RuntimeError):
@@ -67,7 +75,8 @@ class _Assembly:
 
 class Scheduler:
     def __init__(self, steps: int, prompts_per_step: int, group_size: int, max_staleness: int,
-                 gate: StalenessGate, dynamic_sampling: bool = False, resample_limit: int = 8):
+                 gate: StalenessGate, dynamic_sampling: bool = False, resample_limit: int = 8,
+                 lookahead: str = "adaptive"):
         if (gate.max_staleness, gate.group_size) != (max_staleness, group_size):
             raise ValueError(f"the gate checks max_staleness {gate.max_staleness} and group size {gate.group_size}; "
                              f"the scheduler was given {max_staleness} and {group_size}")
@@ -77,6 +86,7 @@ class Scheduler:
         self.dynamic_sampling = dynamic_sampling
         self.resample_limit = resample_limit  # filtered groups allowed per step, in batches
         self.started_steps = 0  # steps whose P groups were dispatched
+        self.lookahead = Lookahead(max_staleness, lookahead)  # L: how many steps ahead generation starts
         self.ledger: dict[int, Outcome] = {}  # group id -> how it ended
         self._counts: Counter[Outcome] = Counter()
         self._open: set[int] = set()  # issued, not ended: assembling or ready
@@ -107,9 +117,13 @@ class Scheduler:
 
     # ---- what to generate ----
 
+    def observe_step(self, seconds: float) -> None:
+        """A step's wall time, for the adaptive lookahead (the caller's clock, real or simulated)."""
+        self.lookahead.observe(seconds)
+
     def steps_to_start(self, steps_done: int) -> list[int]:
         """Steps whose generation may start now (each: P new groups)."""
-        last = min(self.steps, steps_done + 1 + self.k)
+        last = min(self.steps, steps_done + 1 + self.lookahead.depth)
         start = list(range(self.started_steps + 1, last + 1))
         self.started_steps = max(self.started_steps, last)
         return start
@@ -256,7 +270,7 @@ class Scheduler:
         """The bookkeeping at a step boundary (JSON-able). Open groups are listed by id only:
         their samples are not kept, so a restored scheduler ends them as dropped:interrupted and
         owes their replacements (new group ids: no sample is trained twice)."""
-        return {"started_steps": self.started_steps, "version": self._version,
+        return {"started_steps": self.started_steps, "version": self._version, "lookahead": self.lookahead.state(),
                 "filtered_this_step": self._filtered_this_step, "open": sorted(self._open),
                 "ledger": {str(gid): outcome.value for gid, outcome in self.ledger.items()},
                 "tokens": dict(self.tokens)}
@@ -265,6 +279,8 @@ class Scheduler:
         if self.ledger or self._open:
             raise LedgerError("restore() on a scheduler that has issued groups already")
         self.started_steps = state["started_steps"]
+        if "lookahead" in state:  # checkpoints written before the lookahead existed start it afresh
+            self.lookahead.restore(state["lookahead"])
         self._version, self._filtered_this_step = state["version"], state["filtered_this_step"]
         self.ledger = {int(gid): Outcome(value) for gid, value in state["ledger"].items()}
         for gid in state["open"]:

@@ -206,6 +206,7 @@ class SimSpec:
     dispatch: Literal["least_loaded", "pool"] = "least_loaded"  # "pool": RolloutPool's split (module doc)
     staleness_rule: Literal["oldest", "newest"] = "oldest"  # cluster/rl/gate.py
     abort_doomed: bool = True  # controller.abort_doomed
+    lookahead: Literal["adaptive", "eager"] = "adaptive"  # controller.lookahead
     warmup_steps: int = 0  # run before the measured window (the pipeline fills)
     drain: bool = True  # False: generation goes on past the window, as in the middle of a long run
     # Length-matched baseline: per step (warm-up first), the group draws another run trained
@@ -478,7 +479,7 @@ class Simulation:
         # draw on later steps' groups as they would in the middle of a long run.
         planned = total if spec.drain else total + spec.max_staleness + 1
         self.scheduler = Scheduler(planned, spec.prompts_per_step, spec.group_size, spec.max_staleness, self.gate,
-                                   spec.dynamic_sampling)
+                                   spec.dynamic_sampling, lookahead=spec.lookahead)
         self.draws = _Draws(spec.model, spec.group_size, spec.seed)
         m = spec.model
         full = m.max_seqs / (m.step_fixed_s + m.step_per_seq_s * m.max_seqs)
@@ -499,6 +500,7 @@ class Simulation:
 
     def run(self) -> SimResult:
         spec = self.spec
+        step_start = self.now
         for step in range(1, spec.warmup_steps + spec.steps + 1):
             if step == spec.warmup_steps + 1:
                 self.stats.open_window(self)
@@ -509,6 +511,8 @@ class Simulation:
             self._train(groups)
             self._sync()
             self._abort_doomed()
+            self.scheduler.observe_step(self.now - step_start)  # as the controller does, in simulated seconds
+            step_start = self.now
             if step > spec.warmup_steps:
                 self.stats.step_end.append(self.now)
         return self.stats.result(self)
@@ -739,7 +743,7 @@ class _Stats:
         ends = [self.start] + self.step_end
         hist0, dropped0, stale0 = self.gate_start
         histogram = sim.gate.histogram - hist0
-        staleness = {"max_allowed": spec.max_staleness, "rule": spec.staleness_rule,
+        staleness = {"max_allowed": spec.max_staleness, "rule": spec.staleness_rule, "lookahead": spec.lookahead,
                      "max_seen": max(histogram, default=0), "oldest_seen": sim.gate.oldest_seen,
                      "dropped": sim.gate.dropped - dropped0,
                      "histogram": {str(k): v for k, v in sorted(histogram.items())}}

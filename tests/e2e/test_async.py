@@ -65,10 +65,11 @@ def test_k0_reproduces_the_synchronous_loop_bitwise(ray_session, tmp_path):
 
 def test_staleness_bound_holds_under_a_slow_learner(ray_session, tmp_path):
     # Four optimizer steps per batch make the learners the bottleneck: generation runs ahead
-    # as far as the budget allows, and no further.
+    # as far as the budget allows (eager lookahead), and no further.
     k, steps = 1, 5
     summary = run(config(tmp_path, f"controller.steps={steps}", f"controller.max_staleness={k}",
-                         "trainer.updates_per_batch=4", "algorithm.loss=decoupled_ppo"), log=lambda *_: None).record
+                         "controller.lookahead=eager", "trainer.updates_per_batch=4", "algorithm.loss=decoupled_ppo"),
+                  log=lambda *_: None).record
     s = summary["staleness"]
     assert s["max_seen"] == k and s["max_allowed"] == k  # the bound is reached, never passed
     assert set(s["histogram"]) == {"0", "1"} and sum(s["histogram"].values()) == steps * 32
@@ -90,7 +91,8 @@ def test_staleness_bound_holds_under_a_slow_learner(ray_session, tmp_path):
 def test_staleness_bound_holds_under_a_slow_long_tailed_reward_worker(ray_session, tmp_path):
     k, steps = 2, 6
     summary = run(config(tmp_path, f"controller.steps={steps}", f"controller.max_staleness={k}",
-                         "reward.num_workers=1", "reward.batch_size=4", "algorithm.loss=tis", *STALLS),
+                         "controller.lookahead=eager", "reward.num_workers=1", "reward.batch_size=4",
+                         "algorithm.loss=tis", *STALLS),
                   log=lambda *_: None).record
     s = summary["staleness"]
     # Steps 1..k+1 are dispatched at version 0 and the oldest data trains first, so step k+1
@@ -110,6 +112,9 @@ def test_dynamic_sampling_replaces_tied_groups(ray_session, tmp_path):
     assert summary["samples"] == steps * 32  # every step still trained on 8 full groups
     got = rows(tmp_path)
     assert got[-1]["filtered_groups"] == filtered and all(r["reward_std"] > 0 for r in got)
+    # The adaptive lookahead (the default) saw every step's time; it starts at k.
+    look = summary["scheduling"]["lookahead"]
+    assert look["mode"] == "adaptive" and look["steps"] == steps and [r["lookahead"] for r in got] == [1] * steps
     # Goodput: the trained tokens are the trained samples' (32 a step), the filtered groups' tokens
     # were generated and thrown away, and the per-step rows add up to the run's totals.
     g = summary["goodput"]

@@ -274,3 +274,42 @@ def test_an_aborted_group_ends_once_is_replaced_and_its_tokens_are_wasted():
     assert s.close() == {"issued": 2, "open": 0, "trained": 0, "filtered:tied": 0, "dropped:stale": 0,
                          "dropped:aborted": 1, "dropped:incomplete": 0, "dropped:unused": 1,
                          "dropped:interrupted": 0}
+
+
+
+def drive(s, steps, step_s):
+    """A controller loop over `steps` steps (step j trains version j - 1) where generation always
+    finishes before the learner asks; `step_s(depth)` is the wall time of a step run at that
+    lookahead. Returns each trained sample's staleness and the lookahead at each step."""
+    gid, staleness, depths = 0, [], []
+    for step in range(1, steps + 1):
+        version = step - 1
+        for _ in range(len(s.steps_to_start(version)) * s.per_step):
+            gid += 1
+            s.expect(gid)
+            score(s, gid, [version], [1.0, 0.0])
+        groups = s.take(version)
+        staleness += [version - r.min_version for g in groups for r in g.rollouts]
+        depths.append(s.lookahead.depth)
+        s.observe_step(step_s(s.lookahead.depth))
+    return staleness, depths
+
+
+def test_the_adaptive_lookahead_trains_fresh_data_when_looking_ahead_buys_no_speed():
+    """k = 2, every depth equally fast (generation and learners share the cores): eager trains
+    every sample 2 versions old; adaptive steps down to the synchronous order (depth 0) and then
+    trains fresh data except while it re-measures depth 1 (one window every EXPIRE steps)."""
+    eager, _ = drive(scheduler(2, steps=300, lookahead="eager"), 300, lambda depth: 1.0)
+    adaptive, depths = drive(scheduler(2, steps=300), 300, lambda depth: 1.0)
+    assert set(eager[3 * 4:]) == {2}  # 2 groups x 2 samples a step, after the pipeline filled
+    assert depths[0] == 2 and depths[-1] == 0
+    fresh = sum(x == 0 for x in adaptive) / len(adaptive)
+    assert fresh > 0.8  # measured 0.87: the descent (20 steps), then 10 steps at depth 1 every 100
+    assert max(adaptive) == 2 and len(adaptive) == len(eager) == 300 * 4
+
+
+def test_the_adaptive_lookahead_keeps_k_where_it_is_faster():
+    """Step time falls with depth (generation hides behind training): adaptive stays at k except
+    one measuring window at k - 1 every EXPIRE steps."""
+    _, depths = drive(scheduler(2, steps=300), 300, lambda depth: 1.0 + 0.5 * (2 - depth))
+    assert sum(d == 2 for d in depths) / len(depths) > 0.85 and min(depths) == 1  # measured 0.90

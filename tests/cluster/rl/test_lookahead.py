@@ -1,0 +1,53 @@
+"""The adaptive lookahead (cluster/rl/lookahead.py): the smallest depth as fast as the fastest,
+measured from step times, re-measured as the run's balance changes."""
+
+import json
+import random
+
+import pytest
+
+from cluster.rl.lookahead import EXPIRE, WINDOW, Lookahead
+
+
+def run(look, steps, step_s, seed=0):
+    """Feed `steps` step times (step_s(depth, step) with +-3% noise); the depth at each step."""
+    rng, depths = random.Random(seed), []
+    for step in range(steps):
+        depths.append(look.depth)
+        look.observe(step_s(look.depth, step) * rng.uniform(0.97, 1.03))
+    return depths
+
+
+def test_it_steps_down_to_synchronous_when_depth_buys_nothing_despite_noise():
+    look = Lookahead(3, "adaptive")
+    depths = run(look, 200, lambda depth, step: 1.0)
+    # k = 3: each depth settles 3 steps and is measured over WINDOW before the next one down.
+    assert depths[: 3 * (3 + WINDOW)].count(0) == 0 and depths[-1] == 0 and look.chosen == 0
+    assert depths[3 * (3 + WINDOW):EXPIRE].count(0) == EXPIRE - 3 * (3 + WINDOW)
+
+
+def test_it_stops_where_one_step_less_is_slower_and_follows_a_change_of_balance():
+    """Depth 1 is as fast as 2, depth 0 is 40% slower: it settles at 1. Later generation slows
+    (only depth 2 hides it): the next measurements move it back up to 2."""
+    look = Lookahead(2, "adaptive")
+    before = run(look, 150, lambda depth, step: 1.4 if depth == 0 else 1.0)
+    # 2 (10 steps), 1 (10), 0 (10, slower), back to 1 until the figures expire; then 2 and 0 again.
+    assert before[30:EXPIRE + 10] == [1] * (EXPIRE - 20) and look.chosen == 1
+    after = run(look, 300, lambda depth, step: {0: 2.0, 1: 1.5, 2: 1.0}[depth], seed=1)
+    assert 2 in after[:20] and look.chosen == 2 and after[-50:] == [2] * 50
+
+
+def test_eager_and_k0_never_move():
+    eager, sync = Lookahead(2, "eager"), Lookahead(0, "adaptive")
+    assert set(run(eager, 100, lambda depth, step: 1.0 + depth)) == {2}
+    assert set(run(sync, 100, lambda depth, step: 1.0)) == {0}
+
+
+def test_it_survives_a_checkpoint_and_an_unknown_mode_is_refused():
+    look = Lookahead(2, "adaptive")
+    run(look, 40, lambda depth, step: 1.0)
+    again = Lookahead(2, "adaptive")
+    again.restore(json.loads(json.dumps(look.state())))
+    assert (again.depth, again.chosen, again.steps, again.medians) == (look.depth, look.chosen, look.steps, look.medians)
+    with pytest.raises(ValueError, match=r"controller.lookahead 'lazy' is not valid \(valid: adaptive, eager\)"):
+        Lookahead(2, "lazy")
