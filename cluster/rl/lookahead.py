@@ -24,9 +24,9 @@ from __future__ import annotations
 import statistics
 
 MODES = ("adaptive", "eager")
-WINDOW = 8  # steps per measurement (a median: one slow step, say a checkpoint, does not move it)
+WINDOW = 16  # steps per measurement (a median: one slow step, say a checkpoint, does not move it)
 TOLERANCE = 0.05  # a smaller depth is chosen while its median step is at most 5% slower
-EXPIRE = 100  # steps after which a depth's measurement is taken again
+EXPIRE = 200  # steps after which a depth's measurement is taken again
 
 
 class Lookahead:

@@ -299,17 +299,17 @@ def test_the_adaptive_lookahead_trains_fresh_data_when_looking_ahead_buys_no_spe
     """k = 2, every depth equally fast (generation and learners share the cores): eager trains
     every sample 2 versions old; adaptive steps down to the synchronous order (depth 0) and then
     trains fresh data except while it re-measures depth 1 (one window every EXPIRE steps)."""
-    eager, _ = drive(scheduler(2, steps=300, lookahead="eager"), 300, lambda depth: 1.0)
-    adaptive, depths = drive(scheduler(2, steps=300), 300, lambda depth: 1.0)
+    eager, _ = drive(scheduler(2, steps=400, lookahead="eager"), 400, lambda depth: 1.0)
+    adaptive, depths = drive(scheduler(2, steps=400), 400, lambda depth: 1.0)
     assert set(eager[3 * 4:]) == {2}  # 2 groups x 2 samples a step, after the pipeline filled
     assert depths[0] == 2 and depths[-1] == 0
     fresh = sum(x == 0 for x in adaptive) / len(adaptive)
-    assert fresh > 0.8  # measured 0.87: the descent (20 steps), then 10 steps at depth 1 every 100
-    assert max(adaptive) == 2 and len(adaptive) == len(eager) == 300 * 4
+    assert fresh > 0.8  # measured 0.86: the descent (36 steps), then 18 steps at depth 1 every 200
+    assert max(adaptive) == 2 and len(adaptive) == len(eager) == 400 * 4
 
 
 def test_the_adaptive_lookahead_keeps_k_where_it_is_faster():
     """Step time falls with depth (generation hides behind training): adaptive stays at k except
     one measuring window at k - 1 every EXPIRE steps."""
-    _, depths = drive(scheduler(2, steps=300), 300, lambda depth: 1.0 + 0.5 * (2 - depth))
-    assert sum(d == 2 for d in depths) / len(depths) > 0.85 and min(depths) == 1  # measured 0.90
+    _, depths = drive(scheduler(2, steps=400), 400, lambda depth: 1.0 + 0.5 * (2 - depth))
+    assert sum(d == 2 for d in depths) / len(depths) > 0.85 and min(depths) == 1  # measured 0.91

@@ -219,3 +219,17 @@ def test_spec_rejects_impossible_placements():
         SimSpec(8, "colocated", 8, 1, 2, 32, 8)
     with pytest.raises(ValueError, match="gen_gpus"):
         SimSpec(8, "disaggregated", 8, 1, 2, 32, 8)
+
+
+def test_the_adaptive_lookahead_trains_fresher_data_at_the_same_speed_where_the_learner_is_the_bottleneck():
+    """14 engines, 2 learners, short responses: generation outruns training. Eager k = 2 trains
+    every sample 2 versions old; adaptive measures depths 2, 1 and 0 (one window each: the
+    synchronous order is 16% slower, generation no longer hides behind training) and settles at
+    1: past its descent it trains every sample 1 version old at exactly eager's step time (the
+    simulation feeds it simulated step times, as the controller feeds it real ones)."""
+    m = replace(CONSTANT, uniform_low=100, uniform_high=100)
+    eager, adaptive = (simulate(spec(16, gen=14, k=2, steps=60, model=m, lookahead=mode, warmup_steps=60))
+                       for mode in ("eager", "adaptive"))
+    assert eager.staleness["histogram"] == {"2": eager.samples}
+    assert adaptive.staleness["histogram"] == {"1": adaptive.samples}  # steps 61-120, after the descent
+    assert adaptive.step_s == pytest.approx(eager.step_s, rel=1e-9)
