@@ -6,14 +6,15 @@ only where generation started earlier makes the steps faster. Where it does not 
 and learners share the same cores, or generation is far faster than training), every sample
 still trains k versions old and learns less per step than fresh data would.
 
-`adaptive` (controller.lookahead, the default) measures instead of assuming: it keeps the
-median step time of each depth it has run (a window of WINDOW steps, after SETTLE_STEPS steps
-for the pipeline to reach the new depth) and runs the smallest depth whose median is within
-TOLERANCE of the fastest measured. It starts at k and tries one step less after each window
-while that keeps up (down to 0: the synchronous order, when overlap buys nothing); each
-measurement expires after EXPIRE steps, and then the neighbour depths of the chosen one are
-measured again (one window each), so a run whose balance changes moves with it. The cost of
-looking: one window at a neighbour depth every EXPIRE steps.
+`adaptive` (controller.lookahead, the default) measures instead of assuming: it runs a chosen
+depth and now and then one window (WINDOW steps, after `settle_steps` for the pipeline to
+reach the new depth) at a neighbour depth, and compares the neighbour's median step time with
+the chosen depth's window just before: one step less is chosen when it is at most TOLERANCE
+slower (fresher data at the same speed), one step more only when it is more than TOLERANCE
+faster. It starts at k and steps down while that keeps up (down to 0, the synchronous order,
+when overlap buys nothing); a neighbour's figure expires after EXPIRE steps and is then
+measured again, so a run whose balance changes moves with it. The cost of looking: one
+window at each neighbour depth every EXPIRE steps.
 
 Step times come from the caller (the controller's wall clock, or the simulation's virtual
 one): this object reads no clock, so the simulation runs the same rule.
@@ -63,10 +64,17 @@ class Lookahead:
         self._choose()
 
     def _choose(self) -> None:
-        fresh = {d: s for d, (s, at) in self.medians.items() if self.steps - at < EXPIRE}
-        fastest = min(fresh.values())
-        self.chosen = min(d for d, s in fresh.items() if s <= fastest * (1 + TOLERANCE))
-        # Measure a neighbour of the chosen depth that has no fresh figure, smaller first.
+        """After a window. A neighbour's window (a probe) is judged against the chosen depth's
+        window just before it, so the two figures are minutes apart, not a drifting run apart:
+        a smaller depth wins when it is at most TOLERANCE slower, a larger one when it is more
+        than TOLERANCE faster. Then: a neighbour without a fresh figure is measured next,
+        the smaller first; else the chosen depth runs on (each window refreshing its figure)."""
+        probe, chosen = self.depth, self.chosen
+        if probe != chosen:
+            s_probe, s_chosen = self.medians[probe][0], self.medians[chosen][0]
+            if (s_probe <= s_chosen * (1 + TOLERANCE)) if probe < chosen else (s_probe * (1 + TOLERANCE) < s_chosen):
+                self.chosen = probe
+        fresh = {d for d, (_, at) in self.medians.items() if self.steps - at < EXPIRE}
         unknown = [d for d in (self.chosen - 1, self.chosen + 1) if 0 <= d <= self.k and d not in fresh]
         target = unknown[0] if unknown else self.chosen
         if target != self.depth:
