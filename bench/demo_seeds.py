@@ -8,6 +8,12 @@ other numbers for the same seed.
 
     .venv/bin/python bench/demo_seeds.py --seeds 0 1 2
 
+With --model-seed M every run trains the same bootstrap model (built once with seed M) and
+only the run's seed varies (prompt order, sampling): the run-to-run noise of one model, what
+a change to the loop must stay within:
+
+    .venv/bin/python bench/demo_seeds.py --model-seed 0 --seeds 0 100 200 --name demo_noise_m0
+
 Writes bench/results/demo_seeds.json and .md. Wall times need an idle machine.
 """
 
@@ -26,12 +32,20 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-def run_seed(seed: int, work: Path, overrides: list[str]) -> dict:
-    model = work / f"tiny-arith-s{seed}"
+def run_seed(seed: int, work: Path, overrides: list[str], model_seed: int | None = None) -> dict:
+    """One demo run; with model_seed, on that seed's bootstrap model (built once, then reused)."""
+    model = work / f"tiny-arith-s{seed if model_seed is None else model_seed}"
+    if model_seed is not None and not model.is_dir():  # the recipe's bootstrap, at the model's seed
+        sys.path.insert(0, str(ROOT))
+        from cluster.config import load_config
+        from trainer.bootstrap import ensure_tiny_model
+        spec = load_config(ROOT / "recipes" / "quickstart.yaml", [f"model.path={model}"]).model.bootstrap_spec
+        ensure_tiny_model(model, spec, seed=model_seed, log=lambda *_: None)
+    reuse = [] if model_seed is None else ["model.bootstrap=false"]
     cmd = [str(ROOT / ".venv" / "bin" / "tandem"), "run", str(ROOT / "recipes" / "quickstart.yaml"),
            f"run.seed={seed}", f"run.name=demo-s{seed}", f"run.output_dir={work / 'runs'}", f"model.path={model}",
            f"data.train_path={model}/data/train.jsonl", f"data.eval_path={model}/data/eval.jsonl",
-           "controller.progress=false", *overrides]
+           "controller.progress=false", *reuse, *overrides]
     t0 = time.perf_counter()
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
@@ -44,22 +58,26 @@ def run_seed(seed: int, work: Path, overrides: list[str]) -> dict:
             "goodput": summary["goodput"], "groups": summary["groups"]}
 
 
-def write(rows: list[dict], overrides: list[str], name: str) -> None:
+def write(rows: list[dict], overrides: list[str], name: str, model_seed: int | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     finals = [r["final_accuracy"] for r in rows]
     initials = [r["initial_accuracy"] for r in rows]
     gains = [f - i for f, i in zip(finals, initials)]
-    command = ".venv/bin/python bench/demo_seeds.py --seeds " + " ".join(str(r["seed"]) for r in rows)
+    command = ".venv/bin/python bench/demo_seeds.py" + ("" if model_seed is None else f" --model-seed {model_seed}")
+    command += " --seeds " + " ".join(str(r["seed"]) for r in rows)
     if overrides:
-        command += " --set " + " ".join(overrides) + f" --name {name}"
+        command += " --set " + " ".join(overrides)
+    if name != "demo_seeds":
+        command += f" --name {name}"
     meta = {"command": command, "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} CPU cores",
-            "overrides": overrides}
+            "overrides": overrides, "model_seed": model_seed}
     agg = {"initial_mean": statistics.mean(initials), "initial_range": [min(initials), max(initials)],
            "final_mean": statistics.mean(finals), "final_range": [min(finals), max(finals)],
            "gain_mean": statistics.mean(gains), "gain_range": [min(gains), max(gains)]}
     (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "seeds": rows, "aggregate": agg}, indent=2))
     lines = [f"`{meta['command']}` ({meta['machine']}, {meta['date']})", "",
-             "| seed | held-out before | after | gain | run s | samples/s | gen / reward / train / sync s | "
+             f"| {'seed' if model_seed is None else f'run seed (model seed {model_seed})'} | held-out before | "
+             "after | gain | run s | samples/s | gen / reward / train / sync s | "
              "end to end s (bootstrap included) | trained tokens/s | useful tokens | groups stale, aborted |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r, gain in zip(rows, gains):
@@ -85,9 +103,12 @@ def main() -> None:
     parser.add_argument("--workdir", default="/tmp/tandem-demo-seeds")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides (tuning)")
     parser.add_argument("--name", default="demo_seeds", help="result file name in bench/results")
+    parser.add_argument("--model-seed", type=int, default=None,
+                        help="every run on this seed's bootstrap model; only the run seed varies")
     args = parser.parse_args()
     work = Path(args.workdir) / time.strftime("%Y%m%d-%H%M%S")
-    write([run_seed(seed, work, args.set) for seed in args.seeds], args.set, args.name)
+    write([run_seed(seed, work, args.set, args.model_seed) for seed in args.seeds], args.set, args.name,
+          args.model_seed)
 
 
 if __name__ == "__main__":
