@@ -276,9 +276,9 @@ class ControllerConfig(Section):
     # Stop a group's generation as soon as it can no longer meet the bound and replace it;
     # false: it finishes and is dropped when judged.
     abort_doomed: bool = True
-    # How far ahead generation starts (cluster/rl/scheduler.py): adaptive = one step, further (up
-    # to max_staleness) only while the learner waits for data, so samples are as fresh as keeping
-    # the learner busy allows; eager = always max_staleness steps ahead.
+    # How far ahead generation starts (cluster/rl/lookahead.py): adaptive = the fewest steps (0 to
+    # max_staleness) that are as fast as more, measured from step times, so samples are no older
+    # than speed requires; eager = always max_staleness steps ahead.
     lookahead: Literal["adaptive", "eager"] = "adaptive"
     eval_every: int = Field(0, ge=0)
     eval_prompts: int = Field(256, ge=1)

@@ -3,8 +3,8 @@
 Step j's generation may start once j - 1 - L steps are done (cluster/rl/scheduler.py), so a
 sample trains at most L versions old. k is a bound, not a target: L = k (`eager`) pays off
 only where generation started earlier makes the steps faster. Where it does not (generation
-and learners share the same cores, or generation is far faster than training), every sample
-still trains k versions old and learns less per step than fresh data would.
+and learners share the same cores, or one step ahead already hides generation), every sample
+still trains k versions old and learns less per step than fresher data would.
 
 `adaptive` (controller.lookahead, the default) measures instead of assuming: it runs a chosen
 depth and now and then one window (WINDOW steps, after `settle_steps` for the pipeline to
@@ -72,7 +72,9 @@ class Lookahead:
         probe, chosen = self.depth, self.chosen
         if probe != chosen:
             s_probe, s_chosen = self.medians[probe][0], self.medians[chosen][0]
-            if (s_probe <= s_chosen * (1 + TOLERANCE)) if probe < chosen else (s_probe * (1 + TOLERANCE) < s_chosen):
+            fresher_as_fast = probe < chosen and s_probe <= s_chosen * (1 + TOLERANCE)
+            deeper_faster = probe > chosen and s_probe * (1 + TOLERANCE) < s_chosen
+            if fresher_as_fast or deeper_faster:
                 self.chosen = probe
         fresh = {d for d, (_, at) in self.medians.items() if self.steps - at < EXPIRE}
         unknown = [d for d in (self.chosen - 1, self.chosen + 1) if 0 <= d <= self.k and d not in fresh]

@@ -38,8 +38,6 @@ from reward.types import RewardResult
 from rollout.types import Rollout
 
 
-
-
 class DynamicSamplingError(RuntimeError):
     """Every group tied for too long: dynamic sampling cannot fill a batch."""
 
