@@ -1,5 +1,5 @@
-"""The adaptive lookahead (cluster/rl/lookahead.py): the smallest depth as fast as the fastest,
-measured from step times, re-measured as the run's balance changes."""
+"""The adaptive lookahead (cluster/rl/lookahead.py): the fewest steps ahead that are as fast as
+more, measured from step times, re-measured as the run's balance changes."""
 
 import json
 import random
@@ -51,6 +51,6 @@ def test_it_survives_a_checkpoint_and_an_unknown_mode_is_refused():
     run(look, 40, lambda depth, step: 1.0)
     again = Lookahead(2, "adaptive")
     again.restore(json.loads(json.dumps(look.state())))
-    assert (again.depth, again.chosen, again.steps, again.medians) == (look.depth, look.chosen, look.steps, look.medians)
+    assert again.state() == look.state() and again.medians == look.medians
     with pytest.raises(ValueError, match=r"controller.lookahead 'lazy' is not valid \(valid: adaptive, eager\)"):
         Lookahead(2, "lazy")

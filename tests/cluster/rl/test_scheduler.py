@@ -276,7 +276,6 @@ def test_an_aborted_group_ends_once_is_replaced_and_its_tokens_are_wasted():
                          "dropped:interrupted": 0}
 
 
-
 def drive(s, steps, step_s):
     """A controller loop over `steps` steps (step j trains version j - 1) where generation always
     finishes before the learner asks; `step_s(depth)` is the wall time of a step run at that
