@@ -8,7 +8,7 @@ still trains k versions old and learns less per step than fresher data would.
 
 `adaptive` (controller.lookahead, the default) measures instead of assuming: it runs a chosen
 depth and now and then one window (WINDOW steps, after `settle_steps` for the pipeline to
-reach the new depth) at a neighbour depth, and compares the neighbour's median step time with
+reach the new depth) at a neighbour depth, and compares the neighbour's mean step time with
 the chosen depth's window just before: one step less is chosen when it is at most TOLERANCE
 slower (fresher data at the same speed), one step more only when it is more than TOLERANCE
 faster. It starts at k and steps down while that keeps up (down to 0, the synchronous order,
@@ -25,8 +25,8 @@ from __future__ import annotations
 import statistics
 
 MODES = ("adaptive", "eager")
-WINDOW = 16  # steps per measurement (a median: one slow step, say a checkpoint, does not move it)
-TOLERANCE = 0.05  # a smaller depth is chosen while its median step is at most 5% slower
+WINDOW = 16  # steps per measurement
+TOLERANCE = 0.05  # a smaller depth is chosen while its mean step is at most 5% slower
 EXPIRE = 200  # steps after which a depth's measurement is taken again
 
 
@@ -38,7 +38,7 @@ class Lookahead:
         self.depth = k  # L, what steps_to_start uses
         self.chosen = k  # the depth the measurements favour (depth differs while a neighbour is measured)
         self.steps = 0  # step times observed
-        self.medians: dict[int, tuple[float, int]] = {}  # depth -> (median step s, step it was measured at)
+        self.means: dict[int, tuple[float, int]] = {}  # depth -> (mean step s, step it was measured at)
         self._window: list[float] = []
         self._settle = self.settle_steps
 
@@ -59,7 +59,9 @@ class Lookahead:
         self._window.append(step_s)
         if len(self._window) < WINDOW:
             return
-        self.medians[self.depth] = (statistics.median(self._window), self.steps)
+        # The mean, not the median: throughput is steps over seconds, and the rare slow step (a
+        # stalled reward, a long tail) is exactly what looking further ahead hides.
+        self.means[self.depth] = (statistics.fmean(self._window), self.steps)
         self._window = []
         self._choose()
 
@@ -71,12 +73,12 @@ class Lookahead:
         the smaller first; else the chosen depth runs on (each window refreshing its figure)."""
         probe, chosen = self.depth, self.chosen
         if probe != chosen:
-            s_probe, s_chosen = self.medians[probe][0], self.medians[chosen][0]
+            s_probe, s_chosen = self.means[probe][0], self.means[chosen][0]
             fresher_as_fast = probe < chosen and s_probe <= s_chosen * (1 + TOLERANCE)
             deeper_faster = probe > chosen and s_probe * (1 + TOLERANCE) < s_chosen
             if fresher_as_fast or deeper_faster:
                 self.chosen = probe
-        fresh = {d for d, (_, at) in self.medians.items() if self.steps - at < EXPIRE}
+        fresh = {d for d, (_, at) in self.means.items() if self.steps - at < EXPIRE}
         unknown = [d for d in (self.chosen - 1, self.chosen + 1) if 0 <= d <= self.k and d not in fresh]
         target = unknown[0] if unknown else self.chosen
         if target != self.depth:
@@ -84,10 +86,10 @@ class Lookahead:
 
     def state(self) -> dict:
         return {"depth": self.depth, "chosen": self.chosen, "steps": self.steps,
-                "medians": {str(d): list(v) for d, v in self.medians.items()}}
+                "means": {str(d): list(v) for d, v in self.means.items()}}
 
     def restore(self, state: dict) -> None:
         """A resumed run continues at the depth it had (its pipeline restarts: settle again)."""
         self.depth, self.chosen, self.steps = state["depth"], state["chosen"], state["steps"]
-        self.medians = {int(d): (s, at) for d, (s, at) in state["medians"].items()}
+        self.means = {int(d): (s, at) for d, (s, at) in state["means"].items()}
         self._window, self._settle = [], self.settle_steps

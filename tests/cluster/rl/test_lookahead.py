@@ -51,6 +51,6 @@ def test_it_survives_a_checkpoint_and_an_unknown_mode_is_refused():
     run(look, 40, lambda depth, step: 1.0)
     again = Lookahead(2, "adaptive")
     again.restore(json.loads(json.dumps(look.state())))
-    assert again.state() == look.state() and again.medians == look.medians
+    assert again.state() == look.state() and again.means == look.means
     with pytest.raises(ValueError, match=r"controller.lookahead 'lazy' is not valid \(valid: adaptive, eager\)"):
         Lookahead(2, "lazy")
