@@ -14,7 +14,8 @@ slower (fresher data at the same speed), one step more only when it is more than
 faster. It starts at k and steps down while that keeps up (down to 0, the synchronous order,
 when overlap buys nothing); a neighbour's figure expires after EXPIRE steps and is then
 measured again, so a run whose balance changes moves with it. The cost of looking: one
-window at each neighbour depth every EXPIRE steps.
+window at each neighbour depth every EXPIRE steps, cut to EARLY steps when the neighbour is
+clearly slower. The run's first window is not measured (start-up steps are slower).
 
 Step times come from the caller (the controller's wall clock, or the simulation's virtual
 one): this object reads no clock, so the simulation runs the same rule.
@@ -26,6 +27,8 @@ import statistics
 
 MODES = ("adaptive", "eager")
 WINDOW = 16  # steps per measurement
+EARLY = 4  # a probe ends after this many steps once it is CLEARLY_SLOWER than the chosen depth
+CLEARLY_SLOWER = 0.15  # (probing the synchronous order where stalls need hiding costs 2x per step)
 TOLERANCE = 0.05  # a smaller depth is chosen while its mean step is at most 5% slower
 EXPIRE = 200  # steps after which a depth's measurement is taken again
 
@@ -40,7 +43,7 @@ class Lookahead:
         self.steps = 0  # step times observed
         self.means: dict[int, tuple[float, int]] = {}  # depth -> (mean step s, step it was measured at)
         self._window: list[float] = []
-        self._settle = self.settle_steps
+        self._settle = self.settle_steps + WINDOW  # the run's first steps (warm-up, compilation) are not typical
 
     @property
     def settle_steps(self) -> int:
@@ -57,13 +60,19 @@ class Lookahead:
             self._settle -= 1
             return
         self._window.append(step_s)
-        if len(self._window) < WINDOW:
+        if len(self._window) < WINDOW and not self._clearly_slower():
             return
         # The mean, not the median: throughput is steps over seconds, and the rare slow step (a
         # stalled reward, a long tail) is exactly what looking further ahead hides.
         self.means[self.depth] = (statistics.fmean(self._window), self.steps)
         self._window = []
         self._choose()
+
+    def _clearly_slower(self) -> bool:
+        """A probe already far slower than the chosen depth: no need to pay for a whole window."""
+        if self.depth == self.chosen or len(self._window) < EARLY:
+            return False
+        return statistics.fmean(self._window) > self.means[self.chosen][0] * (1 + CLEARLY_SLOWER)
 
     def _choose(self) -> None:
         """After a window. A neighbour's window (a probe) is judged against the chosen depth's

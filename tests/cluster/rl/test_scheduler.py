@@ -303,12 +303,12 @@ def test_the_adaptive_lookahead_trains_fresh_data_when_looking_ahead_buys_no_spe
     assert set(eager[3 * 4:]) == {2}  # 2 groups x 2 samples a step, after the pipeline filled
     assert depths[0] == 2 and depths[-1] == 0
     fresh = sum(x == 0 for x in adaptive) / len(adaptive)
-    assert fresh > 0.8  # measured 0.86: the descent (36 steps), then 18 steps at depth 1 every 200
+    assert fresh > 0.8  # measured 0.83: start-up and descent (52 steps), then 18 steps at depth 1 every 200
     assert max(adaptive) == 2 and len(adaptive) == len(eager) == 400 * 4
 
 
 def test_the_adaptive_lookahead_keeps_k_where_it_is_faster():
     """Step time falls with depth (generation hides behind training): adaptive stays at k except
-    one measuring window at k - 1 every EXPIRE steps."""
+    a short probe of k - 1 (it is clearly slower: EARLY steps) every EXPIRE steps."""
     _, depths = drive(scheduler(2, steps=400), 400, lambda depth: 1.0 + 0.5 * (2 - depth))
-    assert sum(d == 2 for d in depths) / len(depths) > 0.85 and min(depths) == 1  # measured 0.91
+    assert sum(d == 2 for d in depths) / len(depths) > 0.9 and min(depths) == 1  # measured 0.97 (probes end early)
