@@ -28,12 +28,12 @@ Sweep (every choice here is a modelling assumption; see also cluster/rl/simulate
 * The main sweep models the system as built for GPUs: vLLM workers that stream each rollout
   and run several calls at once (2026-12-07), the collective weight sync in the training
   dtype, dispatch to the least-loaded engine, doomed groups aborted, the `oldest` staleness
-  rule (the collective sync and vLLM on GPUs are written against the pinned APIs but have
+  rule, generation always k steps ahead (`controller.lookahead: eager`) (the collective sync and vLLM on GPUs are written against the pinned APIs but have
   not run on a GPU yet). Rows at 64 GPUs vary one piece each: the `newest` staleness rule,
   no abort, the `hf` engine (one call at a time), the vLLM worker before 2026-12-07 (whole
   calls), the object-store weight sync as it was until 2026-12-06, the rotating split used
   until then, all of those old pieces together; and two controls (uniform short lengths, a
-  4x larger batch); and the lookahead, eager against adaptive, over a 200-step window.
+  4x larger batch).
 """
 
 from __future__ import annotations
@@ -57,12 +57,12 @@ FRACTIONS = (1 / 4, 3 / 8, 1 / 2, 5 / 8, 3 / 4)
 KS = (1, 2, 4)
 PROMPTS_PER_GPU, GROUP_SIZE = 4, 8
 WARMUP, STEPS = 10, 15
-LONG = 200  # steps in the lookahead rows' window: the adaptive one re-measures every 200 (EXPIRE)
 
 
 def base_spec(gpus: int, model: LatencyModel, steps: int = STEPS, warmup: int = WARMUP) -> SimSpec:
-    """The sweep measures what each k buys: generation always k steps ahead (`eager`); the
-    adaptive lookahead, which measures step times over 16-step windows, has its own rows."""
+    """The sweep measures what each k buys: generation always k steps ahead (`eager`). The
+    adaptive lookahead (the default) measures step times over 16-step windows and re-measures
+    every 200 steps: a 25-step window would show its start-up, not its steady state."""
     return SimSpec(gpus, "colocated", gpus, 0, steps, PROMPTS_PER_GPU * gpus, GROUP_SIZE, model=model,
                    warmup_steps=warmup, drain=False, lookahead="eager")
 
@@ -181,11 +181,6 @@ def control_rows(rows: list[dict], model: LatencyModel, log) -> list[dict]:
         lambda: searched("uniform 500-1500 tokens (no tail)", "uniform",
                          base_spec(64, replace(model, lengths="uniform"))),
         lambda: compare("batch x4 (128 samples per GPU)", "batch", replace(spec, prompts_per_step=16 * 64), pick),
-        # The adaptive lookahead re-measures every 200 steps: its cost shows over a long window only.
-        lambda: compare(f"eager lookahead, {LONG} steps", "eager_long", base_spec(64, model, steps=LONG), pick,
-                        disaggregated_k0=False),
-        lambda: compare(f"adaptive lookahead (the default), {LONG} steps", "adaptive_long",
-                        replace(base_spec(64, model, steps=LONG), lookahead="adaptive"), pick, disaggregated_k0=False),
     ):
         out.append(make())
         log(headline_line(out[-1]))
@@ -328,12 +323,6 @@ def findings(rows: list[dict]) -> list[str]:
         f"({ctl['uniform']['steady']['matched']:.1f}x against length-matched sync); with a 4x larger batch per "
         f"GPU the long-tailed gain is {ctl['batch']['steady']['samples']:.1f}x "
         f"({ctl['batch']['steady']['matched']:.1f}x).",
-        f"- Lookahead ({LONG}-step window after {WARMUP} warm-up steps, k={ctl['eager_long']['async']['k']}): "
-        f"generation always k steps ahead (`eager`, the sweep above) {ctl['eager_long']['steady']['samples']:.2f}x "
-        f"sync in samples/s and {ctl['eager_long']['steady']['tokens']:.2f}x in tokens/s; the adaptive lookahead "
-        f"(`controller.lookahead: adaptive`, the default) {ctl['adaptive_long']['steady']['samples']:.2f}x and "
-        f"{ctl['adaptive_long']['steady']['tokens']:.2f}x: here every smaller depth is slower, so it stays at k "
-        "and pays only for measuring k - 1 (one 16-step window after the first, then one every 200 steps).",
         f"- Controller at {r1024['gpus']} GPUs: {ctl_ms:.2f} ms per sample at most (target < 1 ms) with the "
         f"controller looking once per simulated second. Scheduler.take() averages {take:.1f} ms per call "
         "there: a call that returns a batch sorts the groups waiting, a call with nothing to train returns "
