@@ -29,11 +29,11 @@ Sweep (every choice here is a modelling assumption; see also cluster/rl/simulate
   and run several calls at once (2026-12-07), the collective weight sync in the training
   dtype, dispatch to the least-loaded engine, doomed groups aborted, the `oldest` staleness
   rule, generation always k steps ahead (`controller.lookahead: eager`); the collective sync
-  and vLLM on GPUs are written against the pinned APIs but have not run on a GPU yet. Rows at 64 GPUs vary one piece each: the `newest` staleness rule,
-  no abort, the `hf` engine (one call at a time), the vLLM worker before 2026-12-07 (whole
-  calls), the object-store weight sync as it was until 2026-12-06, the rotating split used
-  until then, all of those old pieces together; and two controls (uniform short lengths, a
-  4x larger batch).
+  and vLLM on GPUs are written against the pinned APIs but have not run on a GPU yet. Rows at
+  64 GPUs vary one piece each: the `newest` staleness rule, no abort, the `hf` engine (one
+  call at a time), the vLLM worker before 2026-12-07 (whole calls), the object-store weight
+  sync as it was until 2026-12-06, the rotating split used until then, all of those old
+  pieces together; and two controls (uniform short lengths, a 4x larger batch).
 """
 
 from __future__ import annotations

@@ -124,7 +124,7 @@ class Controller:
         row |= self._goodput_row(groups, policy_moved, sum(times))
         row |= {"staleness_mean": float(np.mean(staleness)), "staleness_max": int(max(staleness)),
                 "lookahead": self.scheduler.lookahead.depth}  # the depth generation started at this step
-        self.scheduler.observe_step(sum(times))
+        self.scheduler.lookahead.observe(sum(times))
         return row
 
     def train(self, groups: list[Group], step: int) -> tuple[dict, bool]:

@@ -7,8 +7,8 @@ and learners share the same cores, or one step ahead already hides generation), 
 still trains k versions old and learns less per step than fresher data would.
 
 `adaptive` (controller.lookahead, the default) measures instead of assuming: it runs a chosen
-depth and now and then one window (WINDOW steps, after `settle_steps` for the pipeline to
-reach the new depth) at a neighbour depth, and compares the neighbour's mean step time with
+depth and now and then one window (WINDOW steps, after k steps for the pipeline to reach
+the new depth) at a neighbour depth, and compares the neighbour's mean step time with
 the chosen depth's window just before: one step less is chosen when it is at most TOLERANCE
 slower (fresher data at the same speed), one step more only when it is more than TOLERANCE
 faster. It starts at k and steps down while that keeps up (down to 0, the synchronous order,
@@ -43,13 +43,9 @@ class Lookahead:
         self.steps = 0  # step times observed
         self.means: dict[int, tuple[float, int]] = {}  # depth -> (mean step s, step it was measured at)
         self._window: list[float] = []
-        self._settle = self.settle_steps + WINDOW  # the run's first steps (warm-up, compilation) are not typical
-
-    @property
-    def settle_steps(self) -> int:
-        """Steps after a change before its step times count: a step started under the old depth
-        can train up to k steps later."""
-        return self.k
+        # Steps not measured: after a change k (a step started under the old depth can train up to
+        # k steps later); at the start one window more (warm-up, compilation are not typical).
+        self._settle = k + WINDOW
 
     def observe(self, step_s: float) -> None:
         """One step's wall time (from the end of the previous step to the end of its weight sync)."""
@@ -91,7 +87,7 @@ class Lookahead:
         unknown = [d for d in (self.chosen - 1, self.chosen + 1) if 0 <= d <= self.k and d not in fresh]
         target = unknown[0] if unknown else self.chosen
         if target != self.depth:
-            self.depth, self._settle = target, self.settle_steps
+            self.depth, self._settle = target, self.k
 
     def state(self) -> dict:
         return {"depth": self.depth, "chosen": self.chosen, "steps": self.steps,
@@ -101,4 +97,4 @@ class Lookahead:
         """A resumed run continues at the depth it had (its pipeline restarts: settle again)."""
         self.depth, self.chosen, self.steps = state["depth"], state["chosen"], state["steps"]
         self.means = {int(d): (s, at) for d, (s, at) in state["means"].items()}
-        self._window, self._settle = [], self.settle_steps
+        self._window, self._settle = [], self.k

@@ -13,8 +13,8 @@ sample at admission (a group can wait long enough to go stale; it is then droppe
 and replaced).
 
 How far ahead generation starts, L, is the lookahead (cluster/rl/lookahead.py): `eager` keeps
-L = k; `adaptive` measures step times (passed in by the caller: `observe_step`) and keeps the
-smallest L that is as fast as the fastest, so samples are no older than speed requires.
+L = k; `adaptive` measures step times (the caller passes each to `lookahead.observe`) and keeps
+the smallest L that is as fast as deeper ones, so samples are no older than speed requires.
 
 The ledger: every group id is issued once (`expect`) and ends once, with the outcome decided
 where the scheduler decides it: trained (`take`), filtered:tied (dynamic sampling, `scored`),
@@ -114,10 +114,6 @@ class Scheduler:
         return self._counts[Outcome.ABORTED]
 
     # ---- what to generate ----
-
-    def observe_step(self, seconds: float) -> None:
-        """A step's wall time, for the adaptive lookahead (the caller's clock, real or simulated)."""
-        self.lookahead.observe(seconds)
 
     def steps_to_start(self, steps_done: int) -> list[int]:
         """Steps whose generation may start now (each: P new groups)."""

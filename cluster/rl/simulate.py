@@ -511,7 +511,7 @@ class Simulation:
             self._train(groups)
             self._sync()
             self._abort_doomed()
-            self.scheduler.observe_step(self.now - step_start)  # as the controller does, in simulated seconds
+            self.scheduler.lookahead.observe(self.now - step_start)  # as the controller does, in simulated seconds
             step_start = self.now
             if step > spec.warmup_steps:
                 self.stats.step_end.append(self.now)

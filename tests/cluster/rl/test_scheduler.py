@@ -290,7 +290,7 @@ def drive(s, steps, step_s):
         groups = s.take(version)
         staleness += [version - r.min_version for g in groups for r in g.rollouts]
         depths.append(s.lookahead.depth)
-        s.observe_step(step_s(s.lookahead.depth))
+        s.lookahead.observe(step_s(s.lookahead.depth))
     return staleness, depths
 
 
