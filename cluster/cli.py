@@ -141,9 +141,12 @@ def _dry_run(cfg) -> int:
 
 def _cmd_algorithms(args: argparse.Namespace) -> int:
     from reward.verifiers import VERIFIERS
+    from rollout.envs.base import ENVS, TOOLS
+    from rollout.envs.spec import load_builtins
     from trainer.algorithms import REGISTRIES
 
-    for registry in (*REGISTRIES, VERIFIERS):
+    load_builtins()
+    for registry in (*REGISTRIES, VERIFIERS, ENVS, TOOLS):
         print(f"{registry.kind}{'es' if registry.kind.endswith('s') else 's'}:")
         for entry in registry.entries():
             traits = f" ({_describe(entry.traits)})" if entry.traits is not None else ""
@@ -194,7 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(fn=_cmd_report)
     _add_eval_parser(sub)
     add_job_commands(sub)
-    algos = sub.add_parser("algorithms", help="list registered advantage estimators, losses, KL estimators, verifiers")
+    algos = sub.add_parser("algorithms", help="list registered advantage estimators, losses, KL estimators, verifiers, "
+                                                      "environments and tools")
     algos.set_defaults(fn=_cmd_algorithms)
     sandbox = sub.add_parser("sandbox", help="run untrusted Python in the reward sandbox")
     sandbox_run = sandbox.add_subparsers(dest="action", required=True).add_parser(

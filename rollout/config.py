@@ -6,10 +6,11 @@ here (`vllm_options`), so no mirror of its fields exists."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from rollout.envs.spec import EnvSpec
 from rollout.lora import LoraSpec
 from rollout.types import VLLMOptions
 
@@ -49,6 +50,37 @@ class RolloutConfig(BaseModel):
     # levels): 1 = weights to host memory, KV cache freed; 2 = weights dropped too, the weight
     # sync that follows every training phase refills them (saves host memory and a copy).
     sleep_level: Literal[1, 2] = 1
+    # Multi-turn rollouts (rollout/envs/): the environment every trajectory runs in (null: one
+    # turn, a response to the prompt), its options, the modules that register environments and
+    # tools of your own, and the bounds of an episode: model turns (each up to max_new_tokens)
+    # and tokens after the prompt, the model's and the observations' together (null: no bound).
+    env: Optional[str] = None
+    env_options: dict[str, Any] = {}
+    env_plugins: list[str] = []
+    max_turns: int = Field(4, ge=1)
+    max_episode_tokens: Optional[int] = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _env(self) -> "RolloutConfig":
+        if self.env is None:
+            if self.env_options or self.env_plugins:
+                raise ValueError("rollout.env_options / rollout.env_plugins are set but rollout.env is null")
+            return self
+        if self.engine != "hf":
+            raise ValueError(f"rollout.env '{self.env}' with rollout.engine '{self.engine}': multi-turn rollouts run "
+                             "on the hf engine so far (vLLM's continued requests are not built yet)")
+        try:
+            self.env_spec()
+        except KeyError as exc:
+            raise ValueError(f"rollout.env: {exc.args[0]}") from None
+        return self
+
+    def env_spec(self) -> Optional[EnvSpec]:
+        """The environment settings a rollout worker builds its episodes from (checked here)."""
+        if self.env is None:
+            return None
+        return EnvSpec(self.env, dict(self.env_options), self.max_turns, self.max_episode_tokens,
+                       tuple(self.env_plugins)).load()
 
     @model_validator(mode="after")
     def _top_p(self) -> "RolloutConfig":

@@ -10,6 +10,11 @@ continues, each token keeping the version that produced it. Per-token logprobs a
 the temperature-scaled sampling distribution (log_softmax(logits / T), before top-p),
 computed in fp32 from the raw logits. `abort()` (from the worker's control thread) drops the
 rows of doomed groups at the next decode step and skips their samples not started yet.
+
+Multi-turn (rollout.env, rollout/envs/): a row whose turn ends goes to its episode's
+environment; unless the episode is over, the observation's ids are appended (never trained)
+and the sequence waits to be admitted again like a new row, its prompt now the whole
+trajectory so far. The environment runs on the decode thread, between two decode steps.
 """
 
 from __future__ import annotations
@@ -21,7 +26,10 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from rollout.types import AbortResult, EngineError, GenerationRequest, Rollout, SamplingParams, doomed, sample_seed
+from rollout.envs.spec import EnvSpec
+from rollout.envs.episode import Episode, Episodes
+from rollout.types import (AbortResult, EngineError, EpisodeStats, GenerationRequest, Rollout, SamplingParams, doomed,
+                           sample_seed)
 
 
 def load_causal_lm(path: str | Path, dtype: str = "float32", device: str = "cpu"):
@@ -55,8 +63,15 @@ class _Batch:
         self.logprobs: list[list[float]] = []
         self.versions: list[list[int]] = []
         self.active: list[int] = []
+        # Multi-turn: each sequence's episode (None: one turn), 1/0 per token (the model's / an
+        # observation's), where its current turn began, and the sequences waiting to rejoin.
+        self.episodes: list[Episode | None] = []
+        self.trains: list[list[int]] = []
+        self.turn_start: list[int] = []
+        self.pending: list[int] = []
 
-    def add(self, items: list[tuple[GenerationRequest, int]], params: SamplingParams) -> list[int]:
+    def add(self, items: list[tuple[GenerationRequest, int]], params: SamplingParams,
+            episodes: Episodes | None = None, version: int = 0) -> list[int]:
         """Append samples; their sequence indices. One generator per sample, seeded from (run seed,
         step, group, sample): a rollout does not depend on the batch, shard or worker it ran in."""
         first = len(self.flat)
@@ -65,11 +80,40 @@ class _Batch:
             self.seeds.append(seed)
             self.gens.append(torch.Generator().manual_seed(seed))
             self.prompt_ids.append(list(req.prompt_ids))
-            self.ids.append([])
-            self.logprobs.append([])
-            self.versions.append([])
+            episode = None if episodes is None else episodes.start(req.prompt, req.answer)
+            first_obs = [] if episode is None else episode.first()
+            self.episodes.append(episode)
+            self.ids.append(list(first_obs))
+            self.logprobs.append([0.0] * len(first_obs))
+            self.versions.append([version] * len(first_obs))
+            self.trains.append([0] * len(first_obs))
+            self.turn_start.append(len(first_obs))
             self.flat.append((req, k))  # last: abort() reads the lists up to len(flat)
         return list(range(first, len(self.flat)))
+
+    def observe(self, seq: int, version: int) -> bool:
+        """Sequence `seq` ended a turn: its episode's next observation appended (True), or the
+        episode is over (False; always, without an environment)."""
+        episode = self.episodes[seq]
+        if episode is None:
+            return False
+        ids = self.ids[seq]
+        obs = episode.step(ids[self.turn_start[seq]:], len(ids))
+        if obs is None:
+            return False
+        ids += obs
+        self.logprobs[seq] += [0.0] * len(obs)
+        self.versions[seq] += [version] * len(obs)
+        self.trains[seq] += [0] * len(obs)
+        self.turn_start[seq] = len(ids)
+        return True
+
+    def turn_over(self, seq: int, token: int, eos_id: int, max_new_tokens: int) -> bool:
+        """EOS, the turn's max_new_tokens, or the episode's token budget reached."""
+        n = len(self.ids[seq])
+        episode = self.episodes[seq]
+        room = None if episode is None else episode.room(n)
+        return token == eos_id or n - self.turn_start[seq] >= max_new_tokens or (room is not None and room <= 0)
 
 
 def _mergeable(cache) -> bool:
@@ -92,7 +136,7 @@ def _pad_left(cache, attn: torch.Tensor, width: int) -> torch.Tensor:
 
 class HFEngine:
     def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu", lora=None,
-                 adapter: str | None = None):
+                 adapter: str | None = None, env: EnvSpec | None = None):
         # device: "cuda" in a rollout worker Ray gave a GPU (rollout/devices.py), else "cpu".
         # lora (rollout/lora.py LoraSpec): the policy is this base model + an adapter, and an
         # update carries the adapter's tensors only; `adapter`: a saved adapter to start from.
@@ -104,6 +148,7 @@ class HFEngine:
             self.model = lora.wrap(self.model, "policy", adapter).to(self.device).eval()
         self.update_names = adapter_names(self.model) if lora is not None else None  # None: every parameter
         self.eos_id = self.tokenizer.eos_token_id
+        self.episodes = None if env is None else Episodes(env, self.tokenizer)  # rollout.env: multi-turn
         self.pad_id = self.tokenizer.pad_token_id
         self.asleep = 0  # sleep level while asleep (colocated placement), else 0
         # Shared with abort() on the worker's control thread; each is replaced whole, never
@@ -142,7 +187,7 @@ class HFEngine:
         version below `floor` (rollout/types.py: doomed): their rows leave the batch at the next
         decode step, their queued samples never start, and none of their rollouts is yielded."""
         b, queued = self._batch, self._queued
-        active = [] if b is None else [(b.flat[seq][0].group_id, seq) for seq in list(b.active)]
+        active = [] if b is None else [(b.flat[seq][0].group_id, seq) for seq in list(b.active) + list(b.pending)]
         started: dict[int, int] = {}
         for g, seq in active:
             if b.versions[seq]:
@@ -154,7 +199,7 @@ class HFEngine:
     def _decode(self, params: SamplingParams, safe_point, batch_size: int) -> Iterator[list[Rollout]]:
         b = self._batch = _Batch()
         version = safe_point()
-        b.active = b.add(self._take_queued(batch_size), params)
+        b.active = self._next_rows(b, batch_size, params, version)
         if not b.active:
             return
         logits, cache, attn, pos = self._prefill(b, b.active)
@@ -171,16 +216,19 @@ class HFEngine:
                 b.ids[seq].append(tokens[row])
                 b.logprobs[seq].append(logps[row])
                 b.versions[seq].append(version)
+                b.trains[seq].append(1)
                 if b.flat[seq][0].group_id in aborted:
                     continue  # dropped, finished or not
-                if tokens[row] == self.eos_id or len(b.ids[seq]) >= params.max_new_tokens:
-                    finished.append(seq)
-                else:
+                if not b.turn_over(seq, tokens[row], self.eos_id, params.max_new_tokens):
                     keep.append(row)
+                elif b.observe(seq, version):
+                    b.pending = b.pending + [seq]  # the next turn: admitted again, as a new row
+                else:
+                    finished.append(seq)
             if finished:
                 yield [self._rollout(b, seq) for seq in finished]
             if not keep:  # the batch ran dry: start afresh with what is queued, if anything
-                b.active = b.add(self._take_queued(batch_size), params)
+                b.active = self._next_rows(b, batch_size, params, version)
                 if not b.active:
                     return
                 logits, cache, attn, pos = self._prefill(b, b.active)
@@ -196,10 +244,17 @@ class HFEngine:
                              past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1]
             room = batch_size - len(b.active)
-            if room and self._queued and _mergeable(cache):  # the freed rows go to the next samples
-                new = b.add(self._take_queued(room), params)
+            if room and (self._queued or b.pending) and _mergeable(cache):  # freed rows go to the next samples
+                new = self._next_rows(b, room, params, version)
                 if new:
                     logits, cache, attn, pos = self._admit(b, new, (logits, cache, attn, pos))
+
+    def _next_rows(self, b: _Batch, n: int, params: SamplingParams, version: int) -> list[int]:
+        """Up to n sequences to decode next: episodes' next turns first, then samples not started."""
+        aborted = self._aborted
+        pending = [seq for seq in b.pending if b.flat[seq][0].group_id not in aborted]
+        b.pending = pending[n:]
+        return pending[:n] + b.add(self._take_queued(n - len(pending[:n])), params, self.episodes, version)
 
     def _admit(self, b: _Batch, new: list[int], running: tuple):
         """Prefill `new` on their own and join them to the running batch: both caches left-padded
@@ -249,13 +304,17 @@ class HFEngine:
 
     def _rollout(self, b: _Batch, seq: int) -> Rollout:
         req, k = b.flat[seq]
-        ids = b.ids[seq]
+        ids, ep = b.ids[seq], b.episodes[seq]
+        stopped = bool(ids) and ids[-1] == self.eos_id and not (ep is not None and ep.truncated)
         return Rollout(
             group_id=req.group_id, prompt_id=req.prompt_id, sample_index=k, prompt=req.prompt, answer=req.answer,
             prompt_ids=tuple(b.prompt_ids[seq]), response_ids=tuple(ids),
-            response_text=self.tokenizer.decode(ids, skip_special_tokens=True),
+            response_text=self.tokenizer.decode(ids, skip_special_tokens=True) if ep is None else ep.final_text,
             logprobs=tuple(b.logprobs[seq]), versions=tuple(b.versions[seq]),
-            finish_reason="stop" if ids and ids[-1] == self.eos_id else "length", seed=b.seeds[seq],
+            finish_reason="stop" if stopped else "length", seed=b.seeds[seq],
+            trains=() if ep is None else tuple(b.trains[seq]),
+            episode=None if ep is None else EpisodeStats(ep.turns, ep.tool_calls, ep.tool_failures, ep.tool_seconds,
+                                                         ep.reward, ep.truncated),
         )
 
     # ---- colocated placement: the device goes to the learner while it trains ----

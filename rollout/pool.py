@@ -46,7 +46,8 @@ def make_engine(cfg: RolloutConfig, model_path: str, dtype: str, setup: EngineSe
         from rollout.devices import actor_device
         from rollout.hf_engine import HFEngine
 
-        return HFEngine(model_path, dtype, actor_device("rollout worker (hf engine)"), setup.lora, setup.adapter)
+        return HFEngine(model_path, dtype, actor_device("rollout worker (hf engine)"), setup.lora, setup.adapter,
+                        cfg.env_spec())
     if cfg.engine == "vllm":
         from rollout.vllm_engine import VLLMEngine
 

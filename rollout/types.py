@@ -47,13 +47,27 @@ class GenerationRequest:
         return self.sample_indices or tuple(range(self.num_samples))
 
 
+@dataclass(frozen=True)
+class EpisodeStats:
+    """What a multi-turn episode (rollout.env) did: its model turns, tool calls and rewards."""
+
+    turns: int  # model turns
+    tool_calls: int = 0
+    tool_failures: int = 0  # calls that raised or overran (their error was the observation)
+    tool_seconds: float = 0.0
+    reward: float = 0.0  # the environment's per-turn rewards, summed (the reward component `env`)
+    truncated: bool = False  # ended by rollout.max_turns or max_episode_tokens, not by the environment
+
+
 @dataclass(frozen=True, kw_only=True)
 class Rollout:
-    """One sampled response.
+    """One sampled response, or one multi-turn trajectory after the prompt.
 
     `logprobs[i]` is log p(response_ids[i]) under the sampling policy's
     temperature-scaled distribution (log_softmax(logits / T));
-    `versions[i]` is the policy version that produced token i.
+    `versions[i]` is the policy version that produced token i. In a trajectory
+    (rollout.env) `trains[i]` is 1 for the model's tokens and 0 for the ids of an
+    observation, which are context only (logprob 0, the version of the weights then).
     """
 
     group_id: int
@@ -63,12 +77,14 @@ class Rollout:
     answer: str
     prompt_ids: tuple[int, ...]  # [P], starts with BOS
     response_ids: tuple[int, ...]  # [R], includes EOS when finished
-    response_text: str
+    response_text: str  # a trajectory's: its last model turn (what the outcome verifier reads)
     logprobs: tuple[float, ...]  # [R]
     versions: tuple[int, ...]  # [R]
     finish_reason: Literal["stop", "length"]
     # The seed it was sampled with, sample_seed(run seed, step, group, sample); the engines set it.
     seed: int = 0
+    trains: tuple[int, ...] = ()  # [R] or () (every token the model's)
+    episode: EpisodeStats | None = None  # a trajectory's turns and tool calls
 
     @property
     def min_version(self) -> int:

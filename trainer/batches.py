@@ -36,10 +36,14 @@ def pad_rows(seqs: Sequence[Sequence[int]], pad_id: int, *per_token: Sequence[Se
 
 
 def build_batch(rollouts: Sequence[Rollout], pad_id: int, mask_truncated: bool = False) -> TrainBatch:
-    """[prompt | response] rows with behaviour logprobs; a truncated response trains only if not masked."""
+    """[prompt | response] rows with behaviour logprobs; a truncated response trains only if not
+    masked. In a multi-turn trajectory only the model's tokens train (Rollout.trains), never an
+    observation's."""
     seqs = [r.prompt_ids + r.response_ids for r in rollouts]
-    masks = [[0.0] * len(r.prompt_ids) + [float(not (mask_truncated and r.finish_reason == "length"))]
-             * len(r.response_ids) for r in rollouts]
+    masks = []
+    for r in rollouts:
+        on = float(not (mask_truncated and r.finish_reason == "length"))
+        masks.append([0.0] * len(r.prompt_ids) + [on * t for t in (r.trains or [1] * len(r.response_ids))])
     behaviour = [[0.0] * len(r.prompt_ids) + list(r.logprobs) for r in rollouts]
     ids, attn, (mask, logprobs) = pad_rows(seqs, pad_id, masks, behaviour)
     return TrainBatch(ids, attn, mask, np.zeros_like(mask), behaviour_logprobs=logprobs)

@@ -30,6 +30,7 @@ from cluster.rl.streaming import Streaming
 from cluster.rl.timeslice import TimeSlice
 from reward.sandbox import sandbox_isolation
 from rollout.data import Prompt, PromptSource
+from rollout.envs.episode import episode_metrics
 from rollout.types import GenerationRequest, SamplingParams
 from rollout.transfer.buckets import WeightSyncError
 from trainer.group import LearnerFault
@@ -47,6 +48,7 @@ class Controller:
         self.cfg, self.roles, self.run_dir, self.weights = cfg, roles, run_dir, weights
         self.source = PromptSource(train, seed=cfg.run.seed)
         self.evals = evals[: cfg.controller.eval_prompts]
+        self.eval_episodes: dict[str, dict] = {}  # multi-turn: the first and the latest evaluation's figures
         self.gate = StalenessGate(cfg.controller.max_staleness, cfg.algorithm.group_size,
                                   cfg.controller.staleness_rule)
         a, c = cfg.algorithm, cfg.controller
@@ -189,7 +191,7 @@ class Controller:
                 "initial_accuracy": self.initial_accuracy, "kl_coef": self.experience.kl.coef,
                 "totals": self.totals, "source": self.source.state(), "scheduler": self.scheduler.state(),
                 "gate": self.gate.summary(), "reward": self.roles.reward.state(), "faults": self.faults(),
-                "guard": self.guard.state()}
+                "guard": self.guard.state(), "eval_episodes": self.eval_episodes}
 
     def restore(self, state: dict) -> None:
         """Continue after the checkpoint that wrote `state` (its engines and learners are loaded
@@ -197,6 +199,7 @@ class Controller:
         self.version, self.next_group, self.steps_done = state["version"], state["next_group"], state["step"]
         self.initial_accuracy, self.experience.kl.coef = state["initial_accuracy"], state["kl_coef"]
         self.totals = self.totals | state["totals"]  # keys an older checkpoint lacks keep their zeros
+        self.eval_episodes = state.get("eval_episodes", {})
         self.source.restore(state["source"])
         self.scheduler.restore(state["scheduler"])
         self.gate.restore(state["gate"])
@@ -223,6 +226,10 @@ class Controller:
         rollouts = self.roles.rollout.generate(requests, self._sampling(self.cfg.controller.eval_temperature, -1))
         rewards = self.roles.reward.score(rollouts)
         self.totals["eval_s"] += time.perf_counter() - t0
+        episodes = episode_metrics(rollouts)  # multi-turn: turns and tool use on the held-out prompts
+        if episodes:
+            self.eval_episodes.setdefault("initial", episodes)
+            self.eval_episodes["latest"] = episodes
         return sum(r.correct for r in rewards) / len(rewards)
 
     def _requests(self, n: int) -> list[GenerationRequest]:
@@ -261,7 +268,7 @@ class Controller:
             "partial_frac": float(np.mean([len(set(r.versions)) > 1 for r in rollouts])),
             "filtered_groups": self.scheduler.filtered, "aborted_groups": self.scheduler.aborted_groups, **m,
             **dict(zip(TIMERS, times)), "step_s": step_s,
-            "samples_per_s": len(rollouts) / step_s, "tokens_per_s": tokens / step_s,
+            "samples_per_s": len(rollouts) / step_s, "tokens_per_s": tokens / step_s, **episode_metrics(rollouts),
         }
 
     def _goodput_row(self, groups: list[Group], moved: bool, step_s: float) -> dict:
@@ -289,7 +296,8 @@ class Controller:
         self.summary = {
             "status": status, "run_dir": str(self.run_dir.path), "algorithm": self.cfg.algorithm.name,
             "steps": self.steps_done, "samples": int(t["samples"]), "wall_s": wall,
-            "eval": {"initial_accuracy": initial, "final_accuracy": final, "num_prompts": len(self.evals)},
+            "eval": {"initial_accuracy": initial, "final_accuracy": final, "num_prompts": len(self.evals),
+                     **({"episodes": self.eval_episodes} if self.eval_episodes else {})},
             "staleness": self.gate.summary(),
             "scheduling": {"max_staleness": self.cfg.controller.max_staleness,
                            "lookahead": {"mode": self.cfg.controller.lookahead, **self.scheduler.lookahead.state()},

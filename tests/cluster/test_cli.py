@@ -22,3 +22,7 @@ def test_algorithms_lists_registries(capsys):
     out = capsys.readouterr().out
     for name in ("grpo", "k3", "arithmetic", "format"):
         assert name in out
+    # Environments and tools, each under its heading.
+    envs, tools = out.split("environments:\n")[1].split("tools:\n")
+    assert [line.split()[0] for line in envs.splitlines()] == ["guess_number", "gym", "tool_use"]
+    assert "calculator" in tools.split()

@@ -1,0 +1,118 @@
+"""The `tool_use` environment: the model answers, or calls a tool and sees its result first.
+
+A turn that calls a tool gets the tool's result (or its error) as the next observation; the
+first turn that calls none is the answer, and the episode ends (the outcome verifier scores
+that turn's text). Two call formats:
+- `hash`, for the quickstart's character tokenizer (digits, + - * = # and space): a turn that
+  starts with '#' calls the first of the env's tools with the rest of the turn as arguments;
+  the observation is the result followed by '=' ("#1234+5678" -> "6912="), or '#=' on an error
+  (the tokenizer has no letters to say more).
+- `json`, for chat models: `<tool_call>{"name": ..., "arguments": {...}}</tool_call>` in the
+  turn (the Hermes / Qwen convention); the observation is the result or "error: ...", rendered
+  as a `tool` message by the chat template.
+A tool that raises or runs past `tool_timeout_s` is a failed call, never a crash.
+"""
+
+from __future__ import annotations
+
+import ast
+import concurrent.futures as cf
+import json
+import operator
+import re
+import time
+from typing import Any
+
+from rollout.envs.base import ENVS, TOOLS, Step
+
+MAX_DIGITS = 40  # the calculator refuses numbers (and results) longer than this
+
+
+@TOOLS.register("calculator", "integer arithmetic: + - * and parentheses (e.g. '1234+5678')")
+def calculator(arguments: str) -> str:
+    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.USub: operator.neg}
+
+    def value(node: ast.AST) -> int:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            out = node.value
+        elif isinstance(node, ast.BinOp) and type(node.op) in ops:
+            out = ops[type(node.op)](value(node.left), value(node.right))
+        elif isinstance(node, ast.UnaryOp) and type(node.op) in ops:
+            out = ops[type(node.op)](value(node.operand))
+        else:
+            raise ValueError(f"not integer arithmetic: {ast.dump(node)[:60]}")
+        if len(str(abs(out))) > MAX_DIGITS:
+            raise ValueError(f"a number longer than {MAX_DIGITS} digits")
+        return out
+
+    if len(arguments) > 200:
+        raise ValueError("expression longer than 200 characters")
+    return str(value(ast.parse(arguments.strip(), mode="eval").body))
+
+
+_CALLS = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="tool")
+JSON_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
+
+
+def run_tool(name: str, arguments: str, timeout_s: float, options: dict[str, Any]) -> tuple[str, bool, float]:
+    """(result or error text, failed, seconds). A tool that overruns is abandoned (its thread
+    cannot be killed; a tool that may run long must bound itself, as the sandboxed one does)."""
+    t0 = time.perf_counter()
+    try:
+        fn = TOOLS.get(name)
+        result = _CALLS.submit(fn, arguments, **options.get(name, {})).result(timeout=timeout_s)
+        return str(result), False, time.perf_counter() - t0
+    except cf.TimeoutError:
+        return f"{name} timed out after {timeout_s:g} s", True, time.perf_counter() - t0
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"[:300], True, time.perf_counter() - t0
+
+
+class ToolUse:
+    def __init__(self, tools: list[str], call_format: str, tool_timeout_s: float, tool_options: dict):
+        self.tools, self.format, self.timeout_s, self.options = tools, call_format, tool_timeout_s, tool_options
+
+    def reset(self) -> str:
+        return ""
+
+    def _call(self, action: str) -> tuple[str, str] | None:
+        """(tool, arguments) when the turn calls one."""
+        if self.format == "hash":
+            return (self.tools[0], action.strip()[1:]) if action.lstrip().startswith("#") else None
+        found = JSON_CALL.search(action)
+        if found is None:
+            return None
+        try:
+            call = json.loads(found.group(1))
+            args = call.get("arguments", {})
+            if isinstance(args, dict):
+                args = next(iter(args.values())) if len(args) == 1 else json.dumps(args)
+            return str(call["name"]), str(args)
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            return "", f"a malformed tool call ({type(exc).__name__}: {exc})"
+
+    def step(self, action: str) -> Step:
+        call = self._call(action)
+        if call is None:
+            return Step(done=True)
+        name, arguments = call
+        if name not in self.tools:
+            text, failed, seconds = (arguments if not name else f"unknown tool '{name}' (tools: "
+                                     f"{', '.join(self.tools)})"), True, 0.0
+        else:
+            text, failed, seconds = run_tool(name, arguments, self.timeout_s, self.options)
+        if self.format == "hash":
+            text = "#=" if failed else f"{text}="
+        elif failed:
+            text = f"error: {text}"
+        return Step(observation=text, role="tool", tool_calls=1, tool_failures=int(failed), tool_seconds=seconds)
+
+
+@ENVS.register("tool_use", "answer, or call a tool (calculator, python, ...) and answer after its result")
+def tool_use(prompt: str, answer: str, tools: list[str] = ("calculator",), call_format: str = "hash",
+             tool_timeout_s: float = 5.0, tool_options: dict[str, dict] = None) -> ToolUse:
+    if call_format not in ("hash", "json"):
+        raise ValueError(f"rollout.env_options.call_format '{call_format}' is not a format (valid: hash, json)")
+    for name in tools:
+        TOOLS.entry(name)  # unknown tools fail here, naming the valid ones
+    return ToolUse(list(tools), call_format, tool_timeout_s, dict(tool_options or {}))
