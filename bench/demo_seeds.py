@@ -14,6 +14,11 @@ a change to the loop must stay within:
 
     .venv/bin/python bench/demo_seeds.py --model-seed 0 --seeds 0 100 200 --name demo_noise_m0
 
+Another recipe with a bootstrap model (--recipe; e.g. the tool quickstart) runs the same way;
+its multi-turn figures on the held-out prompts (tool-call rate, turns per episode) join the table:
+
+    .venv/bin/python bench/demo_seeds.py --recipe recipes/tool_quickstart.yaml --name tool_quickstart_seeds
+
 Writes bench/results/demo_seeds.json and .md. Wall times need an idle machine.
 """
 
@@ -32,17 +37,18 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 
 
-def run_seed(seed: int, work: Path, overrides: list[str], model_seed: int | None = None) -> dict:
+def run_seed(seed: int, work: Path, overrides: list[str], model_seed: int | None = None,
+             recipe: Path = ROOT / "recipes" / "quickstart.yaml") -> dict:
     """One demo run; with model_seed, on that seed's bootstrap model (built once, then reused)."""
-    model = work / f"tiny-arith-s{seed if model_seed is None else model_seed}"
+    model = work / f"tiny-model-s{seed if model_seed is None else model_seed}"
     if model_seed is not None and not model.is_dir():  # the recipe's bootstrap, at the model's seed
         sys.path.insert(0, str(ROOT))
         from cluster.config import load_config
         from trainer.bootstrap import ensure_tiny_model
-        spec = load_config(ROOT / "recipes" / "quickstart.yaml", [f"model.path={model}"]).model.bootstrap_spec
+        spec = load_config(recipe, [f"model.path={model}"]).model.bootstrap_spec
         ensure_tiny_model(model, spec, seed=model_seed, log=lambda *_: None)
     reuse = [] if model_seed is None else ["model.bootstrap=false"]
-    cmd = [str(ROOT / ".venv" / "bin" / "tandem"), "run", str(ROOT / "recipes" / "quickstart.yaml"),
+    cmd = [str(ROOT / ".venv" / "bin" / "tandem"), "run", str(recipe),
            f"run.seed={seed}", f"run.name=demo-s{seed}", f"run.output_dir={work / 'runs'}", f"model.path={model}",
            f"data.train_path={model}/data/train.jsonl", f"data.eval_path={model}/data/eval.jsonl",
            "controller.progress=false", *reuse, *overrides]
@@ -55,15 +61,19 @@ def run_seed(seed: int, work: Path, overrides: list[str], model_seed: int | None
             "run_wall_s": summary["wall_s"], "end_to_end_s": wall,
             "throughput": summary["throughput"], "weight_sync": summary["weight_sync"],
             "reward_failures": summary["rewards"]["failures"], "reward_timeouts": summary["rewards"]["timeouts"],
-            "goodput": summary["goodput"], "groups": summary["groups"]}
+            "goodput": summary["goodput"], "groups": summary["groups"],
+            "episodes": summary["eval"].get("episodes")}
 
 
-def write(rows: list[dict], overrides: list[str], name: str, model_seed: int | None = None) -> None:
+def write(rows: list[dict], overrides: list[str], name: str, model_seed: int | None = None,
+          recipe: str = "recipes/quickstart.yaml") -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     finals = [r["final_accuracy"] for r in rows]
     initials = [r["initial_accuracy"] for r in rows]
     gains = [f - i for f, i in zip(finals, initials)]
-    command = ".venv/bin/python bench/demo_seeds.py" + ("" if model_seed is None else f" --model-seed {model_seed}")
+    command = ".venv/bin/python bench/demo_seeds.py" + ("" if recipe == "recipes/quickstart.yaml" else
+                                                         f" --recipe {recipe}")
+    command += "" if model_seed is None else f" --model-seed {model_seed}"
     command += " --seeds " + " ".join(str(r["seed"]) for r in rows)
     if overrides:
         command += " --set " + " ".join(overrides)
@@ -90,6 +100,13 @@ def write(rows: list[dict], overrides: list[str], name: str, model_seed: int | N
     lines.append(f"| mean (range) | {agg['initial_mean']:.1%} ({min(initials):.1%}-{max(initials):.1%}) | "
                  f"{agg['final_mean']:.1%} ({min(finals):.1%}-{max(finals):.1%}) | {100 * agg['gain_mean']:+.1f} "
                  f"({100 * min(gains):+.1f} to {100 * max(gains):+.1f}) | | | | | | | |")
+    if any(r["episodes"] for r in rows):  # multi-turn: the held-out prompts' episodes, before -> after
+        lines += ["", "| seed | tool-call rate before -> after | turns per episode before -> after | "
+                  "failed tool calls (last eval) |", "|---|---|---|---|"]
+        for r in rows:
+            first, last = r["episodes"]["initial"], r["episodes"]["latest"]
+            lines.append(f"| {r['seed']} | {first['tool_call_rate']:.1%} -> {last['tool_call_rate']:.1%} | "
+                         f"{first['turns']:.2f} -> {last['turns']:.2f} | {last['tool_failures']} |")
     failures = sum(r["reward_failures"] for r in rows)
     lines += ["", f"Reward failures (fallback scores) over all runs: {failures}; weight-sync checksum failures: "
               f"{sum(r['weight_sync']['checksum_failures'] for r in rows)}."]
@@ -100,6 +117,7 @@ def write(rows: list[dict], overrides: list[str], name: str, model_seed: int | N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--recipe", default="recipes/quickstart.yaml", help="a recipe with model.bootstrap")
     parser.add_argument("--workdir", default="/tmp/tandem-demo-seeds")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="recipe overrides (tuning)")
     parser.add_argument("--name", default="demo_seeds", help="result file name in bench/results")
@@ -107,8 +125,8 @@ def main() -> None:
                         help="every run on this seed's bootstrap model; only the run seed varies")
     args = parser.parse_args()
     work = Path(args.workdir) / time.strftime("%Y%m%d-%H%M%S")
-    write([run_seed(seed, work, args.set, args.model_seed) for seed in args.seeds], args.set, args.name,
-          args.model_seed)
+    rows = [run_seed(seed, work, args.set, args.model_seed, ROOT / args.recipe) for seed in args.seeds]
+    write(rows, args.set, args.name, args.model_seed, args.recipe)
 
 
 if __name__ == "__main__":

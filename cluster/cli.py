@@ -146,10 +146,11 @@ def _cmd_algorithms(args: argparse.Namespace) -> int:
     from trainer.algorithms import REGISTRIES
 
     load_builtins()
+    import reward.tools  # noqa: F401  (the sandboxed `python` tool, a plugin of the environments)
     for registry in (*REGISTRIES, VERIFIERS, ENVS, TOOLS):
         print(f"{registry.kind}{'es' if registry.kind.endswith('s') else 's'}:")
         for entry in registry.entries():
-            traits = f" ({_describe(entry.traits)})" if entry.traits is not None else ""
+            traits = f" ({_describe(entry.traits)})" if entry.traits is not None and _describe(entry.traits) else ""
             paper = f"  [{entry.paper}]" if entry.paper else ""
             print(f"  {entry.name:<20} {entry.description}{traits}{paper}")
     return 0
@@ -159,7 +160,8 @@ def _describe(traits) -> str:
     """A registry entry's traits as 'field=value' for the fields that differ from the default."""
     import dataclasses
 
-    fields = [f for f in dataclasses.fields(traits) if getattr(traits, f.name) != f.default]
+    fields = [f for f in dataclasses.fields(traits)
+              if getattr(traits, f.name) != f.default and not callable(getattr(traits, f.name))]
     return ", ".join(f"{f.name}={getattr(traits, f.name)}" for f in fields)
 
 

@@ -41,6 +41,11 @@ class BootstrapConfig(Section):
     num_layers: int = 2
     num_heads: int = 4
     max_digits: int = Field(2, ge=1)
+    # addition: answer in the head; the multi-turn recipes' (trainer/env_tasks.py): tool_addition,
+    # 4-digit sums with the tool_use environment's calculator, warm-up examples calling it at
+    # `tool_rate`; guess_number, find a secret digit from higher / lower answers.
+    task: Literal["addition", "tool_addition", "guess_number"] = "addition"
+    tool_rate: float = Field(0.3, ge=0, le=1)
     sft_max_steps: int = Field(600, ge=0)
     # The warm-up stops once greedy accuracy on the validation prompts reaches this.
     sft_target_accuracy: float = Field(0.2, ge=0, le=1)

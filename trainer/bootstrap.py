@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from rollout.data import write_jsonl
+from trainer import env_tasks
 from trainer.batches import pad_rows
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
@@ -138,15 +139,22 @@ def write_arithmetic_pairs(data_dir: Path, seed: int) -> None:
             write_jsonl(out, arithmetic_pairs(rows, seed + (split == "eval")))
 
 
-def _sft_batch(tokenizer, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Right-padded prompt+answer+eos; labels only on the answer and eos."""
-    seqs, masks = [], []
+def _examples(tokenizer, rows: list[dict], rng: random.Random, spec) -> list[tuple[list[int], list[float]]]:
+    """(ids, trains) per row: prompt + answer + eos (the answer and eos train); the tool task's
+    are trajectories (trainer/tool_task.py)."""
+    if spec.task != "addition":
+        return env_tasks.examples(tokenizer, rows, rng, spec)
+    out = []
     for row in rows:
         p = tokenizer(row["prompt"])["input_ids"]
         r = tokenizer(row["answer"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        seqs.append(p + r)
-        masks.append([0.0] * len(p) + [1.0] * len(r))
-    ids, attn, (mask,) = pad_rows(seqs, tokenizer.pad_token_id, masks)
+        out.append((p + r, [0.0] * len(p) + [1.0] * len(r)))
+    return out
+
+
+def _sft_batch(tokenizer, examples: list[tuple[list[int], list[float]]]):
+    """Right-padded rows; labels only where the example trains."""
+    ids, attn, (mask,) = pad_rows([e[0] for e in examples], tokenizer.pad_token_id, [e[1] for e in examples])
     ids, attn = torch.from_numpy(ids), torch.from_numpy(attn)
     return ids, attn, torch.where(torch.from_numpy(mask) == 1, ids, torch.tensor(-100))
 
@@ -156,8 +164,9 @@ def sft(model, tokenizer, train: list[dict], val: list[dict], spec, seed: int, l
 
     Learning addition is a sharp phase transition for this model (about 2% -> 80% within
     150 steps, at a step that moves with the seed), so a fixed step count would start RL
-    anywhere from 5% to 80%. Stopping on a validation split makes the start reproducible.
-    Returns (steps taken, validation accuracy).
+    anywhere from 5% to 80%. Stopping on a validation split makes the start reproducible (the
+    multi-turn tasks': trainer/env_tasks.py). Returns (steps taken,
+    validation accuracy).
     """
     torch.manual_seed(seed)
     rng = random.Random(seed)
@@ -166,7 +175,7 @@ def sft(model, tokenizer, train: list[dict], val: list[dict], spec, seed: int, l
     step, acc = 0, 0.0
     for step in range(1, spec.sft_max_steps + 1):
         model.train()
-        ids, attn, labels = _sft_batch(tokenizer, rng.sample(train, spec.sft_batch_size))
+        ids, attn, labels = _sft_batch(tokenizer, _examples(tokenizer, rng.sample(train, spec.sft_batch_size), rng, spec))
         loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
         opt.zero_grad()
         loss.backward()
@@ -175,12 +184,18 @@ def sft(model, tokenizer, train: list[dict], val: list[dict], spec, seed: int, l
         sched.step()
         if step % spec.sft_check_every == 0:
             model.eval()
-            acc = greedy_accuracy(model, tokenizer, val)
+            acc = _validation_accuracy(model, tokenizer, val, spec)
             log(f"  sft step {step:4d} loss {loss.item():.3f} validation accuracy {acc:.1%}")
             if acc >= spec.sft_target_accuracy:
                 break
     model.eval()
     return step, acc
+
+
+def _validation_accuracy(model, tokenizer, rows: list[dict], spec) -> float:
+    if spec.task != "addition":
+        return env_tasks.validation_accuracy(model, tokenizer, rows, spec)
+    return greedy_accuracy(model, tokenizer, rows)
 
 
 @torch.no_grad()
@@ -213,11 +228,12 @@ def ensure_tiny_model(path: str | Path, spec, seed: int = 0, log=print) -> dict:
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     model = build_model(tokenizer, spec)
-    train, evals, val = make_task(spec, seed)
+    train, evals, val = (make_task if spec.task == "addition" else env_tasks.make_rows)(spec, seed)
     log(f"bootstrap: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M-parameter Llama, supervised "
-        f"warm-up on {spec.max_digits}-digit addition until validation accuracy >= {spec.sft_target_accuracy:.0%}")
+        f"warm-up on the {spec.task} task until validation accuracy >= "
+        f"{spec.sft_target_accuracy:.0%}")
     steps, val_acc = sft(model, tokenizer, train, val, spec, seed, log=log)
-    acc = greedy_accuracy(model, tokenizer, evals)
+    acc = _validation_accuracy(model, tokenizer, evals, spec)
     path.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
@@ -228,7 +244,8 @@ def ensure_tiny_model(path: str | Path, spec, seed: int = 0, log=print) -> dict:
     record = {"spec_hash": want, "sft_steps": steps, "sft_val_accuracy": val_acc, "sft_eval_accuracy": acc,
               "build_s": round(time.time() - t0, 1)}
     marker.write_text(json.dumps(record, indent=2))  # written last: a half-built dir is rebuilt
-    log(f"bootstrap: saved {path} in {record['build_s']} s; greedy held-out accuracy {acc:.1%}")
+    what = "greedy held-out accuracy" if spec.task == "addition" else "its stopping metric on held-out rows"
+    log(f"bootstrap: saved {path} in {record['build_s']} s; {what} {acc:.1%}")
     return record
 
 

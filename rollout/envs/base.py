@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import inspect
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from rollout.registry import Registry
 
@@ -37,10 +37,23 @@ class Step:
     tool_seconds: float = 0.0  # ... and the time they took
 
 
+class ToolError(Exception):
+    """A tool's own failure (bad arguments, a program that failed): the model sees its message."""
+
+
 class Env(Protocol):
     def reset(self) -> str: ...
 
     def step(self, action: str) -> Step: ...
+
+
+@dataclass(frozen=True)
+class EnvTraits:
+    """What an environment entry may carry: a check of its options and the plugin modules named
+    (rollout.env_plugins), run when the config is checked (before anything starts), for what
+    the keyword names alone cannot tell."""
+
+    check: Optional[Callable[[dict[str, Any], tuple[str, ...]], None]] = None
 
 
 ENVS: Registry[Callable[..., Env]] = Registry("environment")

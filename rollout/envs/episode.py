@@ -78,7 +78,11 @@ class Episode:
         text = self.obs.tok.decode(turn_ids, skip_special_tokens=True)
         self.turns += 1
         self.final_text = text
-        result = self.env.step(text)
+        try:
+            result = self.env.step(text)
+        except Exception as exc:  # the environment's own bug: the run stops, saying where
+            raise EngineError(f"environment '{self.spec.name}' raised on model turn {self.turns} "
+                              f"(action {text[:80]!r}): {type(exc).__name__}: {exc}") from exc
         self.reward += result.reward
         self.tool_calls += result.tool_calls
         self.tool_failures += result.tool_failures

@@ -5,6 +5,8 @@ integer; each model turn is a guess, answered '+' (the secret is higher), '-' (l
 
 from __future__ import annotations
 
+import re
+
 from rollout.envs.base import ENVS, Step
 
 
@@ -17,7 +19,7 @@ class GuessNumber:
 
     def step(self, action: str) -> Step:
         text = action.strip()
-        if not text.lstrip("-").isdigit():
+        if re.fullmatch(r"-?\d{1,9}", text) is None:
             return Step(observation="#", reward=-self.penalty)
         guess = int(text)
         if guess == self.secret:

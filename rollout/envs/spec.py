@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from rollout.envs.base import ENVS, Env, check_options, import_plugins
+from rollout.envs.base import ENVS, Env, EnvTraits, check_options, import_plugins
 
 
 def load_builtins() -> None:
@@ -33,6 +33,8 @@ class EnvSpec:
         """Register the built-ins and the plugins, and check the name and options (in the worker too)."""
         load_builtins()
         import_plugins(list(self.plugins))
-        ENVS.entry(self.name)
+        traits = ENVS.entry(self.name).traits
         check_options(self.name, self.options)
+        if isinstance(traits, EnvTraits) and traits.check is not None:
+            traits.check(self.options, self.plugins)
         return self

@@ -17,14 +17,17 @@ from __future__ import annotations
 
 import ast
 import concurrent.futures as cf
+import inspect
 import json
 import operator
 import re
 import time
 from typing import Any
 
-from rollout.envs.base import ENVS, TOOLS, Step
+from rollout.envs.base import ENVS, TOOLS, EnvTraits, Step, ToolError
 
+# Tools that ship with Tandem above the rollout stage, registered by a plugin module.
+PLUGIN_TOOLS = {"python": "reward.tools"}
 MAX_DIGITS = 40  # the calculator refuses numbers (and results) longer than this
 
 
@@ -64,8 +67,9 @@ def run_tool(name: str, arguments: str, timeout_s: float, options: dict[str, Any
         return str(result), False, time.perf_counter() - t0
     except cf.TimeoutError:
         return f"{name} timed out after {timeout_s:g} s", True, time.perf_counter() - t0
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"[:300], True, time.perf_counter() - t0
+    except Exception as exc:  # a ToolError says what went wrong itself; anything else is named
+        text = str(exc) if isinstance(exc, ToolError) else f"{type(exc).__name__}: {exc}"
+        return text[:300], True, time.perf_counter() - t0
 
 
 class ToolUse:
@@ -108,11 +112,33 @@ class ToolUse:
         return Step(observation=text, role="tool", tool_calls=1, tool_failures=int(failed), tool_seconds=seconds)
 
 
-@ENVS.register("tool_use", "answer, or call a tool (calculator, python, ...) and answer after its result")
-def tool_use(prompt: str, answer: str, tools: list[str] = ("calculator",), call_format: str = "hash",
-             tool_timeout_s: float = 5.0, tool_options: dict[str, dict] = None) -> ToolUse:
+def check(options: dict[str, Any], plugins: tuple[str, ...] = ()) -> None:
+    """The call format, every tool registered (a plugin's tool: its module among the plugins, so
+    that every worker registers it too) and every tool option its tool's."""
+    call_format, tools = options.get("call_format", "hash"), options.get("tools", DEFAULT_TOOLS)
     if call_format not in ("hash", "json"):
         raise ValueError(f"rollout.env_options.call_format '{call_format}' is not a format (valid: hash, json)")
     for name in tools:
-        TOOLS.entry(name)  # unknown tools fail here, naming the valid ones
+        if name in PLUGIN_TOOLS and PLUGIN_TOOLS[name] not in plugins:
+            raise ValueError(f"rollout.env_options.tools: '{name}' is registered by the module {PLUGIN_TOOLS[name]}: "
+                             f"add it to rollout.env_plugins")
+        if name not in TOOLS:
+            raise ValueError(f"rollout.env_options.tools: unknown tool '{name}'; valid names: {', '.join(TOOLS.names())}")
+    for name, opts in (options.get("tool_options") or {}).items():
+        if name not in tools:
+            raise ValueError(f"rollout.env_options.tool_options.{name}: '{name}' is not among the tools ({', '.join(tools)})")
+        takes = list(inspect.signature(TOOLS.get(name)).parameters)[1:]
+        for key in opts:
+            if key not in takes:
+                raise ValueError(f"rollout.env_options.tool_options.{name}.{key}: {name} takes {', '.join(takes) or 'none'}")
+
+
+DEFAULT_TOOLS = ("calculator",)
+
+
+@ENVS.register("tool_use", "answer, or call a tool (calculator, python, ...) and answer after its result",
+               traits=EnvTraits(check=check))
+def tool_use(prompt: str, answer: str, tools: list[str] = DEFAULT_TOOLS, call_format: str = "hash",
+             tool_timeout_s: float = 5.0, tool_options: dict[str, dict] = None) -> ToolUse:
+    check({"tools": tools, "call_format": call_format, "tool_options": tool_options}, tuple(PLUGIN_TOOLS.values()))
     return ToolUse(list(tools), call_format, tool_timeout_s, dict(tool_options or {}))

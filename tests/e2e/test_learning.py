@@ -92,13 +92,13 @@ def flipped_estimators():
 
 
 def learning_config(model_dir, out_dir, seed: int, name: str, *extra, recipe: str = "quickstart.yaml",
-                    lr: float = LR):
-    """The learning harness: a quickstart recipe, STEPS steps at `lr`, evaluated only before and after."""
+                    lr: float = LR, steps: int = STEPS):
+    """The learning harness: a quickstart recipe, `steps` steps at `lr`, evaluated only before and after."""
     return load_config(os.path.join(ROOT, "recipes", recipe), [
         f"model.path={model_dir}", f"data.train_path={model_dir}/data/train.jsonl",
         f"data.eval_path={model_dir}/data/eval.jsonl", f"run.output_dir={out_dir}", f"run.name={name}",
         # model.bootstrap off: the bootstrap depends on run.seed, and every seed must start from one model
-        "model.bootstrap=false", f"run.seed={seed}", f"controller.steps={STEPS}", f"trainer.lr={lr}",
+        "model.bootstrap=false", f"run.seed={seed}", f"controller.steps={steps}", f"trainer.lr={lr}",
         "controller.eval_every=0", "controller.progress=false", *extra])
 
 
@@ -108,19 +108,19 @@ GRPO = {"lr": GRPO_LR}
 PPO_EXTRA = ("critic.warmup_steps=4",)
 
 
-def gains(record: dict, run_dir) -> tuple[float, float]:
-    """(training reward gain: last WINDOW steps minus first WINDOW, held-out accuracy gain)."""
+def gains(record: dict, run_dir, window: int = WINDOW) -> tuple[float, float]:
+    """(training reward gain: last `window` steps minus first `window`, held-out accuracy gain)."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     reward = [r["reward_mean"] for r in rows if not r.get("final")]
-    assert len(reward) == STEPS
+    assert len(reward) == record["steps"]
     ev = record["eval"]
-    return float(np.mean(reward[-WINDOW:]) - np.mean(reward[:WINDOW])), ev["final_accuracy"] - ev["initial_accuracy"]
+    return float(np.mean(reward[-window:]) - np.mean(reward[:window])), ev["final_accuracy"] - ev["initial_accuracy"]
 
 
-def run_gains(model_dir, out_dir, seed: int, name: str, *extra, **kw) -> tuple[float, float]:
+def run_gains(model_dir, out_dir, seed: int, name: str, *extra, window: int = WINDOW, **kw) -> tuple[float, float]:
     record = run(learning_config(model_dir, out_dir, seed, name, *extra, **kw), log=lambda *_: None).record
-    assert record["status"] == "completed" and record["steps"] == STEPS
-    return gains(record, out_dir / name)
+    assert record["status"] == "completed" and record["steps"] == kw.get("steps", STEPS)
+    return gains(record, out_dir / name, window)
 
 
 @pytest.fixture(scope="module")

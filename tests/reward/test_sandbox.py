@@ -185,3 +185,20 @@ print(os.getpid() > 1)
 """
     result = run_python(probe, limits=LIMITS)
     assert result.stdout.split("\n") == ["-1 1", "-1 1", "-1 1", "True", ""], result.stdout + result.stderr
+
+
+@needs_namespaces
+def test_the_python_tool_runs_in_the_sandbox_and_its_failures_become_observations():
+    """rollout.env 'tool_use' with tools [python] and rollout.env_plugins [reward.tools]."""
+    import reward.tools  # noqa: F401  (registers `python`)
+    from rollout.envs.tool_use import tool_use
+
+    env = tool_use("", "", tools=["python"], call_format="json", tool_timeout_s=10.0,
+                   tool_options={"python": {"timeout_s": 2.0}})
+    call = '<tool_call>{{"name": "python", "arguments": {{"code": {}}}}}</tool_call>'.format
+    ok = env.step(call('"print(sum(range(10)))"'))
+    assert (ok.observation, ok.tool_failures) == ("45\n", 0)
+    looped = env.step(call('"while True: pass"'))
+    assert looped.tool_failures == 1 and looped.observation == "error: timed out after 2 s" and looped.tool_seconds < 5
+    network = env.step(call('"import socket; socket.create_connection((\'127.0.0.1\', 22), timeout=1)"'))
+    assert network.tool_failures == 1 and network.observation.startswith("error: OSError")  # no network there

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from rollout.envs.base import ENVS, TOOLS
+from rollout.envs.base import ENVS, TOOLS, Step
 from rollout.envs.spec import EnvSpec
 from rollout.envs.episode import Observations
 from rollout.envs.tool_use import calculator, tool_use
@@ -245,3 +245,39 @@ def test_a_trajectory_across_a_weight_swap_keeps_each_tokens_version(tiny_model,
                 want = (by_old if v == 0 else by_new)[i, p + j]
                 assert abs(r.logprobs[j] - want) < 1e-5, (i, j, v)
     assert spanning > 0, "no trajectory had model tokens on both sides of the swap"
+
+
+def test_guess_number_answers_higher_or_lower_and_charges_wrong_guesses():
+    from rollout.envs.guess import guess_number
+
+    env = guess_number("#=", "7", turn_penalty=0.1)
+    assert env.step("3") == Step(observation="+", reward=-0.1)
+    assert env.step("9").observation == "-" and env.step("--3").observation == "#"
+    assert env.step("7") == Step(done=True)
+
+
+def test_the_token_budget_bounds_every_episode(tiny_model, plugin):
+    spec = EnvSpec(plugin.name, plugin.options, max_turns=10, max_episode_tokens=14, plugins=plugin.plugins)
+    engine = HFEngine(tiny_model, env=spec)
+    rollouts = engine.generate([request(g, f"{g}+1=", str(g + 1), 4) for g in range(3)],
+                               SamplingParams(temperature=TEMP, max_new_tokens=5, seed=4), version=0)
+    for r in rollouts:  # the countdown never ends: the budget does, before max_turns
+        assert len(r.response_ids) <= 14 and r.episode.truncated and r.episode.turns < 10
+        assert r.trains[-1] == 1  # an episode ends after a model turn, never on an observation
+
+
+@pytest.mark.parametrize("options, plugins, error", [
+    ({"tools": ["nope"]}, [], "unknown tool 'nope'; valid names: calculator"),
+    ({"tools": ["python"]}, [], "'python' is registered by the module reward.tools: add it to rollout.env_plugins"),
+    ({"call_format": "xml"}, [], "call_format 'xml' is not a format"),
+    ({"tools": ["python"], "tool_options": {"python": {"timeout": 1}}}, ["reward.tools"],
+     "tool_options.python.timeout: python takes timeout_s, memory_mb, allow_unisolated"),
+    ({"turns": 3}, [], "rollout.env_options.turns: environment 'tool_use' takes tools, call_format"),
+])
+def test_bad_environment_options_are_refused_when_the_config_is_checked(options, plugins, error):
+    from pydantic import ValidationError
+
+    from rollout.config import RolloutConfig
+
+    with pytest.raises(ValidationError, match=error.replace("(", r"\(")):
+        RolloutConfig(env="tool_use", env_options=options, env_plugins=plugins)
