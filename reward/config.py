@@ -13,9 +13,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # Names of components served by dedicated actors rather than registered verifiers.
 MODEL_COMPONENTS = ("reward_model", "judge")
-# The environment's per-turn rewards of a multi-turn rollout (rollout.env), summed: read off the
-# rollout by the verifier workers, no verifier of its own.
-ENV_COMPONENT = "env"
 
 
 class RewardConfig(BaseModel):
@@ -84,11 +81,11 @@ class RewardConfig(BaseModel):
             raise ValueError(f"reward.clip_min ({self.clip_min}) > reward.clip_max ({self.clip_max})")
         weights = self.weights()
         for name in weights:
-            if name not in MODEL_COMPONENTS and name not in VERIFIERS and name != ENV_COMPONENT:
+            if name not in MODEL_COMPONENTS and name not in VERIFIERS:
                 raise ValueError(f"reward: unknown verifier '{name}'; valid names: {', '.join(VERIFIERS.names())}, "
-                                 f"{', '.join(MODEL_COMPONENTS)}, {ENV_COMPONENT}")
+                                 f"{', '.join(MODEL_COMPONENTS)}")
         for name, options in self.verifier_options.items():
-            if name not in weights or name in (*MODEL_COMPONENTS, ENV_COMPONENT):
+            if name not in weights or name in MODEL_COMPONENTS:
                 raise ValueError(f"reward.verifier_options.{name}: '{name}' is not among this run's verifiers "
                                  f"({', '.join(weights)})")
             takes = list(inspect.signature(VERIFIERS.get(name)).parameters)[2:]

@@ -251,8 +251,7 @@ class RewardPool:
         return sid
 
     def _key(self, r: Rollout) -> str:
-        return hashlib.sha256(json.dumps([self._fingerprint, r.prompt, r.response_text, r.answer, r.finish_reason,
-                                               r.episode.reward if r.episode is not None else None])
+        return hashlib.sha256(json.dumps([self._fingerprint, r.prompt, r.response_text, r.answer, r.finish_reason])
                               .encode()).hexdigest()
 
     def _pump(self, until: float) -> None:

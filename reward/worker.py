@@ -14,7 +14,7 @@ import importlib
 import os
 import time
 
-from reward.config import ENV_COMPONENT, MODEL_COMPONENTS, RewardConfig
+from reward.config import MODEL_COMPONENTS, RewardConfig
 from reward.types import ComponentScore, WorkerReply
 from reward.verifiers import VERIFIERS
 from rollout.types import Rollout
@@ -27,7 +27,7 @@ def verifier_components(spec: RewardConfig) -> dict[str, callable]:
         importlib.import_module(module)
     out = {}
     for name in spec.weights():
-        if name in (*MODEL_COMPONENTS, ENV_COMPONENT):
+        if name in MODEL_COMPONENTS:
             continue
         fn = VERIFIERS.get(name)
         out[name] = functools.partial(fn, **spec.verifier_options.get(name, {}))
@@ -39,7 +39,6 @@ class RewardWorker:
         os.environ.setdefault("OMP_NUM_THREADS", "1")  # sympy/numpy must not spread over the cores
         self.spec = spec
         self.fns = verifier_components(spec)
-        self.names = [n for n in spec.weights() if n not in MODEL_COMPONENTS]  # the verifiers and `env`
         if spec.uses_sandbox:  # on every node: a worker where namespaces fail refuses to score code
             from reward.sandbox import require_isolation
 
@@ -51,8 +50,6 @@ class RewardWorker:
         t0 = time.perf_counter()
         if name == "format" and rollout.finish_reason != "stop":
             return ComponentScore(name, 0.0)  # a cut-off response has no format to reward
-        if name == ENV_COMPONENT:
-            return ComponentScore(name, rollout.episode.reward if rollout.episode is not None else 0.0)
         future = self._pool.submit(self.fns[name], rollout.response_text, rollout.answer)
         try:
             value = float(future.result(timeout=self.spec.timeout_s))
@@ -70,7 +67,7 @@ class RewardWorker:
 
     def score_one(self, rollout: Rollout) -> tuple[ComponentScore, ...]:
         out = []
-        for name in self.names:
+        for name in self.fns:
             out.append(self._call(name, rollout))
             if out[-1].failure:  # the sample falls back anyway; do not spend more time on it
                 break

@@ -66,9 +66,6 @@ class RolloutConfig(BaseModel):
             if self.env_options or self.env_plugins:
                 raise ValueError("rollout.env_options / rollout.env_plugins are set but rollout.env is null")
             return self
-        if self.engine != "hf":
-            raise ValueError(f"rollout.env '{self.env}' with rollout.engine '{self.engine}': multi-turn rollouts run "
-                             "on the hf engine so far (vLLM's continued requests are not built yet)")
         try:
             self.env_spec()
         except KeyError as exc:

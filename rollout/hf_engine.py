@@ -28,8 +28,7 @@ import torch
 
 from rollout.envs.spec import EnvSpec
 from rollout.envs.episode import Episode, Episodes
-from rollout.types import (AbortResult, EngineError, EpisodeStats, GenerationRequest, Rollout, SamplingParams, doomed,
-                           sample_seed)
+from rollout.types import AbortResult, EngineError, GenerationRequest, Rollout, SamplingParams, doomed, sample_seed
 
 
 def load_causal_lm(path: str | Path, dtype: str = "float32", device: str = "cpu"):
@@ -313,8 +312,7 @@ class HFEngine:
             logprobs=tuple(b.logprobs[seq]), versions=tuple(b.versions[seq]),
             finish_reason="stop" if stopped else "length", seed=b.seeds[seq],
             trains=() if ep is None else tuple(b.trains[seq]),
-            episode=None if ep is None else EpisodeStats(ep.turns, ep.tool_calls, ep.tool_failures, ep.tool_seconds,
-                                                         ep.reward, ep.truncated),
+            episode=None if ep is None else ep.stats(),
         )
 
     # ---- colocated placement: the device goes to the learner while it trains ----

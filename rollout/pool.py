@@ -51,7 +51,7 @@ def make_engine(cfg: RolloutConfig, model_path: str, dtype: str, setup: EngineSe
     if cfg.engine == "vllm":
         from rollout.vllm_engine import VLLMEngine
 
-        return VLLMEngine(model_path, dtype, cfg.threads_per_worker, vllm_options(cfg, setup))
+        return VLLMEngine(model_path, dtype, cfg.threads_per_worker, vllm_options(cfg, setup), cfg.env_spec())
     raise ValueError(f"rollout.engine '{cfg.engine}' is not an engine (valid: hf, vllm)")
 
 

@@ -55,8 +55,11 @@ class EpisodeStats:
     tool_calls: int = 0
     tool_failures: int = 0  # calls that raised or overran (their error was the observation)
     tool_seconds: float = 0.0
-    reward: float = 0.0  # the environment's per-turn rewards, summed (the reward component `env`)
+    reward: float = 0.0  # the environment's per-turn rewards, summed
     truncated: bool = False  # ended by rollout.max_turns or max_episode_tokens, not by the environment
+    # (index in response_ids of the turn's last token, reward) for every turn the environment
+    # rewarded: per-token rewards there for the advantage estimators (trainer/advantages.py)
+    turn_rewards: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)

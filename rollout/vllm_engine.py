@@ -41,8 +41,10 @@ from typing import Iterator
 
 import torch
 
-from rollout.types import (AbortResult, EngineError, GenerationRequest, Rollout, SamplingParams, VLLMOptions, doomed,
-                           sample_seed)
+from rollout.envs.episode import Episodes
+from rollout.envs.spec import EnvSpec
+from rollout.types import (AbortResult, EngineError, EpisodeStats, GenerationRequest, Rollout, SamplingParams,
+                           VLLMOptions, doomed, sample_seed)
 
 GiB = 1 << 30
 _END = object()  # a stream's last queue item
@@ -100,6 +102,29 @@ def engine_kwargs(model_path: str, dtype: str, o: VLLMOptions, on_cpu: bool) -> 
     return kwargs
 
 
+class _Trajectory:
+    """A sample's tokens so far: its model turns' (trains 1) and the observations' between them."""
+
+    def __init__(self, first_observation: list[int], version: int):
+        n = len(first_observation)
+        self.ids, self.logprobs, self.versions = list(first_observation), [0.0] * n, [version] * n
+        self.trains = [0] * n
+        self.turns, self.turn_ids, self.text, self.finish_reason = 0, [], "", "length"
+
+    def turn(self, logprobs: list[float], ids: list[int], versions: list[int], text: str, finish_reason: str):
+        self.ids += ids
+        self.logprobs += logprobs
+        self.versions += versions
+        self.trains += [1] * len(ids)
+        self.turns, self.turn_ids, self.text, self.finish_reason = self.turns + 1, ids, text, finish_reason
+
+    def observe(self, ids: list[int], version: int) -> None:
+        self.ids += ids
+        self.logprobs += [0.0] * len(ids)
+        self.versions += [version] * len(ids)
+        self.trains += [0] * len(ids)
+
+
 @dataclass(frozen=True)
 class ReceivedUpdate:
     """An update received and checked inside vLLM's worker (`tandem_collective`), not yet loaded."""
@@ -117,7 +142,7 @@ class VLLMEngine:
     pauses_itself = True  # a weight update pauses and resumes the requests in flight (no safe points)
 
     def __init__(self, model_path: str, dtype: str = "float32", threads: int = 1,
-                 options: VLLMOptions | None = None):
+                 options: VLLMOptions | None = None, env: EnvSpec | None = None):
         self.options = options or VLLMOptions()
         if not (Path(model_path) / "config.json").is_file():
             raise EngineError(f"model.path '{model_path}' is not a Hugging Face checkpoint (no config.json there)")
@@ -127,13 +152,16 @@ class VLLMEngine:
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.eos_id = self.tokenizer.eos_token_id
+        self.episodes = None if env is None else Episodes(env, self.tokenizer)  # rollout.env: multi-turn
         self.version = self.options.weight_version
         self._ids = itertools.count()
-        # Touched on the loop thread only: group_id -> {request id: tokens so far} (queued ones: 0),
-        # request id -> the version of its first token, and the groups aborted (none of their
+        # Touched on the loop thread only: group_id -> {sample key: tokens so far} (queued ones: 0),
+        # sample key -> the version of its first token and the vLLM request running its turn now
+        # (a multi-turn sample is a request per turn), and the groups aborted (none of their
         # requests starts, and one that finishes as the abort lands is dropped all the same).
         self._inflight: dict[int, dict[str, int]] = {}
         self._first: dict[str, int] = {}
+        self._requests: dict[str, str] = {}
         self._aborted: set[int] = set()
         self._loop_version = self.version  # the weights' version as the loop thread sees it
         # model.lora: each update is an adapter on disk, and a request is served by the adapter of
@@ -234,50 +262,80 @@ class VLLMEngine:
             raise
         out.put(_END)
 
-    def _sampling_params(self, params: SamplingParams, seed: int):
+    def _sampling_params(self, params: SamplingParams, seed: int, max_tokens: int):
         from vllm import SamplingParams as VSamplingParams
 
-        return VSamplingParams(temperature=params.temperature, top_p=1.0, max_tokens=params.max_new_tokens,
+        return VSamplingParams(temperature=params.temperature, top_p=1.0, max_tokens=max_tokens,
                                seed=seed, logprobs=0, stop_token_ids=[self.eos_id], skip_special_tokens=True)
 
     async def _generate_one(self, req: GenerationRequest, k: int, params: SamplingParams, gate):
+        """One sample: a response, or (rollout.env) an episode whose every turn is a request that
+        continues the trajectory so far (its ids as they are; vLLM's prefix cache holds them)."""
         # A seed per sample: reproducible for a given (seed, step, group, sample), whatever the batching.
         seed = sample_seed(params.seed, params.step, req.group_id, k)
-        request_id = f"g{req.group_id}-s{k}-{next(self._ids)}"
-        prompt_ids = list(req.prompt_ids)
+        key = f"g{req.group_id}-s{k}-{next(self._ids)}"
         if req.group_id in self._aborted:  # aborted before its call reached the engine
             return None
         inflight = self._inflight.setdefault(req.group_id, {})
-        inflight[request_id] = 0  # queued: an abort finds it before it is submitted
-        final = None
+        inflight[key] = 0  # queued: an abort finds it before it is submitted
+        episode = None if self.episodes is None else self.episodes.start(req.prompt, req.answer)
+        t = _Trajectory(episode.first() if episode is not None else [], self._loop_version)
         try:
             async with gate:
-                if req.group_id in self._aborted:
-                    return None
-                lora, lora_version = self._lora  # the adapter current now serves this request to its end
-                async for out in self.llm.generate({"prompt_token_ids": prompt_ids},
-                                                   self._sampling_params(params, seed), request_id,
-                                                   lora_request=lora):
-                    final, inflight[request_id] = out, len(out.outputs[0].token_ids)
-                    if request_id not in self._first and inflight[request_id]:
-                        self._first[request_id] = lora_version if self._adapters else self._loop_version
+                while True:
+                    if not await self._turn(req, key, t, params, (seed + t.turns) % 2**63, episode):
+                        return None  # aborted (or stopped): nothing of it is used
+                    # The environment runs off the loop thread: the other requests keep decoding.
+                    obs = None if episode is None else await asyncio.to_thread(episode.step, t.turn_ids, len(t.ids))
+                    if obs is None:
+                        break
+                    t.observe(obs, self._loop_version)
+                    inflight[key] = len(t.ids)
         finally:
-            del inflight[request_id]
+            del inflight[key]
             if not inflight:
                 del self._inflight[req.group_id]
-            self._first.pop(request_id, None)
-        # An abort that raced the request's admission lets it run on; it is dropped all the same.
-        if final is None or final.outputs[0].finish_reason not in ("stop", "length") or req.group_id in self._aborted:
-            return None
-        done = final.outputs[0]
-        ids = list(done.token_ids)
-        logprobs = tuple(float(step[tok].logprob) for step, tok in zip(done.logprobs, ids))
+            self._first.pop(key, None)
+        stopped = t.finish_reason == "stop" and not (episode is not None and episode.truncated)
         return Rollout(
             group_id=req.group_id, prompt_id=req.prompt_id, sample_index=k, prompt=req.prompt, answer=req.answer,
-            prompt_ids=tuple(prompt_ids), response_ids=tuple(ids), response_text=done.text, logprobs=logprobs,
-            versions=(lora_version,) * len(ids) if self._adapters else self._token_versions(done, len(ids)),
-            finish_reason=done.finish_reason, seed=seed,
+            prompt_ids=tuple(req.prompt_ids), response_ids=tuple(t.ids),
+            response_text=t.text if episode is None else episode.final_text, logprobs=tuple(t.logprobs),
+            versions=tuple(t.versions), finish_reason="stop" if stopped else "length", seed=seed,
+            trains=() if episode is None else tuple(t.trains),
+            episode=None if episode is None else EpisodeStats(episode.turns, episode.tool_calls, episode.tool_failures,
+                                                              episode.tool_seconds, episode.reward, episode.truncated),
         )
+
+    async def _turn(self, req: GenerationRequest, key: str, t: "_Trajectory", params: SamplingParams, seed: int,
+                    episode) -> bool:
+        """One model turn appended to `t`; False when it was aborted."""
+        if req.group_id in self._aborted:
+            return False
+        room = None if episode is None else episode.room(len(t.ids))
+        max_tokens = params.max_new_tokens if room is None else max(1, min(params.max_new_tokens, room))
+        request_id = self._requests[key] = f"{key}-t{t.turns}"
+        lora, lora_version = self._lora  # the adapter current now serves this turn to its end
+        final = None
+        try:
+            async for out in self.llm.generate({"prompt_token_ids": list(req.prompt_ids) + t.ids},
+                                               self._sampling_params(params, seed, max_tokens), request_id,
+                                               lora_request=lora):
+                final, n = out, len(out.outputs[0].token_ids)
+                self._inflight[req.group_id][key] = len(t.ids) + n
+                if key not in self._first and n:
+                    self._first[key] = lora_version if self._adapters else self._loop_version
+        finally:
+            self._requests.pop(key, None)
+        # An abort that raced the request's admission lets it run on; it is dropped all the same.
+        if final is None or final.outputs[0].finish_reason not in ("stop", "length") or req.group_id in self._aborted:
+            return False
+        done = final.outputs[0]
+        ids = list(done.token_ids)
+        t.turn([float(step[tok].logprob) for step, tok in zip(done.logprobs, ids)], ids,
+               [lora_version] * len(ids) if self._adapters else self._token_versions(done, len(ids)),
+               done.text, done.finish_reason)
+        return True
 
     def _token_versions(self, done, n: int) -> tuple[int, ...]:
         spans = done.weight_versions
@@ -304,7 +362,7 @@ class VLLMEngine:
                     started[g] = min(started.get(g, self._first[rid]), self._first[rid])
         hit = sorted((doomed(started, floor) | set(group_ids)) & set(self._inflight))
         self._aborted.update(hit, group_ids)
-        ids = [rid for g in hit for rid in self._inflight[g]]
+        ids = [self._requests[key] for g in hit for key in self._inflight[g] if key in self._requests]
         tokens = sum(self._inflight[g][rid] for g in hit for rid in self._inflight[g])
         if ids:
             await self.llm.abort(ids)

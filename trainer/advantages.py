@@ -88,6 +88,25 @@ def _last_token_rewards(x: AdvantageInputs) -> np.ndarray:
     return rewards
 
 
+def _model_tokens_first(mask: np.ndarray) -> np.ndarray:
+    """Per row, the positions of its trained tokens first, in order ([B, T] indices). Gathered by
+    it, a multi-turn trajectory's model tokens sit side by side (its observations, which never
+    train, out of the way), so the recursions below step from a turn's last token to the next
+    turn's first: the outcome reaches every turn, and a critic's value bootstraps across the
+    observation. A one-turn row's response is contiguous already: gathering only shifts it."""
+    return np.argsort(mask == 0, axis=1, kind="stable")
+
+
+def _gather(a: np.ndarray, order: np.ndarray) -> np.ndarray:
+    return np.take_along_axis(a, order, axis=1)
+
+
+def _scatter(a: np.ndarray, order: np.ndarray) -> np.ndarray:
+    out = np.empty_like(a)
+    np.put_along_axis(out, order, a, axis=1)
+    return out
+
+
 def _whiten(a: np.ndarray, mask: np.ndarray, eps: float) -> np.ndarray:
     n = mask.sum()
     mean = (a * mask).sum() / n
@@ -130,13 +149,15 @@ def reinforce_pp(x: AdvantageInputs, o: AdvantageOptions):
     scores = np.asarray(x.scores, dtype=np.float64)
     if o.group_baseline:  # REINFORCE++-baseline: centre the outcome within its group first
         scores = scores - _group_stats(scores, x.groups)[0]
-    rewards = _last_token_rewards(AdvantageInputs(scores=scores, groups=x.groups, mask=x.mask, token_rewards=x.token_rewards))
+    order = _model_tokens_first(x.mask)
+    rewards = _gather(_last_token_rewards(AdvantageInputs(scores=scores, groups=x.groups, mask=x.mask,
+                                                          token_rewards=x.token_rewards)), order)
     returns = np.zeros_like(rewards)
     running = np.zeros(rewards.shape[0])
     for t in reversed(range(rewards.shape[1])):
         running = rewards[:, t] + o.gamma * running
         returns[:, t] = running
-    returns *= x.mask
+    returns = _scatter(returns, order) * x.mask
     return _whiten(returns, x.mask, o.eps).astype(np.float32), None
 
 
@@ -146,17 +167,19 @@ def reinforce_pp(x: AdvantageInputs, o: AdvantageOptions):
 def gae(x: AdvantageInputs, o: AdvantageOptions):
     if x.values is None:
         raise ValueError("advantage 'gae' needs critic values (algorithm.critic)")
-    rewards = _last_token_rewards(x)
-    values = x.values * x.mask
+    order = _model_tokens_first(x.mask)
+    rewards, values, mask = _gather(_last_token_rewards(x), order), _gather(x.values * x.mask, order), \
+        _gather(x.mask, order)
     adv = np.zeros_like(rewards)
     running = np.zeros(rewards.shape[0])
     for t in reversed(range(rewards.shape[1])):
         next_value = values[:, t + 1] if t + 1 < rewards.shape[1] else 0.0
-        next_value = next_value * (x.mask[:, t + 1] if t + 1 < rewards.shape[1] else 0.0)
+        next_value = next_value * (mask[:, t + 1] if t + 1 < rewards.shape[1] else 0.0)
         delta = rewards[:, t] + o.gamma * next_value - values[:, t]
         # Padding after a response resets the recursion; prompt positions are masked out below.
-        running = (delta + o.gamma * o.lam * running) * x.mask[:, t]
+        running = (delta + o.gamma * o.lam * running) * mask[:, t]
         adv[:, t] = running
+    adv, values = _scatter(adv, order), _scatter(values, order)
     returns = (adv + values) * x.mask
     if o.normalize_std:
         adv = _whiten(adv, x.mask, o.eps)

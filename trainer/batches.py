@@ -49,6 +49,18 @@ def build_batch(rollouts: Sequence[Rollout], pad_id: int, mask_truncated: bool =
     return TrainBatch(ids, attn, mask, np.zeros_like(mask), behaviour_logprobs=logprobs)
 
 
+def turn_rewards(rollouts: Sequence[Rollout], width: int) -> np.ndarray | None:
+    """[B, width] the environment's per-turn rewards of multi-turn rollouts, each on its turn's
+    last token (build_batch's alignment), 0 elsewhere; None when no rollout has any."""
+    if not any(r.episode is not None and r.episode.turn_rewards for r in rollouts):
+        return None
+    out = np.zeros((len(rollouts), width), dtype=np.float32)
+    for i, r in enumerate(rollouts):
+        for index, reward in (r.episode.turn_rewards if r.episode is not None else ()):
+            out[i, len(r.prompt_ids) + index] += reward
+    return out
+
+
 def padded_batch(examples: Sequence[Example], pad_id: int) -> TrainBatch:
     """SFT: one row per example; loss_mask marks the completion tokens."""
     ids, attn, (mask,) = pad_rows([e.ids for e in examples], pad_id, [e.trains for e in examples])

@@ -17,7 +17,7 @@ from cluster.rl.gate import Group
 from cluster.shapes import rows_per_step
 from reward.shaping import overlong_penalty
 from trainer.advantages import ADVANTAGES, AdvantageInputs, AdvantageOptions
-from trainer.batches import build_batch, pad_pairs
+from trainer.batches import build_batch, pad_pairs, turn_rewards
 from trainer.group import LearnerGroup
 from trainer.losses import AGGREGATIONS, KL_ESTIMATORS, loss_kind
 from trainer.preference import best_worst_pairs, pair_weights
@@ -112,12 +112,15 @@ class GroupExperience(ExperienceMaker):
         scores = scores + overlong_penalty(lengths, self.cfg.rollout.max_new_tokens, a.overlong_buffer,
                                            a.overlong_penalty)
         metrics: dict = {"score_mean": float(scores.mean())}
-        token_rewards = None
+        # Multi-turn: each rewarded turn's reward on its last token (summed by sequence-level estimators).
+        token_rewards = turn_rewards(rollouts, batch.loss_mask.shape[1])
+        if token_rewards is not None:
+            metrics["turn_reward_mean"] = float(token_rewards.sum() / len(rollouts))
         if a.kl_in == "reward" and self.kl.coef > 0:
             ref = self.learners.reference_logprobs(batch, temp)
             kl = KL_ESTIMATORS.get(a.kl_estimator)(torch.from_numpy(batch.behaviour_logprobs),
                                                    torch.from_numpy(ref)).numpy() * batch.loss_mask
-            token_rewards = -self.kl.coef * kl
+            token_rewards = -self.kl.coef * kl + (0.0 if token_rewards is None else token_rewards)
             metrics["kl"] = float(kl.sum() / max(batch.loss_mask.sum(), 1))
         values = self.critic.values(batch) if self.critic else None
         group_ids = np.repeat([g.group_id for g in groups], [len(g.rollouts) for g in groups])

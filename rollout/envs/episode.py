@@ -14,7 +14,7 @@ from typing import Optional
 
 from rollout.envs.base import Env
 from rollout.envs.spec import EnvSpec
-from rollout.types import EngineError
+from rollout.types import EngineError, EpisodeStats
 
 MARK = "\x00OBSERVATION\x00"  # stands for an observation while the template's separators are read off
 
@@ -62,6 +62,11 @@ class Episode:
         self.tool_seconds = self.reward = 0.0
         self.final_text = ""  # the last model turn's text: what the outcome verifier reads
         self.truncated = False  # ended by max_turns or the token budget, not by the environment
+        self.turn_rewards: list[tuple[int, float]] = []  # (the turn's last token, its reward)
+
+    def stats(self) -> EpisodeStats:
+        return EpisodeStats(self.turns, self.tool_calls, self.tool_failures, self.tool_seconds, self.reward,
+                            self.truncated, tuple(self.turn_rewards))
 
     def first(self) -> list[int]:
         text = self.env.reset()
@@ -84,6 +89,8 @@ class Episode:
             raise EngineError(f"environment '{self.spec.name}' raised on model turn {self.turns} "
                               f"(action {text[:80]!r}): {type(exc).__name__}: {exc}") from exc
         self.reward += result.reward
+        if result.reward:
+            self.turn_rewards.append((used - 1, float(result.reward)))
         self.tool_calls += result.tool_calls
         self.tool_failures += result.tool_failures
         self.tool_seconds += result.tool_seconds
@@ -110,14 +117,15 @@ class Episodes:
 
 
 def episode_metrics(rollouts: list) -> dict[str, float]:
-    """A step's multi-turn figures (none for one-turn rollouts): model turns per episode, tool
-    calls per episode, the fraction of episodes that called a tool, failed calls, the tools' time
+    """A step's multi-turn figures (none for one-turn rollouts): model turns per episode, the
+    environment's rewards per episode, tool calls per episode, the fraction of episodes that called a tool, failed calls, the tools' time
     (seconds, summed) and the fraction of episodes cut by max_turns or the token budget."""
     stats = [r.episode for r in rollouts if r.episode is not None]
     if not stats:
         return {}
     n = len(stats)
-    return {"turns": sum(s.turns for s in stats) / n, "tool_calls": sum(s.tool_calls for s in stats) / n,
+    return {"turns": sum(s.turns for s in stats) / n, "env_reward": sum(s.reward for s in stats) / n,
+            "tool_calls": sum(s.tool_calls for s in stats) / n,
             "tool_call_rate": sum(s.tool_calls > 0 for s in stats) / n,
             "tool_failures": sum(s.tool_failures for s in stats), "tool_s": sum(s.tool_seconds for s in stats),
             "truncated_episodes": sum(s.truncated for s in stats) / n}

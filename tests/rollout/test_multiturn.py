@@ -281,3 +281,15 @@ def test_bad_environment_options_are_refused_when_the_config_is_checked(options,
 
     with pytest.raises(ValidationError, match=error.replace("(", r"\(")):
         RolloutConfig(env="tool_use", env_options=options, env_plugins=plugins)
+
+
+def test_each_turns_reward_sits_on_its_last_token(three_turns):
+    from trainer.batches import turn_rewards
+
+    _, rollouts = three_turns
+    batch = build_batch(rollouts, pad_id=0)
+    rewards = turn_rewards(rollouts, batch.loss_mask.shape[1])
+    for i, r in enumerate(rollouts):
+        p = len(r.prompt_ids)
+        ends = [p + j for j in range(len(r.trains)) if r.trains[j] and (j + 1 == len(r.trains) or not r.trains[j + 1])]
+        assert list(np.nonzero(rewards[i])[0]) == ends and np.allclose(rewards[i, ends], 0.5)  # 0.5 every turn

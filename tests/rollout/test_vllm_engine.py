@@ -313,3 +313,64 @@ def test_partial_rollout_across_a_weight_update(engine, reference):
                          "logprobs": r.logprobs[split:]})
     assert is_greedy_under(model_a, old) and max_diff(model_a, [old], 1.0) < 1e-4
     assert is_greedy_under(model_b, new) and max_diff(model_b, [new], 1.0) < 1e-4
+
+
+class _Countdown:
+    """Never done: after each turn the observation '#=N+' (turns so far), as the hf engine's test."""
+
+    def __init__(self):
+        self.n = 0
+
+    def reset(self):
+        return "="
+
+    def step(self, action):
+        from rollout.envs.base import Step
+
+        self.n += 1
+        return Step(observation=f"#={self.n}+", reward=0.5)
+
+
+@needs_vllm
+def test_multi_turn_episodes_are_continued_requests_with_the_learners_logprobs(engine, reference, models):
+    """rollout.env on vLLM: each turn is a request continuing the trajectory's ids as they are;
+    observations never train; on every model token of 3-turn episodes the learner's logprobs
+    are vLLM's, and decoding and re-encoding the trajectories would have changed their ids."""
+    from transformers import AutoTokenizer
+
+    from rollout.envs.base import ENVS
+    from rollout.envs.episode import Episodes
+    from rollout.envs.spec import EnvSpec
+
+    hold(engine, reference, "A")
+    tok = AutoTokenizer.from_pretrained(models["A"])
+    ENVS.register("vllm_countdown", "a test environment: never done")(lambda prompt, answer: _Countdown())
+    engine.episodes = Episodes(EnvSpec("vllm_countdown", max_turns=3), engine.tokenizer)
+    try:
+        # Group ids of their own: the engine keeps the groups earlier tests aborted out of every call.
+        fresh = [request(500 + g, f"{g}+{2 * g}=", str(3 * g), 4) for g in range(4)]
+        rollouts = engine.generate(fresh, SamplingParams(temperature=TEMP, max_new_tokens=5, seed=2), engine.version)
+    finally:
+        engine.episodes = None
+        ENVS.unregister("vllm_countdown")
+    assert len(rollouts) == 16
+    text = lambda s: tok(s, add_special_tokens=False)["input_ids"]  # noqa: E731
+    changed = 0
+    for r in rollouts:
+        assert r.episode.turns == 3 and r.episode.truncated and r.finish_reason == "length"
+        runs, observations = [], []
+        for t, i in zip(r.trains, r.response_ids):
+            if runs and runs[-1][0] == t:
+                runs[-1][1].append(i)
+            else:
+                runs.append((t, [i]))
+        assert [t for t, _ in runs] == [0, 1, 0, 1, 0, 1]
+        assert [ids for t, ids in runs if t == 0] == [text("="), text("#=1+"), text("#=2+")]
+        assert all(len(ids) <= 5 for t, ids in runs if t == 1)
+        assert r.response_text == tok.decode(runs[-1][1], skip_special_tokens=True)
+        naive = r.prompt + "".join(tok.decode(ids, skip_special_tokens=True) for _, ids in runs)
+        changed += tok(naive)["input_ids"] != list(r.prompt_ids + r.response_ids)
+        model_tokens = np.array(r.trains) == 1
+        gap = np.abs(ref_logprobs(reference["A"][0], r, TEMP) - np.array(r.logprobs))[model_tokens]
+        assert gap.max() < 1e-4, gap.max()
+    assert changed > 0, "no trajectory sampled a token that decoding drops; the check would prove nothing"

@@ -147,3 +147,32 @@ def test_gae_masks_values_itself():
     np.testing.assert_allclose(adv, want_adv, atol=1e-5)
     np.testing.assert_allclose(returns, want_ret, atol=1e-5)
     assert np.all(adv[MASK == 0] == 0) and np.all(returns[MASK == 0] == 0)
+
+
+@pytest.mark.parametrize("name", ["gae", "reinforce_pp"])
+def test_observations_between_turns_do_not_change_the_token_level_estimators(name):
+    """A multi-turn row (model tokens, an observation that never trains, model tokens) gets, on
+    its model tokens, exactly the advantages of the same tokens side by side: the outcome and a
+    per-turn reward reach the first turn, and the critic's value bootstraps across the gap."""
+    rng = np.random.default_rng(0)
+    turns = [1, 1, 1, 0, 0, 0, 1, 1]  # a 3-token turn, a 3-token observation, a 2-token turn
+    model = [i for i, t in enumerate(turns) if t]
+    gapped = np.array([[0.0, *turns, 0.0], [0.0, *([1.0] * 5), 0.0, 0.0, 0.0, 0.0]])  # prompt, trajectory, pad
+    side_by_side = np.array([[0.0, *([1.0] * 5), 0, 0, 0, 0], [0.0, *([1.0] * 5), 0, 0, 0, 0]])
+    scores = np.array([1.0, -0.5])
+    values = rng.normal(size=gapped.shape)
+    rewards_gapped, rewards_side = np.zeros_like(gapped), np.zeros_like(gapped)
+    rewards_gapped[0, 1 + 2] = rewards_side[0, 1 + 2] = 0.3  # the first turn's reward on its last token
+    values_side = values.copy()
+    values_side[0, 1:6] = values[0, [1 + i for i in model]]
+    opts = AdvantageOptions(gamma=0.9, lam=0.8, normalize_std=False, group_baseline=False)
+    fn = ADVANTAGES.get(name)
+    a, ret_a = fn(AdvantageInputs(scores=scores, groups=np.array([0, 0]), mask=gapped, token_rewards=rewards_gapped,
+                                  values=values), opts)
+    b, ret_b = fn(AdvantageInputs(scores=scores, groups=np.array([0, 0]), mask=side_by_side,
+                                  token_rewards=rewards_side, values=values_side), opts)
+    at = [1 + i for i in model]
+    assert np.allclose(a[0, at], b[0, 1:6]) and np.allclose(a[1], b[1])
+    assert np.all(a[0, [4, 5, 6]] == 0)  # nothing on the observation
+    if ret_a is not None:
+        assert np.allclose(ret_a[0, at], ret_b[0, 1:6])
