@@ -43,8 +43,8 @@ import torch
 
 from rollout.envs.episode import Episodes
 from rollout.envs.spec import EnvSpec
-from rollout.types import (AbortResult, EngineError, EpisodeStats, GenerationRequest, Rollout, SamplingParams,
-                           VLLMOptions, doomed, sample_seed)
+from rollout.types import (AbortResult, EngineError, GenerationRequest, Rollout, SamplingParams, VLLMOptions, doomed,
+                           sample_seed)
 
 GiB = 1 << 30
 _END = object()  # a stream's last queue item
@@ -303,8 +303,7 @@ class VLLMEngine:
             response_text=t.text if episode is None else episode.final_text, logprobs=tuple(t.logprobs),
             versions=tuple(t.versions), finish_reason="stop" if stopped else "length", seed=seed,
             trains=() if episode is None else tuple(t.trains),
-            episode=None if episode is None else EpisodeStats(episode.turns, episode.tool_calls, episode.tool_failures,
-                                                              episode.tool_seconds, episode.reward, episode.truncated),
+            episode=None if episode is None else episode.stats(),
         )
 
     async def _turn(self, req: GenerationRequest, key: str, t: "_Trajectory", params: SamplingParams, seed: int,

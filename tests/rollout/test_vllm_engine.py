@@ -358,7 +358,7 @@ def test_multi_turn_episodes_are_continued_requests_with_the_learners_logprobs(e
     changed = 0
     for r in rollouts:
         assert r.episode.turns == 3 and r.episode.truncated and r.finish_reason == "length"
-        runs, observations = [], []
+        runs = []
         for t, i in zip(r.trains, r.response_ids):
             if runs and runs[-1][0] == t:
                 runs[-1][1].append(i)
@@ -368,6 +368,9 @@ def test_multi_turn_episodes_are_continued_requests_with_the_learners_logprobs(e
         assert [ids for t, ids in runs if t == 0] == [text("="), text("#=1+"), text("#=2+")]
         assert all(len(ids) <= 5 for t, ids in runs if t == 1)
         assert r.response_text == tok.decode(runs[-1][1], skip_special_tokens=True)
+        # Each turn's reward (0.5) on its last token.
+        ends = [j for j in range(len(r.trains)) if r.trains[j] and (j + 1 == len(r.trains) or not r.trains[j + 1])]
+        assert r.episode.turn_rewards == tuple((j, 0.5) for j in ends)
         naive = r.prompt + "".join(tok.decode(ids, skip_special_tokens=True) for _, ids in runs)
         changed += tok(naive)["input_ids"] != list(r.prompt_ids + r.response_ids)
         model_tokens = np.array(r.trains) == 1
