@@ -14,11 +14,15 @@ rows of doomed groups at the next decode step and skips their samples not starte
 Multi-turn (rollout.env, rollout/envs/): a row whose turn ends goes to its episode's
 environment; unless the episode is over, the observation's ids are appended (never trained)
 and the sequence waits to be admitted again like a new row, its prompt now the whole
-trajectory so far. The environment runs on the decode thread, between two decode steps.
+trajectory so far. The environments of the rows whose turns ended at one decode step answer
+together, each on a thread of its own (a slow tool costs the batch its time once, not once per
+row), and the decode step after waits for all of them: which rows decode together never
+depends on how long a tool took, so a seed's rollouts stay the same run after run.
 """
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator
@@ -29,6 +33,9 @@ import torch
 from rollout.envs.spec import EnvSpec
 from rollout.envs.episode import Episode, Episodes
 from rollout.types import AbortResult, EngineError, GenerationRequest, Rollout, SamplingParams, doomed, sample_seed
+
+
+ENV_THREADS = 16  # multi-turn: environments answering at once (rows whose turns ended at one step)
 
 
 def load_causal_lm(path: str | Path, dtype: str = "float32", device: str = "cpu"):
@@ -90,16 +97,19 @@ class _Batch:
             self.flat.append((req, k))  # last: abort() reads the lists up to len(flat)
         return list(range(first, len(self.flat)))
 
-    def observe(self, seq: int, version: int) -> bool:
-        """Sequence `seq` ended a turn: its episode's next observation appended (True), or the
-        episode is over (False; always, without an environment)."""
-        episode = self.episodes[seq]
-        if episode is None:
-            return False
+    def observe(self, seqs: list[int], version: int, pool: cf.ThreadPoolExecutor) -> list[bool]:
+        """These sequences ended a turn: for each, its episode's next observation appended (True),
+        or the episode is over (False; always, without an environment). The environments answer
+        at once, on the pool's threads."""
+        asks = [(self.episodes[seq], self.ids[seq][self.turn_start[seq]:], len(self.ids[seq])) for seq in seqs]
+        if len([a for a in asks if a[0] is not None]) > 1:
+            answers = list(pool.map(lambda a: a[0] and a[0].step(a[1], a[2]), asks))
+        else:
+            answers = [episode and episode.step(turn, used) for episode, turn, used in asks]
+        return [obs is not None and self._append(seq, obs, version) for seq, obs in zip(seqs, answers)]
+
+    def _append(self, seq: int, obs: list[int], version: int) -> bool:
         ids = self.ids[seq]
-        obs = episode.step(ids[self.turn_start[seq]:], len(ids))
-        if obs is None:
-            return False
         ids += obs
         self.logprobs[seq] += [0.0] * len(obs)
         self.versions[seq] += [version] * len(obs)
@@ -148,6 +158,7 @@ class HFEngine:
         self.update_names = adapter_names(self.model) if lora is not None else None  # None: every parameter
         self.eos_id = self.tokenizer.eos_token_id
         self.episodes = None if env is None else Episodes(env, self.tokenizer)  # rollout.env: multi-turn
+        self._env_threads = cf.ThreadPoolExecutor(ENV_THREADS, thread_name_prefix="env")
         self.pad_id = self.tokenizer.pad_token_id
         self.asleep = 0  # sleep level while asleep (colocated placement), else 0
         # Shared with abort() on the worker's control thread; each is replaced whole, never
@@ -208,7 +219,7 @@ class HFEngine:
                 version = now
                 logits, cache, attn, pos = self._prefill(b, b.active)
             token, logp = self._sample(logits, params, [b.gens[seq] for seq in b.active])
-            finished, keep = [], []
+            finished, keep, turned = [], [], []
             tokens, logps = token.tolist(), logp.tolist()  # one device-to-host copy per step
             aborted = self._aborted
             for row, seq in enumerate(b.active):
@@ -220,7 +231,10 @@ class HFEngine:
                     continue  # dropped, finished or not
                 if not b.turn_over(seq, tokens[row], self.eos_id, params.max_new_tokens):
                     keep.append(row)
-                elif b.observe(seq, version):
+                else:
+                    turned.append(seq)
+            for seq, goes_on in zip(turned, b.observe(turned, version, self._env_threads)):
+                if goes_on:
                     b.pending = b.pending + [seq]  # the next turn: admitted again, as a new row
                 else:
                     finished.append(seq)

@@ -293,3 +293,44 @@ def test_each_turns_reward_sits_on_its_last_token(three_turns):
         p = len(r.prompt_ids)
         ends = [p + j for j in range(len(r.trains)) if r.trains[j] and (j + 1 == len(r.trains) or not r.trains[j + 1])]
         assert list(np.nonzero(rewards[i])[0]) == ends and np.allclose(rewards[i, ends], 0.5)  # 0.5 every turn
+
+
+class SlowEcho:
+    """Answers after a random pause (its own clock, not the run's seed), noting when it ran."""
+
+    spans: list = []
+
+    def __init__(self):
+        self.turns = 0
+
+    def reset(self):
+        return ""
+
+    def step(self, action):
+        import random
+
+        start = time.perf_counter()
+        time.sleep(random.uniform(0.01, 0.08))
+        SlowEcho.spans.append((start, time.perf_counter()))
+        self.turns += 1
+        return Step(observation="=", done=self.turns == 2)
+
+
+def test_environments_answer_together_and_never_change_what_is_sampled(tiny_model):
+    """The rows whose turns end at one decode step wait for their environments at once, and how
+    long those take never changes the rollouts (the same seed gives the same ids)."""
+    ENVS.register("slow_echo", "a test environment: a random pause per turn")(lambda prompt, answer: SlowEcho())
+    try:
+        engine = HFEngine(tiny_model, env=EnvSpec("slow_echo", max_turns=2))
+        reqs = [request(g, f"{g}+2=", str(g + 2), 4) for g in range(3)]
+        runs = []
+        for _ in range(2):
+            SlowEcho.spans = []
+            rollouts = engine.generate(reqs, SamplingParams(temperature=TEMP, max_new_tokens=3, seed=6), version=0)
+            runs.append([(r.group_id, r.sample_index, r.response_ids, r.logprobs) for r in rollouts])
+        assert runs[0] == runs[1]
+        starts = sorted(s for s, _ in SlowEcho.spans)
+        # Some environment started before another one (started earlier) had answered.
+        assert any(b < e for (s, e) in SlowEcho.spans for b in starts if b > s), "no two environments overlapped"
+    finally:
+        ENVS.unregister("slow_echo")
