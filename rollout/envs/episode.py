@@ -69,7 +69,13 @@ class Episode:
                             self.truncated, tuple(self.turn_rewards))
 
     def first(self) -> list[int]:
+        """reset()'s observation's ids, before the first turn. With a chat template the prompt
+        already ends in the assistant's header, so a first observation has no place there: it
+        belongs in the prompt row, and a non-empty one is an error."""
         text = self.env.reset()
+        if text and self.obs.templated:
+            raise EngineError(f"environment '{self.spec.name}' gave a first observation ({text[:60]!r}) but the "
+                              "tokenizer has a chat template: put it in the prompt row (reset() returns '')")
         return self.obs.ids(text) if text else []
 
     def room(self, used: int) -> Optional[int]:

@@ -334,3 +334,16 @@ def test_environments_answer_together_and_never_change_what_is_sampled(tiny_mode
         assert any(b < e for (s, e) in SlowEcho.spans for b in starts if b > s), "no two environments overlapped"
     finally:
         ENVS.unregister("slow_echo")
+
+
+def test_a_first_observation_under_a_chat_template_is_refused():
+    """The prompt ends in the assistant's header there: a first observation has no place."""
+    from rollout.envs.episode import Episode, Observations
+    from rollout.types import EngineError
+    from trainer.bootstrap import build_tokenizer
+
+    tok = build_tokenizer()
+    tok.chat_template = "{% for m in messages %}#{{ m['content'] }}{% endfor %}"
+    spec = EnvSpec("gym", {"entry_point": f"{__name__}:GymStyleWalk"}).load()
+    with pytest.raises(EngineError, match="put it in the prompt row"):
+        Episode(spec.make("2+2=", "4"), spec, Observations(tok)).first()
