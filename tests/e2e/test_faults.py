@@ -77,13 +77,22 @@ def _when_busy(proc: psutil.Process, stop, timeout_s: float = 30.0) -> None:
 
 def _chaos(metrics, plan, killed, stop) -> None:
     """plan: (actor class, kill once this many steps are logged, then after this many seconds,
-    or None: as soon as the process is busy)."""
+    or None: as soon as the process is busy). The process is found while the steps run and the
+    row is watched every 2 ms, so a kill "as soon as it is busy" meets the call that follows the
+    row: scanning the process tree after the row once took long enough for a short generation
+    call to end unseen, and the kill then hit the weight update, with nothing to generate again."""
     started = time.time()
     for title, after_steps, delay in plan:
+        proc = None
         while _steps_logged(metrics) < after_steps:
-            if stop.wait(0.01):
+            if proc is None:
+                try:
+                    proc = _find(title, started)
+                except AssertionError:  # not started yet
+                    pass
+            if stop.wait(0.002):
                 return
-        proc = _find(title, started)
+        proc = proc if proc is not None and proc.is_running() else _find(title, started)
         _when_busy(proc, stop) if delay is None else time.sleep(delay)
         os.kill(proc.pid, signal.SIGKILL)
         killed.append(proc.pid)
