@@ -150,7 +150,8 @@ def _cmd_algorithms(args: argparse.Namespace) -> int:
     for registry in (*REGISTRIES, VERIFIERS, ENVS, TOOLS):
         print(f"{registry.kind}{'es' if registry.kind.endswith('s') else 's'}:")
         for entry in registry.entries():
-            traits = f" ({_describe(entry.traits)})" if entry.traits is not None and _describe(entry.traits) else ""
+            described = _describe(entry.traits) if entry.traits is not None else ""
+            traits = f" ({described})" if described else ""
             paper = f"  [{entry.paper}]" if entry.paper else ""
             print(f"  {entry.name:<20} {entry.description}{traits}{paper}")
     return 0

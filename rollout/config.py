@@ -67,17 +67,18 @@ class RolloutConfig(BaseModel):
                 raise ValueError("rollout.env_options / rollout.env_plugins are set but rollout.env is null")
             return self
         try:
-            self.env_spec()
+            self.env_spec().load()
         except KeyError as exc:
             raise ValueError(f"rollout.env: {exc.args[0]}") from None
         return self
 
     def env_spec(self) -> Optional[EnvSpec]:
-        """The environment settings a rollout worker builds its episodes from (checked here)."""
+        """The environment settings a rollout worker builds its episodes from (an engine loads them:
+        registers the plugins in its process, checks the options)."""
         if self.env is None:
             return None
         return EnvSpec(self.env, dict(self.env_options), self.max_turns, self.max_episode_tokens,
-                       tuple(self.env_plugins)).load()
+                       tuple(self.env_plugins))
 
     @model_validator(mode="after")
     def _top_p(self) -> "RolloutConfig":

@@ -97,16 +97,19 @@ class _Batch:
             self.flat.append((req, k))  # last: abort() reads the lists up to len(flat)
         return list(range(first, len(self.flat)))
 
-    def observe(self, seqs: list[int], version: int, pool: cf.ThreadPoolExecutor) -> list[bool]:
+    def observe(self, seqs: list[int], version: int, pool: cf.ThreadPoolExecutor | None) -> list[bool]:
         """These sequences ended a turn: for each, its episode's next observation appended (True),
         or the episode is over (False; always, without an environment). The environments answer
         at once, on the pool's threads."""
-        asks = [(self.episodes[seq], self.ids[seq][self.turn_start[seq]:], len(self.ids[seq])) for seq in seqs]
-        if len([a for a in asks if a[0] is not None]) > 1:
-            answers = list(pool.map(lambda a: a[0] and a[0].step(a[1], a[2]), asks))
-        else:
-            answers = [episode and episode.step(turn, used) for episode, turn, used in asks]
-        return [obs is not None and self._append(seq, obs, version) for seq, obs in zip(seqs, answers)]
+        asking = [seq for seq in seqs if self.episodes[seq] is not None]
+        if not asking:  # one-turn rollouts: nothing to ask
+            return [False] * len(seqs)
+
+        def ask(seq: int):
+            return self.episodes[seq].step(self.ids[seq][self.turn_start[seq]:], len(self.ids[seq]))
+
+        answers = dict(zip(asking, pool.map(ask, asking) if len(asking) > 1 else map(ask, asking)))
+        return [answers.get(seq) is not None and self._append(seq, answers[seq], version) for seq in seqs]
 
     def _append(self, seq: int, obs: list[int], version: int) -> bool:
         ids = self.ids[seq]
@@ -158,7 +161,7 @@ class HFEngine:
         self.update_names = adapter_names(self.model) if lora is not None else None  # None: every parameter
         self.eos_id = self.tokenizer.eos_token_id
         self.episodes = None if env is None else Episodes(env, self.tokenizer)  # rollout.env: multi-turn
-        self._env_threads = cf.ThreadPoolExecutor(ENV_THREADS, thread_name_prefix="env")
+        self._env_threads = None if env is None else cf.ThreadPoolExecutor(ENV_THREADS, thread_name_prefix="env")
         self.pad_id = self.tokenizer.pad_token_id
         self.asleep = 0  # sleep level while asleep (colocated placement), else 0
         # Shared with abort() on the worker's control thread; each is replaced whole, never

@@ -16,11 +16,11 @@ A tool that raises or runs past `tool_timeout_s` is a failed call, never a crash
 from __future__ import annotations
 
 import ast
-import concurrent.futures as cf
 import inspect
 import json
 import operator
 import re
+import threading
 import time
 from typing import Any
 
@@ -53,23 +53,31 @@ def calculator(arguments: str) -> str:
     return str(value(ast.parse(arguments.strip(), mode="eval").body))
 
 
-_CALLS = cf.ThreadPoolExecutor(max_workers=4, thread_name_prefix="tool")
 JSON_CALL = re.compile(r"<tool_call>(.*?)</tool_call>", re.S)
 
 
 def run_tool(name: str, arguments: str, timeout_s: float, options: dict[str, Any]) -> tuple[str, bool, float]:
-    """(result or error text, failed, seconds). A tool that overruns is abandoned (its thread
-    cannot be killed; a tool that may run long must bound itself, as the sandboxed one does)."""
+    """(result or error text, failed, seconds). Each call runs on a thread of its own, so the time
+    limit counts the tool's time only, however many environments call at once. A tool that
+    overruns is abandoned (a thread cannot be killed; a tool that may run long must bound itself,
+    as the sandboxed one does)."""
     t0 = time.perf_counter()
-    try:
-        fn = TOOLS.get(name)
-        result = _CALLS.submit(fn, arguments, **options.get(name, {})).result(timeout=timeout_s)
-        return str(result), False, time.perf_counter() - t0
-    except cf.TimeoutError:
+    out: dict[str, Any] = {}
+
+    def call() -> None:
+        try:
+            out["result"] = str(TOOLS.get(name)(arguments, **options.get(name, {})))
+        except Exception as exc:  # a ToolError says what went wrong itself; anything else is named
+            out["error"] = str(exc) if isinstance(exc, ToolError) else f"{type(exc).__name__}: {exc}"
+
+    thread = threading.Thread(target=call, name=f"tool-{name}", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
         return f"{name} timed out after {timeout_s:g} s", True, time.perf_counter() - t0
-    except Exception as exc:  # a ToolError says what went wrong itself; anything else is named
-        text = str(exc) if isinstance(exc, ToolError) else f"{type(exc).__name__}: {exc}"
-        return text[:300], True, time.perf_counter() - t0
+    if "error" in out:
+        return out["error"][:300], True, time.perf_counter() - t0
+    return out["result"], False, time.perf_counter() - t0
 
 
 class ToolUse:
@@ -140,5 +148,5 @@ DEFAULT_TOOLS = ("calculator",)
                traits=EnvTraits(check=check))
 def tool_use(prompt: str, answer: str, tools: list[str] = DEFAULT_TOOLS, call_format: str = "hash",
              tool_timeout_s: float = 5.0, tool_options: dict[str, dict] = None) -> ToolUse:
-    check({"tools": tools, "call_format": call_format, "tool_options": tool_options}, tuple(PLUGIN_TOOLS.values()))
+    # The options were checked once, when the spec was loaded (`check`), not per trajectory.
     return ToolUse(list(tools), call_format, tool_timeout_s, dict(tool_options or {}))

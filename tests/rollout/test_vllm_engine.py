@@ -341,6 +341,7 @@ def test_multi_turn_episodes_are_continued_requests_with_the_learners_logprobs(e
     from rollout.envs.base import ENVS
     from rollout.envs.episode import Episodes
     from rollout.envs.spec import EnvSpec
+    from tests.rollout.test_multiturn import segments
 
     hold(engine, reference, "A")
     tok = AutoTokenizer.from_pretrained(models["A"])
@@ -358,12 +359,7 @@ def test_multi_turn_episodes_are_continued_requests_with_the_learners_logprobs(e
     changed = 0
     for r in rollouts:
         assert r.episode.turns == 3 and r.episode.truncated and r.finish_reason == "length"
-        runs = []
-        for t, i in zip(r.trains, r.response_ids):
-            if runs and runs[-1][0] == t:
-                runs[-1][1].append(i)
-            else:
-                runs.append((t, [i]))
+        runs = segments(r)
         assert [t for t, _ in runs] == [0, 1, 0, 1, 0, 1]
         assert [ids for t, ids in runs if t == 0] == [text("="), text("#=1+"), text("#=2+")]
         assert all(len(ids) <= 5 for t, ids in runs if t == 1)
