@@ -171,7 +171,7 @@ def control_rows(rows: list[dict], model: LatencyModel, log) -> list[dict]:
         lambda: searched("staleness rule `newest` (the group's last token bounded)", "newest",
                          replace(spec, staleness_rule="newest")),
         lambda: compare("doomed groups not aborted", "no_abort", replace(spec, abort_doomed=False), pick),
-        lambda: compare("`hf` engine: one call at a time per worker", "hf", base_spec(64, one_call), on_split),
+        lambda: compare("one call at a time per worker (the `hf` engine before 2026-12-07's shared decode thread)", "hf", base_spec(64, one_call), on_split),
         lambda: compare("vLLM worker before 2026-12-07: whole calls", "engines", base_spec(64, whole_call), on_split),
         lambda: searched("object-store weight sync as until 2026-12-06: fp32, blake2b", "sync",
                          base_spec(64, replace(model, sync=OLD_SYNC))),
@@ -313,7 +313,8 @@ def findings(rows: list[dict]) -> list[str]:
         f"{mc['async']['gen_gpus']}+{mc['async']['learners']}); its price: tokens up to "
         f"{mc['async']['staleness']['oldest_seen']} versions old are trained (each weighed by its own behaviour "
         f"logprob). Without aborting doomed groups (`oldest`): {fig(ctl['no_abort'])}.",
-        f"- Engines: the `hf` engine's one call at a time per worker: {fig(ctl['hf'])}; the vLLM worker before "
+        f"- Engines: one call at a time per worker (the `hf` engine until its calls shared one decode thread, late "
+        f"2026-12-07; still so in synchronous runs): {fig(ctl['hf'])}; the vLLM worker before "
         f"2026-12-07 (one call at a time, a call's rollouts returned together): {fig(ctl['engines'])}.",
         f"- The object-store weight sync as it was until 2026-12-06 ({ctl['sync']['async']['sync_s']:.0f} s per "
         f"sync as modelled below): {fig(ctl['sync'])}. The system before 2026-12-06 (whole-call vLLM, that sync, "
@@ -352,9 +353,10 @@ reach a target):
   a group, capped at 16,384; prompts 256 tokens; uniform 500-1,500 for the control.
 - Engine per GPU: continuous batching of up to 256 sequences, decode step 20 ms + 0.05 ms per
   active sequence, 5 ms prefill per joining sequence; groups to the least-loaded engine.
-  Streaming (the vLLM worker since 2026-12-07): rollouts return as they finish and new calls
-  join the running batch. One call (the `hf` engine): rollouts return as they finish, one
-  call at a time per worker. Whole call (the vLLM worker before 2026-12-07): one call at a
+  Streaming (the vLLM worker since 2026-12-07, and the `hf` engine in asynchronous runs since
+  its calls share one decode thread): rollouts return as they finish and new calls join the
+  running batch. One call (the `hf` engine before, or in a synchronous run): rollouts return
+  as they finish, one call at a time per worker. Whole call (the vLLM worker before 2026-12-07): one call at a
   time, its rollouts returned when its last sample ends.
 - Doomed groups (`oldest` rule: a sample started more than k versions behind) are aborted
   at each weight sync and replaced; under `newest` nothing incomplete is doomed.

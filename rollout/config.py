@@ -105,6 +105,9 @@ class EngineSetup:
     awaiting: bool = False
     lora: Optional[LoraSpec] = None  # model.lora: the engine wraps its model with the learners' adapter layout
     adapter: Optional[str] = None  # ... loaded from this directory (a resumed run's checkpoint), else a no-op
+    # controller.max_staleness > 0: calls may overlap (rollout/pool.py: calls_in_flight); a
+    # synchronous run keeps the `hf` engine to one call at a time, its batches independent of the clock.
+    asynchronous: bool = False
 
 
 def vllm_options(cfg: RolloutConfig, setup: EngineSetup = EngineSetup()) -> VLLMOptions:

@@ -2,9 +2,13 @@
 
 Reference engine for CPU (and one GPU). Its own decode loop (not `model.generate`) so that
 it can stream finished sequences out as they finish, drop finished rows from the batch and
-admit the call's next samples in their place (continuous admission: up to `batch_size` rows
-decode together; a new row's prompt is prefilled on its own and its KV cache left-padded into
-the batch's, so a long response never holds the rest of the call back), and swap weights
+admit queued samples in their place (continuous admission: up to `batch_size` rows decode
+together; a new row's prompt is prefilled on its own and its KV cache left-padded into the
+batch's, so a long response never holds the rest back). The loop runs on a thread of its own
+while there is work; every stream() call queues its samples for it and reads its own
+rollouts back, so calls made while others run join the running batch at the next decode
+step, each sample with its own call's sampling settings (the worker allows that in
+asynchronous runs only: rollout/pool.py calls_in_flight), and swap weights
 between two decode steps: a *partial rollout* re-encodes its tokens so far under the new weights and
 continues, each token keeping the version that produced it. Per-token logprobs are those of
 the temperature-scaled sampling distribution (log_softmax(logits / T), before top-p),
@@ -23,7 +27,10 @@ depends on how long a tool took, so a seed's rollouts stay the same run after ru
 from __future__ import annotations
 
 import concurrent.futures as cf
+import queue
+import threading
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -55,77 +62,95 @@ def load_causal_lm(path: str | Path, dtype: str = "float32", device: str = "cpu"
     return model, tokenizer
 
 
-class _Batch:
-    """The sequences of one decode loop: ids so far, per-token logprobs and versions, and each
-    one's sampling generator. Sequences are appended as they are admitted; `active` lists the
-    rows decoding now (batch row -> sequence index), replaced whole, never mutated in place."""
+@dataclass(eq=False)
+class _Call:
+    """One stream() call. Its rollouts go to `parts` as they finish (on the decode thread); then
+    None once every sample is yielded or dropped (aborted, or the caller stopped reading:
+    `closed`), or the exception that ended the decode loop."""
 
-    def __init__(self):
-        self.flat: list[tuple[GenerationRequest, int]] = []
-        self.prompt_ids: list[list[int]] = []
-        self.seeds: list[int] = []
-        self.gens: list[torch.Generator] = []
-        self.ids: list[list[int]] = []
-        self.logprobs: list[list[float]] = []
-        self.versions: list[list[int]] = []
-        self.active: list[int] = []
-        # Multi-turn: each sequence's episode (None: one turn), 1/0 per token (the model's / an
-        # observation's), where its current turn began, and the sequences waiting to rejoin.
-        self.episodes: list[Episode | None] = []
-        self.trains: list[list[int]] = []
-        self.turn_start: list[int] = []
-        self.pending: list[int] = []
+    params: SamplingParams
+    left: int  # samples neither yielded nor dropped
+    parts: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    closed: bool = False
 
-    def add(self, items: list[tuple[GenerationRequest, int]], params: SamplingParams,
-            episodes: Episodes | None = None, version: int = 0) -> list[int]:
-        """Append samples; their sequence indices. One generator per sample, seeded from (run seed,
-        step, group, sample): a rollout does not depend on the batch, shard or worker it ran in."""
-        first = len(self.flat)
-        for req, k in items:
-            seed = sample_seed(params.seed, params.step, req.group_id, k)
-            self.seeds.append(seed)
-            self.gens.append(torch.Generator().manual_seed(seed))
-            self.prompt_ids.append(list(req.prompt_ids))
-            episode = None if episodes is None else episodes.start(req.prompt, req.answer)
-            first_obs = [] if episode is None else episode.first()
-            self.episodes.append(episode)
-            self.ids.append(list(first_obs))
-            self.logprobs.append([0.0] * len(first_obs))
-            self.versions.append([version] * len(first_obs))
-            self.trains.append([0] * len(first_obs))
-            self.turn_start.append(len(first_obs))
-            self.flat.append((req, k))  # last: abort() reads the lists up to len(flat)
-        return list(range(first, len(self.flat)))
+    def settle(self, rollouts: list[Rollout], dropped: int = 0) -> None:
+        if rollouts:
+            self.parts.put(rollouts)
+        self.left -= len(rollouts) + dropped
+        if self.left == 0:
+            self.parts.put(None)
 
-    def observe(self, seqs: list[int], version: int, pool: cf.ThreadPoolExecutor | None) -> list[bool]:
-        """These sequences ended a turn: for each, its episode's next observation appended (True),
-        or the episode is over (False; always, without an environment). The environments answer
-        at once, on the pool's threads."""
-        asking = [seq for seq in seqs if self.episodes[seq] is not None]
-        if not asking:  # one-turn rollouts: nothing to ask
-            return [False] * len(seqs)
 
-        def ask(seq: int):
-            return self.episodes[seq].step(self.ids[seq][self.turn_start[seq]:], len(self.ids[seq]))
+@dataclass(eq=False)
+class _Seq:
+    """One sample being generated: ids so far (observations included), per-token logprobs,
+    versions and whether the model produced each, and its own sampling generator, seeded from
+    (run seed, step, group, sample): a rollout does not depend on the batch, call or worker it
+    ran in. Multi-turn: its episode (None: one turn) and where its current turn began."""
 
-        answers = dict(zip(asking, pool.map(ask, asking) if len(asking) > 1 else map(ask, asking)))
-        return [answers.get(seq) is not None and self._append(seq, answers[seq], version) for seq in seqs]
+    req: GenerationRequest
+    k: int
+    call: _Call
+    seed: int
+    gen: torch.Generator
+    episode: Episode | None
+    ids: list[int]
+    logprobs: list[float]
+    versions: list[int]
+    trains: list[int]
+    turn_start: int
 
-    def _append(self, seq: int, obs: list[int], version: int) -> bool:
-        ids = self.ids[seq]
-        ids += obs
-        self.logprobs[seq] += [0.0] * len(obs)
-        self.versions[seq] += [version] * len(obs)
-        self.trains[seq] += [0] * len(obs)
-        self.turn_start[seq] = len(ids)
-        return True
+    @classmethod
+    def start(cls, req: GenerationRequest, k: int, call: _Call, episodes: Episodes | None, version: int) -> "_Seq":
+        seed = sample_seed(call.params.seed, call.params.step, req.group_id, k)
+        episode = None if episodes is None else episodes.start(req.prompt, req.answer)
+        first = [] if episode is None else episode.first()
+        return cls(req, k, call, seed, torch.Generator().manual_seed(seed), episode, list(first),
+                   [0.0] * len(first), [version] * len(first), [0] * len(first), len(first))
 
-    def turn_over(self, seq: int, token: int, eos_id: int, max_new_tokens: int) -> bool:
+    @property
+    def group_id(self) -> int:
+        return self.req.group_id
+
+    def append(self, token: int, logprob: float, version: int, trains: int = 1) -> None:
+        self.ids.append(token)
+        self.logprobs.append(logprob)
+        self.versions.append(version)
+        self.trains.append(trains)
+
+    def observe(self, obs: list[int], version: int) -> None:
+        """The environment's answer to a turn: never trained; the next turn starts after it."""
+        for token in obs:
+            self.append(token, 0.0, version, 0)
+        self.turn_start = len(self.ids)
+
+    def turn_over(self, token: int, eos_id: int) -> bool:
         """EOS, the turn's max_new_tokens, or the episode's token budget reached."""
-        n = len(self.ids[seq])
-        episode = self.episodes[seq]
-        room = None if episode is None else episode.room(n)
-        return token == eos_id or n - self.turn_start[seq] >= max_new_tokens or (room is not None and room <= 0)
+        n = len(self.ids)
+        room = None if self.episode is None else self.episode.room(n)
+        return (token == eos_id or n - self.turn_start >= self.call.params.max_new_tokens
+                or (room is not None and room <= 0))
+
+
+def _observe(seqs: list[_Seq], version: int, pool: cf.ThreadPoolExecutor | None) -> list[bool]:
+    """These sequences ended a turn: for each, its episode's next observation appended (True),
+    or the episode is over (False; always, without an environment). The environments answer
+    at once, on the pool's threads."""
+    asking = [s for s in seqs if s.episode is not None]
+    if not asking:  # one-turn rollouts: nothing to ask
+        return [False] * len(seqs)
+
+    def ask(s: _Seq):
+        return s.episode.step(s.ids[s.turn_start:], len(s.ids))
+
+    answers = dict(zip(asking, pool.map(ask, asking) if len(asking) > 1 else map(ask, asking)))
+    out = []
+    for s in seqs:
+        obs = answers.get(s)
+        if obs is not None:
+            s.observe(obs, version)
+        out.append(obs is not None)
+    return out
 
 
 def _mergeable(cache) -> bool:
@@ -164,130 +189,193 @@ class HFEngine:
         self._env_threads = None if env is None else cf.ThreadPoolExecutor(ENV_THREADS, thread_name_prefix="env")
         self.pad_id = self.tokenizer.pad_token_id
         self.asleep = 0  # sleep level while asleep (colocated placement), else 0
-        # Shared with abort() on the worker's control thread; each is replaced whole, never
-        # mutated in place, so the decode loop always reads a consistent value.
+        # Shared between the callers' threads, abort() on the worker's control thread and the
+        # decode thread; each is replaced whole, never mutated in place, so a reader always sees
+        # a consistent value. `_lock` orders stream()'s queueing with the decode thread's exit.
+        self._lock = threading.Lock()
         self._aborted: frozenset[int] = frozenset()  # group ids whose samples are dropped
-        self._batch: _Batch | None = None  # the decode batch running now
-        self._queued: tuple[tuple[GenerationRequest, int], ...] = ()  # samples of this call not started
+        self._queued: tuple[tuple[GenerationRequest, int, _Call], ...] = ()  # samples not started
+        self._active: tuple[_Seq, ...] = ()  # decoding now
+        self._pending: tuple[_Seq, ...] = ()  # multi-turn: waiting to rejoin for their next turn
+        self._loop: threading.Thread | None = None  # the decode thread while there is work
+        self._live: frozenset[_Call] = frozenset()  # calls with samples neither yielded nor dropped
+        self._safe_point: Callable[[], int] = lambda: 0
+        self._batch_size = 256
 
     def generate(self, requests: list[GenerationRequest], params: SamplingParams, version: int,
                  batch_size: int = 256) -> list[Rollout]:
         return [r for part in self.stream(requests, params, lambda: version, batch_size) for r in part]
 
-    @torch.no_grad()
     def stream(self, requests: list[GenerationRequest], params: SamplingParams, safe_point: Callable[[], int],
                batch_size: int = 256) -> Iterator[list[Rollout]]:
-        """Rollouts as they finish. `safe_point()` is called before every decode step and returns
-        the policy version of the weights loaded now (the caller may swap weights inside it)."""
-        self._queued = tuple((req, k) for req in requests for k in req.indices())
-        try:
-            yield from self._decode(params, safe_point, batch_size)
-        finally:
-            self._batch, self._queued = None, ()
+        """This call's rollouts as they finish. The call is queued at once (here, not at the first
+        read): calls made while others run join the same decode batch (one decode thread per
+        engine), their samples behind the earlier calls'. `safe_point()` is called before every
+        decode step and returns the policy version of the weights loaded now (the caller may
+        swap weights inside it)."""
+        call = _Call(params, sum(len(req.indices()) for req in requests))
+        if not call.left:
+            return iter(())
+        with self._lock:
+            self._queued = self._queued + tuple((req, k, call) for req in requests for k in req.indices())
+            self._live = self._live | {call}
+            self._safe_point, self._batch_size = safe_point, batch_size
+            if self._loop is None:
+                self._loop = threading.Thread(target=self._run, name="hf-decode", daemon=True)
+                self._loop.start()
+        return self._parts(call)
 
-    def _take_queued(self, n: int) -> list[tuple[GenerationRequest, int]]:
-        """Up to n queued samples, in order, those of aborted groups skipped; off the queue."""
-        queued, out, i = self._queued, [], 0
-        while len(out) < n and i < len(queued):
-            if queued[i][0].group_id not in self._aborted:
-                out.append(queued[i])
-            i += 1
-        self._queued = queued[i:]
-        return out
+    @staticmethod
+    def _parts(call: _Call) -> Iterator[list[Rollout]]:
+        try:
+            while (part := call.parts.get()) is not None:
+                if isinstance(part, BaseException):
+                    raise part
+                yield part
+        finally:
+            call.closed = True  # read no further: its rows leave the batch, its queue never starts
+
+    def _run(self) -> None:
+        try:
+            with torch.no_grad():
+                self._decode()
+        except BaseException as err:  # every call still waiting gets the error, none hangs
+            with self._lock:
+                live, self._live, self._queued, self._loop = self._live, frozenset(), (), None
+            self._active = self._pending = ()
+            for call in live:
+                call.parts.put(err)
+
+    def _drops(self, s: _Seq) -> bool:
+        return s.group_id in self._aborted or s.call.closed
+
+    def _settle(self, finished: list[_Seq], dropped: list[_Seq] = ()) -> None:
+        """Hand finished rollouts to their calls, count dropped samples; a call settled whole ends."""
+        calls: dict[_Call, tuple[list[Rollout], list[int]]] = {}
+        for s in finished:
+            calls.setdefault(s.call, ([], [0]))[0].append(self._rollout(s))
+        for s in dropped:
+            calls.setdefault(s.call, ([], [0]))[1][0] += 1
+        for call, (rollouts, n) in calls.items():
+            call.settle(rollouts, n[0])
+            if call.left == 0:
+                with self._lock:
+                    self._live = self._live - {call}
+
+    def _take_queued(self, n: int, version: int) -> list[_Seq]:
+        """Up to n queued samples started, in order; those of aborted groups or closed calls are
+        dropped on the way."""
+        with self._lock:
+            queued, take, i = self._queued, [], 0
+            while len(take) < n and i < len(queued):
+                take.append(queued[i])
+                i += 1
+            self._queued = queued[i:]
+        skip = [(req, k, call) for req, k, call in take if req.group_id in self._aborted or call.closed]
+        for req, k, call in skip:
+            call.settle([], 1)
+        seqs = [_Seq.start(req, k, call, self.episodes, version) for req, k, call in take
+                if not (req.group_id in self._aborted or call.closed)]
+        if skip and len(seqs) < n:
+            seqs += self._take_queued(n - len(seqs), version)
+        return seqs
 
     def abort(self, floor: int | None, group_ids: tuple[int, ...] = ()) -> AbortResult:
         """Abort the groups named, and those with a sample in flight whose first token came from a
         version below `floor` (rollout/types.py: doomed): their rows leave the batch at the next
         decode step, their queued samples never start, and none of their rollouts is yielded."""
-        b, queued = self._batch, self._queued
-        active = [] if b is None else [(b.flat[seq][0].group_id, seq) for seq in list(b.active) + list(b.pending)]
+        running, queued = self._active + self._pending, self._queued
         started: dict[int, int] = {}
-        for g, seq in active:
-            if b.versions[seq]:
-                started[g] = min(started.get(g, b.versions[seq][0]), b.versions[seq][0])
-        hit = (doomed(started, floor) | set(group_ids)) & ({g for g, _ in active} | {r.group_id for r, _ in queued})
+        for s in running:
+            if s.versions:
+                started[s.group_id] = min(started.get(s.group_id, s.versions[0]), s.versions[0])
+        present = {s.group_id for s in running} | {req.group_id for req, _, _ in queued}
+        hit = (doomed(started, floor) | set(group_ids)) & present
         self._aborted = self._aborted | hit | set(group_ids)  # named: also in a call not started yet
-        return AbortResult(tuple(sorted(hit)), sum(len(b.ids[seq]) for g, seq in active if g in hit))
+        return AbortResult(tuple(sorted(hit)), sum(len(s.ids) for s in running if s.group_id in hit))
 
-    def _decode(self, params: SamplingParams, safe_point, batch_size: int) -> Iterator[list[Rollout]]:
-        b = self._batch = _Batch()
-        version = safe_point()
-        b.active = self._next_rows(b, batch_size, params, version)
-        if not b.active:
-            return
-        logits, cache, attn, pos = self._prefill(b, b.active)
+    def _decode(self) -> None:
+        """The decode loop, on its own thread while any call has work: each time the batch runs
+        dry it starts afresh with what is queued, and it ends once nothing is."""
         while True:
-            now = safe_point()
+            with self._lock:
+                if not self._queued and not self._pending:
+                    self._loop, self._active = None, ()
+                    return
+            version = self._safe_point()
+            self._active = tuple(self._next_rows(self._batch_size, version))
+            if self._active:
+                self._decode_batch(version)
+
+    def _decode_batch(self, version: int) -> None:
+        """Decode until the batch runs dry, refilling freed rows with queued samples as it goes."""
+        logits, cache, attn, pos = self._prefill(self._active)
+        while True:
+            now = self._safe_point()
             if now != version:  # new weights: re-encode every in-flight sequence under them
                 version = now
-                logits, cache, attn, pos = self._prefill(b, b.active)
-            token, logp = self._sample(logits, params, [b.gens[seq] for seq in b.active])
-            finished, keep, turned = [], [], []
+                logits, cache, attn, pos = self._prefill(self._active)
+            active = self._active
+            token, logp = self._sample(logits, active)
             tokens, logps = token.tolist(), logp.tolist()  # one device-to-host copy per step
-            aborted = self._aborted
-            for row, seq in enumerate(b.active):
-                b.ids[seq].append(tokens[row])
-                b.logprobs[seq].append(logps[row])
-                b.versions[seq].append(version)
-                b.trains[seq].append(1)
-                if b.flat[seq][0].group_id in aborted:
-                    continue  # dropped, finished or not
-                if not b.turn_over(seq, tokens[row], self.eos_id, params.max_new_tokens):
+            keep, turned, dropped = [], [], []
+            for row, s in enumerate(active):
+                s.append(tokens[row], logps[row], version)
+                if self._drops(s):
+                    dropped.append(s)  # aborted or unread, finished or not
+                elif s.turn_over(tokens[row], self.eos_id):
+                    turned.append(s)
+                else:
                     keep.append(row)
-                else:
-                    turned.append(seq)
-            for seq, goes_on in zip(turned, b.observe(turned, version, self._env_threads)):
+            finished = []
+            for s, goes_on in zip(turned, _observe(turned, version, self._env_threads)):
                 if goes_on:
-                    b.pending = b.pending + [seq]  # the next turn: admitted again, as a new row
+                    self._pending = self._pending + (s,)  # the next turn: admitted again, as a new row
                 else:
-                    finished.append(seq)
-            if finished:
-                yield [self._rollout(b, seq) for seq in finished]
-            if not keep:  # the batch ran dry: start afresh with what is queued, if anything
-                b.active = self._next_rows(b, batch_size, params, version)
-                if not b.active:
-                    return
-                logits, cache, attn, pos = self._prefill(b, b.active)
-                continue
-            if len(keep) < len(b.active):  # drop finished (and aborted) rows
+                    finished.append(s)
+            self._settle(finished, dropped)
+            if not keep:  # the batch ran dry
+                self._active = ()
+                return
+            if len(keep) < len(active):  # drop finished (and aborted) rows
                 index = torch.tensor(keep, device=self.device)
                 cache.batch_select_indices(index)
                 attn, pos, token = attn[index], pos[index], token[index]
-                b.active = [b.active[row] for row in keep]
+                self._active = tuple(active[row] for row in keep)
             attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
             pos = pos + 1
             out = self.model(input_ids=token[:, None], attention_mask=attn, position_ids=pos[:, None],
                              past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1]
-            room = batch_size - len(b.active)
-            if room and (self._queued or b.pending) and _mergeable(cache):  # freed rows go to the next samples
-                new = self._next_rows(b, room, params, version)
+            room = self._batch_size - len(self._active)
+            if room and (self._queued or self._pending) and _mergeable(cache):  # freed rows go to the next samples
+                new = self._next_rows(room, version)
                 if new:
-                    logits, cache, attn, pos = self._admit(b, new, (logits, cache, attn, pos))
+                    logits, cache, attn, pos = self._admit(new, (logits, cache, attn, pos))
 
-    def _next_rows(self, b: _Batch, n: int, params: SamplingParams, version: int) -> list[int]:
+    def _next_rows(self, n: int, version: int) -> list[_Seq]:
         """Up to n sequences to decode next: episodes' next turns first, then samples not started."""
-        aborted = self._aborted
-        pending = [seq for seq in b.pending if b.flat[seq][0].group_id not in aborted]
-        b.pending = pending[n:]
-        return pending[:n] + b.add(self._take_queued(n - len(pending[:n])), params, self.episodes, version)
+        pending = [s for s in self._pending if not self._drops(s)]
+        self._settle([], [s for s in self._pending if self._drops(s)])
+        self._pending = tuple(pending[n:])
+        return pending[:n] + self._take_queued(n - len(pending[:n]), version)
 
-    def _admit(self, b: _Batch, new: list[int], running: tuple):
+    def _admit(self, new: list[_Seq], running: tuple):
         """Prefill `new` on their own and join them to the running batch: both caches left-padded
         to one length (padding is masked out, positions are explicit), then stacked."""
         logits, cache, attn, pos = running
-        n_logits, n_cache, n_attn, n_pos = self._prefill(b, new)
+        n_logits, n_cache, n_attn, n_pos = self._prefill(new)
         width = max(attn.shape[1], n_attn.shape[1])
         attn, n_attn = _pad_left(cache, attn, width), _pad_left(n_cache, n_attn, width)
         for layer, joining in zip(cache.layers, n_cache.layers):
             layer.keys = torch.cat([layer.keys, joining.keys])
             layer.values = torch.cat([layer.values, joining.values])
-        b.active = b.active + new
+        self._active = self._active + tuple(new)
         return torch.cat([logits, n_logits]), cache, torch.cat([attn, n_attn]), torch.cat([pos, n_pos])
 
-    def _prefill(self, b: _Batch, seqs: list[int]):
+    def _prefill(self, seqs):
         """Left-padded forward over prompt + tokens so far of these sequences."""
-        rows = [b.prompt_ids[s] + b.ids[s] for s in seqs]
+        rows = [list(s.req.prompt_ids) + s.ids for s in seqs]
         width = max(len(r) for r in rows)
         ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attn = torch.zeros((len(rows), width), dtype=torch.long)
@@ -304,31 +392,39 @@ class HFEngine:
         return out.logits[:, -1], cache, attn, positions[:, -1]
 
     @staticmethod
-    def _sample(logits: torch.Tensor, params: SamplingParams, gens: list[torch.Generator]):
-        """A token per row (row i drawn with gens[i]) and its logprob under log_softmax(logits / T)."""
-        if params.temperature == 0:
+    def _sample(logits: torch.Tensor, seqs):
+        """A token per row (row i drawn with its sequence's generator, at its call's temperature)
+        and its logprob under log_softmax(logits / T); greedy rows (T = 0) under log_softmax(logits)."""
+        temps = [s.call.params.temperature for s in seqs]
+        if all(t == 0 for t in temps):
             token = logits.argmax(dim=-1)
             logp = torch.log_softmax(logits.float(), dim=-1)
-        else:
-            logp = torch.log_softmax(logits.float() / params.temperature, dim=-1)
-            # Inverse-CDF sampling with one uniform per row from the row's own generator.
-            # The generators live on the CPU (the same draws on any device): only [rows] uniforms move.
-            u = torch.cat([torch.rand(1, generator=g, dtype=torch.float64) for g in gens]).to(logp.device)
-            cdf = logp.double().exp().cumsum(dim=-1)
-            token = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(1).clamp(max=logp.shape[-1] - 1)
+            return token, logp.gather(-1, token[:, None]).squeeze(1)
+        if len(set(temps)) == 1:
+            logp = torch.log_softmax(logits.float() / temps[0], dim=-1)
+        else:  # calls at different temperatures share the batch
+            scale = torch.tensor([t if t > 0 else 1.0 for t in temps], device=logits.device)[:, None]
+            logp = torch.log_softmax(logits.float() / scale, dim=-1)
+        # Inverse-CDF sampling with one uniform per row from the row's own generator.
+        # The generators live on the CPU (the same draws on any device): only [rows] uniforms move.
+        u = torch.cat([torch.rand(1, generator=s.gen, dtype=torch.float64) for s in seqs]).to(logp.device)
+        cdf = logp.double().exp().cumsum(dim=-1)
+        token = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(1).clamp(max=logp.shape[-1] - 1)
+        if 0 in temps:
+            greedy = torch.tensor([t == 0 for t in temps], device=logits.device)
+            token = torch.where(greedy, logits.argmax(dim=-1), token)
         return token, logp.gather(-1, token[:, None]).squeeze(1)
 
-    def _rollout(self, b: _Batch, seq: int) -> Rollout:
-        req, k = b.flat[seq]
-        ids, ep = b.ids[seq], b.episodes[seq]
+    def _rollout(self, s: _Seq) -> Rollout:
+        req, ids, ep = s.req, s.ids, s.episode
         stopped = bool(ids) and ids[-1] == self.eos_id and not (ep is not None and ep.truncated)
         return Rollout(
-            group_id=req.group_id, prompt_id=req.prompt_id, sample_index=k, prompt=req.prompt, answer=req.answer,
-            prompt_ids=tuple(b.prompt_ids[seq]), response_ids=tuple(ids),
+            group_id=req.group_id, prompt_id=req.prompt_id, sample_index=s.k, prompt=req.prompt, answer=req.answer,
+            prompt_ids=tuple(req.prompt_ids), response_ids=tuple(ids),
             response_text=self.tokenizer.decode(ids, skip_special_tokens=True) if ep is None else ep.final_text,
-            logprobs=tuple(b.logprobs[seq]), versions=tuple(b.versions[seq]),
-            finish_reason="stop" if stopped else "length", seed=b.seeds[seq],
-            trains=() if ep is None else tuple(b.trains[seq]),
+            logprobs=tuple(s.logprobs), versions=tuple(s.versions),
+            finish_reason="stop" if stopped else "length", seed=s.seed,
+            trains=() if ep is None else tuple(s.trains),
             episode=None if ep is None else ep.stats(),
         )
 

@@ -7,10 +7,12 @@ re-encodes the in-flight sequences under the new weights; vLLM pauses them and r
 so a rollout's tokens can carry two versions; `finish` lets the in-flight call finish on
 the weights it started with and applies the update before the next call.
 
-Both engines stream: each rollout comes back as it finishes. A vLLM worker in `interrupt`
-mode runs several calls at once (CALLS_IN_FLIGHT), all feeding vLLM's one continuous batch,
-so a call's long tail never holds the next call back; the `hf` engine decodes one call at a
-time. `abort` (control) stops groups the controller found doomed (cluster/rl/streaming.py).
+Both engines stream: each rollout comes back as it finishes. A worker in `interrupt` mode
+runs several calls at once (CALLS_IN_FLIGHT), all feeding its engine's one continuous batch
+(vLLM's; the `hf` engine's decode thread), so a call's long tail never holds the next call
+back. The `hf` engine does so only in asynchronous runs: a synchronous run's calls stay in
+order, one at a time, so its batches, and so its rollouts, never depend on the clock.
+`abort` (control) stops groups the controller found doomed (cluster/rl/streaming.py).
 """
 
 from __future__ import annotations
@@ -30,14 +32,16 @@ from rollout.transfer.buckets import Layout, WeightSyncError, unpack
 from rollout.transfer.collective import TransferGroup
 from rollout.transfer.object_store import StoredUpdate, fetch_update
 
-# Generation calls a vLLM worker runs at once in `interrupt` mode (more wait in Ray's queue):
+# Generation calls a worker runs at once in `interrupt` mode (more wait in Ray's queue):
 # enough for every step the staleness budget starts plus replacement calls. `finish` mode
 # keeps one, since its promise is that a call ends on the weights it started with.
 CALLS_IN_FLIGHT = 8
 
 
-def calls_in_flight(cfg: RolloutConfig) -> int:
-    return CALLS_IN_FLIGHT if cfg.engine == "vllm" and cfg.in_flight == "interrupt" else 1
+def calls_in_flight(cfg: RolloutConfig, setup: EngineSetup = EngineSetup()) -> int:
+    if cfg.in_flight != "interrupt" or (cfg.engine == "hf" and not setup.asynchronous):
+        return 1
+    return CALLS_IN_FLIGHT
 
 
 def make_engine(cfg: RolloutConfig, model_path: str, dtype: str, setup: EngineSetup = EngineSetup()):
@@ -81,7 +85,7 @@ class RolloutWorker:
         # (awaiting: the update it waits for is `version` itself, the run's current weights).
         self.needs_weights = self.awaiting = setup.awaiting
 
-    # ---- generation (concurrency group "generate": calls_in_flight(cfg) calls at a time) ----
+    # ---- generation (concurrency group "generate": calls_in_flight() calls at a time) ----
 
     @ray.method(concurrency_group="generate")
     def generate(self, requests: list[GenerationRequest], params: SamplingParams, batch_size: int) -> list[Rollout]:
@@ -300,7 +304,8 @@ class RolloutPool:
         threads = cfg.threads_per_worker
         base = dict(num_cpus=threads, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
         extra = actor_options or [{} for _ in range(cfg.num_workers)]
-        self._actor = ray.remote(concurrency_groups={"generate": calls_in_flight(cfg), "control": 1})(RolloutWorker)
+        self._actor = ray.remote(concurrency_groups={"generate": calls_in_flight(cfg, setup),
+                                                      "control": 1})(RolloutWorker)
         self._options = [{**base, **extra[i]} for i in range(cfg.num_workers)]
         self._args = (model_path, cfg, dtype)
         self.setup = setup

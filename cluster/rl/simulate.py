@@ -26,9 +26,11 @@ instead of run, and every assumption made (the defaults of `LatencyModel`):
   start rotating from call to call, so small replacement dispatches spread over workers).
   Engine models (`engine_calls`): "streaming" is the vLLM worker since 2026-12-07 (each
   rollout streamed back as it finishes, several calls in flight feeding one continuous
-  batch: a new call's samples join the running batch at once); "one_call" is the `hf`
-  engine (rollouts streamed as they finish, but one call at a time per worker: a new call
-  joins when the previous one has ended); "whole_call" is the vLLM worker before
+  batch: a new call's samples join the running batch at once), and the `hf` engine in
+  asynchronous runs since the evening of 2026-12-07 (its calls share one decode thread);
+  "one_call" is one call at a time per worker (rollouts streamed as they finish, but a new
+  call joins when the previous one has ended: the `hf` engine before then, and in
+  synchronous runs still); "whole_call" is the vLLM worker before
   2026-12-07 (one call at a time, and a call's rollouts come back together when its last
   sample ends).
 * Doomed groups are aborted (`abort_doomed`, as Streaming.abort_doomed): after each weight

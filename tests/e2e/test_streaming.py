@@ -4,14 +4,17 @@ and is owed a replacement; nothing of it is used, no sample is lost or counted t
 pool's outstanding work drains to zero. tests/e2e/test_vllm_streaming.py runs the same on vLLM."""
 
 import itertools
+import threading
+import time
 
 import pytest
+import ray
 
 from cluster.rl.gate import StalenessGate
 from cluster.rl.scheduler import Outcome, Scheduler
 from cluster.rl.streaming import Streaming
 from reward.pool import RewardPool
-from rollout.config import RolloutConfig
+from rollout.config import EngineSetup, RolloutConfig
 from rollout.pool import RolloutPool
 from rollout.types import SamplingParams
 from tests.rollout.requests import request
@@ -69,3 +72,31 @@ def test_doomed_groups_are_aborted_and_nothing_of_them_is_used(ray_session, tiny
     finally:
         pool.shutdown()
         reward.shutdown()
+
+
+@pytest.mark.parametrize("asynchronous", [True, False])
+def test_hf_calls_run_side_by_side_only_in_asynchronous_runs(ray_session, tiny_model, asynchronous):
+    """Call A: 6 samples of up to 56 tokens; call B, sent after it: one token. In an asynchronous
+    run B joins A's decode batch and ends first; in a synchronous one the worker keeps its calls
+    in order, one at a time (its batches never depend on the clock), so A ends first."""
+    pool = RolloutPool(tiny_model, RolloutConfig(num_workers=1, batch_size=8, max_new_tokens=56),
+                       setup=EngineSetup(asynchronous=asynchronous))
+    try:
+        (a,) = pool.stream([request(1, "1+2=", "3", 6)], SamplingParams(temperature=0.9, max_new_tokens=56, seed=1))
+        (b,) = pool.stream([request(2, "2+2=", "4", 1)], SamplingParams(temperature=0.9, max_new_tokens=1, seed=1))
+        ended = {}
+
+        def consume(shard, name):
+            parts = [ray.get(ref) for ref in shard.stream]
+            ended[name] = (time.monotonic(), parts)
+
+        threads = [threading.Thread(target=consume, args=(s, n)) for s, n in ((a, "A"), (b, "B"))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+        longest = max(len(r.response_ids) for p in ended["A"][1] for r in p)
+        assert longest > 8  # a tail B could wait for
+        assert (ended["B"][0] < ended["A"][0]) == asynchronous
+    finally:
+        pool.shutdown()

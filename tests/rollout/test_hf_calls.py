@@ -1,0 +1,103 @@
+"""Calls share the `hf` engine's decode batch: a call made while another runs joins the running
+batch at the next decode step instead of waiting for the first call's long tail, whatever its
+sampling settings, and every rollout is the one the call gives alone. A caller that stops
+reading drops its rows without touching the other call's."""
+
+import threading
+
+import pytest
+
+from rollout.hf_engine import HFEngine
+from rollout.types import SamplingParams
+from tests.rollout.requests import request
+
+LONG = SamplingParams(temperature=1.0, max_new_tokens=40, seed=3, step=1)
+SHORT = SamplingParams(temperature=0.0, max_new_tokens=3, seed=3, step=2)  # greedy: another temperature
+JOIN_AT = 3  # the safe point (before decode step JOIN_AT) at which the second call is made
+
+
+def long_requests():
+    return [request(g, f"{g}+{g * 13}=", str(14 * g), 2) for g in range(4)]
+
+
+def short_requests():
+    return [request(g, f"{g}*2=", str(2 * g), 2) for g in range(10, 13)]
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    return HFEngine(tiny_model)
+
+
+def alone(engine, reqs, params):
+    return {(r.group_id, r.sample_index): r for r in engine.generate(reqs, params, 0, 64)}
+
+
+def read(parts, into: dict, done: list, steps: dict) -> None:
+    for part in parts:
+        into.update({(r.group_id, r.sample_index): r for r in part})
+    done.append(steps["n"])  # the safe points passed when the call's stream ended
+
+
+def together(engine, stop_long_after: int | None = None):
+    """The long call, and the short one made at safe point JOIN_AT; each read on its own thread.
+    Returns both calls' rollouts, the safe points each stream ended at, and the total."""
+    steps, calls, got = {"n": 0}, {}, {"long": {}, "short": {}}
+    ended = {"long": [], "short": []}
+
+    def safe_point():
+        steps["n"] += 1
+        if steps["n"] == JOIN_AT:
+            calls["short"] = engine.stream(short_requests(), SHORT, safe_point, 64)
+            threading.Thread(target=read, args=(calls["short"], got["short"], ended["short"], steps)).start()
+        return 0
+
+    parts = engine.stream(long_requests(), LONG, safe_point, 64)
+    if stop_long_after is not None:  # read one part, then stop reading
+        got["long"].update({(r.group_id, r.sample_index): r for r in next(parts)})
+        while "short" not in calls:
+            threading.Event().wait(0.01)
+        parts.close()
+        ended["long"].append(steps["n"])
+    else:
+        read(parts, got["long"], ended["long"], steps)
+    while not ended["short"]:
+        threading.Event().wait(0.01)
+    return got, ended
+
+
+def same(a, b):
+    assert a.response_ids == b.response_ids and a.versions == b.versions
+    assert max((abs(x - y) for x, y in zip(a.logprobs, b.logprobs)), default=0.0) < 1e-5
+
+
+def test_a_call_joins_the_running_batch_and_each_rollout_is_its_own(engine):
+    want_long, want_short = alone(engine, long_requests(), LONG), alone(engine, short_requests(), SHORT)
+    long_lengths = [len(r.response_ids) for r in want_long.values()]
+    short_lengths = [len(r.response_ids) for r in want_short.values()]
+    assert max(long_lengths) > JOIN_AT + max(short_lengths) + 2  # a tail the short call could wait for
+    got, ended = together(engine)
+    assert got["long"].keys() == want_long.keys() and got["short"].keys() == want_short.keys()
+    for key, r in got["long"].items():
+        same(r, want_long[key])
+    for key, r in got["short"].items():
+        same(r, want_short[key])
+    # The short call's rows joined after decode step JOIN_AT - 1 and ran alongside the long
+    # call's: its stream ended while the long call's tail was still decoding, and the whole
+    # took the long call's steps alone (one call after the other: the sum).
+    assert ended["short"][0] < ended["long"][0]
+    assert ended["short"][0] <= JOIN_AT + max(short_lengths) + 1
+    assert ended["long"][0] == max(long_lengths) + 1  # its safe points: one before the prefill, one a step
+
+
+def test_a_call_no_longer_read_leaves_the_batch_and_the_other_call_is_unchanged(engine):
+    want_short = alone(engine, short_requests(), SHORT)
+    got, _ = together(engine, stop_long_after=1)
+    assert got["short"].keys() == want_short.keys()
+    for key, r in got["short"].items():
+        same(r, want_short[key])
+    for _ in range(500):  # the decode thread ends once nothing is queued or decoding
+        if engine._loop is None:
+            break
+        threading.Event().wait(0.01)
+    assert engine._loop is None and engine._active == () and engine._queued == ()
