@@ -24,6 +24,11 @@ class RolloutConfig(BaseModel):
     temperature: float = Field(1.0, gt=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_new_tokens: int = Field(16, ge=1)
+    # No end of sequence before this many new tokens (per turn): min = max gives every response
+    # the same length, as benchmarks need. The engine samples from the model's distribution with
+    # EOS removed before then, but reports (and the learner trains on) the model's own logprobs:
+    # a bias no importance ratio corrects, so it is a benchmarking knob, `hf` engine only.
+    min_new_tokens: int = Field(0, ge=0)
     # Sequences decoding at once per generation call (hf: the batch's rows, refilled as rows
     # finish; vllm: samples in flight per call).
     batch_size: int = Field(256, ge=1)
@@ -79,6 +84,18 @@ class RolloutConfig(BaseModel):
             return None
         return EnvSpec(self.env, dict(self.env_options), self.max_turns, self.max_episode_tokens,
                        tuple(self.env_plugins))
+
+    @model_validator(mode="after")
+    def _min_new_tokens(self) -> "RolloutConfig":
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"rollout.min_new_tokens={self.min_new_tokens} is above rollout.max_new_tokens="
+                             f"{self.max_new_tokens}")
+        if self.min_new_tokens and self.engine != "hf":
+            # vLLM's processed logprobs would be those of the EOS-masked distribution, which the
+            # learner does not compute: every early ratio would be off.
+            raise ValueError(f"rollout.min_new_tokens with rollout.engine '{self.engine}': only the hf engine "
+                             "reports the model's own logprobs under it; use engine: hf or min_new_tokens: 0")
+        return self
 
     @model_validator(mode="after")
     def _top_p(self) -> "RolloutConfig":

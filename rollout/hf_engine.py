@@ -131,6 +131,10 @@ class _Seq:
         return (token == eos_id or n - self.turn_start >= self.call.params.max_new_tokens
                 or (room is not None and room <= 0))
 
+    def eos_allowed(self) -> bool:
+        """min_new_tokens: the turn's next token may end it."""
+        return len(self.ids) - self.turn_start >= self.call.params.min_new_tokens
+
 
 def _observe(seqs: list[_Seq], version: int, pool: cf.ThreadPoolExecutor | None) -> list[bool]:
     """These sequences ended a turn: for each, its episode's next observation appended (True),
@@ -221,7 +225,9 @@ class HFEngine:
             self._live = self._live | {call}
             self._safe_point, self._batch_size = safe_point, batch_size
             if self._loop is None:
-                self._loop = threading.Thread(target=self._run, name="hf-decode", daemon=True)
+                # Not a daemon: a process that exits right after a call waits for the loop to wind
+                # down (a daemon thread killed inside a torch op aborts the process: exit code 134).
+                self._loop = threading.Thread(target=self._run, name="hf-decode")
                 self._loop.start()
         return self._parts(call)
 
@@ -391,20 +397,35 @@ class HFEngine:
                          use_cache=True)
         return out.logits[:, -1], cache, attn, positions[:, -1]
 
-    @staticmethod
-    def _sample(logits: torch.Tensor, seqs):
+    def _sample(self, logits: torch.Tensor, seqs):
         """A token per row (row i drawn with its sequence's generator, at its call's temperature)
-        and its logprob under log_softmax(logits / T); greedy rows (T = 0) under log_softmax(logits)."""
+        and its logprob under log_softmax(logits / T); greedy rows (T = 0) under log_softmax(logits).
+        A row short of its min_new_tokens cannot draw EOS, but its logprob stays the model's own
+        (what the learner computes: rollout/config.py min_new_tokens)."""
         temps = [s.call.params.temperature for s in seqs]
+        no_eos = [not s.eos_allowed() for s in seqs]
+        if any(no_eos):
+            masked = torch.tensor(no_eos, device=logits.device)
+            draw = logits.clone()
+            draw[masked, self.eos_id] = float("-inf")
+            token, _ = self._draw(draw, seqs, temps)
+            logp = torch.log_softmax(logits.float() / self._scale(temps, logits.device), dim=-1)
+            return token, logp.gather(-1, token[:, None]).squeeze(1)
+        return self._draw(logits, seqs, temps)
+
+    @staticmethod
+    def _scale(temps: list[float], device) -> torch.Tensor | float:
+        if len(set(temps)) == 1:
+            return temps[0] if temps[0] > 0 else 1.0
+        return torch.tensor([t if t > 0 else 1.0 for t in temps], device=device)[:, None]
+
+    @staticmethod
+    def _draw(logits: torch.Tensor, seqs, temps: list[float]):
         if all(t == 0 for t in temps):
             token = logits.argmax(dim=-1)
             logp = torch.log_softmax(logits.float(), dim=-1)
             return token, logp.gather(-1, token[:, None]).squeeze(1)
-        if len(set(temps)) == 1:
-            logp = torch.log_softmax(logits.float() / temps[0], dim=-1)
-        else:  # calls at different temperatures share the batch
-            scale = torch.tensor([t if t > 0 else 1.0 for t in temps], device=logits.device)[:, None]
-            logp = torch.log_softmax(logits.float() / scale, dim=-1)
+        logp = torch.log_softmax(logits.float() / HFEngine._scale(temps, logits.device), dim=-1)
         # Inverse-CDF sampling with one uniform per row from the row's own generator.
         # The generators live on the CPU (the same draws on any device): only [rows] uniforms move.
         u = torch.cat([torch.rand(1, generator=s.gen, dtype=torch.float64) for s in seqs]).to(logp.device)

@@ -21,6 +21,8 @@ class SamplingParams:
 
     temperature: float = 1.0  # 0 = greedy
     max_new_tokens: int = 16
+    # No end of sequence before this many tokens (benchmarks' fixed lengths; rollout.min_new_tokens)
+    min_new_tokens: int = 0
     seed: int = 0  # run.seed
     step: int = 0  # the call's step (evaluation and replacement calls have their own numbers)
 

@@ -246,8 +246,8 @@ class Controller:
 
     def _sampling(self, temperature: float, step: int) -> SamplingParams:
         r = self.cfg.rollout
-        return SamplingParams(temperature=temperature, max_new_tokens=r.max_new_tokens, seed=self.cfg.run.seed,
-                              step=step)
+        return SamplingParams(temperature=temperature, max_new_tokens=r.max_new_tokens,
+                              min_new_tokens=r.min_new_tokens, seed=self.cfg.run.seed, step=step)
 
     def _step_row(self, step: int, groups: list[Group], m: dict, times: tuple) -> dict:
         rewards = [r for g in groups for r in g.rewards]

@@ -3,6 +3,8 @@ batch at the next decode step instead of waiting for the first call's long tail,
 sampling settings, and every rollout is the one the call gives alone. A caller that stops
 reading drops its rows without touching the other call's."""
 
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -101,3 +103,20 @@ def test_a_call_no_longer_read_leaves_the_batch_and_the_other_call_is_unchanged(
             break
         threading.Event().wait(0.01)
     assert engine._loop is None and engine._active == () and engine._queued == ()
+
+
+def test_a_process_exits_cleanly_right_after_a_call(engine, tiny_model):
+    """The decode thread may still be winding down when the last rollout is read: the process
+    must not be aborted at exit. A daemon thread would be killed at exit wherever it is, and
+    the process then aborts (exit code 134, about one exit in three here): the thread is not one."""
+    parts = engine.stream(long_requests(), LONG, lambda: 0, 64)
+    next(parts)
+    assert engine._loop is not None and not engine._loop.daemon
+    parts.close()
+    script = ("from rollout.hf_engine import HFEngine; from rollout.types import SamplingParams; "
+              "from tests.rollout.requests import request; "
+              f"e = HFEngine({tiny_model!r}); "
+              "print(len(e.generate([request(1, '1+2=', '3', 4)], SamplingParams(max_new_tokens=8), 0)))")
+    for _ in range(3):
+        done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+        assert (done.returncode, done.stdout.strip()) == (0, "4"), done.stderr[-500:]
