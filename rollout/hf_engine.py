@@ -42,7 +42,8 @@ from rollout.envs.episode import Episode, Episodes
 from rollout.types import AbortResult, EngineError, GenerationRequest, Rollout, SamplingParams, doomed, sample_seed
 
 
-ENV_THREADS = 16  # multi-turn: environments answering at once (rows whose turns ended at one step)
+ENV_THREADS = 16
+GROWING_CACHE = True  # multi-turn: environments answering at once (rows whose turns ended at one step)
 
 
 def load_causal_lm(path: str | Path, dtype: str = "float32", device: str = "cpu"):
@@ -157,12 +158,73 @@ def _observe(seqs: list[_Seq], version: int, pool: cf.ThreadPoolExecutor | None)
     return out
 
 
+def _growing_layer():
+    """A transformers DynamicLayer whose keys and values live in a buffer with room to spare, so
+    a decode step writes its one new position in place instead of concatenating the whole cache
+    into a new tensor (transformers' DynamicLayer: every step copies every layer's keys and
+    values, O(length^2) over a response). `keys` / `values` are views of the filled part; code
+    that assigns them whole (row selection, left padding, joining rows) gets a new buffer at the
+    next update."""
+    from transformers.cache_utils import DynamicLayer
+
+    class GrowingLayer(DynamicLayer):
+        _kbuf = _vbuf = None
+
+        def update(self, key_states, value_states, *args, **kwargs):
+            if not self.is_initialized:
+                self.lazy_initialization(key_states, value_states)
+            n, add = self.get_seq_length(), key_states.shape[-2]
+            if not self._buffered(n) or n + add > self._kbuf.shape[-2] or key_states.shape[0] != self._kbuf.shape[0]:
+                self._rebuffer(key_states, value_states, n, n + add + max(n + add, 32))  # capacity doubles
+            self._kbuf[:, :, n:n + add] = key_states
+            self._vbuf[:, :, n:n + add] = value_states
+            self.keys, self.values = self._kbuf[:, :, :n + add], self._vbuf[:, :, :n + add]
+            return self.keys, self.values
+
+        def _rebuffer(self, key_states, value_states, n: int, capacity: int) -> None:
+            kbuf = key_states.new_zeros(key_states.shape[:2] + (capacity,) + key_states.shape[3:])
+            vbuf = value_states.new_zeros(value_states.shape[:2] + (capacity,) + value_states.shape[3:])
+            if n:
+                kbuf[:, :, :n], vbuf[:, :, :n] = self.keys, self.values
+            self._kbuf, self._vbuf = kbuf, vbuf
+
+        def _buffered(self, n: int) -> bool:
+            """keys / values are still the views of the buffer (nothing assigned them since)."""
+            return self._kbuf is not None and (n == 0 or self.keys.data_ptr() == self._kbuf.data_ptr()
+                                               and self.keys.shape[0] == self._kbuf.shape[0])
+
+        def batch_select_indices(self, indices) -> None:
+            n = self.get_seq_length()
+            if n and self._buffered(n):  # the buffer's rows, room included: one copy, no rebuffering after
+                self._kbuf, self._vbuf = self._kbuf[indices], self._vbuf[indices]
+                self.keys, self.values = self._kbuf[:, :, :n], self._vbuf[:, :, :n]
+            else:
+                super().batch_select_indices(indices)
+
+    return GrowingLayer
+
+
+_GrowingLayer = None
+
+
+def _new_cache():
+    """An empty cache of growing layers (one per decoder layer, made as the model first writes)."""
+    global _GrowingLayer
+    from transformers import DynamicCache
+
+    if _GrowingLayer is None:
+        _GrowingLayer = _growing_layer()
+    cache = DynamicCache()
+    cache.layer_class_to_replicate = _GrowingLayer
+    return cache
+
+
 def _mergeable(cache) -> bool:
     """Whether rows can join this cache: plain per-layer key/value tensors (a sliding-window or
     quantized cache keeps other state; such a model admits new rows when its batch runs dry)."""
     from transformers.cache_utils import DynamicLayer
 
-    return all(type(layer) is DynamicLayer for layer in cache.layers)
+    return all(type(layer) in (DynamicLayer, _GrowingLayer) for layer in cache.layers)
 
 
 def _pad_left(cache, attn: torch.Tensor, width: int) -> torch.Tensor:
@@ -390,9 +452,7 @@ class HFEngine:
             attn[i, width - len(r):] = 1
         ids, attn = ids.to(self.device), attn.to(self.device)
         positions = (attn.cumsum(dim=1) - 1).clamp(min=0)
-        from transformers import DynamicCache
-
-        cache = DynamicCache()
+        cache = _new_cache() if GROWING_CACHE else __import__("transformers").DynamicCache()
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache,
                          use_cache=True)
         return out.logits[:, -1], cache, attn, positions[:, -1]

@@ -120,3 +120,30 @@ def test_a_process_exits_cleanly_right_after_a_call(engine, tiny_model):
     for _ in range(3):
         done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
         assert (done.returncode, done.stdout.strip()) == (0, "4"), done.stderr[-500:]
+
+
+def test_the_growing_cache_writes_in_place_and_changes_no_rollout(engine, monkeypatch):
+    """Each decode step writes its position into the layer's buffer (transformers' DynamicLayer
+    concatenates, copying the whole cache every step): over a 40-token response the buffers are
+    reallocated a handful of times (capacity doubles), and every rollout is bitwise the one the
+    concatenating cache gives."""
+    import rollout.hf_engine as hf
+
+    made = []
+    layer = hf._growing_layer()
+    rebuffer = layer._rebuffer
+
+    def counted(self, *args):
+        made.append(self)
+        return rebuffer(self, *args)
+
+    monkeypatch.setattr(layer, "_rebuffer", counted)
+    monkeypatch.setattr(hf, "_GrowingLayer", layer)
+    params = SamplingParams(temperature=1.0, max_new_tokens=40, min_new_tokens=40, seed=4)
+    growing = engine.generate(long_requests(), params, 0, 64)
+    layers = len(set(map(id, made)))
+    assert layers == len(engine.model.model.layers)
+    assert len(made) <= 3 * layers  # prefill, then capacity doubling: 40 steps, at most 3 buffers a layer
+    monkeypatch.setattr(hf, "GROWING_CACHE", False)
+    plain = engine.generate(long_requests(), params, 0, 64)
+    assert [(r.response_ids, r.logprobs) for r in growing] == [(r.response_ids, r.logprobs) for r in plain]
