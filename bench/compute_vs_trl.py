@@ -37,9 +37,18 @@ RESULTS = ROOT / "bench" / "results"
 
 PROMPTS, GROUP, NEW_TOKENS = 8, 8, 128
 SHAPE = {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 6, "num_attention_heads": 8}
-# Tandem's layouts: the recipe's two ZeRO-2 learners of one thread each, and one of two threads.
-TANDEM = {"tandem 2 learners x 1 thread": ["trainer.num_learners=2", "trainer.threads_per_learner=1"],
-          "tandem 1 learner x 2 threads": ["trainer.num_learners=1", "trainer.threads_per_learner=2"]}
+# Tandem's layouts on the two cores: the recipe's two ZeRO-2 learners of one thread each, or one
+# of two threads; one engine of two threads, or two of one (torch ops on a thread other than a
+# process's main one run 15-20% slower at two OpenMP threads here, not at one; an engine
+# decodes on its own thread).
+TANDEM = {
+    "tandem: 1 engine x 2 threads, 2 learners x 1": ["rollout.num_workers=1", "rollout.threads_per_worker=2",
+                                                     "trainer.num_learners=2", "trainer.threads_per_learner=1"],
+    "tandem: 2 engines x 1 thread, 2 learners x 1": ["rollout.num_workers=2", "rollout.threads_per_worker=1",
+                                                     "trainer.num_learners=2", "trainer.threads_per_learner=1"],
+    "tandem: 1 engine x 2 threads, 1 learner x 2": ["rollout.num_workers=1", "rollout.threads_per_worker=2",
+                                                    "trainer.num_learners=1", "trainer.threads_per_learner=2"],
+}
 
 
 def matmul_rate(threads: int, n: int = 1024) -> float:
@@ -90,7 +99,7 @@ def run_tandem(model: Path, steps: int, out: Path, name: str, layout: list[str])
            f"data.eval_path={model}/train.jsonl", f"run.output_dir={out}", f"controller.steps={steps}",
            f"controller.prompts_per_step={PROMPTS}", f"algorithm.group_size={GROUP}",
            f"rollout.max_new_tokens={NEW_TOKENS}", f"rollout.min_new_tokens={NEW_TOKENS}",
-           "rollout.threads_per_worker=2", "controller.eval_every=0", "controller.progress=false", *layout]
+           "controller.eval_every=0", "controller.progress=false", *layout]
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     rows = [json.loads(line) for line in next(out.glob("*/metrics.jsonl")).read_text().splitlines() if line]
     steps_ = [r for r in rows if "step_s" in r][1:]  # the first step warms up
