@@ -223,7 +223,9 @@ class Controller:
         # Held-out prompts have their own group ids (-1, -2, ...), the same at every evaluation: the
         # training groups' ids, and so their sampling seeds, must not depend on how often we evaluate.
         requests = [self._request(prompt, 1, -i) for i, prompt in enumerate(self.evals, 1)]
-        rollouts = self.roles.rollout.generate(requests, self._sampling(self.cfg.controller.eval_temperature, -1))
+        # Held out, the policy answers freely: rollout.min_new_tokens (a benchmark's fixed length) is not applied.
+        rollouts = self.roles.rollout.generate(requests, self._sampling(self.cfg.controller.eval_temperature, -1,
+                                                                        min_new_tokens=0))
         rewards = self.roles.reward.score(rollouts)
         self.totals["eval_s"] += time.perf_counter() - t0
         episodes = episode_metrics(rollouts)  # multi-turn: turns and tool use on the held-out prompts
@@ -244,10 +246,11 @@ class Controller:
         return GenerationRequest(group_id=group_id, prompt_id=prompt.id, prompt=prompt.text, prompt_ids=prompt.ids,
                                  answer=prompt.answer, num_samples=n)
 
-    def _sampling(self, temperature: float, step: int) -> SamplingParams:
+    def _sampling(self, temperature: float, step: int, min_new_tokens: int | None = None) -> SamplingParams:
         r = self.cfg.rollout
         return SamplingParams(temperature=temperature, max_new_tokens=r.max_new_tokens,
-                              min_new_tokens=r.min_new_tokens, seed=self.cfg.run.seed, step=step)
+                              min_new_tokens=r.min_new_tokens if min_new_tokens is None else min_new_tokens,
+                              seed=self.cfg.run.seed, step=step)
 
     def _step_row(self, step: int, groups: list[Group], m: dict, times: tuple) -> dict:
         rewards = [r for g in groups for r in g.rewards]
