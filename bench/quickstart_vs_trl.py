@@ -14,7 +14,8 @@ generation, reward, train and sync, without the evaluations).
     .venv/bin/pip install trl==1.16.0           # the peer (the `bench` extra)
     .venv/bin/python bench/quickstart_vs_trl.py --steps 400
 
-Writes bench/results/quickstart_vs_trl.json and .md. Run it on an idle machine.
+Writes bench/results/quickstart_vs_trl.json and .md (`--name` for another name: `make bench`
+runs 100 steps as quickstart_vs_trl_100). Run it on an idle machine.
 """
 
 from __future__ import annotations
@@ -97,25 +98,27 @@ def run_trl_process(model: Path, steps: int, out: Path, lr: float) -> dict:
     return json.loads(result.read_text()) | {"end_to_end_s": time.perf_counter() - t0}
 
 
-def write(results: list[dict], steps: int, lr: float) -> None:
+def write(results: list[dict], steps: int, lr: float, name: str = "quickstart_vs_trl") -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     meta = {"steps": steps, "samples_per_step": 512, "lr": lr, "machine": f"{os.cpu_count()} CPU cores",
             "date": time.strftime("%Y-%m-%d"),
-            "command": f".venv/bin/python bench/quickstart_vs_trl.py --steps {steps}"}
-    (RESULTS / "quickstart_vs_trl.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+            "command": f".venv/bin/python bench/quickstart_vs_trl.py --steps {steps}"
+                       + (f" --name {name}" if name != "quickstart_vs_trl" else "")}
+    (RESULTS / f"{name}.json").write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     lines = ["| system | samples | end to end s (launch to exit) | in-loop s | in-loop samples/s | "
              "held-out acc before | after |", "|---|---|---|---|---|---|---|"]
     for r in results:
         lines.append(f"| {r['system']} | {r['samples']} | {r['end_to_end_s']:.0f} | {r['loop_s']:.0f} | "
                      f"{r['samples_per_s']:.0f} | {r['initial_accuracy']:.1%} | {r['final_accuracy']:.1%} |")
     head = f"`{meta['command']}` ({meta['machine']}, {meta['date']}, one run each, seed 0, lr {lr})"
-    (RESULTS / "quickstart_vs_trl.md").write_text(head + "\n\n" + "\n".join(lines) + "\n")
+    (RESULTS / f"{name}.md").write_text(head + "\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument("--name", default="quickstart_vs_trl", help="the results files' name")
     parser.add_argument("--workdir", default="/tmp/tandem-bench")
     parser.add_argument("--only-trl", help=argparse.SUPPRESS)  # the TRL child process: model path
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -135,7 +138,7 @@ def main() -> None:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     results = [run_tandem(model, args.steps, work / f"tandem-{stamp}"),
                run_trl_process(model, args.steps, work / f"trl-{stamp}", cfg.trainer.lr)]
-    write(results, args.steps, cfg.trainer.lr)
+    write(results, args.steps, cfg.trainer.lr, args.name)
 
 
 if __name__ == "__main__":

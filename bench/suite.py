@@ -28,7 +28,8 @@ SUITE: dict[str, tuple[list[str], str, str, int]] = {
                    "the hf engine against transformers.generate on the same weights, batch 1 / 32 / 128", 600),
     "compute_vs_trl": ([PY, "bench/compute_vs_trl.py"], "compute_vs_trl.md",
                        "a compute-bound GRPO step against TRL, and each side's fraction of the machine's limit", 900),
-    "quickstart_vs_trl": ([PY, "bench/quickstart_vs_trl.py", "--steps", "100"], "quickstart_vs_trl.md",
+    "quickstart_vs_trl": ([PY, "bench/quickstart_vs_trl.py", "--steps", "100", "--name", "quickstart_vs_trl_100"],
+                          "quickstart_vs_trl_100.md",
                           "the quickstart against TRL, end to end (start-up included) and in the loop, 100 steps", 900),
 }
 
