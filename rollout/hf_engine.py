@@ -325,10 +325,13 @@ class HFEngine:
         for s in dropped:
             calls.setdefault(s.call, ([], [0]))[1][0] += 1
         for call, (rollouts, n) in calls.items():
-            call.settle(rollouts, n[0])
-            if call.left == 0:
-                with self._lock:
-                    self._live = self._live - {call}
+            self._count(call, rollouts, n[0])
+
+    def _count(self, call: _Call, rollouts: list[Rollout], dropped: int) -> None:
+        call.settle(rollouts, dropped)
+        if call.left == 0:
+            with self._lock:
+                self._live = self._live - {call}
 
     def _take_queued(self, n: int, version: int) -> list[_Seq]:
         """Up to n queued samples started, in order; those of aborted groups or closed calls are
@@ -341,7 +344,7 @@ class HFEngine:
             self._queued = queued[i:]
         skip = [(req, k, call) for req, k, call in take if req.group_id in self._aborted or call.closed]
         for req, k, call in skip:
-            call.settle([], 1)
+            self._count(call, [], 1)
         seqs = [_Seq.start(req, k, call, self.episodes, version) for req, k, call in take
                 if not (req.group_id in self._aborted or call.closed)]
         if skip and len(seqs) < n:
