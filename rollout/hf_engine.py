@@ -30,20 +30,23 @@ import concurrent.futures as cf
 import queue
 import threading
 import warnings
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
 
 from rollout.envs.spec import EnvSpec
 from rollout.envs.episode import Episode, Episodes
 from rollout.types import AbortResult, EngineError, GenerationRequest, Rollout, SamplingParams, doomed, sample_seed
 
 
-ENV_THREADS = 16
-GROWING_CACHE = True  # multi-turn: environments answering at once (rows whose turns ended at one step)
+ENV_THREADS = 16  # multi-turn: environments answering at once (rows whose turns ended at one step)
+GROWING_CACHE = True  # False: transformers' concatenating DynamicCache (bench/generation.py compares the two)
 
 
 def load_causal_lm(path: str | Path, dtype: str = "float32", device: str = "cpu"):
@@ -158,72 +161,60 @@ def _observe(seqs: list[_Seq], version: int, pool: cf.ThreadPoolExecutor | None)
     return out
 
 
-def _growing_layer():
+class _GrowingLayer(DynamicLayer):
     """A transformers DynamicLayer whose keys and values live in a buffer with room to spare, so
     a decode step writes its one new position in place instead of concatenating the whole cache
     into a new tensor (transformers' DynamicLayer: every step copies every layer's keys and
     values, O(length^2) over a response). `keys` / `values` are views of the filled part; code
     that assigns them whole (row selection, left padding, joining rows) gets a new buffer at the
     next update."""
-    from transformers.cache_utils import DynamicLayer
 
-    class GrowingLayer(DynamicLayer):
-        _kbuf = _vbuf = None
+    _kbuf = _vbuf = None
 
-        def update(self, key_states, value_states, *args, **kwargs):
-            if not self.is_initialized:
-                self.lazy_initialization(key_states, value_states)
-            n, add = self.get_seq_length(), key_states.shape[-2]
-            if not self._buffered(n) or n + add > self._kbuf.shape[-2] or key_states.shape[0] != self._kbuf.shape[0]:
-                self._rebuffer(key_states, value_states, n, n + add + max(n + add, 32))  # capacity doubles
-            self._kbuf[:, :, n:n + add] = key_states
-            self._vbuf[:, :, n:n + add] = value_states
-            self.keys, self.values = self._kbuf[:, :, :n + add], self._vbuf[:, :, :n + add]
-            return self.keys, self.values
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, add = self.get_seq_length(), key_states.shape[-2]
+        if not self._buffered(n) or n + add > self._kbuf.shape[-2] or key_states.shape[0] != self._kbuf.shape[0]:
+            self._rebuffer(key_states, value_states, n, n + add + max(n + add, 32))  # capacity doubles
+        self._kbuf[:, :, n:n + add] = key_states
+        self._vbuf[:, :, n:n + add] = value_states
+        self.keys, self.values = self._kbuf[:, :, :n + add], self._vbuf[:, :, :n + add]
+        return self.keys, self.values
 
-        def _rebuffer(self, key_states, value_states, n: int, capacity: int) -> None:
-            kbuf = key_states.new_zeros(key_states.shape[:2] + (capacity,) + key_states.shape[3:])
-            vbuf = value_states.new_zeros(value_states.shape[:2] + (capacity,) + value_states.shape[3:])
-            if n:
-                kbuf[:, :, :n], vbuf[:, :, :n] = self.keys, self.values
-            self._kbuf, self._vbuf = kbuf, vbuf
+    def _rebuffer(self, key_states, value_states, n: int, capacity: int) -> None:
+        kbuf = key_states.new_zeros(key_states.shape[:2] + (capacity,) + key_states.shape[3:])
+        vbuf = value_states.new_zeros(value_states.shape[:2] + (capacity,) + value_states.shape[3:])
+        if n:
+            kbuf[:, :, :n], vbuf[:, :, :n] = self.keys, self.values
+        self._kbuf, self._vbuf = kbuf, vbuf
 
-        def _buffered(self, n: int) -> bool:
-            """keys / values are still the views of the buffer (nothing assigned them since)."""
-            return self._kbuf is not None and (n == 0 or self.keys.data_ptr() == self._kbuf.data_ptr()
-                                               and self.keys.shape[0] == self._kbuf.shape[0])
+    def _buffered(self, n: int) -> bool:
+        """keys / values are still the views of the buffer (nothing assigned them since)."""
+        return self._kbuf is not None and (n == 0 or self.keys.data_ptr() == self._kbuf.data_ptr()
+                                           and self.keys.shape[0] == self._kbuf.shape[0])
 
-        def batch_select_indices(self, indices) -> None:
-            n = self.get_seq_length()
-            if n and self._buffered(n):  # the buffer's rows, room included: one copy, no rebuffering after
-                self._kbuf, self._vbuf = self._kbuf[indices], self._vbuf[indices]
-                self.keys, self.values = self._kbuf[:, :, :n], self._vbuf[:, :, :n]
-            else:
-                super().batch_select_indices(indices)
-
-    return GrowingLayer
+    def batch_select_indices(self, indices) -> None:
+        n = self.get_seq_length()
+        if n and self._buffered(n):  # the buffer's rows, room included: one copy, no rebuffering after
+            self._kbuf, self._vbuf = self._kbuf[indices], self._vbuf[indices]
+            self.keys, self.values = self._kbuf[:, :, :n], self._vbuf[:, :, :n]
+        else:
+            super().batch_select_indices(indices)
 
 
-_GrowingLayer = None
-
-
-def _new_cache():
-    """An empty cache of growing layers (one per decoder layer, made as the model first writes)."""
-    global _GrowingLayer
-    from transformers import DynamicCache
-
-    if _GrowingLayer is None:
-        _GrowingLayer = _growing_layer()
+def _new_cache() -> DynamicCache:
+    """An empty cache (one layer per decoder layer, made as the model first writes): growing
+    layers, or transformers' own with GROWING_CACHE off."""
     cache = DynamicCache()
-    cache.layer_class_to_replicate = _GrowingLayer
+    if GROWING_CACHE:
+        cache.layer_class_to_replicate = _GrowingLayer
     return cache
 
 
 def _mergeable(cache) -> bool:
     """Whether rows can join this cache: plain per-layer key/value tensors (a sliding-window or
     quantized cache keeps other state; such a model admits new rows when its batch runs dry)."""
-    from transformers.cache_utils import DynamicLayer
-
     return all(type(layer) in (DynamicLayer, _GrowingLayer) for layer in cache.layers)
 
 
@@ -314,18 +305,18 @@ class HFEngine:
             for call in live:
                 call.parts.put(err)
 
-    def _drops(self, s: _Seq) -> bool:
-        return s.group_id in self._aborted or s.call.closed
+    def _dropped(self, group_id: int, call: _Call) -> bool:
+        """An aborted group's sample, or one whose caller stopped reading."""
+        return group_id in self._aborted or call.closed
 
     def _settle(self, finished: list[_Seq], dropped: list[_Seq] = ()) -> None:
         """Hand finished rollouts to their calls, count dropped samples; a call settled whole ends."""
-        calls: dict[_Call, tuple[list[Rollout], list[int]]] = {}
+        rollouts: dict[_Call, list[Rollout]] = {s.call: [] for s in [*finished, *dropped]}
         for s in finished:
-            calls.setdefault(s.call, ([], [0]))[0].append(self._rollout(s))
-        for s in dropped:
-            calls.setdefault(s.call, ([], [0]))[1][0] += 1
-        for call, (rollouts, n) in calls.items():
-            self._count(call, rollouts, n[0])
+            rollouts[s.call].append(self._rollout(s))
+        gone = Counter(s.call for s in dropped)
+        for call, done in rollouts.items():
+            self._count(call, done, gone[call])
 
     def _count(self, call: _Call, rollouts: list[Rollout], dropped: int) -> None:
         call.settle(rollouts, dropped)
@@ -342,12 +333,13 @@ class HFEngine:
                 take.append(queued[i])
                 i += 1
             self._queued = queued[i:]
-        skip = [(req, k, call) for req, k, call in take if req.group_id in self._aborted or call.closed]
-        for req, k, call in skip:
-            self._count(call, [], 1)
-        seqs = [_Seq.start(req, k, call, self.episodes, version) for req, k, call in take
-                if not (req.group_id in self._aborted or call.closed)]
-        if skip and len(seqs) < n:
+        seqs = []
+        for req, k, call in take:
+            if self._dropped(req.group_id, call):
+                self._count(call, [], 1)
+            else:
+                seqs.append(_Seq.start(req, k, call, self.episodes, version))
+        if len(seqs) < len(take):  # some were dropped: take as many more
             seqs += self._take_queued(n - len(seqs), version)
         return seqs
 
@@ -392,7 +384,7 @@ class HFEngine:
             keep, turned, dropped = [], [], []
             for row, s in enumerate(active):
                 s.append(tokens[row], logps[row], version)
-                if self._drops(s):
+                if self._dropped(s.group_id, s.call):
                     dropped.append(s)  # aborted or unread, finished or not
                 elif s.turn_over(tokens[row], self.eos_id):
                     turned.append(s)
@@ -426,8 +418,10 @@ class HFEngine:
 
     def _next_rows(self, n: int, version: int) -> list[_Seq]:
         """Up to n sequences to decode next: episodes' next turns first, then samples not started."""
-        pending = [s for s in self._pending if not self._drops(s)]
-        self._settle([], [s for s in self._pending if self._drops(s)])
+        pending, gone = [], []
+        for s in self._pending:
+            (gone if self._dropped(s.group_id, s.call) else pending).append(s)
+        self._settle([], gone)
         self._pending = tuple(pending[n:])
         return pending[:n] + self._take_queued(n - len(pending[:n]), version)
 
@@ -455,7 +449,7 @@ class HFEngine:
             attn[i, width - len(r):] = 1
         ids, attn = ids.to(self.device), attn.to(self.device)
         positions = (attn.cumsum(dim=1) - 1).clamp(min=0)
-        cache = _new_cache() if GROWING_CACHE else __import__("transformers").DynamicCache()
+        cache = _new_cache()
         out = self.model(input_ids=ids, attention_mask=attn, position_ids=positions, past_key_values=cache,
                          use_cache=True)
         return out.logits[:, -1], cache, attn, positions[:, -1]
@@ -466,37 +460,28 @@ class HFEngine:
         A row short of its min_new_tokens cannot draw EOS, but its logprob stays the model's own
         (what the learner computes: rollout/config.py min_new_tokens)."""
         temps = [s.call.params.temperature for s in seqs]
-        no_eos = [not s.eos_allowed() for s in seqs]
-        if any(no_eos):
-            masked = torch.tensor(no_eos, device=logits.device)
-            draw = logits.clone()
-            draw[masked, self.eos_id] = float("-inf")
-            token, _ = self._draw(draw, seqs, temps)
-            logp = torch.log_softmax(logits.float() / self._scale(temps, logits.device), dim=-1)
-            return token, logp.gather(-1, token[:, None]).squeeze(1)
-        return self._draw(logits, seqs, temps)
-
-    @staticmethod
-    def _scale(temps: list[float], device) -> torch.Tensor | float:
         if len(set(temps)) == 1:
-            return temps[0] if temps[0] > 0 else 1.0
-        return torch.tensor([t if t > 0 else 1.0 for t in temps], device=device)[:, None]
-
-    @staticmethod
-    def _draw(logits: torch.Tensor, seqs, temps: list[float]):
-        if all(t == 0 for t in temps):
-            token = logits.argmax(dim=-1)
-            logp = torch.log_softmax(logits.float(), dim=-1)
-            return token, logp.gather(-1, token[:, None]).squeeze(1)
-        logp = torch.log_softmax(logits.float() / HFEngine._scale(temps, logits.device), dim=-1)
-        # Inverse-CDF sampling with one uniform per row from the row's own generator.
-        # The generators live on the CPU (the same draws on any device): only [rows] uniforms move.
-        u = torch.cat([torch.rand(1, generator=s.gen, dtype=torch.float64) for s in seqs]).to(logp.device)
-        cdf = logp.double().exp().cumsum(dim=-1)
-        token = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(1).clamp(max=logp.shape[-1] - 1)
+            scale = temps[0] if temps[0] > 0 else 1.0
+        else:  # calls at different temperatures share the batch
+            scale = torch.tensor([t if t > 0 else 1.0 for t in temps], device=logits.device)[:, None]
+        logp = torch.log_softmax(logits.float() / scale, dim=-1)
+        no_eos = [not s.eos_allowed() for s in seqs]
+        masked = torch.tensor(no_eos, device=logits.device) if any(no_eos) else None
         if 0 in temps:
-            greedy = torch.tensor([t == 0 for t in temps], device=logits.device)
-            token = torch.where(greedy, logits.argmax(dim=-1), token)
+            choice = logits if masked is None else logits.masked_fill(
+                masked[:, None] & (torch.arange(logits.shape[-1], device=logits.device) == self.eos_id), float("-inf"))
+            token = choice.argmax(dim=-1)
+        if any(t > 0 for t in temps):
+            # Inverse-CDF sampling with one uniform per row from the row's own generator.
+            # The generators live on the CPU (the same draws on any device): only [rows] uniforms move.
+            u = torch.cat([torch.rand(1, generator=s.gen, dtype=torch.float64) for s in seqs]).to(logp.device)
+            probs = logp.double().exp()
+            if masked is not None:
+                probs[masked, self.eos_id] = 0.0
+            cdf = probs.cumsum(dim=-1)
+            drawn = torch.searchsorted(cdf, (u * cdf[:, -1])[:, None]).squeeze(1).clamp(max=logp.shape[-1] - 1)
+            token = drawn if 0 not in temps else torch.where(torch.tensor([t == 0 for t in temps],
+                                                                         device=logits.device), token, drawn)
         return token, logp.gather(-1, token[:, None]).squeeze(1)
 
     def _rollout(self, s: _Seq) -> Rollout:

@@ -130,15 +130,13 @@ def test_the_growing_cache_writes_in_place_and_changes_no_rollout(engine, monkey
     import rollout.hf_engine as hf
 
     made = []
-    layer = hf._growing_layer()
-    rebuffer = layer._rebuffer
+    rebuffer = hf._GrowingLayer._rebuffer
 
     def counted(self, *args):
         made.append(self)
         return rebuffer(self, *args)
 
-    monkeypatch.setattr(layer, "_rebuffer", counted)
-    monkeypatch.setattr(hf, "_GrowingLayer", layer)
+    monkeypatch.setattr(hf._GrowingLayer, "_rebuffer", counted)
     params = SamplingParams(temperature=1.0, max_new_tokens=40, min_new_tokens=40, seed=4)
     growing = engine.generate(long_requests(), params, 0, 64)
     layers = len(set(map(id, made)))
