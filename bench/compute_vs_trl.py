@@ -8,8 +8,9 @@ policy-gradient update (no KL, one update per batch), the same reward function. 
 one after the other in one invocation on this machine's cores; the median step over the
 steps after the first is compared.
 
-The limit: a matmul rate R measured in the same run (1024^3 fp32 on all cores, best of 5),
-and the work of a step W = 2 N (prompt + generated tokens) + 6 N (prompt + response tokens
+The limit: a matmul rate R measured in the same run (1024^3 fp32 on all cores, best of 5,
+the faster of PyTorch's own matmul (MKL) and oneDNN's linear, which Tandem's layers use on
+CPU: `model.cpu_linear`, rollout/cpu_linear.py), and the work of a step W = 2 N (prompt + generated tokens) + 6 N (prompt + response tokens
 trained), N the parameter count. A side's fraction of the limit is (W / R) / its step time:
 the share of the step the cores spent at matmul speed on work that had to be done.
 
@@ -37,34 +38,43 @@ RESULTS = ROOT / "bench" / "results"
 
 PROMPTS, GROUP, NEW_TOKENS = 8, 8, 128
 SHAPE = {"hidden_size": 512, "intermediate_size": 1376, "num_hidden_layers": 6, "num_attention_heads": 8}
-# Tandem's layouts on the two cores: the recipe's two ZeRO-2 learners of one thread each, or one
-# of two threads; one engine of two threads, or two of one (torch ops on a thread other than a
-# process's main one run 15-20% slower at two OpenMP threads here, not at one; an engine
-# decodes on its own thread).
+# Tandem's layouts on the two cores: the recipe's two ZeRO-2 learners of one thread each; one
+# engine of two threads, or two of one (torch ops on a thread other than a process's main one
+# run 15-20% slower at two OpenMP threads here, not at one; an engine decodes on its own
+# thread). The last row is the before figure of oneDNN's linears: PyTorch's F.linear (MKL).
+TWO_ENGINES = ["rollout.num_workers=2", "rollout.threads_per_worker=1",
+               "trainer.num_learners=2", "trainer.threads_per_learner=1"]
 TANDEM = {
+    "tandem: 2 engines x 1 thread, 2 learners x 1": TWO_ENGINES,
     "tandem: 1 engine x 2 threads, 2 learners x 1": ["rollout.num_workers=1", "rollout.threads_per_worker=2",
                                                      "trainer.num_learners=2", "trainer.threads_per_learner=1"],
-    "tandem: 2 engines x 1 thread, 2 learners x 1": ["rollout.num_workers=2", "rollout.threads_per_worker=1",
-                                                     "trainer.num_learners=2", "trainer.threads_per_learner=1"],
-    "tandem: 1 engine x 2 threads, 1 learner x 2": ["rollout.num_workers=1", "rollout.threads_per_worker=2",
-                                                    "trainer.num_learners=1", "trainer.threads_per_learner=2"],
+    "tandem: 2 engines x 1 thread, 2 learners x 1, F.linear (MKL)": [*TWO_ENGINES, "model.cpu_linear=aten"],
 }
 
 
-def matmul_rate(threads: int, n: int = 1024) -> float:
-    """FLOP/s of an n^3 fp32 matmul on `threads` threads, best of 5 (after a warm-up)."""
+def matmul_rates(threads: int, n: int = 1024) -> dict[str, float]:
+    """FLOP/s of an n^3 fp32 product on `threads` threads, best of 5 (after a warm-up), with
+    PyTorch's matmul (MKL) and with oneDNN's linear (where this torch has it)."""
     import torch
+
+    from rollout.cpu_linear import onednn_available
 
     torch.set_num_threads(threads)
     a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(5):
-        t0 = time.perf_counter()
-        for _ in range(4):
-            a @ b
-        best = min(best, (time.perf_counter() - t0) / 4)
-    return 2 * n**3 / best
+    kernels = {"mkl": lambda: a @ b}
+    if onednn_available():
+        kernels["onednn"] = lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], "")
+    rates = {}
+    for name, product in kernels.items():
+        product()
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for _ in range(4):
+                product()
+            best = min(best, (time.perf_counter() - t0) / 4)
+        rates[name] = 2 * n**3 / best
+    return rates
 
 
 def build(work: Path) -> tuple[Path, int]:
@@ -203,7 +213,8 @@ def write(results: list[dict], meta: dict) -> None:
                      f"{trl['step_s'] / r['step_s']:.2f}x | {r['limit_fraction']:.0%} | {split} |")
     head = (f"`{meta['command']}` ({meta['machine']}, {meta['date']}; one run each). Model: {meta['params'] / 1e6:.1f}M "
             f"parameters; {PROMPTS} prompts x {GROUP} samples x {NEW_TOKENS} new tokens per step, median of steps "
-            f"2-{meta['steps']}. Limit: matmul {meta['matmul_gflops']:.0f} GFLOP/s measured in this run, "
+            f"2-{meta['steps']}. Limit: matmul {meta['matmul_gflops']:.0f} GFLOP/s measured in this run ("
+            + ", ".join(f"{k} {v:.0f}" for k, v in meta.get("kernel_gflops", {}).items()) + "), "
             f"{meta['work_gflop']:.0f} GFLOP of work per step, so no step can take less than "
             f"{meta['limit_s']:.2f} s.")
     (RESULTS / "compute_vs_trl.md").write_text(head + "\n\n" + "\n".join(lines) + "\n")
@@ -226,7 +237,8 @@ def main() -> None:
         return
     work = Path(args.workdir)
     model, n_params = build(work)
-    rate = matmul_rate(2)
+    rates = matmul_rates(2)
+    rate = max(rates.values())
     stamp = time.strftime("%Y%m%d-%H%M%S")
     last = RESULTS / "compute_vs_trl.json"
     kept = [] if not args.only or not last.is_file() else [  # a quick look at one side: the other's last figures
@@ -243,7 +255,8 @@ def main() -> None:
         r["samples_per_s"] = PROMPTS * GROUP / r["step_s"]
         r["tokens_per_s"] = PROMPTS * GROUP * NEW_TOKENS / r["step_s"]
         r["limit_fraction"] = work_flop / rate / r["step_s"]
-    meta = {"params": n_params, "steps": args.steps, "matmul_gflops": rate / 1e9, "work_gflop": work_flop / 1e9,
+    meta = {"params": n_params, "steps": args.steps, "matmul_gflops": rate / 1e9,
+            "kernel_gflops": {k: v / 1e9 for k, v in rates.items()}, "work_gflop": work_flop / 1e9,
             "limit_s": work_flop / rate, "machine": f"{os.cpu_count()} CPU cores", "date": time.strftime("%Y-%m-%d"),
             "command": ".venv/bin/python bench/compute_vs_trl.py" + (f" --only {args.only}" if args.only else "")}
     write(results, meta)

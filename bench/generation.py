@@ -5,9 +5,11 @@ character tokenizer); every sample decodes exactly `--new-tokens` tokens (the en
 `min_new_tokens` = max; generate's `min_new_tokens`), temperature 1, at batch 1, 32 and 128.
 Each contender runs `--rounds` times per batch size, the contenders interleaved round by
 round in one process (this machine's speed drifts by 10-20% between runs), after one
-warm-up call each; the median is reported. Contenders: the engine as it is, the engine with
-transformers' own concatenating DynamicCache (the engine before its growing cache), and
-`model.generate` (sampling, top_k 0, DynamicCache).
+warm-up call each; the median is reported. Contenders: the engine as it is (oneDNN linears,
+`model.cpu_linear` auto), the engine with transformers' own concatenating DynamicCache (the
+engine before its growing cache), the engine on PyTorch's F.linear (MKL; `model.cpu_linear`
+aten: the engine before oneDNN), and `model.generate` (sampling, top_k 0, DynamicCache) on
+the stock model, as a user of transformers runs it.
 
     .venv/bin/python bench/generation.py
 
@@ -46,6 +48,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     path, n_params = build(Path(args.workdir))
     engine = hf.HFEngine(str(path))
+    aten_engine = hf.HFEngine(str(path), cpu_linear="aten")  # stock Linear layers: generate's, and the before figure
     tok = engine.tokenizer
     prompts = [json.loads(line)["prompt"] for line in (path / "train.jsonl").read_text().splitlines() if line]
     n = args.new_tokens
@@ -56,18 +59,19 @@ def main() -> None:
         params = SamplingParams(temperature=1.0, max_new_tokens=n, min_new_tokens=n, seed=0)
         enc = tok([r.prompt for r in reqs], return_tensors="pt", padding=True)
 
-        def run_engine(growing: bool):
+        def run_engine(growing: bool, contender=engine):
             hf.GROWING_CACHE = growing
-            out = engine.generate(reqs, params, 0, batch)
+            out = contender.generate(reqs, params, 0, batch)
             assert {len(r.response_ids) for r in out} == {n}
 
         def run_generate():
             with torch.no_grad():
-                out = engine.model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=n,
+                out = aten_engine.model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=n,
                                             min_new_tokens=n, pad_token_id=tok.pad_token_id)
             assert out.shape[1] == enc["input_ids"].shape[1] + n
 
         return {"hf engine": lambda: run_engine(True), "hf engine, concatenating cache": lambda: run_engine(False),
+                "hf engine, F.linear (MKL)": lambda: run_engine(True, aten_engine),
                 "transformers.generate": run_generate}
 
     rows = []

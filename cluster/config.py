@@ -82,6 +82,9 @@ class ModelConfig(Section):
     # Build the tiny model, tokenizer and task data at `path` when absent.
     bootstrap: bool = False
     dtype: Literal["float32", "bfloat16"] = "float32"
+    # The kernel of every Linear layer on CPU, in the engines and the learners (rollout/cpu_linear.py):
+    # auto (oneDNN where torch has it), onednn (required), aten (PyTorch's F.linear).
+    cpu_linear: Literal["auto", "onednn", "aten"] = "auto"
     bootstrap_spec: BootstrapConfig = BootstrapConfig()
     lora: Optional[LoraConfig] = None
 

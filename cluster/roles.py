@@ -62,7 +62,7 @@ def start_roles(cfg: Config, loopback: bool, checkpoint: Optional[Path] = None, 
         setup = EngineSetup(tensor_parallel_size=max(1, cfg.cluster.gpus_per_engine), seed=cfg.run.seed,
                             sleep_mode=cfg.cluster.placement == "colocated",
                             collective=resolve_weight_transfer(cfg) == "collective", version=version, lora=lora,
-                            asynchronous=cfg.controller.max_staleness > 0,
+                            asynchronous=cfg.controller.max_staleness > 0, cpu_linear=cfg.model.cpu_linear,
                             adapter=str(checkpoint) if lora is not None and checkpoint is not None else None)
         engine_path = cfg.model.path if lora is not None else str(checkpoint or cfg.model.path)
         started.append(RolloutPool(engine_path, cfg.rollout, cfg.model.dtype, setup,

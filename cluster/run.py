@@ -22,6 +22,7 @@ from cluster.rundir import RunDir, RunSummary
 from cluster.shapes import PAIRED_MODES, learner_options
 from cluster.trackers import check_trackers
 from cluster.weights import resolve_weight_transfer
+from rollout.cpu_linear import wants_onednn
 from rollout.data import Prompt, load_prompts, render_prompts
 
 
@@ -32,6 +33,7 @@ def run(cfg: Config, log=print, resume: bool = False) -> RunSummary:
     if cfg.run.mode == "rl":
         resolve_weight_transfer(cfg)  # a weight transfer that cannot run here, too
         check_reward(cfg, log)
+    wants_onednn(cfg.model.cpu_linear)  # a kernel this torch lacks, before anything starts
     check_trackers(cfg)
     prepare_model(cfg, log)
     inputs = prepare_inputs(cfg) if cfg.run.mode == "rl" else load_offline_data(cfg)

@@ -74,7 +74,7 @@ def learner_options(cfg: Config, offline_steps: int = 1) -> LearnerOptions:
         use_reference=cfg.algorithm.kl_coef > 0 or loss_kind(cfg.algorithm.loss).needs_reference, seed=cfg.run.seed,
         gradient_checkpointing=t.gradient_checkpointing, attn_implementation=t.attn_implementation,
         logprob_chunk_tokens=t.logprob_chunk_tokens, collective_timeout_s=cfg.cluster.collective_timeout_s,
-        lora=lora_spec(cfg),
+        lora=lora_spec(cfg), cpu_linear=cfg.model.cpu_linear,
     )
 
 
@@ -90,7 +90,8 @@ def critic_options(cfg: Config) -> LearnerOptions:
                           max_grad_norm=c.max_grad_norm, micro_batch_size=micro, grad_accum_steps=accum, dtype=cfg.model.dtype, model_kind="value",
                           seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,
                           attn_implementation=t.attn_implementation,
-                          collective_timeout_s=cfg.cluster.collective_timeout_s, lora=lora_spec(cfg))
+                          collective_timeout_s=cfg.cluster.collective_timeout_s, lora=lora_spec(cfg),
+                          cpu_linear=cfg.model.cpu_linear)
 
 
 def offline_learner_options(cfg: Config, steps: int) -> LearnerOptions:
@@ -107,4 +108,5 @@ def offline_learner_options(cfg: Config, steps: int) -> LearnerOptions:
                           dtype=cfg.model.dtype, model_kind="reward" if cfg.run.mode == "reward_model" else "policy",
                           seed=cfg.run.seed, gradient_checkpointing=t.gradient_checkpointing,
                           attn_implementation=t.attn_implementation, logprob_chunk_tokens=t.logprob_chunk_tokens,
-                          collective_timeout_s=cfg.cluster.collective_timeout_s, lora=lora_spec(cfg))
+                          collective_timeout_s=cfg.cluster.collective_timeout_s, lora=lora_spec(cfg),
+                          cpu_linear=cfg.model.cpu_linear)

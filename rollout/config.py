@@ -125,6 +125,7 @@ class EngineSetup:
     # controller.max_staleness > 0: calls may overlap (rollout/pool.py: calls_in_flight); a
     # synchronous run keeps the `hf` engine to one call at a time, its batches independent of the clock.
     asynchronous: bool = False
+    cpu_linear: str = "auto"  # model.cpu_linear: the hf engine's Linear kernel on CPU (rollout/cpu_linear.py)
 
 
 def vllm_options(cfg: RolloutConfig, setup: EngineSetup = EngineSetup()) -> VLLMOptions:

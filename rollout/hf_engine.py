@@ -40,6 +40,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from rollout.cpu_linear import use_onednn, wants_onednn
 from rollout.envs.spec import EnvSpec
 from rollout.envs.episode import Episode, Episodes
 from rollout.types import AbortResult, EngineError, GenerationRequest, Rollout, SamplingParams, doomed, sample_seed
@@ -230,7 +231,7 @@ def _pad_left(cache, attn: torch.Tensor, width: int) -> torch.Tensor:
 
 class HFEngine:
     def __init__(self, model_path: str, dtype: str = "float32", device: str = "cpu", lora=None,
-                 adapter: str | None = None, env: EnvSpec | None = None):
+                 adapter: str | None = None, env: EnvSpec | None = None, cpu_linear: str = "auto"):
         # device: "cuda" in a rollout worker Ray gave a GPU (rollout/devices.py), else "cpu".
         # lora (rollout/lora.py LoraSpec): the policy is this base model + an adapter, and an
         # update carries the adapter's tensors only; `adapter`: a saved adapter to start from.
@@ -240,6 +241,8 @@ class HFEngine:
             from rollout.lora import adapter_names
 
             self.model = lora.wrap(self.model, "policy", adapter).to(self.device).eval()
+        if wants_onednn(cpu_linear):  # model.cpu_linear: oneDNN's Linear kernels on CPU
+            use_onednn(self.model)
         self.update_names = adapter_names(self.model) if lora is not None else None  # None: every parameter
         self.eos_id = self.tokenizer.eos_token_id
         self.episodes = None if env is None else Episodes(env, self.tokenizer)  # rollout.env: multi-turn

@@ -51,7 +51,7 @@ def make_engine(cfg: RolloutConfig, model_path: str, dtype: str, setup: EngineSe
         from rollout.hf_engine import HFEngine
 
         return HFEngine(model_path, dtype, actor_device("rollout worker (hf engine)"), setup.lora, setup.adapter,
-                        cfg.env_spec())
+                        cfg.env_spec(), setup.cpu_linear)
     if cfg.engine == "vllm":
         from rollout.vllm_engine import VLLMEngine
 

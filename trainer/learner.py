@@ -20,6 +20,7 @@ import numpy as np
 import ray
 import torch
 
+from rollout.cpu_linear import use_onednn, wants_onednn
 from rollout.devices import freeze_setup_objects
 from rollout.lora import LoraSpec, adapter_names
 from rollout.transfer.buckets import Layout, PackRing, TensorSpec, pack, plan_layout
@@ -63,6 +64,7 @@ class LearnerOptions:
     # LoRA (rollout/lora.py): only the adapter (and a critic's or reward model's head) trains; the
     # KL reference is the same model with the adapter switched off; updates carry the adapter.
     lora: Optional[LoraSpec] = None
+    cpu_linear: str = "auto"  # model.cpu_linear: the Linear layers' kernel on CPU (rollout/cpu_linear.py)
 
 
 def token_values(model, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -177,6 +179,8 @@ class Learner:
         if opts.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
+        if wants_onednn(opts.cpu_linear):
+            use_onednn(model)
         trained = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapter only
         optimizer = self.optimizer = _AdamW(trained, lr=opts.lr, weight_decay=opts.weight_decay)
         # DeepSpeed steps the scheduler at each applied optimizer step and checkpoints its state.
@@ -187,6 +191,8 @@ class Learner:
         if opts.use_reference and opts.lora is None:  # with LoRA the reference is the model, adapter off
             self.ref = load_model(self.model_path, "policy", dtype, opts.attn_implementation).eval()
             self.ref.requires_grad_(False)
+            if wants_onednn(opts.cpu_linear):
+                use_onednn(self.ref)
             if on_gpu:
                 self.ref.cuda()
         if opts.model_kind == "policy" and opts.logprob_chunk_tokens > 0:
