@@ -65,8 +65,9 @@ def start_roles(cfg: Config, loopback: bool, checkpoint: Optional[Path] = None, 
                             asynchronous=cfg.controller.max_staleness > 0, cpu_linear=cfg.model.cpu_linear,
                             adapter=str(checkpoint) if lora is not None and checkpoint is not None else None)
         engine_path = cfg.model.path if lora is not None else str(checkpoint or cfg.model.path)
+        # The engines load while the learners start (their start-ups overlap), then are waited for.
         started.append(RolloutPool(engine_path, cfg.rollout, cfg.model.dtype, setup,
-                                   actor_options=placement.options("rollout"), max_restarts=restarts))
+                                   actor_options=placement.options("rollout"), max_restarts=restarts, wait=False))
         started.append(LearnerGroup(cfg.model.path, cfg.trainer.num_learners, opts, cfg.trainer.threads_per_learner,
                                     loopback=loopback, actor_options=placement.options("learner")))
         if cfg.critic.enabled:
@@ -74,6 +75,7 @@ def start_roles(cfg: Config, loopback: bool, checkpoint: Optional[Path] = None, 
             started.append(LearnerGroup(c.path or cfg.model.path, c.num_learners, critic_options(cfg),
                                         c.threads_per_learner, loopback=loopback,
                                         actor_options=placement.options("critic"), role="critic"))
+        started[1].ready()
     except BaseException:
         for pool in reversed(started):
             pool.shutdown()

@@ -299,8 +299,9 @@ class RolloutPool:
     one's unfinished samples are generated again, with the same seeds (`recover`)."""
 
     def __init__(self, model_path: str, cfg: RolloutConfig, dtype: str = "float32", setup: EngineSetup = EngineSetup(),
-                 actor_options: list[dict] | None = None, max_restarts: int = 0):
+                 actor_options: list[dict] | None = None, max_restarts: int = 0, wait: bool = True):
         # actor_options: per-worker Ray options (placement group bundle, resources) from cluster/placement.py.
+        # wait False: the workers load while the caller starts other roles; ready() waits for them.
         threads = cfg.threads_per_worker
         base = dict(num_cpus=threads, runtime_env={"env_vars": {"OMP_NUM_THREADS": str(threads)}})
         extra = actor_options or [{} for _ in range(cfg.num_workers)]
@@ -324,7 +325,13 @@ class RolloutPool:
         self.max_restarts = max_restarts
         self.restarts = 0  # workers replaced after they died
         self.reissued = 0  # samples generated again because their worker died
-        ray.get([w.get_version.remote() for w in self.workers])  # surface start-up errors here
+        self._starting = [w.get_version.remote() for w in self.workers]
+        if wait:
+            self.ready()
+
+    def ready(self) -> None:
+        """Wait until every worker has loaded its engine; a start-up error surfaces here."""
+        ray.get(self._starting)
 
     def _shards(self, requests: list[GenerationRequest]) -> list[tuple[int, tuple[GenerationRequest, ...]]]:
         """A call's requests split by outstanding work (balance), the ties starting one worker
