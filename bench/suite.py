@@ -31,6 +31,11 @@ SUITE: dict[str, tuple[list[str], str, str, int]] = {
     "quickstart_vs_trl": ([PY, "bench/quickstart_vs_trl.py", "--steps", "100", "--name", "quickstart_vs_trl_100"],
                           "quickstart_vs_trl_100.md",
                           "the quickstart against TRL, end to end (start-up included) and in the loop, 100 steps", 900),
+    "learner": ([PY, "bench/learner.py"], "learner.md",
+                "the learners alone: tokens/s and resident memory per rank, ZeRO 0 / 2 / 3 at 1 and 2 ranks", 600),
+    "weight_sync": ([PY, "bench/weight_sync.py", "--sizes", "10", "100"], "weight_sync.md",
+                    "one weight update per carrier (collective, object store) against memcpy and raw gloo, and "
+                    "the time a sync adds to a quickstart step", 600),
 }
 
 
