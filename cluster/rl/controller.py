@@ -20,6 +20,7 @@ from cluster.config import Config
 from cluster.rl.experience import make_experience
 from cluster.placement import cpus_needed
 from cluster.rl.progress import Progress
+from cluster.rl.prompt_stats import PromptStats, signal_row
 from cluster.roles import Roles, start_roles
 from cluster.rundir import RunDir, RunSummary
 from cluster.runtime import ray_session
@@ -47,6 +48,7 @@ class Controller:
                  weights: WeightSync):
         self.cfg, self.roles, self.run_dir, self.weights = cfg, roles, run_dir, weights
         self.source = PromptSource(train, seed=cfg.run.seed)
+        self.prompt_stats = PromptStats()  # per prompt, across epochs (cluster/rl/prompt_stats.py)
         self.evals = evals[: cfg.controller.eval_prompts]
         self.eval_episodes: dict[str, dict] = {}  # multi-turn: the first and the latest evaluation's figures
         self.gate = StalenessGate(cfg.controller.max_staleness, cfg.algorithm.group_size,
@@ -104,6 +106,8 @@ class Controller:
     def step(self, step: int) -> dict:
         t0 = time.perf_counter()
         groups = self.streaming.next_batch(self.version, step - 1)
+        for group in self.scheduler.take_completed():
+            self.prompt_stats.observe(group, step)
         staleness = [self.version - r.min_version for g in groups for r in g.rollouts]  # vs the trained policy
         log = self.cfg.logging
         if log.samples_every and step % log.samples_every == 0:
@@ -124,6 +128,8 @@ class Controller:
         times = (gen, t1 - t0 - gen, t2 - t1 - switch, t3 - t2, switch + handover)
         row = self._step_row(step, groups, train_metrics, times) | self.timeslice.take_row()
         row |= self._goodput_row(groups, policy_moved, sum(times))
+        row |= signal_row(groups, train_metrics.pop("effective_groups", None), self.scheduler.filtered_for_last_take,
+                          self.cfg.algorithm.group_size)
         row |= {"staleness_mean": float(np.mean(staleness)), "staleness_max": int(max(staleness)),
                 "lookahead": self.scheduler.lookahead.depth}  # the depth generation started at this step
         self.scheduler.lookahead.observe(sum(times))
@@ -191,7 +197,8 @@ class Controller:
                 "initial_accuracy": self.initial_accuracy, "kl_coef": self.experience.kl.coef,
                 "totals": self.totals, "source": self.source.state(), "scheduler": self.scheduler.state(),
                 "gate": self.gate.summary(), "reward": self.roles.reward.state(), "faults": self.faults(),
-                "guard": self.guard.state(), "eval_episodes": self.eval_episodes}
+                "guard": self.guard.state(), "eval_episodes": self.eval_episodes,
+                "prompt_stats": self.prompt_stats.state()}
 
     def restore(self, state: dict) -> None:
         """Continue after the checkpoint that wrote `state` (its engines and learners are loaded
@@ -206,6 +213,7 @@ class Controller:
         self.roles.reward.restore(state["reward"])
         self.faults_before = state.get("faults", {})
         self.guard.restore(state["guard"])
+        self.prompt_stats.restore(state.get("prompt_stats", {}))  # a checkpoint from before it: none kept
 
     def faults(self) -> dict:
         """Workers replaced after they died (per role; a learner or critic restart restarts the

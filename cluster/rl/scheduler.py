@@ -97,6 +97,10 @@ class Scheduler:
         # of the groups dropped since the last take() ([tokens, samples]: the length bias per step).
         self.tokens: Counter[str] = Counter()
         self._dropped_since_take = [0, 0, 0]  # + tokens of aborted groups (partial responses)
+        self._completed: list[Group] = []  # complete groups (kept or not) since take_completed()
+        self.filtered_for_last_take = 0  # groups filtered for tied rewards while the last take() filled
+        self._completed: list[Group] = []  # complete groups (kept or not) since take_completed()
+        self.filtered_for_last_take = 0  # groups filtered for tied rewards while the last take() filled
 
     @property
     def filtered(self) -> int:
@@ -159,6 +163,7 @@ class Scheduler:
         if group is None:
             return None
         del self._assembling[gid]
+        self._completed.append(group)
         if self.dynamic_sampling and len({r.reward for r in group.rewards}) == 1:
             self._end(gid, Outcome.TIED, group)  # zero advantage for every member: it would teach nothing
             self._filtered_this_step += 1
@@ -208,8 +213,14 @@ class Scheduler:
             raise AssertionError("the gate refused a group the scheduler found fresh (a bug)")
         for g in groups:
             self._end(g.group_id, Outcome.TRAINED, g)
-        self._filtered_this_step = 0
+        self.filtered_for_last_take, self._filtered_this_step = self._filtered_this_step, 0
         return sorted(groups, key=lambda g: g.group_id)
+
+    def take_completed(self) -> list[Group]:
+        """Every group completed (all members scored) since the last call, whatever became of
+        it: trained, filtered, dropped stale (cluster/rl/prompt_stats.py counts them all)."""
+        done, self._completed = self._completed, []
+        return done
 
     def take_dropped(self) -> tuple[int, int, int]:
         """Since the last call: (response tokens, samples) of the complete groups dropped (stale

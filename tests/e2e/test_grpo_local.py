@@ -67,6 +67,13 @@ def test_few_grpo_steps(ray_session, tmp_path):
     assert [r["version"] for r in steps] == [1, 2, 3]
     for r in steps:
         assert r["clip_frac"] == 0.0  # one update on the data it sampled: every ratio is 1 (fp32), none clipped
+        assert r["effective_group_frac"] * 8 == pytest.approx(round(r["effective_group_frac"] * 8))  # k of 8 groups
+    # Per-prompt statistics in the step-2 checkpoint: every sample of steps 1-2 once, its answers
+    # those the steps' accuracy counted ([attempts, correct, reward_sum, last_step] per prompt).
+    stats = json.loads((run_dir / "checkpoints" / "step_000002" / "controller.json").read_text())["prompt_stats"]
+    assert sum(v[0] for v in stats.values()) == 2 * 8 * 4
+    assert sum(v[1] for v in stats.values()) == round(sum(r["accuracy"] * 32 for r in steps[:2]))
+    assert {v[3] for v in stats.values()} <= {1, 2}
     # The trackers got the same rows: TensorBoard's reward_mean per step, W&B's offline run, and
     # step 2's samples (one per group, as generated and scored for the policy of version 1).
     from tests.cluster.test_trackers import tensorboard_scalars, wandb_history

@@ -84,6 +84,13 @@ def test_a_run_killed_mid_way_resumes_to_the_same_weights_and_metrics(ray_sessio
     assert resumed["eval"] == straight["eval"] and resumed["groups"] == straight["groups"]
     assert resumed["staleness"] == straight["staleness"]
     assert int(resumed_from.removeprefix("step_")) in (2, 4, 6)  # it did resume from a checkpoint mid-run
+    # Per-prompt statistics go on from the checkpoint's: at step 6 the same as the straight run's.
+    def prompt_stats(name):
+        path = tmp_path / "runs" / name / "checkpoints" / "step_000006" / "controller.json"
+        return json.loads(path.read_text())["prompt_stats"]
+
+    assert prompt_stats("killed") == prompt_stats("straight")
+    assert sum(v[0] for v in prompt_stats("straight").values()) == 6 * 8 * 4  # every sample of steps 1-6
 
 
 def test_an_asynchronous_run_resumes_within_its_staleness_bound_and_loses_no_group(ray_session, tmp_path):

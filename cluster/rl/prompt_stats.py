@@ -1,0 +1,69 @@
+"""What each training prompt has shown so far, and how much of a step's rollouts carried signal.
+
+`PromptStats` keeps, per prompt id, every scored sample's outcome across epochs (attempts,
+correct answers, summed reward, the step that last scored it), from every complete group:
+trained, dropped by dynamic sampling (all rewards tied) or dropped stale alike, since each
+is an attempt at the prompt. It is saved in each checkpoint's controller.json and restored
+on resume. Budget allocation and curricula read it (a prompt's estimated success rate).
+
+`signal_row` is the step's share of groups that can teach anything: a group whose every
+advantage is zero (all rewards tied) moves nothing, whether it trains or is filtered.
+"""
+
+from __future__ import annotations
+
+from dataclasses import astuple, dataclass
+from typing import Optional
+
+from cluster.rl.gate import Group
+
+
+@dataclass
+class PromptRecord:
+    attempts: int = 0  # scored samples
+    correct: int = 0  # of them, judged correct by the verifier
+    reward_sum: float = 0.0
+    last_step: int = 0  # the controller step during which its latest group was scored
+
+    @property
+    def pass_rate(self) -> float:
+        return self.correct / self.attempts if self.attempts else 0.0
+
+
+class PromptStats:
+    def __init__(self):
+        self.records: dict[int, PromptRecord] = {}
+
+    def observe(self, group: Group, step: int) -> None:
+        prompt_ids = {r.prompt_id for r in group.rollouts}
+        if len(prompt_ids) != 1:
+            raise ValueError(f"group {group.group_id} mixes prompts {sorted(prompt_ids)}")
+        record = self.records.setdefault(prompt_ids.pop(), PromptRecord())
+        record.attempts += len(group.rewards)
+        record.correct += sum(bool(r.correct) for r in group.rewards)
+        record.reward_sum += sum(r.reward for r in group.rewards)
+        record.last_step = step
+
+    def get(self, prompt_id: int) -> Optional[PromptRecord]:
+        return self.records.get(prompt_id)
+
+    def state(self) -> dict:
+        """JSON-able: prompt id -> [attempts, correct, reward_sum, last_step]."""
+        return {str(pid): list(astuple(r)) for pid, r in sorted(self.records.items())}
+
+    def restore(self, state: dict) -> None:
+        self.records = {int(pid): PromptRecord(*values) for pid, values in state.items()}
+
+
+def signal_row(groups: list[Group], effective: Optional[int], filtered: int, group_size: int) -> dict:
+    """effective_group_frac: groups with a non-zero advantage / the step's groups (trained, and
+    filtered for tied rewards since the last step); rollouts_per_effective_group: the rollouts
+    those groups cost per group that carried signal. `effective` None: an experience maker
+    without group advantages (online DPO) reports neither."""
+    if effective is None:
+        return {}
+    total = len(groups) + filtered
+    row = {"effective_group_frac": effective / total if total else 0.0}
+    if effective:
+        row["rollouts_per_effective_group"] = (sum(len(g.rollouts) for g in groups) + filtered * group_size) / effective
+    return row
