@@ -99,8 +99,6 @@ class Scheduler:
         self._dropped_since_take = [0, 0, 0]  # + tokens of aborted groups (partial responses)
         self._completed: list[Group] = []  # complete groups (kept or not) since take_completed()
         self.filtered_for_last_take = 0  # groups filtered for tied rewards while the last take() filled
-        self._completed: list[Group] = []  # complete groups (kept or not) since take_completed()
-        self.filtered_for_last_take = 0  # groups filtered for tied rewards while the last take() filled
 
     @property
     def filtered(self) -> int:
