@@ -56,6 +56,12 @@ class RewardConfig(BaseModel):
     reward_model_batch_size: int = Field(32, ge=1)
     # cuda: the reward-model actor asks Ray for one GPU and runs on the one it is given.
     reward_model_device: Literal["cpu", "cuda"] = "cpu"
+    # An ensemble: more checkpoints scored beside reward_model_path (the same worker), each
+    # sample's scores combined as their mean, or mean - reward_model_std_coef x their std (over
+    # the members): a score the members disagree on counts for less (uncertainty-aware reward).
+    reward_model_ensemble: tuple[str, ...] = ()
+    reward_model_combine: Literal["mean", "mean_minus_std"] = "mean"
+    reward_model_std_coef: float = Field(1.0, ge=0)
     # LLM judge: base URL of an OpenAI-compatible API (…/v1); key from TANDEM_JUDGE_API_KEY.
     judge_url: Optional[str] = None
     judge_model: str = "judge"
@@ -94,6 +100,9 @@ class RewardConfig(BaseModel):
                     raise ValueError(f"reward.verifier_options.{name}.{key}: {name} takes {', '.join(takes) or 'none'}")
         if "reward_model" in weights and not self.reward_model_path:
             raise ValueError("reward.components names reward_model but reward.reward_model_path is not set")
+        if self.reward_model_combine == "mean_minus_std" and not self.reward_model_ensemble:
+            raise ValueError("reward.reward_model_combine 'mean_minus_std' needs an ensemble (reward.reward_model_ensemble "
+                             "lists the checkpoints beside reward.reward_model_path): one model has no spread")
         if "judge" in weights:
             url = urlparse(self.judge_url or "")
             if url.scheme not in ("http", "https") or not url.netloc:

@@ -442,6 +442,10 @@ def _actor_factory(cls, spec: RewardConfig, num_gpus: int = 0):
 def check_paths(spec: RewardConfig) -> None:
     """What the config cannot check when it is parsed (names, options and budgets are checked
     there, reward/config.py): the files it points at, on the machine that runs the pool."""
-    path = spec.reward_model_path
-    if "reward_model" in spec.weights() and not os.path.isfile(os.path.join(path, "config.json")):
-        raise ValueError(f"reward.reward_model_path '{path}' is not a Hugging Face checkpoint (no config.json)")
+    if "reward_model" not in spec.weights():
+        return
+    fields = [("reward.reward_model_path", spec.reward_model_path)]
+    fields += [(f"reward.reward_model_ensemble[{i}]", p) for i, p in enumerate(spec.reward_model_ensemble)]
+    for field, path in fields:
+        if not os.path.isfile(os.path.join(path, "config.json")):
+            raise ValueError(f"{field} '{path}' is not a Hugging Face checkpoint (no config.json)")

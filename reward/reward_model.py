@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import time
 
+import numpy as np
+
 from reward.config import RewardConfig
 from rollout.render import Renderer, load_rendering
 from reward.types import ComponentScore
@@ -66,6 +68,30 @@ class RewardModelScorer:
         return out
 
 
+def combine(scores: list[list[float]], rule: str = "mean", std_coef: float = 1.0) -> list[float]:
+    """scores[member][sample] -> one score per sample: the members' mean, or (`mean_minus_std`)
+    mean - std_coef x std, the std over members with ddof 0 (the ensemble's own spread)."""
+    a = np.asarray(scores, dtype=np.float64)
+    if rule == "mean":
+        return a.mean(axis=0).tolist()
+    if rule == "mean_minus_std":
+        return (a.mean(axis=0) - std_coef * a.std(axis=0)).tolist()
+    raise ValueError(f"reward.reward_model_combine must be 'mean' or 'mean_minus_std', got {rule!r}")
+
+
+class RewardModelEnsemble:
+    """reward_model_path and the reward_model_ensemble checkpoints, each scoring every sample,
+    combined per sample (one member: its own scores)."""
+
+    def __init__(self, spec: RewardConfig, device: str = "cpu"):
+        paths = (spec.reward_model_path, *spec.reward_model_ensemble)
+        self.members = [RewardModelScorer(p, spec.reward_model_batch_size, device) for p in paths]
+        self.rule, self.std_coef = spec.reward_model_combine, spec.reward_model_std_coef
+
+    def score_texts(self, prompts: list[str], responses: list[str]) -> list[float]:
+        return combine([m.score_texts(prompts, responses) for m in self.members], self.rule, self.std_coef)
+
+
 class RewardModelWorker:
     """Ray actor body: one per pool; the batch of a pool call is scored in one go."""
 
@@ -76,7 +102,7 @@ class RewardModelWorker:
         if device != spec.reward_model_device:
             raise RuntimeError(f"reward.reward_model_device is '{spec.reward_model_device}' but Ray gave the "
                                f"reward-model worker {'a GPU' if device == 'cuda' else 'no GPU'}")
-        self.scorer = RewardModelScorer(spec.reward_model_path, spec.reward_model_batch_size, device)
+        self.scorer = RewardModelEnsemble(spec, device)
 
     def score(self, rollouts: list[Rollout]) -> WorkerReply:
         t0 = time.perf_counter()

@@ -11,7 +11,7 @@ import pytest
 
 from reward.judge import JudgeClient, JudgeError
 from reward.pool import RewardPool
-from reward.reward_model import RewardModelScorer
+from reward.reward_model import RewardModelScorer, combine
 from rollout.types import Rollout
 
 
@@ -44,6 +44,55 @@ def test_reward_model_batches_equal_single_sequences(reward_model_dir):
             want = scorer.model(**ids).logits[0, 0].item()
         assert got == pytest.approx(want, abs=1e-5)
     assert len(set(round(x, 6) for x in batched)) == 5  # a real model: different inputs, different scores
+
+
+def _tiny_rm(path, seed: int) -> str:
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from trainer.bootstrap import build_tokenizer
+
+    torch.manual_seed(seed)
+    tok = build_tokenizer()
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=1, num_key_value_heads=1, num_labels=1, pad_token_id=tok.pad_token_id)
+    LlamaForSequenceClassification(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def test_ensemble_rules_on_known_scores():
+    scores = [[1.0, 3.0], [3.0, 3.0], [2.0, 6.0]]  # 3 members x 2 samples
+    assert combine(scores, "mean") == pytest.approx([2.0, 4.0])
+    # std over members, ddof 0: sqrt(2/3) and sqrt(2)
+    assert combine(scores, "mean_minus_std", 0.5) == pytest.approx([2 - 0.5 * (2 / 3) ** 0.5, 4 - 0.5 * 2 ** 0.5])
+    assert combine([[0.7, -1.0]], "mean_minus_std", 2.0) == pytest.approx([0.7, -1.0])  # one member: no spread
+    with pytest.raises(ValueError, match="reward_model_combine"):
+        combine(scores, "median")
+
+
+def test_an_ensemble_scores_with_every_member_and_combines_per_sample(tmp_path, reward_model_dir):
+    from reward.config import RewardConfig
+    from reward.reward_model import RewardModelEnsemble
+
+    other = _tiny_rm(tmp_path / "rm-1", seed=1)
+    prompts, responses = ["1+1=", "12+30=", "7+8="], ["2", "42", "1"]
+    each = [RewardModelScorer(p).score_texts(prompts, responses) for p in (reward_model_dir, other)]
+    assert max(abs(a - b) for a, b in zip(*each)) > 1e-3  # two different models
+    spec = RewardConfig(components={"reward_model": 1.0}, reward_model_path=reward_model_dir,
+                        reward_model_ensemble=(other,), reward_model_combine="mean_minus_std", reward_model_std_coef=1.0)
+    got = RewardModelEnsemble(spec).score_texts(prompts, responses)
+    want = [(a + b) / 2 - abs(a - b) / 2 for a, b in zip(*each)]  # two members: std = |a - b| / 2, so the min
+    assert got == pytest.approx(want, abs=1e-6)
+    assert got == pytest.approx([min(a, b) for a, b in zip(*each)], abs=1e-6)
+
+
+def test_an_uncertainty_reward_without_an_ensemble_is_refused(reward_model_dir):
+    from reward.config import RewardConfig
+
+    with pytest.raises(ValueError, match="mean_minus_std' needs an ensemble"):
+        RewardConfig(components={"reward_model": 1.0}, reward_model_path=reward_model_dir,
+                     reward_model_combine="mean_minus_std")
 
 
 def test_reward_model_needs_a_scalar_head(tmp_path):
@@ -188,3 +237,13 @@ def test_pool_with_judge_records_failures(ray_session, judge_url):
         assert down.reward == -1.0 and "judge" in down.failure and "503" in down.failure
     finally:
         pool.shutdown()
+
+
+def test_an_ensemble_member_that_is_not_a_checkpoint_is_named(tmp_path, reward_model_dir):
+    from reward.config import RewardConfig
+    from reward.pool import check_paths
+
+    spec = RewardConfig(components={"reward_model": 1.0}, reward_model_path=reward_model_dir,
+                        reward_model_ensemble=(reward_model_dir, str(tmp_path / "nothing")))
+    with pytest.raises(ValueError, match=r"reward.reward_model_ensemble\[1\] '.*nothing' is not a Hugging Face checkpoint"):
+        check_paths(spec)
