@@ -179,7 +179,8 @@ class Learner:
         if opts.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             model.config.use_cache = False
-        if wants_onednn(opts.cpu_linear):
+        onednn = wants_onednn(opts.cpu_linear)  # model.cpu_linear, for the policy and its reference
+        if onednn:
             use_onednn(model)
         trained = [p for p in model.parameters() if p.requires_grad]  # with LoRA: the adapter only
         optimizer = self.optimizer = _AdamW(trained, lr=opts.lr, weight_decay=opts.weight_decay)
@@ -191,7 +192,7 @@ class Learner:
         if opts.use_reference and opts.lora is None:  # with LoRA the reference is the model, adapter off
             self.ref = load_model(self.model_path, "policy", dtype, opts.attn_implementation).eval()
             self.ref.requires_grad_(False)
-            if wants_onednn(opts.cpu_linear):
+            if onednn:
                 use_onednn(self.ref)
             if on_gpu:
                 self.ref.cuda()

@@ -15,21 +15,25 @@ from reward.reward_model import RewardModelScorer, combine
 from rollout.types import Rollout
 
 
-@pytest.fixture(scope="module")
-def reward_model_dir(tmp_path_factory) -> str:
+def _tiny_rm(path, seed: int) -> str:
+    """A tiny reward model (random weights from `seed`) saved at `path`."""
     import torch
     from transformers import LlamaConfig, LlamaForSequenceClassification
 
     from trainer.bootstrap import build_tokenizer
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     tok = build_tokenizer()
     config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                          num_attention_heads=1, num_key_value_heads=1, num_labels=1, pad_token_id=tok.pad_token_id)
-    path = tmp_path_factory.mktemp("rm") / "tiny-rm"
     LlamaForSequenceClassification(config).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory) -> str:
+    return _tiny_rm(tmp_path_factory.mktemp("rm") / "tiny-rm", seed=0)
 
 
 def test_reward_model_batches_equal_single_sequences(reward_model_dir):
@@ -44,21 +48,6 @@ def test_reward_model_batches_equal_single_sequences(reward_model_dir):
             want = scorer.model(**ids).logits[0, 0].item()
         assert got == pytest.approx(want, abs=1e-5)
     assert len(set(round(x, 6) for x in batched)) == 5  # a real model: different inputs, different scores
-
-
-def _tiny_rm(path, seed: int) -> str:
-    import torch
-    from transformers import LlamaConfig, LlamaForSequenceClassification
-
-    from trainer.bootstrap import build_tokenizer
-
-    torch.manual_seed(seed)
-    tok = build_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=1, num_key_value_heads=1, num_labels=1, pad_token_id=tok.pad_token_id)
-    LlamaForSequenceClassification(config).save_pretrained(path)
-    tok.save_pretrained(path)
-    return str(path)
 
 
 def test_ensemble_rules_on_known_scores():
