@@ -152,6 +152,15 @@ class AlgorithmConfig(Section):
     # that drops more than dynamic_sampling_limit x prompts_per_step groups fails.
     dynamic_sampling: bool = False
     dynamic_sampling_limit: int = Field(8, ge=1)
+    # What each dispatch generates (cluster/rl/budget.py): samples per prompt (uniform = group_size;
+    # knapsack = budget_min..budget_max by estimated success rate, the same total), and which
+    # prompts (none = in the dealt order; intermediate = of curriculum_pool x as many candidates,
+    # those whose estimated success rate is nearest 0.5).
+    rollout_budget: str = "uniform"
+    budget_min: int = Field(2, ge=1)
+    budget_max: Optional[int] = Field(None, ge=1)  # null: 4 x group_size
+    curriculum: str = "none"
+    curriculum_pool: int = Field(4, ge=2)
 
     @model_validator(mode="before")
     @classmethod
@@ -161,6 +170,13 @@ class AlgorithmConfig(Section):
         if isinstance(data, dict) and data.get("loss") == "gspo":
             data = {"clip_eps": 3e-4, "clip_eps_high": 4e-4, "loss_agg": "seq-mean-token-mean", **data}
         return data
+
+    @field_validator("rollout_budget", "curriculum")
+    @classmethod
+    def _planner_rule(cls, v: str, info) -> str:
+        from cluster.rl.budget import BUDGETS, CURRICULA
+
+        return _registered(BUDGETS if info.field_name == "rollout_budget" else CURRICULA, v)
 
     @field_validator("advantage", "loss", "loss_agg", "kl_estimator")
     @classmethod
@@ -382,6 +398,7 @@ class Config(Section):
         if grouped and a.group_size < 2:
             raise ValueError(f"algorithm.advantage '{a.advantage}' needs algorithm.group_size >= 2 "
                              "(a group baseline); use group_baseline: false or gae for one sample per prompt")
+        _check_budget(self)
         if a.overlong_buffer >= self.rollout.max_new_tokens:
             raise ValueError("algorithm.overlong_buffer must be below rollout.max_new_tokens")
         if self.controller.max_staleness > 0 and self.cluster.placement == "colocated":
@@ -397,6 +414,26 @@ class Config(Section):
             raise ValueError("controller.max_staleness applies to run.mode 'rl' (offline modes have no rollouts)")
         _check_mode(self)
         return self
+
+
+def _check_budget(cfg: "Config") -> None:
+    """A rollout budget other than uniform gives prompts groups of different sizes, each dispatch
+    spending n x group_size in all. The step's rows equal that sum only when a step trains exactly
+    the groups dispatched for it: synchronous, with no group dropped and replaced."""
+    a = cfg.algorithm
+    if a.rollout_budget == "uniform":
+        return
+    hi = a.budget_max or 4 * a.group_size
+    if not a.budget_min <= a.group_size <= hi:
+        raise ValueError(f"algorithm.budget_min ({a.budget_min}) <= algorithm.group_size ({a.group_size}) <= "
+                         f"algorithm.budget_max ({hi}) must hold: group_size is the mean samples per prompt")
+    if a.budget_min < 2:
+        raise ValueError(f"algorithm.rollout_budget '{a.rollout_budget}' needs algorithm.budget_min >= 2: a group "
+                         "of one sample has no group baseline")
+    if cfg.controller.max_staleness > 0 or a.dynamic_sampling:
+        raise ValueError(f"algorithm.rollout_budget '{a.rollout_budget}' runs with controller.max_staleness 0 and "
+                         "algorithm.dynamic_sampling false for now: a group dropped and replaced would change the "
+                         "step's row count, which the learners' shapes fix")
 
 
 def _check_colocated(cfg: "Config") -> None:

@@ -17,6 +17,7 @@ import numpy as np
 from cluster.rl.gate import StalenessGate, Group
 from cluster.rl.guard import Guard
 from cluster.config import Config
+from cluster.rl.budget import RolloutPlanner, budget_options
 from cluster.rl.experience import make_experience
 from cluster.placement import cpus_needed
 from cluster.rl.progress import Progress
@@ -49,14 +50,17 @@ class Controller:
         self.cfg, self.roles, self.run_dir, self.weights = cfg, roles, run_dir, weights
         self.source = PromptSource(train, seed=cfg.run.seed)
         self.prompt_stats = PromptStats()  # per prompt, across epochs (cluster/rl/prompt_stats.py)
+        a = cfg.algorithm
+        self.planner = RolloutPlanner(self.source, self.prompt_stats, a.curriculum, a.curriculum_pool,
+                                      a.rollout_budget, budget_options(a))
         self.evals = evals[: cfg.controller.eval_prompts]
         self.eval_episodes: dict[str, dict] = {}  # multi-turn: the first and the latest evaluation's figures
         self.gate = StalenessGate(cfg.controller.max_staleness, cfg.algorithm.group_size,
                                   cfg.controller.staleness_rule)
-        a, c = cfg.algorithm, cfg.controller
+        c = cfg.controller
         self.scheduler = Scheduler(c.steps, c.prompts_per_step, a.group_size, c.max_staleness, self.gate,
                                    a.dynamic_sampling, a.dynamic_sampling_limit, c.lookahead)
-        self.streaming = Streaming(self.scheduler, roles.rollout, roles.reward, a.group_size, self._requests,
+        self.streaming = Streaming(self.scheduler, roles.rollout, roles.reward, self._requests,
                                    lambda step: self._sampling(cfg.rollout.temperature, step))
         self.experience = make_experience(cfg, roles.learners, roles.critic)
         self.timeslice = TimeSlice(cfg.cluster.placement == "colocated", cfg.rollout.sleep_level, roles.learners,
@@ -115,6 +119,7 @@ class Controller:
         t1 = time.perf_counter()
         switch = self.timeslice.to_training()
         train_metrics, policy_moved = self.train(groups, step)
+        moving = train_metrics.pop("moving_groups", None)  # per group: a non-zero advantage somewhere
         switch += self.timeslice.to_sync()
         t2 = time.perf_counter()
         synced = policy_moved or self.timeslice.always_sync
@@ -126,9 +131,9 @@ class Controller:
         handover = self.timeslice.to_generation(synced)
         gen = min(max(self.streaming.last_rollout_at - t0, 0.0), t1 - t0)
         times = (gen, t1 - t0 - gen, t2 - t1 - switch, t3 - t2, switch + handover)
-        row = self._step_row(step, groups, train_metrics, times) | self.timeslice.take_row()
+        row = self._step_row(step, groups, train_metrics, times) | self.timeslice.take_row() | self.planner.take_row()
         row |= self._goodput_row(groups, policy_moved, sum(times))
-        row |= signal_row(groups, train_metrics.pop("effective_groups", None), self.scheduler.filtered_for_last_take,
+        row |= signal_row(groups, moving, self.scheduler.filtered_for_last_take,
                           self.cfg.algorithm.group_size)
         row |= {"staleness_mean": float(np.mean(staleness)), "staleness_max": int(max(staleness)),
                 "lookahead": self.scheduler.lookahead.depth}  # the depth generation started at this step
@@ -244,9 +249,9 @@ class Controller:
 
     def _requests(self, n: int) -> list[GenerationRequest]:
         requests = []
-        for prompt in self.source.next_batch(n):
+        for prompt, size in self.planner.next(n):  # the curriculum's prompts, the budget's group sizes
             self.next_group += 1
-            requests.append(self._request(prompt, self.cfg.algorithm.group_size, self.next_group))
+            requests.append(self._request(prompt, size, self.next_group))
         return requests
 
     @staticmethod

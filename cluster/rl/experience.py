@@ -126,7 +126,7 @@ class GroupExperience(ExperienceMaker):
         group_ids = np.repeat([g.group_id for g in groups], [len(g.rollouts) for g in groups])
         adv, returns = self.advantage(AdvantageInputs(scores=scores, groups=group_ids, mask=batch.loss_mask,
                                                       token_rewards=token_rewards, values=values), self.opts)
-        metrics["effective_groups"] = moving_groups(adv * batch.loss_mask, [len(g.rollouts) for g in groups])
+        metrics["moving_groups"] = moving_groups(adv * batch.loss_mask, [len(g.rollouts) for g in groups])
         critic_batch = None
         if self.critic:
             critic_batch = batch.replace(returns=returns, old_values=values * batch.loss_mask)
@@ -170,12 +170,13 @@ class PairExperience(ExperienceMaker):
         return super().policy_spec(1.0)
 
 
-def moving_groups(advantages: np.ndarray, sizes: list[int], tol: float = 1e-6) -> int:
-    """Groups with a row whose (masked) advantage is non-zero somewhere. `tol`: a tied group's
-    advantages are zero up to rounding (its mean is not exactly its members' value)."""
+def moving_groups(advantages: np.ndarray, sizes: list[int], tol: float = 1e-6) -> list[bool]:
+    """Per group (rows in order, `sizes` each): has a row whose (masked) advantage is non-zero
+    somewhere. `tol`: a tied group's advantages are zero up to rounding (its mean is not
+    exactly its members' value)."""
     moving = np.abs(advantages).max(axis=1) > tol
     bounds = np.cumsum([0, *sizes])
-    return int(sum(moving[a:b].any() for a, b in zip(bounds[:-1], bounds[1:])))
+    return [bool(moving[a:b].any()) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def make_experience(cfg: Config, learners: LearnerGroup, critic: Optional[LearnerGroup]) -> ExperienceMaker:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from reward.types import RewardResult
 from rollout.types import Rollout
@@ -65,7 +65,11 @@ class StalenessGate:
         self.max_seen = 0
         self.oldest_seen = 0  # the most versions any admitted token was behind (the rule's or not)
 
-    def admit(self, rollouts: list[Rollout], rewards: list[RewardResult], policy_version: int) -> list[Group]:
+    def admit(self, rollouts: list[Rollout], rewards: list[RewardResult], policy_version: int,
+              sizes: Optional[Mapping[int, int]] = None) -> list[Group]:
+        """The groups that may train `policy_version`. `sizes`: each group's expected size where it
+        is not the group size (assembled by the scheduler, which dealt it); an incomplete group is
+        dropped like a stale one (it cannot be normalised)."""
         by_group: dict[int, list[tuple[Rollout, RewardResult]]] = {}
         for rollout, reward in zip(rollouts, rewards, strict=True):
             if (reward.group_id, reward.sample_index) != (rollout.group_id, rollout.sample_index):
@@ -75,7 +79,7 @@ class StalenessGate:
         groups = []
         for gid, members in by_group.items():
             staleness = policy_version - self.version([m[0] for m in members])
-            if len(members) != self.group_size or staleness > self.max_staleness:
+            if len(members) != (sizes or {}).get(gid, self.group_size) or staleness > self.max_staleness:
                 self.dropped += len(members)  # too stale, or incomplete: it cannot be normalised
                 continue
             members.sort(key=lambda m: m[0].sample_index)

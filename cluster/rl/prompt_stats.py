@@ -4,7 +4,8 @@
 correct answers, summed reward, the step that last scored it), from every complete group:
 trained, dropped by dynamic sampling (all rewards tied) or dropped stale alike, since each
 is an attempt at the prompt. It is saved in each checkpoint's controller.json and restored
-on resume. Budget allocation and curricula read it (a prompt's estimated success rate).
+on resume. Budget allocation and curricula read it (cluster/rl/budget.py: a prompt's estimated
+success rate).
 
 `signal_row` is the step's share of groups that can teach anything: a group whose every
 advantage is zero (all rewards tied) moves nothing, whether it trains or is filtered.
@@ -24,6 +25,8 @@ class PromptRecord:
     correct: int = 0  # of them, judged correct by the verifier
     reward_sum: float = 0.0
     last_step: int = 0  # the controller step during which its latest group was scored
+    last_attempts: int = 0  # the latest group's size and correct answers (cluster/rl/budget.py's estimate)
+    last_correct: int = 0
 
     @property
     def pass_rate(self) -> float:
@@ -39,31 +42,38 @@ class PromptStats:
         if len(prompt_ids) != 1:
             raise ValueError(f"group {group.group_id} mixes prompts {sorted(prompt_ids)}")
         record = self.records.setdefault(prompt_ids.pop(), PromptRecord())
+        correct = sum(bool(r.correct) for r in group.rewards)
         record.attempts += len(group.rewards)
-        record.correct += sum(bool(r.correct) for r in group.rewards)
+        record.correct += correct
         record.reward_sum += sum(r.reward for r in group.rewards)
-        record.last_step = step
+        record.last_step, record.last_attempts, record.last_correct = step, len(group.rewards), correct
 
     def get(self, prompt_id: int) -> Optional[PromptRecord]:
         return self.records.get(prompt_id)
 
     def state(self) -> dict:
-        """JSON-able: prompt id -> [attempts, correct, reward_sum, last_step]."""
+        """JSON-able: prompt id -> [attempts, correct, reward_sum, last_step, last_attempts, last_correct]
+        (a checkpoint written before the last two restores them as 0: the prompt counts as unseen)."""
         return {str(pid): list(astuple(r)) for pid, r in sorted(self.records.items())}
 
     def restore(self, state: dict) -> None:
         self.records = {int(pid): PromptRecord(*values) for pid, values in state.items()}
 
 
-def signal_row(groups: list[Group], effective: Optional[int], filtered: int, group_size: int) -> dict:
-    """effective_group_frac: groups with a non-zero advantage / the step's groups (trained, and
-    filtered for tied rewards since the last step); rollouts_per_effective_group: the rollouts
-    those groups cost per group that carried signal. `effective` None: an experience maker
-    without group advantages (online DPO) reports neither."""
-    if effective is None:
+def signal_row(groups: list[Group], moving: Optional[list[bool]], filtered: int, group_size: int) -> dict:
+    """effective_group_frac: groups with a non-zero advantage (`moving`, one flag per group) / the
+    step's groups (trained, and filtered for tied rewards since the last step);
+    effective_sample_frac: the same over rollouts (groups differ in size under a rollout budget);
+    rollouts_per_effective_group: the rollouts those groups cost per group that carried signal.
+    `moving` None: an experience maker without group advantages (online DPO) reports none."""
+    if moving is None:
         return {}
-    total = len(groups) + filtered
-    row = {"effective_group_frac": effective / total if total else 0.0}
+    if len(moving) != len(groups):
+        raise ValueError(f"{len(moving)} flags for {len(groups)} groups")
+    effective = sum(moving)
+    total, spent = len(groups) + filtered, sum(len(g.rollouts) for g in groups) + filtered * group_size
+    row = {"effective_group_frac": effective / total if total else 0.0,
+           "effective_sample_frac": sum(len(g.rollouts) for g, m in zip(groups, moving) if m) / spent if spent else 0.0}
     if effective:
-        row["rollouts_per_effective_group"] = (sum(len(g.rollouts) for g in groups) + filtered * group_size) / effective
+        row["rollouts_per_effective_group"] = spent / effective
     return row

@@ -133,15 +133,16 @@ class Scheduler:
         needed = (self.started_steps - self._counts[Outcome.TRAINED] // self.per_step) * self.per_step
         return max(0, needed - len(self._open))
 
-    def expect(self, group_id: int) -> None:
-        """Issue a group: its members will be scored, then it ends once (the ledger)."""
+    def expect(self, group_id: int, size: Optional[int] = None) -> None:
+        """Issue a group of `size` samples (default: the group size; a rollout budget deals others,
+        cluster/rl/budget.py): its members will be scored, then it ends once (the ledger)."""
         if self._closed:
             raise LedgerError(f"group {group_id} issued after the scheduler was closed")
         if group_id in self._open or group_id in self.ledger:
             state = self.ledger.get(group_id, "open")
             raise LedgerError(f"group {group_id} issued twice (it is {state})")
         self._open.add(group_id)
-        self._assembling[group_id] = _Assembly(self.group_size)
+        self._assembling[group_id] = _Assembly(size or self.group_size)
 
     # ---- what came back ----
 
@@ -154,8 +155,8 @@ class Scheduler:
         if a is None:
             state = self.ledger.get(gid, "complete" if gid in self._open else "never issued")
             raise LedgerError(f"sample {gid}/{index} scored, but its group is not assembling ({state})")
-        if not 0 <= index < self.group_size or index in a.rewards:
-            raise LedgerError(f"sample {gid}/{index} scored twice or out of range (group size {self.group_size})")
+        if not 0 <= index < a.size or index in a.rewards:
+            raise LedgerError(f"sample {gid}/{index} scored twice or out of range (group size {a.size})")
         a.rollouts[index], a.rewards[index] = rollout, reward
         group = a.group(gid)
         if group is None:
@@ -206,7 +207,7 @@ class Scheduler:
         self.ready.sort(key=lambda g: (self._judged(g), g.group_id))
         picked, self.ready = self.ready[: self.per_step], self.ready[self.per_step :]
         groups = self.gate.admit([r for g in picked for r in g.rollouts], [r for g in picked for r in g.rewards],
-                                 version)
+                                 version, {g.group_id: len(g.rollouts) for g in picked})
         if len(groups) != len(picked):
             raise AssertionError("the gate refused a group the scheduler found fresh (a bug)")
         for g in groups:
@@ -231,7 +232,8 @@ class Scheduler:
         it) and is replaced by a new prompt."""
         if self._version - self._judged(group) <= self.k:
             return False
-        self.gate.admit(list(group.rollouts), list(group.rewards), self._version)
+        self.gate.admit(list(group.rollouts), list(group.rewards), self._version,
+                        {group.group_id: len(group.rollouts)})
         self._end(group.group_id, Outcome.STALE, group)
         return True
 

@@ -38,11 +38,10 @@ WAIT_S = 1.0  # the longest single wait: reward deadlines are checked at least t
 
 
 class Streaming:
-    def __init__(self, scheduler: Scheduler, rollout: RolloutPool, reward: RewardPool, group_size: int,
+    def __init__(self, scheduler: Scheduler, rollout: RolloutPool, reward: RewardPool,
                  make_requests: Callable[[int], list[GenerationRequest]],
                  sampling: Callable[[int], SamplingParams]):
         self.scheduler, self.rollout, self.reward = scheduler, rollout, reward
-        self.group_size = group_size
         self.make_requests, self.sampling = make_requests, sampling
         self.streams: list[Shard] = []
         self.generated: dict[int, dict[int, Rollout]] = {}  # group id -> sample index -> rollout, until complete
@@ -55,6 +54,7 @@ class Streaming:
         self.generated_tokens = 0  # response tokens generated, arrived or aborted (goodput's denominator)
         self.aborted: set[int] = set()  # groups aborted while generating
         self.received: dict[Shard, int] = {}  # samples each stream has delivered (its outstanding work)
+        self.sizes: dict[int, int] = {}  # group id -> its samples (a rollout budget deals different sizes)
 
     def start(self, steps_done: int) -> None:
         """Dispatch every step the staleness budget allows, and replacements owed."""
@@ -67,7 +67,8 @@ class Streaming:
 
     def _dispatch(self, requests: list[GenerationRequest], params: SamplingParams) -> None:
         for req in requests:
-            self.scheduler.expect(req.group_id)
+            self.scheduler.expect(req.group_id, req.num_samples)
+            self.sizes[req.group_id] = req.num_samples
         self.streams += self.rollout.stream(requests, params)
 
     def next_batch(self, version: int, steps_done: int) -> list[Group]:
@@ -148,7 +149,7 @@ class Streaming:
             members = self.generated.setdefault(r.group_id, {})
             members[r.sample_index] = r
             self.generated_tokens += len(r.response_ids)
-            if len(members) == self.group_size:
+            if len(members) == self.sizes[r.group_id]:
                 del self.generated[r.group_id]
                 self.complete.add(r.group_id)
                 group = [members[k] for k in sorted(members)]
@@ -158,7 +159,7 @@ class Streaming:
     def _arrived(self, group_id: int) -> set[int]:
         """The sample indices of this group that have arrived (an aborted group's: all it needs)."""
         if group_id in self.complete or group_id in self.aborted:
-            return set(range(self.group_size))
+            return set(range(self.sizes[group_id]))
         return set(self.generated.get(group_id, ()))
 
     def close(self) -> None:

@@ -122,6 +122,39 @@ def test_few_grpo_steps(ray_session, tmp_path):
     assert loop["totals"]["samples"] == 64 and len(loop["source"]["order"]) == 400 - 16
 
 
+def test_a_knapsack_budget_and_a_curriculum_deal_what_their_rules_say(ray_session, tmp_path):
+    """32 prompts, 8 a step from 16 candidates (curriculum_pool 2): steps 1-2 see every prompt once,
+    from step 3 the estimates differ and the knapsack gives prompts 2 to 12 samples, 32 a step."""
+    from cluster.rl.budget import RolloutPlanner, budget_options
+    from cluster.rl.prompt_stats import PromptStats
+    from rollout.data import PromptSource, load_prompts
+
+    cfg = config(tmp_path, "model.bootstrap_spec.num_train_prompts=32", "model.bootstrap_spec.sft_batch_size=32",
+                 "controller.steps=5",
+                 "controller.checkpoint_every=2", "algorithm.rollout_budget=knapsack", "algorithm.budget_max=12",
+                 "algorithm.curriculum=intermediate", "algorithm.curriculum_pool=2")
+    summary = run(cfg, log=lambda *_: None).record
+    run_dir = tmp_path / "runs" / "quickstart"
+    assert summary["status"] == "completed" and summary["samples"] == 5 * 8 * 4  # the uniform run's budget
+    assert summary["groups"]["trained"] == 40 and summary["goodput"]["useful_fraction"] == 1.0
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][:5]
+    assert [r["prompts_skipped"] for r in rows] == [8] * 5
+    assert [(r["group_size_min"], r["group_size_max"]) for r in rows[:2]] == [(4, 4)] * 2  # all unseen: 0.5
+    assert any(r["group_size_min"] < r["group_size_max"] for r in rows[2:])
+    assert all(2 <= r["group_size_min"] and r["group_size_max"] <= 12 for r in rows)
+    # Replayed from the step-2 checkpoint, the rules deal step 3's prompts and sizes; the step-4
+    # checkpoint's statistics hold what step 3 really generated for each (its latest group).
+    ckpt = run_dir / "checkpoints"
+    before, after = (json.loads((ckpt / f"step_00000{s}" / "controller.json").read_text()) for s in (2, 4))
+    source, stats = PromptSource(load_prompts(cfg.data.train_path), seed=0), PromptStats()
+    source.restore(before["source"])
+    stats.restore(before["prompt_stats"])
+    a = cfg.algorithm
+    dealt = RolloutPlanner(source, stats, a.curriculum, a.curriculum_pool, a.rollout_budget, budget_options(a)).next(8)
+    assert {str(p.id): [size, 3] for p, size in dealt} == {
+        pid: [v[4], v[3]] for pid, v in after["prompt_stats"].items() if v[3] == 3}
+
+
 def test_evaluation_does_not_change_training(ray_session, tmp_path):
     """The same seed reaches bitwise the same weights whether or not held-out evaluations run between
     steps: evaluation draws no training seed (it once shifted the training groups' ids, hence their

@@ -31,7 +31,7 @@ def streaming_over(pool: RolloutPool, reward: RewardPool, rule: str = "oldest") 
     def make_requests(n):
         return [request(g, f"{g}+{g + 3}=", str(2 * g + 3), SIZE) for g in itertools.islice(ids, n)]
 
-    return Streaming(scheduler, pool, reward, SIZE, make_requests,
+    return Streaming(scheduler, pool, reward, make_requests,
                      lambda step: SamplingParams(temperature=0.9, max_new_tokens=24, seed=step))
 
 

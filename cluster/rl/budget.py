@@ -1,0 +1,142 @@
+"""What each dispatch generates: which prompts (`algorithm.curriculum`) and how many samples
+each (`algorithm.rollout_budget`), both rules in registries, both reading each prompt's
+estimated success rate from PromptStats (cluster/rl/prompt_stats.py).
+
+The estimate is the latest group's pass rate with Laplace's rule, (correct + 1) / (n + 2):
+the policy moves, so the latest attempt (the previous epoch's, as Knapsack RL uses) says more
+than the whole history, and a prompt never scored is 0.5 (the most uncertain).
+
+Budgets: a dispatch of n prompts spends exactly n x algorithm.group_size rollouts whatever the
+rule, so a step's rows stay what the learners were shaped for and arms compare at an equal
+rollout budget. `knapsack` gives each prompt between budget_min and budget_max samples,
+maximising the summed value of Knapsack RL (Li et al. 2025):
+    value(N, p) = P(the group's rewards differ) x InfoGain(p) = (1 - p^N - (1 - p)^N) x p (1 - p)^2,
+by dynamic programming over the exact budget. Easy prompts get few samples, hard ones many.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+
+from cluster.rl.prompt_stats import PromptRecord, PromptStats
+from rollout.data import Prompt, PromptSource
+from rollout.registry import Registry
+
+
+def success_estimate(record: Optional[PromptRecord]) -> float:
+    """Laplace's rule on the latest group's outcome; 0.5 for a prompt never scored."""
+    if record is None or not record.last_attempts:
+        return 0.5
+    return (record.last_correct + 1) / (record.last_attempts + 2)
+
+
+def knapsack_value(n: np.ndarray | int, p: float) -> np.ndarray | float:
+    """Knapsack RL's task value of n samples at success rate p (module doc)."""
+    return (1.0 - p ** n - (1.0 - p) ** n) * p * (1.0 - p) ** 2
+
+
+def knapsack(values: np.ndarray, lo: int, budget: int) -> list[int]:
+    """Exact-budget multiple-choice knapsack: values[i, c] is item i's value with lo + c units;
+    returns each item's units, summing to `budget`, with the greatest total value (ties: the
+    earliest choice found). Dynamic programming over the budget, O(items x budget x choices)."""
+    items, choices = values.shape
+    if not items * lo <= budget <= items * (lo + choices - 1):
+        raise ValueError(f"a budget of {budget} cannot give {items} items {lo} to {lo + choices - 1} units each")
+    best = np.full(budget + 1, -np.inf)
+    best[0] = 0.0
+    picks = np.zeros((items, budget + 1), dtype=np.int64)
+    for i in range(items):
+        new = np.full(budget + 1, -np.inf)
+        for c in range(choices):
+            units = lo + c
+            cand = np.full(budget + 1, -np.inf)
+            cand[units:] = best[: budget + 1 - units] + values[i, c]
+            better = cand > new
+            new[better], picks[i, better] = cand[better], c
+        best = new
+    units, left = [], budget
+    for i in reversed(range(items)):
+        c = int(picks[i, left])
+        units.append(lo + c)
+        left -= lo + c
+    return units[::-1]
+
+
+@dataclass(frozen=True)
+class BudgetOptions:
+    group_size: int  # the mean samples per prompt: a dispatch of n prompts spends n x this
+    lo: int  # algorithm.budget_min
+    hi: int  # algorithm.budget_max
+
+
+def budget_options(a) -> BudgetOptions:
+    """From the algorithm section (cluster/config.py: AlgorithmConfig); budget_max defaults to 4 x group_size."""
+    return BudgetOptions(a.group_size, a.budget_min, a.budget_max or 4 * a.group_size)
+
+
+# rule(estimated success rates [n], options) -> samples per prompt (summing to n x group_size)
+BUDGETS: Registry[Callable[[np.ndarray, BudgetOptions], list[int]]] = Registry("rollout budget", papers=True)
+# rule(estimated success rates of the candidates [m], n) -> the indices of the n chosen
+CURRICULA: Registry[Callable[[np.ndarray, int], list[int]]] = Registry("curriculum", papers=True)
+
+
+@BUDGETS.register("uniform", "every prompt gets algorithm.group_size samples", options=BudgetOptions,
+                  paper="Shao et al. 2024, DeepSeekMath (GRPO)")
+def uniform_budget(p: np.ndarray, o: BudgetOptions) -> list[int]:
+    return [o.group_size] * len(p)
+
+
+@BUDGETS.register("knapsack", "budget_min to budget_max samples per prompt, maximising the expected "
+                  "non-zero-gradient value at the same total (module doc)", options=BudgetOptions,
+                  paper="Li et al. 2025, Knapsack RL: Unlocking Exploration of LLMs via Optimizing Budget Allocation")
+def knapsack_budget(p: np.ndarray, o: BudgetOptions) -> list[int]:
+    n = np.arange(o.lo, o.hi + 1)
+    return knapsack(np.stack([knapsack_value(n, float(pi)) for pi in p]), o.lo, len(p) * o.group_size)
+
+
+@CURRICULA.register("none", "the prompts in the order the shuffled passes deal them",
+                    paper="Shao et al. 2024, DeepSeekMath (GRPO)")
+def no_curriculum(p: np.ndarray, n: int) -> list[int]:
+    return list(range(n))
+
+
+@CURRICULA.register("intermediate", "of algorithm.curriculum_pool x n candidates, the n whose estimated success "
+                    "rate is nearest 0.5 (the rest are skipped this pass)",
+                    paper="Gao et al. 2025, Prompt Curriculum Learning for Efficient LLM Post-Training")
+def intermediate_curriculum(p: np.ndarray, n: int) -> list[int]:
+    # p(1 - p) peaks at 0.5, where a group's rewards differ most often; stable: ties keep the dealt order
+    return sorted(np.argsort(np.abs(np.asarray(p) - 0.5), kind="stable")[:n].tolist())
+
+
+class RolloutPlanner:
+    """Deals the prompts of each dispatch and their group sizes from the rules above."""
+
+    def __init__(self, source: PromptSource, stats: PromptStats, curriculum: str, pool: int, budget: str,
+                 options: BudgetOptions):
+        self.source, self.stats, self.pool, self.options = source, stats, pool, options
+        self.curriculum, self.budget = CURRICULA.get(curriculum), BUDGETS.get(budget)
+        self.pooled, self.varies = curriculum != "none", budget != "uniform"
+        self.skipped = 0  # prompts a curriculum passed over since the last take_row
+        self.sizes: list[int] = []  # group sizes dealt since the last take_row
+
+    def next(self, n: int) -> list[tuple[Prompt, int]]:
+        candidates = self.source.next_batch(n * self.pool if self.pooled else n)
+        chosen = [candidates[i] for i in self.curriculum(self._estimates(candidates), n)]
+        self.skipped += len(candidates) - len(chosen)
+        sizes = self.budget(self._estimates(chosen), self.options)
+        self.sizes += sizes
+        return list(zip(chosen, sizes))
+
+    def _estimates(self, prompts: list[Prompt]) -> np.ndarray:
+        return np.array([success_estimate(self.stats.get(p.id)) for p in prompts])
+
+    def take_row(self) -> dict:
+        """The step's metrics: prompts skipped by the curriculum, the spread of group sizes."""
+        row = {"prompts_skipped": self.skipped} if self.pooled else {}
+        if self.sizes and self.varies:
+            row |= {"group_size_min": min(self.sizes), "group_size_max": max(self.sizes)}
+        self.skipped, self.sizes = 0, []
+        return row
