@@ -38,9 +38,10 @@ RESULTS = ROOT / "bench" / "results"
 
 
 def run_seed(seed: int, work: Path, overrides: list[str], model_seed: int | None = None,
-             recipe: Path = ROOT / "recipes" / "quickstart.yaml") -> dict:
-    """One demo run; with model_seed, on that seed's bootstrap model (built once, then reused)."""
-    model = work / f"tiny-model-s{seed if model_seed is None else model_seed}"
+             recipe: Path = ROOT / "recipes" / "quickstart.yaml", models: Path | None = None) -> dict:
+    """One demo run; with model_seed, on that seed's bootstrap model (built once in `models`,
+    default `work`, then reused)."""
+    model = (models or work) / f"tiny-model-s{seed if model_seed is None else model_seed}"
     if model_seed is not None and not model.is_dir():  # the recipe's bootstrap, at the model's seed
         sys.path.insert(0, str(ROOT))
         from cluster.config import load_config
@@ -56,7 +57,7 @@ def run_seed(seed: int, work: Path, overrides: list[str], model_seed: int | None
     subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
     summary = json.loads(next((work / "runs").glob(f"demo-s{seed}*/summary.json")).read_text())
-    return {"seed": seed, "initial_accuracy": summary["eval"]["initial_accuracy"],
+    return {"seed": seed, "run_dir": summary["run_dir"], "initial_accuracy": summary["eval"]["initial_accuracy"],
             "final_accuracy": summary["eval"]["final_accuracy"], "steps": summary["steps"],
             "run_wall_s": summary["wall_s"], "end_to_end_s": wall,
             "throughput": summary["throughput"], "weight_sync": summary["weight_sync"],
