@@ -2,7 +2,7 @@
 each arm is the demo with one rule of cluster/rl/budget.py switched on, every arm spending the
 same prompts_per_step x group_size rollouts per step for the same steps.
 
-    .venv/bin/python bench/data_efficiency.py --arms uniform knapsack curriculum --seeds 0 1 2
+    .venv/bin/python bench/data_efficiency.py --arms uniform knapsack curriculum downsample --seeds 0 1 2
 
 For each seed every arm starts from the same bootstrap model (built once, with that seed) and
 the same run seed, so arms differ by their rule alone. Per run: the mean over steps of
@@ -35,6 +35,8 @@ ARMS: dict[str, list[str]] = {
     "uniform": [],
     "knapsack": ["algorithm.rollout_budget=knapsack"],
     "curriculum": ["algorithm.curriculum=intermediate"],
+    # generates the same 8 samples per prompt, trains on the 4 whose rewards vary most (PODS)
+    "downsample": ["algorithm.downsample_keep=4"],
 }
 SIGNALS = ("effective_group_frac", "effective_sample_frac")
 

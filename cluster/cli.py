@@ -140,6 +140,7 @@ def _dry_run(cfg) -> int:
 
 
 def _cmd_algorithms(args: argparse.Namespace) -> int:
+    from cluster.rl.budget import BUDGETS, CURRICULA, DOWNSAMPLERS
     from reward.verifiers import VERIFIERS
     from rollout.envs.base import ENVS, TOOLS
     from rollout.envs.spec import load_builtins
@@ -147,7 +148,7 @@ def _cmd_algorithms(args: argparse.Namespace) -> int:
 
     load_builtins()
     import reward.tools  # noqa: F401  (the sandboxed `python` tool, a plugin of the environments)
-    for registry in (*REGISTRIES, VERIFIERS, ENVS, TOOLS):
+    for registry in (*REGISTRIES, BUDGETS, CURRICULA, DOWNSAMPLERS, VERIFIERS, ENVS, TOOLS):
         print(f"{registry.kind}{'es' if registry.kind.endswith('s') else 's'}:")
         for entry in registry.entries():
             described = _describe(entry.traits) if entry.traits is not None else ""

@@ -125,6 +125,10 @@ class AlgorithmConfig(Section):
     group_baseline: bool = True  # reinforce_pp: REINFORCE++-baseline
     gamma: float = Field(1.0, ge=0, le=1)
     lam: float = Field(1.0, ge=0, le=1)
+    # The verifier's error rates, for the noisy_backward / noisy_forward estimators: false positive
+    # (says correct, is wrong) and false negative (says wrong, is correct).
+    verifier_fp_rate: float = Field(0.0, ge=0, lt=1)
+    verifier_fn_rate: float = Field(0.0, ge=0, lt=1)
     clip_eps: float = Field(0.2, gt=0)
     clip_eps_high: Optional[float] = Field(None, gt=0)  # DAPO clip-higher
     dual_clip: float = Field(0.0, ge=0)  # c > 1 enables dual-clip PPO
@@ -161,6 +165,10 @@ class AlgorithmConfig(Section):
     budget_max: Optional[int] = Field(None, ge=1)  # null: 4 x group_size
     curriculum: str = "none"
     curriculum_pool: int = Field(4, ge=2)
+    # Down-sampling (PODS): of each group's group_size samples, train on downsample_keep (null: all),
+    # chosen by the rule `downsample` (max_variance: the most varied rewards; random).
+    downsample_keep: Optional[int] = Field(None, ge=2)
+    downsample: str = "max_variance"
 
     @model_validator(mode="before")
     @classmethod
@@ -171,12 +179,13 @@ class AlgorithmConfig(Section):
             data = {"clip_eps": 3e-4, "clip_eps_high": 4e-4, "loss_agg": "seq-mean-token-mean", **data}
         return data
 
-    @field_validator("rollout_budget", "curriculum")
+    @field_validator("rollout_budget", "curriculum", "downsample")
     @classmethod
     def _planner_rule(cls, v: str, info) -> str:
-        from cluster.rl.budget import BUDGETS, CURRICULA
+        from cluster.rl.budget import BUDGETS, CURRICULA, DOWNSAMPLERS
 
-        return _registered(BUDGETS if info.field_name == "rollout_budget" else CURRICULA, v)
+        return _registered({"rollout_budget": BUDGETS, "curriculum": CURRICULA,
+                            "downsample": DOWNSAMPLERS}[info.field_name], v)
 
     @field_validator("advantage", "loss", "loss_agg", "kl_estimator")
     @classmethod
@@ -399,6 +408,8 @@ class Config(Section):
             raise ValueError(f"algorithm.advantage '{a.advantage}' needs algorithm.group_size >= 2 "
                              "(a group baseline); use group_baseline: false or gae for one sample per prompt")
         _check_budget(self)
+        if a.advantage.startswith("noisy_"):
+            _check_noisy(self)
         if a.overlong_buffer >= self.rollout.max_new_tokens:
             raise ValueError("algorithm.overlong_buffer must be below rollout.max_new_tokens")
         if self.controller.max_staleness > 0 and self.cluster.placement == "colocated":
@@ -416,11 +427,34 @@ class Config(Section):
         return self
 
 
+def _check_noisy(cfg: "Config") -> None:
+    """The noisy-verifier corrections model a binary verifier: one 0/1 outcome per sample."""
+    a, r = cfg.algorithm, cfg.reward
+    if a.verifier_fp_rate + a.verifier_fn_rate >= 1:
+        raise ValueError(f"algorithm.verifier_fp_rate + verifier_fn_rate = {a.verifier_fp_rate + a.verifier_fn_rate}"
+                         ": at 1 or more the verifier says nothing about correctness (below 1 is needed)")
+    if r.format_weight != 0 or r.components or r.shaping != "none" or r.normalize != "none" or \
+            a.kl_in == "reward" and a.kl_coef > 0:
+        raise ValueError(f"algorithm.advantage '{a.advantage}' corrects a binary verifier's errors: set "
+                         "reward.format_weight 0, no reward.components, reward.shaping and reward.normalize 'none', "
+                         "and the KL in the loss (algorithm.kl_in 'loss')")
+
+
 def _check_budget(cfg: "Config") -> None:
-    """A rollout budget other than uniform gives prompts groups of different sizes, each dispatch
-    spending n x group_size in all. The step's rows equal that sum only when a step trains exactly
-    the groups dispatched for it: synchronous, with no group dropped and replaced."""
+    """Down-sampling trains downsample_keep of each group's samples. A rollout budget other than
+    uniform gives prompts groups of different sizes, each dispatch spending n x group_size in all;
+    the step's rows equal that sum only when a step trains exactly the groups dispatched for it:
+    synchronous, with no group dropped and replaced."""
+    from trainer.losses import loss_kind
+
     a = cfg.algorithm
+    if a.downsample_keep is not None:
+        if a.downsample_keep >= a.group_size:
+            raise ValueError(f"algorithm.downsample_keep ({a.downsample_keep}) must be below algorithm.group_size "
+                             f"({a.group_size}): it is how many of each group's samples train")
+        if a.rollout_budget != "uniform" or cfg.run.mode == "rl" and loss_kind(a.loss).trains == "preference":
+            raise ValueError("algorithm.downsample_keep goes with algorithm.rollout_budget 'uniform' and a policy loss "
+                             "(not online DPO, which trains one pair per group anyway)")
     if a.rollout_budget == "uniform":
         return
     hi = a.budget_max or 4 * a.group_size

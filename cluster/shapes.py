@@ -18,10 +18,11 @@ def is_online_preference(cfg: Config) -> bool:
 
 
 def rows_per_step(cfg: Config) -> int:
-    """Rows each RL step trains on: every sample, or (online DPO) one chosen/rejected pair per prompt."""
+    """Rows each RL step trains on: every sample (those down-sampling keeps), or (online DPO) one
+    chosen/rejected pair per prompt."""
     if is_online_preference(cfg):
         return 2 * cfg.controller.prompts_per_step
-    return cfg.controller.prompts_per_step * cfg.algorithm.group_size
+    return cfg.controller.prompts_per_step * (cfg.algorithm.downsample_keep or cfg.algorithm.group_size)
 
 
 def learner_shape(rows: int, what: str, parts: int, parts_desc: str, micro_batch_size: int, micro_field: str,
@@ -62,7 +63,7 @@ def learner_options(cfg: Config, offline_steps: int = 1) -> LearnerOptions:
     t = cfg.trainer
     pairs = is_online_preference(cfg)
     what = ("2 x controller.prompts_per_step, a pair per prompt" if pairs
-            else "controller.prompts_per_step x algorithm.group_size")
+            else "controller.prompts_per_step x algorithm.group_size (or downsample_keep)")
     micro, accum = learner_shape(rows_per_step(cfg), what, t.updates_per_batch * t.num_learners,
                                  f"trainer.updates_per_batch={t.updates_per_batch} x "
                                  f"trainer.num_learners={t.num_learners}", t.micro_batch_size,

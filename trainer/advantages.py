@@ -52,6 +52,8 @@ class AdvantageOptions:
     gamma: float = 1.0
     lam: float = 1.0
     eps: float = 1e-6
+    fp_rate: float = 0.0  # noisy_*: the verifier's false-positive rate rho_0, P(says correct | wrong)
+    fn_rate: float = 0.0  # noisy_*: its false-negative rate rho_1, P(says wrong | correct)
 
 
 def _sequence_scores(x: AdvantageInputs) -> np.ndarray:
@@ -159,6 +161,41 @@ def reinforce_pp(x: AdvantageInputs, o: AdvantageOptions):
         returns[:, t] = running
     returns = _scatter(returns, order) * x.mask
     return _whiten(returns, x.mask, o.eps).astype(np.float32), None
+
+
+def _binary_scores(x: AdvantageInputs, name: str) -> np.ndarray:
+    """The verifier's 0/1 outcomes: the noise model is a channel on binary rewards."""
+    scores = np.asarray(x.scores, dtype=np.float64)
+    bad = np.nonzero((scores != 0.0) & (scores != 1.0))[0]
+    if len(bad) or x.token_rewards is not None:
+        what = f"row {bad[0]} scored {scores[bad[0]]}" if len(bad) else "per-token rewards (kl_in: reward) were added"
+        raise ValueError(f"advantage '{name}' needs binary rewards, 0 or 1 ({what}): set reward.format_weight 0, "
+                         "no reward.components and algorithm.kl_in 'loss'")
+    return scores
+
+
+# Noisy verifiers (Cai et al. 2025): the observed reward r~ flips a clean r in {0, 1} with rates
+# rho_0 (0 -> 1) and rho_1 (1 -> 0). With any baseline, the noisy policy gradient is in
+# expectation (1 - rho_0 - rho_1) x the clean one. Under GRPO's std normalisation an affine
+# change of the reward cancels, so the corrections are estimators of their own, not reward
+# transforms (tests/trainer/test_advantages.py checks both expectations by enumeration).
+NOISY_PAPER = "Cai et al. 2025, Reinforcement Learning with Verifiable yet Noisy Rewards under Imperfect Verifiers"
+
+
+@ADVANTAGES.register("noisy_backward", "backward correction: r^ = (r~ - fp_rate) / (1 - fp_rate - fn_rate), an "
+                     "unbiased clean reward, minus its group mean (no std): the clean gradient in expectation",
+                     paper=NOISY_PAPER, options=AdvantageOptions, traits=AdvantageKind(needs_groups=True))
+def noisy_backward(x: AdvantageInputs, o: AdvantageOptions):
+    unbiased = (_binary_scores(x, "noisy_backward") - o.fp_rate) / (1.0 - o.fp_rate - o.fn_rate)
+    return _broadcast(unbiased - _group_stats(unbiased, x.groups)[0], x.mask), None
+
+
+@ADVANTAGES.register("noisy_forward", "forward correction: each sample's score-function weight is r~ - 1 + fn_rate "
+                     "(fn_rate if judged correct, fn_rate - 1 if not): in expectation along the clean gradient, "
+                     "needing only the false-negative rate", paper=NOISY_PAPER, options=AdvantageOptions,
+                     traits=AdvantageKind())
+def noisy_forward(x: AdvantageInputs, o: AdvantageOptions):
+    return _broadcast(_binary_scores(x, "noisy_forward") - 1.0 + o.fn_rate, x.mask), None
 
 
 @ADVANTAGES.register("gae", "GAE(gamma, lambda) from a critic's values (PPO); returns are the critic's targets",

@@ -1,6 +1,7 @@
 """What each dispatch generates: which prompts (`algorithm.curriculum`) and how many samples
 each (`algorithm.rollout_budget`), both rules in registries, both reading each prompt's
-estimated success rate from PromptStats (cluster/rl/prompt_stats.py).
+estimated success rate from PromptStats (cluster/rl/prompt_stats.py); and which of a complete
+group's samples train (`algorithm.downsample_keep`, by the rule `algorithm.downsample`).
 
 The estimate is the latest group's pass rate with Laplace's rule, (correct + 1) / (n + 2):
 the policy moves, so the latest attempt (the previous epoch's, as Knapsack RL uses) says more
@@ -12,6 +13,12 @@ rollout budget. `knapsack` gives each prompt between budget_min and budget_max s
 maximising the summed value of Knapsack RL (Li et al. 2025):
     value(N, p) = P(the group's rewards differ) x InfoGain(p) = (1 - p^N - (1 - p)^N) x p (1 - p)^2,
 by dynamic programming over the exact budget. Easy prompts get few samples, hard ones many.
+
+Down-sampling (PODS, Xu et al. 2025): generate group_size samples, train on downsample_keep of
+them. `max_variance` keeps the subset whose rewards vary most (GRPO's advantages are an
+increasing function of the reward within a group, so the subset of the most varied advantages
+too): the optimum is always some k highest and keep - k lowest rewards (PODS, Lemma), so
+keep + 1 candidates are compared, not every subset.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from cluster.rl.gate import Group
 from cluster.rl.prompt_stats import PromptRecord, PromptStats
 from rollout.data import Prompt, PromptSource
 from rollout.registry import Registry
@@ -90,7 +98,7 @@ def uniform_budget(p: np.ndarray, o: BudgetOptions) -> list[int]:
 
 
 @BUDGETS.register("knapsack", "budget_min to budget_max samples per prompt, maximising the expected "
-                  "non-zero-gradient value at the same total (module doc)", options=BudgetOptions,
+                  "non-zero-gradient value at the same total (cluster/rl/budget.py)", options=BudgetOptions,
                   paper="Li et al. 2025, Knapsack RL: Unlocking Exploration of LLMs via Optimizing Budget Allocation")
 def knapsack_budget(p: np.ndarray, o: BudgetOptions) -> list[int]:
     n = np.arange(o.lo, o.hi + 1)
@@ -109,6 +117,44 @@ def no_curriculum(p: np.ndarray, n: int) -> list[int]:
 def intermediate_curriculum(p: np.ndarray, n: int) -> list[int]:
     # p(1 - p) peaks at 0.5, where a group's rewards differ most often; stable: ties keep the dealt order
     return sorted(np.argsort(np.abs(np.asarray(p) - 0.5), kind="stable")[:n].tolist())
+
+
+# rule(a complete group's rewards [n], keep, group id) -> the indices of the `keep` samples that train
+DOWNSAMPLERS: Registry[Callable[[np.ndarray, int, int], list[int]]] = Registry("down-sampling rule", papers=True)
+
+
+@DOWNSAMPLERS.register("max_variance", "the subset whose rewards have the largest variance (cluster/rl/budget.py)",
+                       paper="Xu et al. 2025, Not All Rollouts are Useful: Down-Sampling Rollouts in LLM RL (PODS)")
+def max_variance(rewards: np.ndarray, keep: int, group_id: int) -> list[int]:
+    order = np.argsort(rewards, kind="stable")
+    n, best, best_var = len(rewards), None, -1.0
+    for high in range(keep + 1):  # `high` highest rewards and keep - high lowest
+        pick = np.concatenate([order[: keep - high], order[n - high:]])
+        var = float(np.var(rewards[pick]))
+        if var > best_var + 1e-12:
+            best, best_var = pick, var
+    return sorted(best.tolist())
+
+
+@DOWNSAMPLERS.register("random", "a uniformly random subset (seeded by the group id): PODS's control",
+                       paper="Xu et al. 2025, Not All Rollouts are Useful: Down-Sampling Rollouts in LLM RL (PODS)")
+def random_subset(rewards: np.ndarray, keep: int, group_id: int) -> list[int]:
+    return sorted(np.random.default_rng(group_id).choice(len(rewards), keep, replace=False).tolist())
+
+
+class Downsampler:
+    """A complete group -> the group of its `keep` samples that train, by the rule; each keeps
+    its sample index (and so its seed)."""
+
+    def __init__(self, rule: str, keep: int):
+        self.rule, self.keep = DOWNSAMPLERS.get(rule), keep
+
+    def __call__(self, group: Group) -> Group:
+        if len(group.rollouts) <= self.keep:
+            return group
+        rewards = np.array([r.reward for r in group.rewards], dtype=np.float64)
+        pick = self.rule(rewards, self.keep, group.group_id)
+        return Group(group.group_id, tuple(group.rollouts[i] for i in pick), tuple(group.rewards[i] for i in pick))
 
 
 class RolloutPlanner:

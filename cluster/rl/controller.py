@@ -17,7 +17,7 @@ import numpy as np
 from cluster.rl.gate import StalenessGate, Group
 from cluster.rl.guard import Guard
 from cluster.config import Config
-from cluster.rl.budget import RolloutPlanner, budget_options
+from cluster.rl.budget import Downsampler, RolloutPlanner, budget_options
 from cluster.rl.experience import make_experience
 from cluster.placement import cpus_needed
 from cluster.rl.progress import Progress
@@ -59,7 +59,8 @@ class Controller:
                                   cfg.controller.staleness_rule)
         c = cfg.controller
         self.scheduler = Scheduler(c.steps, c.prompts_per_step, a.group_size, c.max_staleness, self.gate,
-                                   a.dynamic_sampling, a.dynamic_sampling_limit, c.lookahead)
+                                   a.dynamic_sampling, a.dynamic_sampling_limit, c.lookahead,
+                                   Downsampler(a.downsample, a.downsample_keep) if a.downsample_keep else None)
         self.streaming = Streaming(self.scheduler, roles.rollout, roles.reward, self._requests,
                                    lambda step: self._sampling(cfg.rollout.temperature, step))
         self.experience = make_experience(cfg, roles.learners, roles.critic)
@@ -133,8 +134,8 @@ class Controller:
         times = (gen, t1 - t0 - gen, t2 - t1 - switch, t3 - t2, switch + handover)
         row = self._step_row(step, groups, train_metrics, times) | self.timeslice.take_row() | self.planner.take_row()
         row |= self._goodput_row(groups, policy_moved, sum(times))
-        row |= signal_row(groups, moving, self.scheduler.filtered_for_last_take,
-                          self.cfg.algorithm.group_size)
+        row |= signal_row(groups, moving, self.scheduler.filtered_for_last_take, self.cfg.algorithm.group_size,
+                          self.scheduler.downsample is not None)
         row |= {"staleness_mean": float(np.mean(staleness)), "staleness_max": int(max(staleness)),
                 "lookahead": self.scheduler.lookahead.depth}  # the depth generation started at this step
         self.scheduler.lookahead.observe(sum(times))

@@ -100,7 +100,8 @@ class GroupExperience(ExperienceMaker):
         a = cfg.algorithm
         self.advantage = ADVANTAGES.get(a.advantage)
         self.opts = AdvantageOptions(normalize_std=a.normalize_std, std_scope=a.std_scope,
-                                     group_baseline=a.group_baseline, gamma=a.gamma, lam=a.lam)
+                                     group_baseline=a.group_baseline, gamma=a.gamma, lam=a.lam,
+                                     fp_rate=a.verifier_fp_rate, fn_rate=a.verifier_fn_rate)
         self.aggregate = AGGREGATIONS.get(a.loss_agg)
 
     def make(self, groups: list[Group]) -> StepBatches:

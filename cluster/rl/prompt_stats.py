@@ -60,20 +60,23 @@ class PromptStats:
         self.records = {int(pid): PromptRecord(*values) for pid, values in state.items()}
 
 
-def signal_row(groups: list[Group], moving: Optional[list[bool]], filtered: int, group_size: int) -> dict:
+def signal_row(groups: list[Group], moving: Optional[list[bool]], filtered: int, group_size: int,
+               downsampled: bool = False) -> dict:
     """effective_group_frac: groups with a non-zero advantage (`moving`, one flag per group) / the
     step's groups (trained, and filtered for tied rewards since the last step);
-    effective_sample_frac: the same over rollouts (groups differ in size under a rollout budget);
-    rollouts_per_effective_group: the rollouts those groups cost per group that carried signal.
-    `moving` None: an experience maker without group advantages (online DPO) reports none."""
+    effective_sample_frac: the same over the samples trained or filtered (groups differ in size
+    under a rollout budget); rollouts_per_effective_group: the rollouts generated for those
+    groups (`downsampled`: group_size each, of which fewer trained) per group that carried
+    signal. `moving` None: an experience maker without group advantages (online DPO) reports none."""
     if moving is None:
         return {}
     if len(moving) != len(groups):
         raise ValueError(f"{len(moving)} flags for {len(groups)} groups")
-    effective = sum(moving)
-    total, spent = len(groups) + filtered, sum(len(g.rollouts) for g in groups) + filtered * group_size
+    effective, total = sum(moving), len(groups) + filtered
+    samples = sum(len(g.rollouts) for g in groups) + filtered * group_size
     row = {"effective_group_frac": effective / total if total else 0.0,
-           "effective_sample_frac": sum(len(g.rollouts) for g, m in zip(groups, moving) if m) / spent if spent else 0.0}
+           "effective_sample_frac": sum(len(g.rollouts) for g, m in zip(groups, moving) if m) / samples if samples
+           else 0.0}
     if effective:
-        row["rollouts_per_effective_group"] = spent / effective
+        row["rollouts_per_effective_group"] = (total * group_size if downsampled else samples) / effective
     return row

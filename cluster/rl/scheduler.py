@@ -30,12 +30,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
+from typing import Callable, Optional
 
 from cluster.rl.gate import StalenessGate, Group
 from cluster.rl.lookahead import Lookahead
 from reward.types import RewardResult
 from rollout.types import Rollout
+
+
+DOWNSAMPLED = "dropped:downsampled"  # tokens of samples generated and left out by down-sampling (not a group outcome)
 
 
 class DynamicSamplingError(RuntimeError):
@@ -74,7 +77,7 @@ class _Assembly:
 class Scheduler:
     def __init__(self, steps: int, prompts_per_step: int, group_size: int, max_staleness: int,
                  gate: StalenessGate, dynamic_sampling: bool = False, resample_limit: int = 8,
-                 lookahead: str = "adaptive"):
+                 lookahead: str = "adaptive", downsample: Optional[Callable[[Group], Group]] = None):
         if (gate.max_staleness, gate.group_size) != (max_staleness, group_size):
             raise ValueError(f"the gate checks max_staleness {gate.max_staleness} and group size {gate.group_size}; "
                              f"the scheduler was given {max_staleness} and {group_size}")
@@ -83,6 +86,7 @@ class Scheduler:
         self.gate = gate
         self.dynamic_sampling = dynamic_sampling
         self.resample_limit = resample_limit  # filtered groups allowed per step, in batches
+        self.downsample = downsample  # a complete group -> the samples of it that train (cluster/rl/budget.py)
         self.started_steps = 0  # steps whose P groups were dispatched
         self.lookahead = Lookahead(max_staleness, lookahead)  # L: how many steps ahead generation starts
         self.ledger: dict[int, Outcome] = {}  # group id -> how it ended
@@ -96,7 +100,8 @@ class Scheduler:
         # Response tokens of the complete groups, by outcome (goodput: trained vs thrown away), and
         # of the groups dropped since the last take() ([tokens, samples]: the length bias per step).
         self.tokens: Counter[str] = Counter()
-        self._dropped_since_take = [0, 0, 0]  # + tokens of aborted groups (partial responses)
+        # + tokens of aborted groups (partial responses) and of samples left out by down-sampling
+        self._dropped_since_take = [0, 0, 0]
         self._completed: list[Group] = []  # complete groups (kept or not) since take_completed()
         self.filtered_for_last_take = 0  # groups filtered for tied rewards while the last take() filled
 
@@ -172,6 +177,8 @@ class Scheduler:
                     f"filling one step of {self.per_step}; the task is too easy or too hard for the policy "
                     "(set algorithm.dynamic_sampling: false, or raise algorithm.dynamic_sampling_limit)")
             return None
+        if self.downsample is not None:
+            group = self._downsampled(group)
         if self._drop_if_stale(group):
             return None
         self.ready.append(group)
@@ -187,6 +194,14 @@ class Scheduler:
         del self._assembling[group_id]
         self._end(group_id, Outcome.ABORTED)
         self.wasted(tokens)
+
+    def _downsampled(self, group: Group) -> Group:
+        """The group's samples that train; the tokens of the rest are generated and not trained."""
+        kept = self.downsample(group)
+        tokens = sum(len(r.response_ids) for r in group.rollouts) - sum(len(r.response_ids) for r in kept.rollouts)
+        self.tokens[DOWNSAMPLED] += tokens
+        self._dropped_since_take[2] += tokens
+        return kept
 
     def wasted(self, tokens: int) -> None:
         """Response tokens of aborted groups (also those that arrived after the abort)."""
@@ -223,7 +238,8 @@ class Scheduler:
 
     def take_dropped(self) -> tuple[int, int, int]:
         """Since the last call: (response tokens, samples) of the complete groups dropped (stale
-        or tied), and the response tokens of the groups aborted while generating."""
+        or tied), and the response tokens of the groups aborted while generating and of the
+        samples down-sampling left out."""
         dropped, self._dropped_since_take = tuple(self._dropped_since_take), [0, 0, 0]
         return dropped
 

@@ -171,3 +171,15 @@ def test_colocated_placement_checks_what_can_time_slice(tmp_path):
     with pytest.raises(ConfigError, match="rollout.sleep_level"):
         load_config(recipe, ["rollout.sleep_level=3"])
     assert load_config(recipe, ["trainer.zero_stage=3"]).trainer.zero_stage == 3  # disaggregated: any stage
+
+
+def test_noisy_verifier_corrections_need_a_binary_reward_and_informative_rates(tmp_path):
+    def load(*overrides):
+        return load_config(write(tmp_path, MINIMAL), ["algorithm.advantage=noisy_backward", *overrides])
+
+    with pytest.raises(ConfigError, match=r"corrects a binary verifier's errors: set reward.format_weight 0"):
+        load()  # the default format weight 0.1 makes rewards 0, 0.1, 1, 1.1
+    with pytest.raises(ConfigError, match=r"verifier_fp_rate \+ verifier_fn_rate = 1.0: at 1 or more"):
+        load("reward.format_weight=0", "algorithm.verifier_fp_rate=0.5", "algorithm.verifier_fn_rate=0.5")
+    cfg = load("reward.format_weight=0", "algorithm.verifier_fp_rate=0.1", "algorithm.verifier_fn_rate=0.2")
+    assert (cfg.algorithm.verifier_fp_rate, cfg.algorithm.verifier_fn_rate) == (0.1, 0.2)

@@ -155,6 +155,21 @@ def test_a_knapsack_budget_and_a_curriculum_deal_what_their_rules_say(ray_sessio
         pid: [v[4], v[3]] for pid, v in after["prompt_stats"].items() if v[3] == 3}
 
 
+def test_down_sampling_trains_half_of_each_group(ray_session, tmp_path):
+    """The rule is checked against exhaustive search in tests/cluster/rl/test_budget.py; here the
+    learners' shapes, the ledger and the goodput account of a run that down-samples."""
+    cfg = config(tmp_path, "controller.steps=2", "algorithm.downsample_keep=2", "trainer.micro_batch_size=4")
+    summary = run(cfg, log=lambda *_: None).record
+    run_dir = tmp_path / "runs" / "quickstart"
+    assert summary["status"] == "completed" and summary["samples"] == 2 * 8 * 2  # 2 of each group's 4 train
+    assert summary["staleness"]["histogram"] == {"0": 32} and summary["groups"]["trained"] == 16
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][:2]
+    good = summary["goodput"]
+    assert sum(r["trained_tokens"] for r in rows) + good["tokens_by_outcome"]["dropped:downsampled"] == \
+        sum(r["generated_tokens"] for r in rows) == good["generated_tokens"]
+    assert all(r["wasted_tokens"] > 0 for r in rows)
+
+
 def test_evaluation_does_not_change_training(ray_session, tmp_path):
     """The same seed reaches bitwise the same weights whether or not held-out evaluations run between
     steps: evaluation draws no training seed (it once shifted the training groups' ids, hence their

@@ -176,3 +176,52 @@ def test_observations_between_turns_do_not_change_the_token_level_estimators(nam
     assert np.all(a[0, [4, 5, 6]] == 0)  # nothing on the observation
     if ret_a is not None:
         assert np.allclose(ret_a[0, at], ret_b[0, 1:6])
+
+
+# ---- noisy verifiers (noisy_backward, noisy_forward): expectations over the noise channel ----
+
+CLEAN = np.array([1.0, 0.0, 0.0, 1.0, 0.0])  # one group's clean outcomes
+FP, FN = 0.2, 0.3  # P(0 -> 1), P(1 -> 0)
+
+
+def expected_advantage(name, opts):
+    """E[advantage per sample] over every noisy outcome of CLEAN, each with its probability."""
+    import itertools
+
+    mask, total = np.ones((len(CLEAN), 1), dtype=np.float32), np.zeros(len(CLEAN))
+    for flips in itertools.product([0, 1], repeat=len(CLEAN)):
+        flips = np.array(flips)
+        p_flip = np.where(CLEAN == 1, FN, FP)
+        prob = np.prod(np.where(flips == 1, p_flip, 1 - p_flip))
+        observed = np.where(flips == 1, 1 - CLEAN, CLEAN)
+        adv, _ = ADVANTAGES.get(name)(AdvantageInputs(scores=observed, groups=np.zeros(len(CLEAN)), mask=mask), opts)
+        total += prob * adv[:, 0].astype(np.float64)
+    return total
+
+
+def test_uncorrected_noise_shrinks_the_gradient_by_one_minus_both_rates():
+    dr_grpo = expected_advantage("grpo", AdvantageOptions(normalize_std=False))
+    np.testing.assert_allclose(dr_grpo, (1 - FP - FN) * (CLEAN - CLEAN.mean()), atol=1e-6)
+
+
+def test_the_backward_correction_gives_the_clean_advantage_in_expectation():
+    opts = AdvantageOptions(fp_rate=FP, fn_rate=FN)
+    np.testing.assert_allclose(expected_advantage("noisy_backward", opts), CLEAN - CLEAN.mean(), atol=1e-6)
+    adv, _ = ADVANTAGES.get("noisy_backward")(AdvantageInputs(scores=CLEAN, groups=np.zeros(5), mask=np.ones((5, 1))),
+                                              opts)
+    np.testing.assert_allclose(adv[:, 0], (CLEAN - CLEAN.mean()) / (1 - FP - FN), rtol=1e-6)  # one draw: rescaled
+
+
+def test_the_forward_weights_are_zero_for_correct_answers_in_expectation():
+    # E[w | correct] = (1 - FN) FN + FN (FN - 1) = 0; E[w | wrong] = FP FN + (1 - FP)(FN - 1) = -(1 - FP - FN)
+    expected = expected_advantage("noisy_forward", AdvantageOptions(fp_rate=FP, fn_rate=FN))
+    np.testing.assert_allclose(expected, (1 - FP - FN) * (CLEAN - 1), atol=1e-6)
+    adv, _ = ADVANTAGES.get("noisy_forward")(AdvantageInputs(scores=np.array([1.0, 0.0]), groups=np.zeros(2),
+                                                             mask=np.ones((2, 1))), AdvantageOptions(fn_rate=FN))
+    np.testing.assert_allclose(adv[:, 0], [FN, FN - 1], rtol=1e-6)
+
+
+def test_the_noisy_estimators_refuse_rewards_that_are_not_binary():
+    for name in ("noisy_backward", "noisy_forward"):
+        with pytest.raises(ValueError, match=rf"advantage '{name}' needs binary rewards, 0 or 1 \(row 4 scored 0.2\)"):
+            run(name)

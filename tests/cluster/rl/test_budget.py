@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from cluster.config import Config
-from cluster.rl.budget import (BudgetOptions, RolloutPlanner, intermediate_curriculum, knapsack, knapsack_budget,
-                               knapsack_value, success_estimate, uniform_budget)
+from cluster.rl.budget import (BudgetOptions, Downsampler, RolloutPlanner, intermediate_curriculum, knapsack,
+                               knapsack_budget, knapsack_value, max_variance, success_estimate, uniform_budget)
 from cluster.rl.gate import StalenessGate
 from cluster.rl.prompt_stats import PromptRecord, PromptStats
 from cluster.rl.scheduler import LedgerError
@@ -126,3 +126,41 @@ def test_budget_settings_that_cannot_hold_are_refused_naming_the_fields():
     with pytest.raises(ValueError, match="unknown curriculum 'easy'; valid names: intermediate, none"):
         cfg(curriculum="easy")
     assert cfg(rollout_budget="knapsack", curriculum="intermediate").algorithm.budget_max is None
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_max_variance_down_sampling_matches_exhaustive_search(seed):
+    rng = np.random.default_rng(seed)
+    n, keep = int(rng.integers(4, 9)), int(rng.integers(2, 4))
+    rewards = rng.choice([0.0, 0.1, 1.0, 1.1], n) if seed % 2 else rng.random(n)  # ties, then distinct
+    pick = max_variance(rewards, keep, group_id=seed)
+    best = max(np.var(rewards[list(c)]) for c in itertools.combinations(range(n), keep))
+    assert len(set(pick)) == keep and np.var(rewards[pick]) == pytest.approx(best, abs=1e-12)
+
+
+def test_down_sampling_keeps_the_extremes_of_a_group_in_the_scheduler():
+    s = scheduler(0, per_step=1, size=6, downsample=Downsampler("max_variance", 2))
+    s.steps_to_start(0)
+    s.expect(1)
+    score(s, 1, [0, 0], [0.3, 1.0, 0.5, 0.0, 0.6, 0.7])  # two tokens per sample
+    [g] = s.take(0)
+    assert [r.sample_index for r in g.rollouts] == [1, 3] and [r.reward for r in g.rewards] == [1.0, 0.0]
+    assert s.tokens["dropped:downsampled"] == 4 * 2 and s.take_dropped() == (0, 0, 8)
+    assert [len(g.rollouts) for g in s.take_completed()] == [6]  # the statistics see every sample
+    chosen = Downsampler("random", 3)(group(5, [0.0] * 6, [1] * 6))
+    assert len({r.sample_index for r in chosen.rollouts}) == 3  # seeded by the group id: the same again
+    assert chosen == Downsampler("random", 3)(group(5, [0.0] * 6, [1] * 6))
+
+
+def test_down_sampling_settings_are_checked_and_shape_the_learners():
+    from cluster.shapes import rows_per_step
+
+    with pytest.raises(ValueError, match=r"downsample_keep \(4\) must be below algorithm.group_size \(4\)"):
+        cfg(downsample_keep=4)
+    with pytest.raises(ValueError, match="downsample_keep goes with algorithm.rollout_budget 'uniform'"):
+        cfg(downsample_keep=2, rollout_budget="knapsack")
+    with pytest.raises(ValueError, match="downsample_keep goes with"):
+        cfg(downsample_keep=2, loss="dpo")
+    with pytest.raises(ValueError, match="unknown down-sampling rule 'top'"):
+        cfg(downsample_keep=2, downsample="top")
+    assert rows_per_step(cfg(downsample_keep=2)) == 16 * 2 and rows_per_step(cfg()) == 16 * 4

@@ -91,6 +91,17 @@ def test_group_experience_puts_each_samples_advantage_on_its_own_row():
     assert batches.critic is None and batches.metrics["score_mean"] == pytest.approx(2 / 6)
 
 
+def test_the_verifier_error_rates_reach_the_noisy_estimators():
+    groups = [group(1, [1.0, 0.0, 0.0], [1, 1, 1])]
+    b = make_experience(cfg("algorithm.advantage=noisy_forward", "reward.format_weight=0",
+                            "algorithm.verifier_fn_rate=0.25"), FakeLearners(0), None).make(groups).policy
+    np.testing.assert_allclose(b.advantages[b.loss_mask == 1], [0.25, -0.75, -0.75])  # fn_rate, fn_rate - 1
+    b = make_experience(cfg("algorithm.advantage=noisy_backward", "reward.format_weight=0",
+                            "algorithm.verifier_fp_rate=0.1", "algorithm.verifier_fn_rate=0.3"),
+                        FakeLearners(0), None).make(groups).policy
+    np.testing.assert_allclose(b.advantages[b.loss_mask == 1], np.array([2, -1, -1]) / 3 / 0.6, rtol=1e-6)
+
+
 def test_group_experience_with_a_critic_returns_its_targets():
     c = cfg("algorithm.advantage=gae", "critic.enabled=true", "algorithm.normalize_std=false")
     batches = make_experience(c, FakeLearners(0), FakeLearners(0.25)).make([group(1, [1.0, 0.0, 0.0], [2, 1, 1]),

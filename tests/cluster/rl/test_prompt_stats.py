@@ -78,6 +78,8 @@ def test_groups_of_different_sizes_weigh_the_sample_fraction_by_their_rollouts()
     assert row["effective_group_frac"] == pytest.approx(1 / 3)  # one group of three moves...
     assert row["effective_sample_frac"] == pytest.approx(10 / 16)  # ... with 10 of the 16 rollouts
     assert row["rollouts_per_effective_group"] == pytest.approx(16)
+    # Down-sampled from 12 each: the rollouts generated count, not the 16 trained
+    assert signal_row(groups, [False, True, False], 0, 12, downsampled=True)["rollouts_per_effective_group"] == 36
 
 
 def test_the_scheduler_hands_over_every_completed_group_filtered_ones_too():
