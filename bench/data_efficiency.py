@@ -1,8 +1,9 @@
 """Data efficiency on the CPU quickstart (recipes/quickstart.yaml) at an equal rollout budget:
-each arm is the demo with one rule of cluster/rl/budget.py switched on, every arm spending the
-same prompts_per_step x group_size rollouts per step for the same steps.
+each arm is the demo with one rule switched on (cluster/rl/budget.py, cluster/rl/rescue.py),
+every arm spending the same prompts_per_step x group_size rollouts per step for the same steps,
+except `hint`, whose retries come on top (the rollouts column counts them).
 
-    .venv/bin/python bench/data_efficiency.py --arms uniform knapsack curriculum downsample --seeds 0 1 2
+    .venv/bin/python bench/data_efficiency.py --arms uniform knapsack curriculum downsample hint --seeds 0 1 2
 
 For each seed every arm starts from the same bootstrap model (built once, with that seed) and
 the same run seed, so arms differ by their rule alone. Per run: the mean over steps of
@@ -37,17 +38,26 @@ ARMS: dict[str, list[str]] = {
     "curriculum": ["algorithm.curriculum=intermediate"],
     # generates the same 8 samples per prompt, trains on the 4 whose rewards vary most (PODS)
     "downsample": ["algorithm.downsample_keep=4"],
+    # a group whose every sample failed is generated again after its hint (the sum but its last
+    # digit): it spends more rollouts than the others, the rollouts column says how many
+    "hint": ["data.hint_key=hint", "algorithm.hint_rescue=true"],
 }
 SIGNALS = ("effective_group_frac", "effective_sample_frac")
+GROUP_SIZE = 8  # recipes/quickstart.yaml
 
 
 def measure(arm: str, seed: int, work: Path, models: Path, extra: list[str]) -> dict:
+    model_data = models / f"tiny-model-s{seed}" / "data" / "train.jsonl"
+    if arm == "hint" and model_data.exists() and '"hint"' not in model_data.read_text().split("\n", 1)[0]:
+        raise SystemExit(f"{model_data} has no hints (built before they existed): remove {models} to rebuild")
     row = run_seed(seed, work / arm, ARMS[arm] + extra, model_seed=seed, models=models)
     steps = [json.loads(line) for line in (Path(row["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     steps = [s for s in steps if not s.get("final")]
     late = steps[len(steps) // 2:]
     out = {"seed": seed, "initial_accuracy": row["initial_accuracy"], "heldout_accuracy": row["final_accuracy"],
-           "run_wall_s": row["run_wall_s"], "steps": row["steps"], "groups_trained": row["groups"]["trained"]}
+           "run_wall_s": row["run_wall_s"], "steps": row["steps"], "groups_trained": row["groups"]["trained"],
+           # every dispatch spends group_size rollouts per prompt on average (cluster/rl/budget.py)
+           "rollouts": row["groups"]["issued"] * GROUP_SIZE}
     for key in SIGNALS:
         out[key] = statistics.mean(s[key] for s in steps)
         out[key + "_late"] = statistics.mean(s[key] for s in late)
@@ -55,7 +65,7 @@ def measure(arm: str, seed: int, work: Path, models: Path, extra: list[str]) -> 
 
 
 def summarise(arm: str, runs: list[dict], extra: list[str]) -> dict:
-    keys = ["heldout_accuracy", "run_wall_s", *SIGNALS, *(k + "_late" for k in SIGNALS)]
+    keys = ["heldout_accuracy", "run_wall_s", "rollouts", *SIGNALS, *(k + "_late" for k in SIGNALS)]
     command = f".venv/bin/python bench/data_efficiency.py --arms {arm} --seeds {' '.join(str(r['seed']) for r in runs)}"
     command += "" if not extra else " --set " + " ".join(extra)
     return {"overrides": ARMS[arm] + extra, "command": command, "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -68,7 +78,7 @@ def write(results: dict) -> None:
     (RESULTS / "data_efficiency.json").write_text(json.dumps(results, indent=2) + "\n")
     base = results.get("uniform")
     lines = ["| arm | effective_group_frac (per seed) | vs uniform | second half | vs uniform | effective_sample_frac | "
-             "held-out after (per seed) | run s | command, date |", "|---|---|---|---|---|---|---|---|---|"]
+             "held-out after (per seed) | rollouts | run s | command, date |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, arm in results.items():
         ratio = f"{arm['effective_group_frac'] / base['effective_group_frac']:.2f}x" if base else "-"
         late = f"{arm['effective_group_frac_late'] / base['effective_group_frac_late']:.2f}x" if base else "-"
@@ -76,7 +86,8 @@ def write(results: dict) -> None:
         acc = " / ".join(f"{r['heldout_accuracy']:.1%}" for r in arm["seeds"])
         lines.append(f"| {name} | {arm['effective_group_frac']:.3f} ({per_seed}) | {ratio} | "
                      f"{arm['effective_group_frac_late']:.3f} | {late} | {arm['effective_sample_frac']:.3f} | "
-                     f"{arm['heldout_accuracy']:.1%} ({acc}) | {arm['run_wall_s']:.0f} | `{arm['command']}`, "
+                     f"{arm['heldout_accuracy']:.1%} ({acc}) | {arm['rollouts']:,.0f} | {arm['run_wall_s']:.0f} | "
+                     f"`{arm['command']}`, "
                      f"{arm['date']}, {arm['machine']} |")
     (RESULTS / "data_efficiency.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -96,6 +96,7 @@ class DataConfig(Section):
     # Columns; a dotted name reaches into a nested record (e.g. reward_model.ground_truth).
     prompt_key: str = "prompt"  # a string, or a list of {role, content} messages
     answer_key: str = "answer"
+    hint_key: Optional[str] = None  # RL: a partial solution per training prompt (algorithm.hint_rescue)
     system_prompt: Optional[str] = None  # a system message before every prompt (chat template)
     completion_key: str = "completion"  # sft: the trained text next to prompt_key
     messages_key: str = "messages"  # sft: a chat whose assistant turns train
@@ -169,6 +170,9 @@ class AlgorithmConfig(Section):
     # chosen by the rule `downsample` (max_variance: the most varied rewards; random).
     downsample_keep: Optional[int] = Field(None, ge=2)
     downsample: str = "max_variance"
+    # Zero-signal rescue (cluster/rl/rescue.py): a group whose every sample failed is generated
+    # again after its prompt's hint (data.hint_key), and trains in the hint-free context.
+    hint_rescue: bool = False
 
     @model_validator(mode="before")
     @classmethod
@@ -408,6 +412,8 @@ class Config(Section):
             raise ValueError(f"algorithm.advantage '{a.advantage}' needs algorithm.group_size >= 2 "
                              "(a group baseline); use group_baseline: false or gae for one sample per prompt")
         _check_budget(self)
+        if a.hint_rescue:
+            _check_rescue(self)
         if a.advantage.startswith("noisy_"):
             _check_noisy(self)
         if a.overlong_buffer >= self.rollout.max_new_tokens:
@@ -438,6 +444,16 @@ def _check_noisy(cfg: "Config") -> None:
         raise ValueError(f"algorithm.advantage '{a.advantage}' corrects a binary verifier's errors: set "
                          "reward.format_weight 0, no reward.components, reward.shaping and reward.normalize 'none', "
                          "and the KL in the loss (algorithm.kl_in 'loss')")
+
+
+def _check_rescue(cfg: "Config") -> None:
+    a = cfg.algorithm
+    if cfg.data.hint_key is None:
+        raise ValueError("algorithm.hint_rescue generates failed prompts again after their hint: set data.hint_key "
+                         "to the column that holds the hints")
+    if cfg.rollout.env is not None or a.rollout_budget != "uniform" or cfg.run.mode != "rl":
+        raise ValueError("algorithm.hint_rescue goes with single-turn RL (rollout.env null) and "
+                         "algorithm.rollout_budget 'uniform' (a retry has group_size samples)")
 
 
 def _check_budget(cfg: "Config") -> None:

@@ -91,8 +91,9 @@ def prepare_inputs(cfg: Config) -> tuple[list[Prompt], list[Prompt]]:
     keys = dict(prompt_key=cfg.data.prompt_key, answer_key=cfg.data.answer_key)
     renderer = Renderer(AutoTokenizer.from_pretrained(cfg.model.path), cfg.data.chat_template,
                         system_prompt=cfg.data.system_prompt)
-    train, evals = (render_prompts(load_prompts(path, **keys), renderer.prompt_ids, path)
-                    for path in (cfg.data.train_path, cfg.data.eval_path))
+    train = render_prompts(load_prompts(cfg.data.train_path, **keys, hint_key=cfg.data.hint_key),
+                           renderer.prompt_ids, cfg.data.train_path, renderer.continuation_ids)
+    evals = render_prompts(load_prompts(cfg.data.eval_path, **keys), renderer.prompt_ids, cfg.data.eval_path)
     return train, evals
 
 

@@ -25,6 +25,10 @@ class Prompt:
     # [P] the token ids the engines generate after: the text rendered by the policy's tokenizer
     # (chat template or plain text with its special tokens), set by render_prompts.
     ids: tuple[int, ...] = ()
+    # A partial solution (data.hint_key; "" for none) and its ids as a continuation of the prompt:
+    # algorithm.hint_rescue generates after ids + hint_ids and trains the hint as the response's start.
+    hint: str = ""
+    hint_ids: tuple[int, ...] = ()
 
 
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
@@ -140,9 +144,11 @@ def column(row: dict, key: str, where: str) -> Any:
     return value
 
 
-def load_prompts(path: str | Path, prompt_key: str = "prompt", answer_key: str = "answer") -> list[Prompt]:
+def load_prompts(path: str | Path, prompt_key: str = "prompt", answer_key: str = "answer",
+                 hint_key: str | None = None) -> list[Prompt]:
     """RL prompts: every row has a prompt (a string, or a list of {role, content} messages) and a
-    reference answer (a string or a number; whatever the verifier reads) under the given columns."""
+    reference answer (a string or a number; whatever the verifier reads) under the given columns,
+    and with `hint_key` a hint (a string, "" for none)."""
     prompts: list[Prompt] = []
     for index, row in enumerate(read_rows(path)):
         where = row_where(path, index, row)
@@ -156,21 +162,26 @@ def load_prompts(path: str | Path, prompt_key: str = "prompt", answer_key: str =
             messages, text = (), str(prompt)
         else:
             raise DataError(f"{where}: '{prompt_key}' must be a string or a message list, got {type(prompt).__name__}")
-        prompts.append(Prompt(id=len(prompts), text=text, answer=str(answer), messages=messages))
+        hint = "" if hint_key is None else column(row, hint_key, where)
+        if not isinstance(hint, str):
+            raise DataError(f"{where}: '{hint_key}' must be a string (\"\" for no hint), got {type(hint).__name__}")
+        prompts.append(Prompt(id=len(prompts), text=text, answer=str(answer), messages=messages, hint=hint))
     return prompts
 
 
 def render_prompts(prompts: list[Prompt], render: Callable[[Any, str], Sequence[int]],
-                   path: str | Path) -> list[Prompt]:
+                   path: str | Path, continuation: Callable[[str], Sequence[int]] | None = None) -> list[Prompt]:
     """Each prompt with its token ids, `render(text or messages, where)` (`where` names the file
-    and row for its errors); a prompt that renders to nothing is an error too."""
+    and row for its errors), and its hint's, `continuation(hint)`; a prompt that renders to
+    nothing is an error too."""
     out = []
     for p in prompts:
         where = f"{path}: row {p.id + 1}"
         ids = tuple(int(i) for i in render(list(p.messages) or p.text, where))
         if not ids:
             raise DataError(f"{where}: the prompt renders to no tokens")
-        out.append(replace(p, ids=ids))
+        hint_ids = tuple(int(i) for i in continuation(p.hint)) if p.hint and continuation else ()
+        out.append(replace(p, ids=ids, hint_ids=hint_ids))
     return out
 
 

@@ -57,6 +57,10 @@ class Renderer:
             return self._ids(text if self.system_prompt is None else f"{self.system_prompt}\n\n{text}", specials=True)
         return self._ids(self._template(self._chat(prompt, where), True))
 
+    def continuation_ids(self, text: str) -> list[int]:
+        """Text that continues a rendered prompt inside the model's turn (a hint): no special tokens."""
+        return self._ids(text)
+
     def completion_ids(self, prompt: Any, completion: str) -> list[int]:
         """The completion's ids; with a template, its rendering after the prompt (end-of-turn included)."""
         if not self.templated:

@@ -169,6 +169,8 @@ class RolloutPlanner:
         self.sizes: list[int] = []  # group sizes dealt since the last take_row
 
     def next(self, n: int) -> list[tuple[Prompt, int]]:
+        if n <= 0:
+            return []
         candidates = self.source.next_batch(n * self.pool if self.pooled else n)
         chosen = [candidates[i] for i in self.curriculum(self._estimates(candidates), n)]
         self.skipped += len(candidates) - len(chosen)

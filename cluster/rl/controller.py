@@ -22,6 +22,7 @@ from cluster.rl.experience import make_experience
 from cluster.placement import cpus_needed
 from cluster.rl.progress import Progress
 from cluster.rl.prompt_stats import PromptStats, signal_row
+from cluster.rl.rescue import Rescue
 from cluster.roles import Roles, start_roles
 from cluster.rundir import RunDir, RunSummary
 from cluster.runtime import ray_session
@@ -51,6 +52,7 @@ class Controller:
         self.source = PromptSource(train, seed=cfg.run.seed)
         self.prompt_stats = PromptStats()  # per prompt, across epochs (cluster/rl/prompt_stats.py)
         a = cfg.algorithm
+        self.rescue = Rescue(train) if a.hint_rescue else None  # cluster/rl/rescue.py
         self.planner = RolloutPlanner(self.source, self.prompt_stats, a.curriculum, a.curriculum_pool,
                                       a.rollout_budget, budget_options(a))
         self.evals = evals[: cfg.controller.eval_prompts]
@@ -60,9 +62,11 @@ class Controller:
         c = cfg.controller
         self.scheduler = Scheduler(c.steps, c.prompts_per_step, a.group_size, c.max_staleness, self.gate,
                                    a.dynamic_sampling, a.dynamic_sampling_limit, c.lookahead,
-                                   Downsampler(a.downsample, a.downsample_keep) if a.downsample_keep else None)
+                                   Downsampler(a.downsample, a.downsample_keep) if a.downsample_keep else None,
+                                   self.rescue.wants if self.rescue else None)
         self.streaming = Streaming(self.scheduler, roles.rollout, roles.reward, self._requests,
-                                   lambda step: self._sampling(cfg.rollout.temperature, step))
+                                   lambda step: self._sampling(cfg.rollout.temperature, step),
+                                   self.rescue.unhint if self.rescue else None)
         self.experience = make_experience(cfg, roles.learners, roles.critic)
         self.timeslice = TimeSlice(cfg.cluster.placement == "colocated", cfg.rollout.sleep_level, roles.learners,
                                    roles.rollout)
@@ -112,7 +116,9 @@ class Controller:
         t0 = time.perf_counter()
         groups = self.streaming.next_batch(self.version, step - 1)
         for group in self.scheduler.take_completed():
-            self.prompt_stats.observe(group, step)
+            if not (self.rescue and self.rescue.is_hinted(group)):  # a hinted success is the hint's
+                self.prompt_stats.observe(group, step)
+        rescue_row = self.rescue.take_row(groups) if self.rescue else {}
         staleness = [self.version - r.min_version for g in groups for r in g.rollouts]  # vs the trained policy
         log = self.cfg.logging
         if log.samples_every and step % log.samples_every == 0:
@@ -133,6 +139,7 @@ class Controller:
         gen = min(max(self.streaming.last_rollout_at - t0, 0.0), t1 - t0)
         times = (gen, t1 - t0 - gen, t2 - t1 - switch, t3 - t2, switch + handover)
         row = self._step_row(step, groups, train_metrics, times) | self.timeslice.take_row() | self.planner.take_row()
+        row |= rescue_row
         row |= self._goodput_row(groups, policy_moved, sum(times))
         row |= signal_row(groups, moving, self.scheduler.filtered_for_last_take, self.cfg.algorithm.group_size,
                           self.scheduler.downsample is not None)
@@ -204,7 +211,7 @@ class Controller:
                 "totals": self.totals, "source": self.source.state(), "scheduler": self.scheduler.state(),
                 "gate": self.gate.summary(), "reward": self.roles.reward.state(), "faults": self.faults(),
                 "guard": self.guard.state(), "eval_episodes": self.eval_episodes,
-                "prompt_stats": self.prompt_stats.state()}
+                "prompt_stats": self.prompt_stats.state(), "rescue": self.rescue.state() if self.rescue else {}}
 
     def restore(self, state: dict) -> None:
         """Continue after the checkpoint that wrote `state` (its engines and learners are loaded
@@ -220,6 +227,8 @@ class Controller:
         self.faults_before = state.get("faults", {})
         self.guard.restore(state["guard"])
         self.prompt_stats.restore(state.get("prompt_stats", {}))  # a checkpoint from before it: none kept
+        if self.rescue:
+            self.rescue.restore(state.get("rescue", {}))
 
     def faults(self) -> dict:
         """Workers replaced after they died (per role; a learner or critic restart restarts the
@@ -249,11 +258,16 @@ class Controller:
         return sum(r.correct for r in rewards) / len(rewards)
 
     def _requests(self, n: int) -> list[GenerationRequest]:
-        requests = []
-        for prompt, size in self.planner.next(n):  # the curriculum's prompts, the budget's group sizes
-            self.next_group += 1
-            requests.append(self._request(prompt, size, self.next_group))
+        """Hinted retries owed first (cluster/rl/rescue.py), then the curriculum's prompts with
+        the budget's group sizes (cluster/rl/budget.py)."""
+        requests = self.rescue.requests(n, self._new_group, self.cfg.algorithm.group_size) if self.rescue else []
+        for prompt, size in self.planner.next(n - len(requests)):
+            requests.append(self._request(prompt, size, self._new_group()))
         return requests
+
+    def _new_group(self) -> int:
+        self.next_group += 1
+        return self.next_group
 
     @staticmethod
     def _request(prompt: Prompt, n: int, group_id: int) -> GenerationRequest:
@@ -320,6 +334,7 @@ class Controller:
                            "lookahead": {"mode": self.cfg.controller.lookahead, **self.scheduler.lookahead.state()},
                            "in_flight_mode": self.cfg.rollout.in_flight,
                            "dynamic_sampling_filtered_groups": self.scheduler.filtered,
+                           "rescued_groups": self.scheduler.rescued,
                            "stale_groups_replaced": self.scheduler.stale_groups,
                            "abort_doomed": self.cfg.controller.abort_doomed,
                            "aborted_groups": self.scheduler.aborted_groups, "eval_s": t["eval_s"]},

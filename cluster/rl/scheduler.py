@@ -18,6 +18,8 @@ the smallest L that is as fast as deeper ones, so samples are no older than spee
 
 The ledger: every group id is issued once (`expect`) and ends once, with the outcome decided
 where the scheduler decides it: trained (`take`), filtered:tied (dynamic sampling, `scored`),
+filtered:rescued (every member failed and the rescue hook takes it: its prompt is generated
+again with a hint, `scored`),
 dropped:stale (judged against the version of the last `take`), dropped:aborted (stopped while
 generating because it could no longer meet the bound: `abort`), or, when the run is over
 (`close`), dropped:incomplete (some member never scored) / dropped:unused (complete and fresh,
@@ -54,6 +56,7 @@ class Outcome(str, Enum):
 
     TRAINED = "trained"
     TIED = "filtered:tied"  # dynamic sampling: every member's reward equal, zero advantage
+    RESCUED = "filtered:rescued"  # every member failed: generated again after a hint (cluster/rl/rescue.py)
     STALE = "dropped:stale"  # complete, but more than k versions old when judged (replaced)
     ABORTED = "dropped:aborted"  # stopped while generating: it could never meet the bound (replaced)
     INCOMPLETE = "dropped:incomplete"  # the run ended before every member was scored
@@ -77,7 +80,8 @@ class _Assembly:
 class Scheduler:
     def __init__(self, steps: int, prompts_per_step: int, group_size: int, max_staleness: int,
                  gate: StalenessGate, dynamic_sampling: bool = False, resample_limit: int = 8,
-                 lookahead: str = "adaptive", downsample: Optional[Callable[[Group], Group]] = None):
+                 lookahead: str = "adaptive", downsample: Optional[Callable[[Group], Group]] = None,
+                 rescue: Optional[Callable[[Group], bool]] = None):
         if (gate.max_staleness, gate.group_size) != (max_staleness, group_size):
             raise ValueError(f"the gate checks max_staleness {gate.max_staleness} and group size {gate.group_size}; "
                              f"the scheduler was given {max_staleness} and {group_size}")
@@ -87,6 +91,7 @@ class Scheduler:
         self.dynamic_sampling = dynamic_sampling
         self.resample_limit = resample_limit  # filtered groups allowed per step, in batches
         self.downsample = downsample  # a complete group -> the samples of it that train (cluster/rl/budget.py)
+        self.rescue = rescue  # a complete group -> True when it is generated again with a hint instead
         self.started_steps = 0  # steps whose P groups were dispatched
         self.lookahead = Lookahead(max_staleness, lookahead)  # L: how many steps ahead generation starts
         self.ledger: dict[int, Outcome] = {}  # group id -> how it ended
@@ -109,6 +114,11 @@ class Scheduler:
     def filtered(self) -> int:
         """Groups dropped by dynamic sampling (rewards tied)."""
         return self._counts[Outcome.TIED]
+
+    @property
+    def rescued(self) -> int:
+        """Groups whose every sample failed, generated again after a hint."""
+        return self._counts[Outcome.RESCUED]
 
     @property
     def stale_groups(self) -> int:
@@ -168,6 +178,9 @@ class Scheduler:
             return None
         del self._assembling[gid]
         self._completed.append(group)
+        if self.rescue is not None and self.rescue(group):
+            self._end(gid, Outcome.RESCUED, group)  # its replacement (take_owed) is the hinted retry
+            return None
         if self.dynamic_sampling and len({r.reward for r in group.rewards}) == 1:
             self._end(gid, Outcome.TIED, group)  # zero advantage for every member: it would teach nothing
             self._filtered_this_step += 1
@@ -266,7 +279,7 @@ class Scheduler:
         if group is not None:  # a complete group: its tokens count towards its outcome
             tokens = sum(len(r.response_ids) for r in group.rollouts)
             self.tokens[outcome.value] += tokens
-            if outcome in (Outcome.STALE, Outcome.TIED):
+            if outcome in (Outcome.STALE, Outcome.TIED, Outcome.RESCUED):
                 self._dropped_since_take[0] += tokens
                 self._dropped_since_take[1] += len(group.rollouts)
 

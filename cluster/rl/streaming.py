@@ -40,9 +40,11 @@ WAIT_S = 1.0  # the longest single wait: reward deadlines are checked at least t
 class Streaming:
     def __init__(self, scheduler: Scheduler, rollout: RolloutPool, reward: RewardPool,
                  make_requests: Callable[[int], list[GenerationRequest]],
-                 sampling: Callable[[int], SamplingParams]):
+                 sampling: Callable[[int], SamplingParams],
+                 prepare: Callable[[list[Rollout]], list[Rollout]] | None = None):
         self.scheduler, self.rollout, self.reward = scheduler, rollout, reward
         self.make_requests, self.sampling = make_requests, sampling
+        self.prepare = prepare  # a generated group -> as it is scored and trains (cluster/rl/rescue.py: unhint)
         self.streams: list[Shard] = []
         self.generated: dict[int, dict[int, Rollout]] = {}  # group id -> sample index -> rollout, until complete
         self.complete: set[int] = set()  # groups whose every member arrived
@@ -153,6 +155,8 @@ class Streaming:
                 del self.generated[r.group_id]
                 self.complete.add(r.group_id)
                 group = [members[k] for k in sorted(members)]
+                if self.prepare is not None:
+                    group = self.prepare(group)
                 self.tickets[self.reward.submit(group)] = group
         return True
 

@@ -43,7 +43,7 @@ def test_few_grpo_steps(ray_session, tmp_path):
     assert summary["staleness"] == {"max_allowed": 0, "rule": "oldest", "max_seen": 0, "oldest_seen": 0, "dropped": 0,
                                     "histogram": {"0": 96}}
     assert summary["weight_sync"]["count"] == 3 and summary["weight_sync"]["checksum_failures"] == 0
-    assert summary["groups"] == {"issued": 24, "open": 0, "trained": 24, "filtered:tied": 0, "dropped:stale": 0, "dropped:aborted": 0,
+    assert summary["groups"] == {"issued": 24, "open": 0, "trained": 24, "filtered:tied": 0, "filtered:rescued": 0, "dropped:stale": 0, "dropped:aborted": 0,
                                  "dropped:incomplete": 0, "dropped:unused": 0,
                                  "dropped:interrupted": 0}  # the ledger: each group once
     # The reported held-out accuracy is that of the saved final policy (engine and checkpoint agree).
@@ -168,6 +168,20 @@ def test_down_sampling_trains_half_of_each_group(ray_session, tmp_path):
     assert sum(r["trained_tokens"] for r in rows) + good["tokens_by_outcome"]["dropped:downsampled"] == \
         sum(r["generated_tokens"] for r in rows) == good["generated_tokens"]
     assert all(r["wasted_tokens"] > 0 for r in rows)
+
+
+def test_hint_rescue_generates_failed_prompts_again_after_their_hint(ray_session, tmp_path):
+    cfg = config(tmp_path, "controller.steps=3", "data.hint_key=hint", "algorithm.hint_rescue=true")
+    summary = run(cfg, log=lambda *_: None).record
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "quickstart" / "metrics.jsonl").read_text().splitlines()][:3]
+    groups, rescued = summary["groups"], sum(r["rescued_groups"] for r in rows)
+    assert rescued > 0 and groups["filtered:rescued"] == rescued  # a warm-up of 20 steps fails many prompts
+    assert groups["trained"] == 24 and groups["issued"] == 24 + rescued and summary["samples"] == 3 * 8 * 4
+    hinted = [r for r in rows if r["hinted_groups"]]
+    assert sum(r["hinted_groups"] for r in rows) == rescued  # synchronous: every retry trained in its step
+    # A retry trains with the hint as its response's start, behaviour logprob 0: the learner's
+    # logprob of it differs (on-policy fp32 tokens differ by < 1e-5, test_few_grpo_steps)
+    assert hinted and all(r["logprob_diff"] > 1e-3 for r in hinted)
 
 
 def test_evaluation_does_not_change_training(ray_session, tmp_path):

@@ -36,6 +36,24 @@ def test_malformed_row_names_file_and_line(tmp_path, line, message):
         load_prompts(f)
 
 
+def test_hints_load_and_render_as_a_continuation_of_the_prompt(tmp_path):
+    from rollout.data import render_prompts
+
+    f = tmp_path / "h.jsonl"
+    f.write_text('{"prompt": "12+35=", "answer": "47", "hint": "4"}\n{"prompt": "1+2=", "answer": "3", "hint": ""}\n')
+    prompts = render_prompts(load_prompts(f, hint_key="hint"), lambda text, where: [1] + [ord(c) for c in text], f,
+                             lambda text: [ord(c) for c in text])
+    assert [(p.hint, p.ids, p.hint_ids) for p in prompts] == [("4", (1, *map(ord, "12+35=")), (ord("4"),)),
+                                                             ("", (1, *map(ord, "1+2=")), ())]
+    assert load_prompts(f)[0].hint == ""  # without hint_key the column is not read
+    f.write_text('{"prompt": "1+2=", "answer": "3"}\n{"prompt": "1+2=", "answer": "3", "hint": 3}\n')
+    with pytest.raises(DataError, match=r"h.jsonl:1: no column 'hint'"):
+        load_prompts(f, hint_key="hint")
+    f.write_text('{"prompt": "1+2=", "answer": "3", "hint": 3}\n')
+    with pytest.raises(DataError, match=r"h.jsonl:1: 'hint' must be a string"):
+        load_prompts(f, hint_key="hint")
+
+
 def write_formats(tmp_path, rows) -> dict:
     """The same rows as jsonl, parquet, a save_to_disk directory and a DatasetDict's directory."""
     import datasets

@@ -149,9 +149,9 @@ def test_the_ledger_records_each_outcome_once():
     assert s.take(2) is None  # ... trained at version 2: stale
     score(s, 4, [2], [0.0, 1.0])  # complete, never taken
     s.scored(rollout(5, 0, [2]), RewardResult(group_id=5, sample_index=0, reward=1.0, correct=True, format_ok=True))
-    assert s.summary() == {"issued": 5, "open": 2, "trained": 1, "filtered:tied": 1, "dropped:stale": 1, "dropped:aborted": 0,
+    assert s.summary() == {"issued": 5, "open": 2, "trained": 1, "filtered:tied": 1, "filtered:rescued": 0, "dropped:stale": 1, "dropped:aborted": 0,
                            "dropped:incomplete": 0, "dropped:unused": 0, "dropped:interrupted": 0}
-    assert s.close() == {"issued": 5, "open": 0, "trained": 1, "filtered:tied": 1, "dropped:stale": 1, "dropped:aborted": 0,
+    assert s.close() == {"issued": 5, "open": 0, "trained": 1, "filtered:tied": 1, "filtered:rescued": 0, "dropped:stale": 1, "dropped:aborted": 0,
                          "dropped:incomplete": 1, "dropped:unused": 1, "dropped:interrupted": 0}
     assert s.ledger == {1: Outcome.TIED, 2: Outcome.TRAINED, 3: Outcome.STALE, 4: Outcome.UNUSED,
                         5: Outcome.INCOMPLETE}
@@ -210,7 +210,7 @@ def test_a_restored_scheduler_continues_the_ledger_and_replaces_what_was_open():
     state = json.loads(json.dumps(s.state()))
     r = scheduler(1, per_step=1, dynamic_sampling=True)
     r.restore(state)
-    assert r.summary() == {"issued": 4, "open": 0, "trained": 1, "filtered:tied": 1, "dropped:stale": 0, "dropped:aborted": 0,
+    assert r.summary() == {"issued": 4, "open": 0, "trained": 1, "filtered:tied": 1, "filtered:rescued": 0, "dropped:stale": 0, "dropped:aborted": 0,
                            "dropped:incomplete": 0, "dropped:unused": 0, "dropped:interrupted": 2}
     # Step 2 was started and nothing open is left for it: one group replaces the three that ended.
     assert r.take_owed() == 1 and r.steps_to_start(1) == [3]
@@ -271,7 +271,7 @@ def test_an_aborted_group_ends_once_is_replaced_and_its_tokens_are_wasted():
     score(s, 2, [0, 0], [1.0, 0.0])  # complete: no longer generating
     with pytest.raises(LedgerError, match="group 2 aborted, but it is not generating"):
         s.abort(2, tokens=0)
-    assert s.close() == {"issued": 2, "open": 0, "trained": 0, "filtered:tied": 0, "dropped:stale": 0,
+    assert s.close() == {"issued": 2, "open": 0, "trained": 0, "filtered:tied": 0, "filtered:rescued": 0, "dropped:stale": 0,
                          "dropped:aborted": 1, "dropped:incomplete": 0, "dropped:unused": 1,
                          "dropped:interrupted": 0}
 
