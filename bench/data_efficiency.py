@@ -34,7 +34,9 @@ from demo_seeds import RESULTS, run_seed  # noqa: E402
 
 ARMS: dict[str, list[str]] = {
     "uniform": [],
-    "knapsack": ["algorithm.rollout_budget=knapsack"],
+    "knapsack": ["algorithm.rollout_budget=knapsack"],  # Knapsack RL's value
+    "knapsack_groups": ["algorithm.rollout_budget=knapsack", "algorithm.budget_value=nonzero_groups"],
+    "knapsack_samples": ["algorithm.rollout_budget=knapsack", "algorithm.budget_value=nonzero_samples"],
     "curriculum": ["algorithm.curriculum=intermediate"],
     # generates the same 8 samples per prompt, trains on the 4 whose rewards vary most (PODS)
     "downsample": ["algorithm.downsample_keep=4"],

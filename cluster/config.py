@@ -164,6 +164,7 @@ class AlgorithmConfig(Section):
     rollout_budget: str = "uniform"
     budget_min: int = Field(2, ge=1)
     budget_max: Optional[int] = Field(None, ge=1)  # null: 4 x group_size
+    budget_value: Literal["knapsack_rl", "nonzero_groups", "nonzero_samples"] = "knapsack_rl"
     curriculum: str = "none"
     curriculum_pool: int = Field(4, ge=2)
     # Down-sampling (PODS): of each group's group_size samples, train on downsample_keep (null: all),

@@ -10,9 +10,12 @@ than the whole history, and a prompt never scored is 0.5 (the most uncertain).
 Budgets: a dispatch of n prompts spends exactly n x algorithm.group_size rollouts whatever the
 rule, so a step's rows stay what the learners were shaped for and arms compare at an equal
 rollout budget. `knapsack` gives each prompt between budget_min and budget_max samples,
-maximising the summed value of Knapsack RL (Li et al. 2025):
-    value(N, p) = P(the group's rewards differ) x InfoGain(p) = (1 - p^N - (1 - p)^N) x p (1 - p)^2,
-by dynamic programming over the exact budget. Easy prompts get few samples, hard ones many.
+maximising a summed value by dynamic programming over the exact budget; the value
+(`algorithm.budget_value`, VALUES) is Knapsack RL's (Li et al. 2025),
+    knapsack_rl:     P(the group's rewards differ) x InfoGain(p) = (1 - p^N - (1 - p)^N) x p (1 - p)^2
+(easy prompts get few samples, hard ones many), or what the step's signal counts:
+    nonzero_groups:  1 - p^N - (1 - p)^N, the expected groups with a non-zero advantage
+    nonzero_samples: N (1 - p^N - (1 - p)^N), the expected samples in such groups.
 
 Down-sampling (PODS, Xu et al. 2025): generate group_size samples, train on downsample_keep of
 them. `max_variance` keeps the subset whose rewards vary most (GRPO's advantages are an
@@ -41,9 +44,19 @@ def success_estimate(record: Optional[PromptRecord]) -> float:
     return (record.last_correct + 1) / (record.last_attempts + 2)
 
 
+def nonzero(n: np.ndarray | int, p: float) -> np.ndarray | float:
+    """P(a group of n samples at success rate p has both outcomes): its advantages are not all zero."""
+    return 1.0 - p ** n - (1.0 - p) ** n
+
+
 def knapsack_value(n: np.ndarray | int, p: float) -> np.ndarray | float:
     """Knapsack RL's task value of n samples at success rate p (module doc)."""
-    return (1.0 - p ** n - (1.0 - p) ** n) * p * (1.0 - p) ** 2
+    return nonzero(n, p) * p * (1.0 - p) ** 2
+
+
+# algorithm.budget_value -> value(n samples, success rate p) (module doc)
+VALUES: dict[str, Callable] = {"knapsack_rl": knapsack_value, "nonzero_groups": nonzero,
+                               "nonzero_samples": lambda n, p: n * nonzero(n, p)}
 
 
 def knapsack(values: np.ndarray, lo: int, budget: int) -> list[int]:
@@ -78,11 +91,12 @@ class BudgetOptions:
     group_size: int  # the mean samples per prompt: a dispatch of n prompts spends n x this
     lo: int  # algorithm.budget_min
     hi: int  # algorithm.budget_max
+    value: str = "knapsack_rl"  # algorithm.budget_value (VALUES)
 
 
 def budget_options(a) -> BudgetOptions:
     """From the algorithm section (cluster/config.py: AlgorithmConfig); budget_max defaults to 4 x group_size."""
-    return BudgetOptions(a.group_size, a.budget_min, a.budget_max or 4 * a.group_size)
+    return BudgetOptions(a.group_size, a.budget_min, a.budget_max or 4 * a.group_size, a.budget_value)
 
 
 # rule(estimated success rates [n], options) -> samples per prompt (summing to n x group_size)
@@ -97,12 +111,13 @@ def uniform_budget(p: np.ndarray, o: BudgetOptions) -> list[int]:
     return [o.group_size] * len(p)
 
 
-@BUDGETS.register("knapsack", "budget_min to budget_max samples per prompt, maximising the expected "
-                  "non-zero-gradient value at the same total (cluster/rl/budget.py)", options=BudgetOptions,
+@BUDGETS.register("knapsack", "budget_min to budget_max samples per prompt, maximising the summed "
+                  "algorithm.budget_value at the same total (cluster/rl/budget.py)", options=BudgetOptions,
                   paper="Li et al. 2025, Knapsack RL: Unlocking Exploration of LLMs via Optimizing Budget Allocation")
 def knapsack_budget(p: np.ndarray, o: BudgetOptions) -> list[int]:
     n = np.arange(o.lo, o.hi + 1)
-    return knapsack(np.stack([knapsack_value(n, float(pi)) for pi in p]), o.lo, len(p) * o.group_size)
+    value = VALUES[o.value]
+    return knapsack(np.stack([value(n, float(pi)) for pi in p]), o.lo, len(p) * o.group_size)
 
 
 @CURRICULA.register("none", "the prompts in the order the shuffled passes deal them",

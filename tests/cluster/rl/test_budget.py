@@ -164,3 +164,18 @@ def test_down_sampling_settings_are_checked_and_shape_the_learners():
     with pytest.raises(ValueError, match="unknown down-sampling rule 'top'"):
         cfg(downsample_keep=2, downsample="top")
     assert rows_per_step(cfg(downsample_keep=2)) == 16 * 2 and rows_per_step(cfg()) == 16 * 4
+
+
+@pytest.mark.parametrize("value", ["nonzero_groups", "nonzero_samples"])
+def test_the_other_values_are_maximised_as_brute_force_finds(value):
+    from cluster.rl.budget import VALUES
+
+    assert VALUES["nonzero_groups"](2, 0.5) == pytest.approx(0.5)  # one of four outcomes ties each way
+    assert VALUES["nonzero_samples"](3, 0.5) == pytest.approx(3 * 0.75)
+    p = np.array([0.95, 0.05, 0.5, 0.3])
+    sizes = knapsack_budget(p, BudgetOptions(group_size=4, lo=2, hi=10, value=value))
+    feasible = [c for c in itertools.product(range(2, 11), repeat=4) if sum(c) == 16]
+    best = max(sum(VALUES[value](n, pi) for n, pi in zip(c, p)) for c in feasible)
+    assert sum(VALUES[value](n, pi) for n, pi in zip(sizes, p)) == pytest.approx(best, abs=1e-12)
+    if value == "nonzero_samples":  # samples go where groups will differ anyway, not to the near-certain ones
+        assert sizes[0] == sizes[1] == 2
