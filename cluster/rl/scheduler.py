@@ -99,6 +99,7 @@ class Scheduler:
         self._open: set[int] = set()  # issued, not ended: assembling or ready
         self._closed = False
         self._filtered_this_step = 0
+        self._rescued_this_step = 0
         self._version = 0  # the policy version of the last take(): what "stale" is judged against
         self._assembling: dict[int, _Assembly] = {}
         self.ready: list[Group] = []
@@ -108,7 +109,9 @@ class Scheduler:
         # + tokens of aborted groups (partial responses) and of samples left out by down-sampling
         self._dropped_since_take = [0, 0, 0]
         self._completed: list[Group] = []  # complete groups (kept or not) since take_completed()
-        self.filtered_for_last_take = 0  # groups filtered for tied rewards while the last take() filled
+        # groups that ended untrained while the last take() filled: filtered for tied rewards, or
+        # rescued (every sample failed): rollouts spent without signal (cluster/rl/prompt_stats.py)
+        self.filtered_for_last_take = 0
 
     @property
     def filtered(self) -> int:
@@ -180,6 +183,7 @@ class Scheduler:
         self._completed.append(group)
         if self.rescue is not None and self.rescue(group):
             self._end(gid, Outcome.RESCUED, group)  # its replacement (take_owed) is the hinted retry
+            self._rescued_this_step += 1
             return None
         if self.dynamic_sampling and len({r.reward for r in group.rewards}) == 1:
             self._end(gid, Outcome.TIED, group)  # zero advantage for every member: it would teach nothing
@@ -240,7 +244,8 @@ class Scheduler:
             raise AssertionError("the gate refused a group the scheduler found fresh (a bug)")
         for g in groups:
             self._end(g.group_id, Outcome.TRAINED, g)
-        self.filtered_for_last_take, self._filtered_this_step = self._filtered_this_step, 0
+        self.filtered_for_last_take = self._filtered_this_step + self._rescued_this_step
+        self._filtered_this_step = self._rescued_this_step = 0
         return sorted(groups, key=lambda g: g.group_id)
 
     def take_completed(self) -> list[Group]:

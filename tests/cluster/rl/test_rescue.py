@@ -58,6 +58,9 @@ def test_the_scheduler_ends_a_rescued_group_and_owes_its_retry():
         s.scored(g.rollouts[k], g.rewards[k])
     assert s.ledger[1].value == "filtered:rescued" and s.rescued == 1 and s.take_owed() == 1
     assert score(s, 2, [0], [1.0, 0.0]) is not None and s.take(0) is None  # one group of two: the retry is owed
+    s.expect(3)
+    score(s, 3, [0], [0.0, 1.0])
+    assert len(s.take(0)) == 2 and s.filtered_for_last_take == 1  # the rescued group spent rollouts, no signal
 
 
 def test_the_rescue_queue_survives_a_checkpoint():
