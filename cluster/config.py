@@ -171,6 +171,9 @@ class AlgorithmConfig(Section):
     # chosen by the rule `downsample` (max_variance: the most varied rewards; random).
     downsample_keep: Optional[int] = Field(None, ge=2)
     downsample: str = "max_variance"
+    # Token prioritisation (D3S): the fraction of each micro-batch's response tokens that train,
+    # those with the largest |advantage| x entropy (weights rescaled to the same sum); 1 = all.
+    token_keep_frac: float = Field(1.0, gt=0, le=1)
     # Zero-signal rescue (cluster/rl/rescue.py): a group whose every sample failed is generated
     # again after its prompt's hint (data.hint_key), and trains in the hint-free context.
     hint_rescue: bool = False
@@ -465,6 +468,9 @@ def _check_budget(cfg: "Config") -> None:
     from trainer.losses import loss_kind
 
     a = cfg.algorithm
+    if a.token_keep_frac < 1 and (cfg.run.mode != "rl" or loss_kind(a.loss).trains != "policy"):
+        raise ValueError(f"algorithm.token_keep_frac {a.token_keep_frac} ranks tokens by |advantage| x entropy: it "
+                         f"goes with an RL policy loss, not '{a.loss}' in run.mode '{cfg.run.mode}'")
     if a.downsample_keep is not None:
         if a.downsample_keep >= a.group_size:
             raise ValueError(f"algorithm.downsample_keep ({a.downsample_keep}) must be below algorithm.group_size "

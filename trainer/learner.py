@@ -27,7 +27,7 @@ from rollout.transfer.buckets import Layout, PackRing, TensorSpec, pack, plan_la
 from rollout.transfer.collective import TransferGroup
 from rollout.transfer.object_store import StoredUpdate, put_packed
 from trainer.logprobs import shift_to_tokens, check_chunked_head, token_logprobs
-from trainer.losses import LOSSES, LossInputs
+from trainer.losses import LOSSES, LossInputs, prioritise_tokens
 from trainer.schedules import Schedule
 from trainer.types import LossSpec, StepStats, TrainBatch
 
@@ -256,7 +256,11 @@ class Learner:
             t = self._tensors(shard.rows(slice(start, start + micro)))
             x = self._loss_inputs(t, spec)
             per_token, metrics = loss_fn(x, spec)
-            loss = (per_token * t["loss_weights"]).sum()
+            weights = t["loss_weights"]
+            if spec.token_keep_frac < 1:  # D3S: only the tokens of largest |advantage| x entropy train
+                weights = prioritise_tokens(weights, x, spec.token_keep_frac)
+                metrics = {**metrics, "token_kept": (weights != 0).float()}
+            loss = (per_token * weights).sum()
             # DeepSpeed averages gradients over ranks; the weights already sum over the whole step.
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
             if self.opts.zero_stage == 0 and start + micro >= n:

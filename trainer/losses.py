@@ -10,6 +10,7 @@ weights for the whole optimizer step, so micro-batching and sharding cannot chan
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Callable, Literal, Optional
 
@@ -119,6 +120,21 @@ def seq_mean_token_mean(mask: np.ndarray, max_len: int) -> np.ndarray:
 def seq_mean_token_sum(mask: np.ndarray, max_len: int) -> np.ndarray:
     rows = max((mask.sum(axis=1) > 0).sum(), 1)
     return (mask / (rows * max_len)).astype(np.float32)
+
+
+def prioritise_tokens(weights: torch.Tensor, x: LossInputs, keep_frac: float) -> torch.Tensor:
+    """Token-level down-sampling (D3S, Wang et al. 2025): of the response tokens, only the
+    ceil(keep_frac x n) with the largest |advantage| x entropy keep their loss weight, scaled
+    so the weights' sum is unchanged (the step's loss keeps its scale); the others weigh 0."""
+    live = (x.mask > 0) & (weights != 0)
+    n = int(live.sum())
+    if keep_frac >= 1 or n == 0:
+        return weights
+    score = (x.advantages.abs() * x.entropy).detach().masked_fill(~live, -1.0)
+    keep = torch.zeros_like(live)
+    keep.view(-1)[torch.topk(score.view(-1), math.ceil(keep_frac * n)).indices] = True
+    kept = weights * keep
+    return kept * (weights.sum() / kept.sum()) if kept.sum() != 0 else kept
 
 
 # ---- policy losses ----

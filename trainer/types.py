@@ -31,6 +31,9 @@ class LossSpec:
     label_smoothing: float = 0.0  # cDPO: assumed probability that a pair's label is flipped
     simpo_gamma: float = 0.5  # SimPO: target reward margin
     orpo_lambda: float = 0.1  # ORPO: weight of the odds-ratio term next to the chosen NLL
+    # Token prioritisation (D3S): the fraction of a micro-batch's response tokens that train, those
+    # with the largest |advantage| x entropy (trainer/losses.py: prioritise_tokens); 1 = all.
+    token_keep_frac: float = 1.0
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,8 @@ class ExperienceMaker:
                         kl_coef=self.kl.coef if a.kl_in == "loss" else 0.0, kl_estimator=a.kl_estimator,
                         entropy_coef=a.entropy_coef, temperature=self.cfg.rollout.temperature if temperature is None else temperature,
                         beta=a.beta, label_smoothing=a.label_smoothing, simpo_gamma=a.simpo_gamma,
-                        orpo_lambda=a.orpo_lambda, is_cap=a.is_cap, is_band=tuple(a.is_band))
+                        orpo_lambda=a.orpo_lambda, is_cap=a.is_cap, is_band=tuple(a.is_band),
+                        token_keep_frac=a.token_keep_frac)
 
     def needs_proximal(self) -> bool:
         """With several updates per batch, a loss that reads pi_old / pi_prox gets the learner's own

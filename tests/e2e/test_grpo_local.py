@@ -155,10 +155,12 @@ def test_a_knapsack_budget_and_a_curriculum_deal_what_their_rules_say(ray_sessio
         pid: [v[4], v[3]] for pid, v in after["prompt_stats"].items() if v[3] == 3}
 
 
-def test_down_sampling_trains_half_of_each_group(ray_session, tmp_path):
-    """The rule is checked against exhaustive search in tests/cluster/rl/test_budget.py; here the
-    learners' shapes, the ledger and the goodput account of a run that down-samples."""
-    cfg = config(tmp_path, "controller.steps=2", "algorithm.downsample_keep=2", "trainer.micro_batch_size=4")
+def test_down_sampling_trains_half_of_each_group_and_half_of_its_tokens(ray_session, tmp_path):
+    """The rules are checked against exhaustive search in tests/cluster/rl/test_budget.py and
+    tests/trainer/test_losses.py; here the learners' shapes, the ledger and the goodput account
+    of a run that down-samples samples (PODS) and tokens (D3S)."""
+    cfg = config(tmp_path, "controller.steps=2", "algorithm.downsample_keep=2", "trainer.micro_batch_size=4",
+                 "algorithm.token_keep_frac=0.5")
     summary = run(cfg, log=lambda *_: None).record
     run_dir = tmp_path / "runs" / "quickstart"
     assert summary["status"] == "completed" and summary["samples"] == 2 * 8 * 2  # 2 of each group's 4 train
@@ -168,6 +170,8 @@ def test_down_sampling_trains_half_of_each_group(ray_session, tmp_path):
     assert sum(r["trained_tokens"] for r in rows) + good["tokens_by_outcome"]["dropped:downsampled"] == \
         sum(r["generated_tokens"] for r in rows) == good["generated_tokens"]
     assert all(r["wasted_tokens"] > 0 for r in rows)
+    # each micro-batch of 4 rows (4 response tokens or more) keeps ceil(half) of them: 1/2 to 5/8
+    assert all(0.5 <= r["token_kept"] <= 0.625 for r in rows)
 
 
 def test_hint_rescue_generates_failed_prompts_again_after_their_hint(ray_session, tmp_path):

@@ -367,3 +367,20 @@ def test_is_band_must_hold_one(tmp_path):
     assert load_config(recipe, ["algorithm.loss=icepop", "algorithm.is_band=[0.2, 5]"]).algorithm.is_band == (0.2, 5.0)
     with pytest.raises(ConfigError, match=r"algorithm.is_band=\[1.2, 5.0\]: the band .* must hold 1"):
         load_config(recipe, ["algorithm.is_band=[1.2, 5]"])
+
+
+# ---- token prioritisation (D3S) ----
+
+def test_token_prioritisation_keeps_the_largest_advantage_times_entropy_at_the_same_total_weight():
+    from trainer.losses import prioritise_tokens
+
+    mask = torch.tensor([[0, 1, 1, 1, 0], [0, 1, 1, 1, 1]], dtype=torch.float64)
+    adv = torch.tensor([[0, 1.0, 1.0, 1.0, 0], [0, -2.0, -2.0, -2.0, -2.0]], dtype=torch.float64)
+    ent = torch.tensor([[9, 0.1, 0.5, 0.3, 9], [9, 0.2, 0.05, 0.4, 0.1]], dtype=torch.float64)
+    weights = mask / 7
+    kept = prioritise_tokens(weights, LossInputs(mask=mask, advantages=adv, entropy=ent), keep_frac=0.5)
+    # |A| x H on the 7 response tokens: .1 .5 .3 | .4 .1 .8 .2 -> the top ceil(3.5) = 4: .8 .5 .4 .3
+    assert kept.nonzero().tolist() == [[0, 2], [0, 3], [1, 1], [1, 3]]
+    assert torch.allclose(kept[kept > 0], torch.full((4,), 1 / 4, dtype=torch.float64))
+    assert float(kept.sum()) == pytest.approx(float(weights.sum()))  # prompt/padding tokens (H = 9) never count
+    assert prioritise_tokens(weights, LossInputs(mask=mask, advantages=adv, entropy=ent), 1.0) is weights

@@ -102,6 +102,13 @@ def test_the_verifier_error_rates_reach_the_noisy_estimators():
     np.testing.assert_allclose(b.advantages[b.loss_mask == 1], np.array([2, -1, -1]) / 3 / 0.6, rtol=1e-6)
 
 
+def test_token_prioritisation_reaches_the_loss_spec_of_a_policy_loss_only():
+    assert make_experience(cfg("algorithm.token_keep_frac=0.3"), FakeLearners(0), None).policy_spec().token_keep_frac \
+        == 0.3
+    with pytest.raises(ValueError, match="token_keep_frac 0.3 ranks tokens by .advantage. x entropy: it goes with"):
+        cfg("algorithm.token_keep_frac=0.3", "algorithm.loss=dpo")
+
+
 def test_group_experience_with_a_critic_returns_its_targets():
     c = cfg("algorithm.advantage=gae", "critic.enabled=true", "algorithm.normalize_std=false")
     batches = make_experience(c, FakeLearners(0), FakeLearners(0.25)).make([group(1, [1.0, 0.0, 0.0], [2, 1, 1]),
