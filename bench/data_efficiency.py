@@ -13,7 +13,8 @@ the same run seed, so arms differ by their rule alone. Per run: the mean over st
 pass over its 8,000 prompts takes 125 steps), held-out accuracy before and after, and the run's
 wall time.
 
-bench/results/data_efficiency.json maps each arm's name to its means and per-seed values; arms
+bench/results/data_efficiency.json maps each arm's name to its means and per-seed values (ARM@N:
+RL on the first N training prompts, --train-prompts); arms
 run later are merged into it (one arm of 3 seeds takes about 8 minutes here). The markdown
 table compares each arm with `uniform` as ratios. One machine; floating-point results differ
 across CPUs, so another machine gives other numbers for the same seed.
@@ -30,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_seeds import RESULTS, run_seed  # noqa: E402
+from demo_seeds import RESULTS, ROOT, build_model, run_seed  # noqa: E402
 
 ARMS: dict[str, list[str]] = {
     "uniform": [],
@@ -48,10 +49,16 @@ SIGNALS = ("effective_group_frac", "effective_sample_frac")
 GROUP_SIZE = 8  # recipes/quickstart.yaml
 
 
-def measure(arm: str, seed: int, work: Path, models: Path, extra: list[str]) -> dict:
-    model_data = models / f"tiny-model-s{seed}" / "data" / "train.jsonl"
-    if arm == "hint" and model_data.exists() and '"hint"' not in model_data.read_text().split("\n", 1)[0]:
+def measure(arm: str, seed: int, work: Path, models: Path, extra: list[str], prompts: int | None) -> dict:
+    model = models / f"tiny-model-s{seed}"
+    build_model(model, ROOT / "recipes" / "quickstart.yaml", seed)
+    model_data = model / "data" / "train.jsonl"
+    if arm == "hint" and '"hint"' not in model_data.read_text().split("\n", 1)[0]:
         raise SystemExit(f"{model_data} has no hints (built before they existed): remove {models} to rebuild")
+    if prompts:  # RL on the first N training prompts: more passes, fresher per-prompt estimates
+        subset = model / "data" / f"train_first{prompts}.jsonl"
+        subset.write_text("".join(model_data.read_text().splitlines(keepends=True)[:prompts]))
+        extra = [*extra, f"data.train_path={subset}"]
     row = run_seed(seed, work / arm, ARMS[arm] + extra, model_seed=seed, models=models)
     steps = [json.loads(line) for line in (Path(row["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
     steps = [s for s in steps if not s.get("final")]
@@ -66,10 +73,11 @@ def measure(arm: str, seed: int, work: Path, models: Path, extra: list[str]) -> 
     return out
 
 
-def summarise(arm: str, runs: list[dict], extra: list[str]) -> dict:
+def summarise(arm: str, runs: list[dict], extra: list[str], prompts: int | None) -> dict:
     keys = ["heldout_accuracy", "run_wall_s", "rollouts", *SIGNALS, *(k + "_late" for k in SIGNALS)]
     command = f".venv/bin/python bench/data_efficiency.py --arms {arm} --seeds {' '.join(str(r['seed']) for r in runs)}"
     command += "" if not extra else " --set " + " ".join(extra)
+    command += f" --train-prompts {prompts}" if prompts else ""
     return {"overrides": ARMS[arm] + extra, "command": command, "date": time.strftime("%Y-%m-%d %H:%M"),
             "machine": f"{os.cpu_count()} CPU cores", "steps": runs[0]["steps"],
             **{k: statistics.mean(r[k] for r in runs) for k in keys}, "seeds": runs}
@@ -78,10 +86,10 @@ def summarise(arm: str, runs: list[dict], extra: list[str]) -> dict:
 def write(results: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "data_efficiency.json").write_text(json.dumps(results, indent=2) + "\n")
-    base = results.get("uniform")
     lines = ["| arm | effective_group_frac (per seed) | vs uniform | second half | vs uniform | effective_sample_frac | "
              "held-out after (per seed) | rollouts | run s | command, date |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name, arm in results.items():
+        base = results.get("uniform" + name[len(name.split("@")[0]):])  # the same prompts
         ratio = f"{arm['effective_group_frac'] / base['effective_group_frac']:.2f}x" if base else "-"
         late = f"{arm['effective_group_frac_late'] / base['effective_group_frac_late']:.2f}x" if base else "-"
         per_seed = " / ".join(f"{r['effective_group_frac']:.3f}" for r in arm["seeds"])
@@ -101,6 +109,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", default="/tmp/tandem-data-efficiency")
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="overrides for every arm")
+    parser.add_argument("--train-prompts", type=int, default=None,
+                        help="RL on the first N of the 8,000 training prompts (arms named ARM@N)")
     args = parser.parse_args()
     work = Path(args.workdir)
     path = RESULTS / "data_efficiency.json"
@@ -108,9 +118,12 @@ def main() -> None:
     for arm in args.arms:
         stamp = work / time.strftime("%Y%m%d-%H%M%S")
         # every arm of a seed on the same bootstrap model (built once with that seed, kept for later arms)
-        runs = [measure(arm, seed, stamp, work / "models", args.set) for seed in args.seeds]
-        results[arm] = summarise(arm, runs, args.set)
-        results = {name: results[name] for name in ARMS if name in results}  # the table's order
+        runs = [measure(arm, seed, stamp, work / "models", args.set, args.train_prompts) for seed in args.seeds]
+        results[arm + (f"@{args.train_prompts}" if args.train_prompts else "")] = summarise(arm, runs, args.set,
+                                                                                           args.train_prompts)
+        order = list(ARMS)  # the table's: all prompts first, each arm in ARMS's order
+        results = dict(sorted(results.items(), key=lambda kv: ("@" in kv[0], int(kv[0].partition("@")[2] or 0),
+                                                               order.index(kv[0].partition("@")[0]))))
         write(results)
 
 

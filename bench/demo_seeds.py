@@ -42,12 +42,8 @@ def run_seed(seed: int, work: Path, overrides: list[str], model_seed: int | None
     """One demo run; with model_seed, on that seed's bootstrap model (built once in `models`,
     default `work`, then reused)."""
     model = (models or work) / f"tiny-model-s{seed if model_seed is None else model_seed}"
-    if model_seed is not None and not model.is_dir():  # the recipe's bootstrap, at the model's seed
-        sys.path.insert(0, str(ROOT))
-        from cluster.config import load_config
-        from trainer.bootstrap import ensure_tiny_model
-        spec = load_config(recipe, [f"model.path={model}"]).model.bootstrap_spec
-        ensure_tiny_model(model, spec, seed=model_seed, log=lambda *_: None)
+    if model_seed is not None:
+        build_model(model, recipe, model_seed)
     reuse = [] if model_seed is None else ["model.bootstrap=false"]
     cmd = [str(ROOT / ".venv" / "bin" / "tandem"), "run", str(recipe),
            f"run.seed={seed}", f"run.name=demo-s{seed}", f"run.output_dir={work / 'runs'}", f"model.path={model}",
@@ -64,6 +60,17 @@ def run_seed(seed: int, work: Path, overrides: list[str], model_seed: int | None
             "reward_failures": summary["rewards"]["failures"], "reward_timeouts": summary["rewards"]["timeouts"],
             "goodput": summary["goodput"], "groups": summary["groups"],
             "episodes": summary["eval"].get("episodes")}
+
+
+def build_model(model: Path, recipe: Path, seed: int) -> None:
+    """The recipe's bootstrap model at `seed`, built once in `model`."""
+    if model.is_dir():
+        return
+    sys.path.insert(0, str(ROOT))
+    from cluster.config import load_config
+    from trainer.bootstrap import ensure_tiny_model
+    spec = load_config(recipe, [f"model.path={model}"]).model.bootstrap_spec
+    ensure_tiny_model(model, spec, seed=seed, log=lambda *_: None)
 
 
 def write(rows: list[dict], overrides: list[str], name: str, model_seed: int | None = None,
