@@ -260,14 +260,11 @@ class Controller:
     def _requests(self, n: int) -> list[GenerationRequest]:
         """Hinted retries owed first (cluster/rl/rescue.py), then the curriculum's prompts with
         the budget's group sizes (cluster/rl/budget.py)."""
-        requests = self.rescue.requests(n, self._new_group, self.cfg.algorithm.group_size) if self.rescue else []
+        requests = self.rescue.requests(n, self.cfg.algorithm.group_size) if self.rescue else []
         for prompt, size in self.planner.next(n - len(requests)):
-            requests.append(self._request(prompt, size, self._new_group()))
+            self.next_group += 1
+            requests.append(self._request(prompt, size, self.next_group))
         return requests
-
-    def _new_group(self) -> int:
-        self.next_group += 1
-        return self.next_group
 
     @staticmethod
     def _request(prompt: Prompt, n: int, group_id: int) -> GenerationRequest:

@@ -27,11 +27,15 @@ from cluster.rl.gate import Group
 from rollout.data import Prompt
 from rollout.types import GenerationRequest, Rollout
 
+# A retry's group id: the failed group's plus this (above any id the controller deals), so its
+# samples' seeds do not depend on the order in which failures arrived (timing).
+RETRY_ID = 1 << 40
+
 
 class Rescue:
     def __init__(self, prompts: list[Prompt]):
         self.by_id = {p.id: p for p in prompts}
-        self.queue: deque[int] = deque()  # prompt ids owed a hinted retry
+        self.queue: deque[tuple[int, int]] = deque()  # (prompt id, failed group id) owed a hinted retry
         self.hinted: dict[int, Prompt] = {}  # group id -> its prompt, for groups generated after a hint
         self.rescued = 0  # groups taken for rescue since the last take_row
 
@@ -43,16 +47,16 @@ class Rescue:
         prompt = self.by_id[group.rollouts[0].prompt_id]
         if not prompt.hint_ids:
             return False
-        self.queue.append(prompt.id)
+        self.queue.append((prompt.id, group.group_id))
         self.rescued += 1
         return True
 
-    def requests(self, n: int, new_id, size: int) -> list[GenerationRequest]:
-        """Up to n hinted retries from the queue; `new_id()` issues each group id."""
+    def requests(self, n: int, size: int) -> list[GenerationRequest]:
+        """Up to n hinted retries from the queue, each of `size` samples."""
         out = []
         while self.queue and len(out) < n:
-            prompt = self.by_id[self.queue.popleft()]
-            gid = new_id()
+            prompt_id, failed = self.queue.popleft()
+            prompt, gid = self.by_id[prompt_id], RETRY_ID + failed
             self.hinted[gid] = prompt
             out.append(GenerationRequest(group_id=gid, prompt_id=prompt.id, prompt=prompt.text + prompt.hint,
                                          prompt_ids=prompt.ids + prompt.hint_ids, answer=prompt.answer,
@@ -84,7 +88,7 @@ class Rescue:
         return row
 
     def state(self) -> dict:
-        return {"queue": list(self.queue)}
+        return {"queue": [list(q) for q in self.queue]}
 
     def restore(self, state: dict) -> None:
-        self.queue = deque(state.get("queue", []))
+        self.queue = deque(tuple(q) for q in state.get("queue", []))

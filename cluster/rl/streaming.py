@@ -35,6 +35,7 @@ from rollout.pool import RolloutPool, Shard
 from rollout.types import AbortResult, GenerationRequest, Rollout, SamplingParams
 
 WAIT_S = 1.0  # the longest single wait: reward deadlines are checked at least this often
+REPLACEMENT_STEP = 10_000_000  # the sampling step of groups dispatched to replace others (not a controller step)
 
 
 class Streaming:
@@ -51,7 +52,6 @@ class Streaming:
         self.lost = 0  # samples a stream ended without (never re-issued)
         self.duplicated = 0  # samples that arrived a second time (discarded)
         self.tickets: dict[int, list[Rollout]] = {}  # reward ticket -> its group's rollouts
-        self.replacements = 0
         self.last_rollout_at = 0.0  # perf_counter of the latest rollout to arrive
         self.generated_tokens = 0  # response tokens generated, arrived or aborted (goodput's denominator)
         self.aborted: set[int] = set()  # groups aborted while generating
@@ -63,9 +63,9 @@ class Streaming:
         for step in self.scheduler.steps_to_start(steps_done):
             self._dispatch(self.make_requests(self.scheduler.per_step), self.sampling(step))
         owed = self.scheduler.take_owed()
-        if owed:
-            self.replacements += 1
-            self._dispatch(self.make_requests(owed), self.sampling(10_000_000 + self.replacements))
+        if owed:  # one sampling step for every replacement: how the owed were batched is timing, and
+            # must not move a seed (each request's group id tells its samples apart)
+            self._dispatch(self.make_requests(owed), self.sampling(REPLACEMENT_STEP))
 
     def _dispatch(self, requests: list[GenerationRequest], params: SamplingParams) -> None:
         for req in requests:

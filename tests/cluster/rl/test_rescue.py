@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from cluster.rl.rescue import Rescue
+from cluster.rl.rescue import RETRY_ID, Rescue
 from rollout.data import Prompt
 from tests.cluster.rl.test_experience import group
 from tests.cluster.rl.test_scheduler import score, scheduler
@@ -24,20 +24,22 @@ def test_only_a_group_that_failed_everywhere_with_a_hint_is_rescued_once():
     rescue = Rescue(PROMPTS)
     assert not rescue.wants(failed(10, 1, (0.0, 1.0, 0.0)))  # one right answer: it has signal
     assert not rescue.wants(failed(11, 2))  # no hint for that prompt
-    assert rescue.wants(failed(12, 1)) and list(rescue.queue) == [1]
-    [req] = rescue.requests(4, iter([30]).__next__, size=3)
-    assert (req.group_id, req.prompt_id, req.prompt, req.prompt_ids, req.num_samples) == (30, 1, "12+35=4",
+    assert rescue.wants(failed(12, 1)) and list(rescue.queue) == [(1, 12)]
+    [req] = rescue.requests(4, size=3)
+    # its id (so its seeds) from the failed group's, whatever order failures arrived in
+    assert (req.group_id, req.prompt_id, req.prompt, req.prompt_ids, req.num_samples) == (RETRY_ID + 12, 1, "12+35=4",
                                                                                            (0, 5, 6, 9), 3)
-    assert not rescue.queue and not rescue.wants(failed(30, 1))  # the retry failed too: not rescued again
-    assert rescue.take_row([failed(30, 1)]) == {"rescued_groups": 1, "hinted_groups": 1, "hinted_accuracy": 0.0}
+    retry = failed(RETRY_ID + 12, 1)
+    assert not rescue.queue and not rescue.wants(retry)  # the retry failed too: not rescued again
+    assert rescue.take_row([retry]) == {"rescued_groups": 1, "hinted_groups": 1, "hinted_accuracy": 0.0}
     assert rescue.take_row([]) == {"rescued_groups": 0, "hinted_groups": 0}
 
 
 def test_a_retry_trains_in_the_hint_free_context_with_the_hint_as_its_start():
     rescue = Rescue(PROMPTS)
     rescue.wants(failed(12, 1))
-    rescue.requests(1, lambda: 40, size=3)
-    generated = [replace(r, group_id=40, prompt="12+35=4", prompt_ids=(0, 5, 6, 9), response_ids=(7, 2),
+    rescue.requests(1, size=3)
+    generated = [replace(r, group_id=RETRY_ID + 12, prompt="12+35=4", prompt_ids=(0, 5, 6, 9), response_ids=(7, 2),
                          response_text="7", logprobs=(-0.2, -0.1), versions=(3, 3)) for r in failed(40, 1).rollouts]
     trained = rescue.unhint(generated)
     assert [(r.prompt, r.prompt_ids, r.response_ids, r.response_text) for r in trained] == \
@@ -68,6 +70,6 @@ def test_the_rescue_queue_survives_a_checkpoint():
     rescue.wants(failed(12, 1))
     again = Rescue(PROMPTS)
     again.restore(rescue.state())
-    assert list(again.queue) == [1]
+    assert list(again.queue) == [(1, 12)]
     with pytest.raises(KeyError):
         Rescue(PROMPTS).wants(failed(13, 99))  # a group of a prompt not in the training set: a bug
