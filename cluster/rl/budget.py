@@ -164,6 +164,10 @@ class Downsampler:
     def __init__(self, rule: str, keep: int):
         self.rule, self.keep = DOWNSAMPLERS.get(rule), keep
 
+    def kept(self, size: int) -> int:
+        """How many samples of a group of `size` train."""
+        return min(size, self.keep)
+
     def __call__(self, group: Group) -> Group:
         if len(group.rollouts) <= self.keep:
             return group
@@ -187,14 +191,12 @@ class RolloutPlanner:
         if n <= 0:
             return []
         candidates = self.source.next_batch(n * self.pool if self.pooled else n)
-        chosen = [candidates[i] for i in self.curriculum(self._estimates(candidates), n)]
-        self.skipped += len(candidates) - len(chosen)
-        sizes = self.budget(self._estimates(chosen), self.options)
+        p = np.array([success_estimate(self.stats.get(c.id)) for c in candidates])
+        picked = self.curriculum(p, n)
+        self.skipped += len(candidates) - len(picked)
+        sizes = self.budget(p[picked], self.options)
         self.sizes += sizes
-        return list(zip(chosen, sizes))
-
-    def _estimates(self, prompts: list[Prompt]) -> np.ndarray:
-        return np.array([success_estimate(self.stats.get(p.id)) for p in prompts])
+        return [(candidates[i], size) for i, size in zip(picked, sizes)]
 
     def take_row(self) -> dict:
         """The step's metrics: prompts skipped by the curriculum, the spread of group sizes."""

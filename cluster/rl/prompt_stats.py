@@ -28,10 +28,6 @@ class PromptRecord:
     last_attempts: int = 0  # the latest group's size and correct answers (cluster/rl/budget.py's estimate)
     last_correct: int = 0
 
-    @property
-    def pass_rate(self) -> float:
-        return self.correct / self.attempts if self.attempts else 0.0
-
 
 class PromptStats:
     def __init__(self):
@@ -63,7 +59,7 @@ class PromptStats:
 def signal_row(groups: list[Group], moving: Optional[list[bool]], filtered: int, group_size: int,
                downsampled: bool = False) -> dict:
     """effective_group_frac: groups with a non-zero advantage (`moving`, one flag per group) / the
-    step's groups (trained, and filtered for tied rewards since the last step);
+    step's groups (trained, and `filtered`: ended untrained, tied or rescued, since the last step);
     effective_sample_frac: the same over the samples trained or filtered (groups differ in size
     under a rollout budget); rollouts_per_effective_group: the rollouts generated for those
     groups (`downsampled`: group_size each, of which fewer trained) per group that carried

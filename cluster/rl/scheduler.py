@@ -32,12 +32,15 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional
 
 from cluster.rl.gate import StalenessGate, Group
 from cluster.rl.lookahead import Lookahead
 from reward.types import RewardResult
 from rollout.types import Rollout
+
+if TYPE_CHECKING:
+    from cluster.rl.budget import Downsampler
 
 
 DOWNSAMPLED = "dropped:downsampled"  # tokens of samples generated and left out by down-sampling (not a group outcome)
@@ -80,7 +83,7 @@ class _Assembly:
 class Scheduler:
     def __init__(self, steps: int, prompts_per_step: int, group_size: int, max_staleness: int,
                  gate: StalenessGate, dynamic_sampling: bool = False, resample_limit: int = 8,
-                 lookahead: str = "adaptive", downsample: Optional[Callable[[Group], Group]] = None,
+                 lookahead: str = "adaptive", downsample: Optional["Downsampler"] = None,
                  rescue: Optional[Callable[[Group], bool]] = None):
         if (gate.max_staleness, gate.group_size) != (max_staleness, group_size):
             raise ValueError(f"the gate checks max_staleness {gate.max_staleness} and group size {gate.group_size}; "
@@ -97,6 +100,7 @@ class Scheduler:
         self.ledger: dict[int, Outcome] = {}  # group id -> how it ended
         self._counts: Counter[Outcome] = Counter()
         self._open: set[int] = set()  # issued, not ended: assembling or ready
+        self._trains: dict[int, int] = {}  # open group id -> the samples it trains on (the gate checks it)
         self._closed = False
         self._filtered_this_step = 0
         self._rescued_this_step = 0
@@ -159,8 +163,10 @@ class Scheduler:
         if group_id in self._open or group_id in self.ledger:
             state = self.ledger.get(group_id, "open")
             raise LedgerError(f"group {group_id} issued twice (it is {state})")
+        size = size or self.group_size
         self._open.add(group_id)
-        self._assembling[group_id] = _Assembly(size or self.group_size)
+        self._assembling[group_id] = _Assembly(size)
+        self._trains[group_id] = self.downsample.kept(size) if self.downsample else size
 
     # ---- what came back ----
 
@@ -239,7 +245,7 @@ class Scheduler:
         self.ready.sort(key=lambda g: (self._judged(g), g.group_id))
         picked, self.ready = self.ready[: self.per_step], self.ready[self.per_step :]
         groups = self.gate.admit([r for g in picked for r in g.rollouts], [r for g in picked for r in g.rewards],
-                                 version, {g.group_id: len(g.rollouts) for g in picked})
+                                 version, {g.group_id: self._trains[g.group_id] for g in picked})
         if len(groups) != len(picked):
             raise AssertionError("the gate refused a group the scheduler found fresh (a bug)")
         for g in groups:
@@ -267,7 +273,7 @@ class Scheduler:
         if self._version - self._judged(group) <= self.k:
             return False
         self.gate.admit(list(group.rollouts), list(group.rewards), self._version,
-                        {group.group_id: len(group.rollouts)})
+                        {group.group_id: self._trains[group.group_id]})
         self._end(group.group_id, Outcome.STALE, group)
         return True
 
@@ -279,6 +285,7 @@ class Scheduler:
         if group_id not in self._open:
             raise LedgerError(f"group {group_id} ended ({outcome.value}) but was never issued")
         self._open.remove(group_id)
+        del self._trains[group_id]
         self.ledger[group_id] = outcome
         self._counts[outcome] += 1
         if group is not None:  # a complete group: its tokens count towards its outcome

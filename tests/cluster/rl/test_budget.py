@@ -179,3 +179,16 @@ def test_the_other_values_are_maximised_as_brute_force_finds(value):
     assert sum(VALUES[value](n, pi) for n, pi in zip(sizes, p)) == pytest.approx(best, abs=1e-12)
     if value == "nonzero_samples":  # samples go where groups will differ anyway, not to the near-certain ones
         assert sizes[0] == sizes[1] == 2
+
+
+def test_the_gate_refuses_a_group_down_sampled_to_another_size_than_dealt():
+    class KeepsThree(Downsampler):  # a faulty rule: keeps 3 where the learners were shaped for 2
+        def __call__(self, group):
+            return type(group)(group.group_id, group.rollouts[:3], group.rewards[:3])
+
+    s = scheduler(0, per_step=1, size=6, downsample=KeepsThree("max_variance", 2))
+    s.steps_to_start(0)
+    s.expect(1)
+    score(s, 1, [0], [0.3, 1.0, 0.5, 0.0, 0.6, 0.7])
+    with pytest.raises(AssertionError, match="the gate refused a group the scheduler found fresh"):
+        s.take(0)

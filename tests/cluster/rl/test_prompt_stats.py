@@ -20,8 +20,8 @@ def test_each_prompt_counts_its_attempts_answers_and_last_step_across_epochs():
     one, two = stats.get(1), stats.get(2)
     assert (one.attempts, one.correct, one.last_step) == (6, 3, 7)
     assert (one.last_attempts, one.last_correct) == (3, 2)  # the latest group alone
-    assert one.reward_sum == pytest.approx(3.0) and one.pass_rate == pytest.approx(0.5)
-    assert (two.attempts, two.correct, two.pass_rate, two.last_step) == (3, 0, 0.0, 1)
+    assert one.reward_sum == pytest.approx(3.0)
+    assert (two.attempts, two.correct, two.last_step) == (3, 0, 1)
     assert stats.get(3) is None  # never scored
 
 
